@@ -1,0 +1,309 @@
+//! The audit log: one JSON object a line, appended and fsynced. It is the
+//! source of truth for what was decided and done, and the ledger of rate
+//! limits, cooldowns and breakers is rebuilt from it.
+//!
+//! Record fields are a stable contract: add, never rename.
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::policy::gate::Ledger;
+
+/// Which trigger an audited run came from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TriggerRef {
+    /// `alert`, `schedule` or `manual`.
+    pub kind: crate::event::TriggerKind,
+    /// The alert's name, if an alert.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alertname: Option<String>,
+    /// Alert fingerprint (or tick identity).
+    pub fingerprint: String,
+    /// `firing` or `resolved`.
+    pub status: crate::event::Status,
+}
+
+/// Phase of a record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Phase {
+    /// The decision, written before anything is applied.
+    Planned,
+    /// Applied without error.
+    Applied,
+    /// Applied and the post-condition holds.
+    Verified,
+    /// Apply or verify failed, or no driver exists.
+    Failed,
+}
+
+/// One audit line.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    /// When this record was written.
+    pub ts: DateTime<Utc>,
+    /// Identity of the planned step; the same across its phases.
+    pub id: String,
+    /// The trigger.
+    pub trigger: TriggerRef,
+    /// Playbook name.
+    pub playbook: String,
+    /// Action name.
+    pub action: String,
+    /// Rendered target.
+    pub target: BTreeMap<String, String>,
+    /// Rendered, validated parameters.
+    pub params: serde_json::Value,
+    /// `execute`, `dry-run`, `suppressed` or `needs-approval`.
+    pub decision: String,
+    /// Why: the rule that fired, or the switch that made it a dry-run.
+    pub reason: String,
+    /// True when nothing was or will be changed.
+    pub dry_run: bool,
+    /// `planned`, `applied`, `verified` or `failed`.
+    pub phase: Phase,
+    /// What happened or would happen, in words.
+    pub outcome: String,
+    /// Time spent in this phase.
+    pub duration_ms: u64,
+    /// The agent's node.
+    pub node: String,
+    /// Policy that gated the run (added field).
+    #[serde(default)]
+    pub policy: String,
+    /// Step index within the playbook (added field).
+    #[serde(default)]
+    pub step: usize,
+}
+
+/// Audit errors.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The log could not be opened or written.
+    #[error("audit log {path}: {source}")]
+    Io {
+        /// The log's path.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A record could not be serialized.
+    #[error("audit record: {0}")]
+    Encode(#[from] serde_json::Error),
+}
+
+/// Result alias for audit operations.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Appends records, each fsynced before `append` returns.
+#[derive(Debug)]
+pub struct Writer {
+    path: PathBuf,
+    file: File,
+    written: usize,
+}
+
+impl Writer {
+    /// Opens (creating the directory and file if needed) for appending.
+    pub fn open(path: &Path) -> Result<Self> {
+        let io = |source| Error::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(io)?;
+        }
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(io)?;
+        // A torn last line from a crash must not swallow the next record.
+        let len = file.metadata().map_err(io)?.len();
+        let mut w = Self {
+            path: path.to_path_buf(),
+            file,
+            written: 0,
+        };
+        if len > 0 && !ends_with_newline(path).map_err(io)? {
+            w.file.write_all(b"\n").map_err(io)?;
+        }
+        Ok(w)
+    }
+
+    /// Appends one record and fsyncs.
+    pub fn append(&mut self, rec: &Record) -> Result<()> {
+        let mut line = serde_json::to_vec(rec)?;
+        line.push(b'\n');
+        let io = |source| Error::Io {
+            path: self.path.clone(),
+            source,
+        };
+        self.file.write_all(&line).map_err(io)?;
+        self.file.sync_data().map_err(io)?;
+        self.written += 1;
+        Ok(())
+    }
+
+    /// Records appended through this writer.
+    pub fn written(&self) -> usize {
+        self.written
+    }
+
+    /// The log's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+fn ends_with_newline(path: &Path) -> std::io::Result<bool> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = File::open(path)?;
+    f.seek(SeekFrom::End(-1))?;
+    let mut b = [0u8; 1];
+    f.read_exact(&mut b)?;
+    Ok(b[0] == b'\n')
+}
+
+/// What reading a log found.
+#[derive(Debug, Default)]
+pub struct ReadResult {
+    /// Records in order.
+    pub records: Vec<Record>,
+    /// 1-based numbers of lines that were not records (a torn last line, or corruption).
+    pub skipped: Vec<usize>,
+}
+
+/// Reads a log, tolerating a torn or corrupt line (reported in `skipped`).
+/// A missing file reads as empty.
+pub fn read(path: &Path) -> Result<ReadResult> {
+    let io = |source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(ReadResult::default()),
+        Err(e) => return Err(io(e)),
+    };
+    let mut out = ReadResult::default();
+    for (i, line) in BufReader::new(file).split(b'\n').enumerate() {
+        let line = line.map_err(io)?;
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        match serde_json::from_slice::<Record>(&line) {
+            Ok(r) => out.records.push(r),
+            Err(_) => out.skipped.push(i + 1),
+        }
+    }
+    Ok(out)
+}
+
+/// Rebuilds the ledger (executions and failures) from records.
+pub fn ledger_from(records: &[Record]) -> Ledger {
+    let mut l = Ledger::default();
+    for r in records {
+        if r.dry_run {
+            continue;
+        }
+        match (r.phase, r.decision.as_str()) {
+            // One execution per planned step 0: a multi-step run counts once.
+            (Phase::Planned, "execute") if r.step == 0 => {
+                l.record_execution(
+                    r.ts,
+                    &r.policy,
+                    &r.playbook,
+                    &crate::policy::gate::target_key(&r.target),
+                );
+            }
+            (Phase::Failed, _) => l.record_failure(r.ts, &r.policy, &r.playbook),
+            _ => {}
+        }
+    }
+    l
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{Status, TriggerKind};
+
+    fn rec(id: &str) -> Record {
+        Record {
+            ts: Utc::now(),
+            id: id.into(),
+            trigger: TriggerRef {
+                kind: TriggerKind::Alert,
+                alertname: Some("A".into()),
+                fingerprint: "f".into(),
+                status: Status::Firing,
+            },
+            playbook: "pb".into(),
+            action: "kubernetes.pod.restart".into(),
+            target: BTreeMap::new(),
+            params: serde_json::json!({}),
+            decision: "execute".into(),
+            reason: "all gates passed".into(),
+            dry_run: false,
+            phase: Phase::Planned,
+            outcome: "pending".into(),
+            duration_ms: 0,
+            node: "n".into(),
+            policy: "default".into(),
+            step: 0,
+        }
+    }
+
+    #[test]
+    fn torn_last_line_is_skipped_and_next_append_starts_on_a_new_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("sub/audit.jsonl");
+        let mut w = Writer::open(&p).unwrap();
+        w.append(&rec("a")).unwrap();
+        drop(w);
+        // Simulate a crash mid-write.
+        let mut f = OpenOptions::new().append(true).open(&p).unwrap();
+        f.write_all(br#"{"ts":"2026-11-24T00:00:00Z","id":"tor"#)
+            .unwrap();
+        drop(f);
+        let r = read(&p).unwrap();
+        assert_eq!(r.records.len(), 1);
+        assert_eq!(r.skipped, vec![2]);
+        let mut w = Writer::open(&p).unwrap();
+        w.append(&rec("b")).unwrap();
+        let r = read(&p).unwrap();
+        assert_eq!(
+            r.records.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
+            vec!["a", "b"]
+        );
+        assert_eq!(r.skipped, vec![2]);
+    }
+
+    #[test]
+    fn missing_log_reads_as_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = read(&dir.path().join("none.jsonl")).unwrap();
+        assert!(r.records.is_empty() && r.skipped.is_empty());
+    }
+
+    #[test]
+    fn ledger_counts_real_executions_not_dry_runs() {
+        let mut a = rec("a");
+        let mut b = rec("b");
+        b.dry_run = true;
+        b.decision = "dry-run".into();
+        let mut c = rec("c");
+        c.phase = Phase::Failed;
+        a.ts = Utc::now();
+        let l = ledger_from(&[a, b, c]);
+        let dbg = format!("{l:?}");
+        assert_eq!(dbg.matches("\"pb\"").count(), 2, "{dbg}");
+    }
+}

@@ -1,0 +1,155 @@
+//! Drivers: one module per backend behind one [`Action`] trait, the
+//! catalogue of every action (names, targets, parameter schemas) and the
+//! registry of actions this build can execute.
+
+pub mod catalog;
+pub mod docker;
+pub mod host;
+pub mod iceberg;
+pub mod kubernetes;
+pub mod postgres;
+pub mod spark;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde::Serialize;
+
+pub use catalog::{ActionSpec, ScopeKind, CATALOG};
+
+/// Where an action runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase", tag = "kind", content = "node")]
+pub enum Scope {
+    /// Once per cluster, by whichever agent claims it.
+    Cluster,
+    /// On the named node.
+    Node(String),
+}
+
+/// What a driver needs to plan or apply: the rendered target and parameters.
+#[derive(Debug, Clone, Serialize)]
+pub struct Request {
+    /// Rendered target fields, `kind` included.
+    pub target: BTreeMap<String, String>,
+    /// Validated parameters with defaults filled in.
+    pub params: serde_json::Value,
+    /// True when nothing may be changed.
+    pub dry_run: bool,
+}
+
+/// The result of `plan`: what would be done, read from the backend.
+#[derive(Debug, Clone, Serialize)]
+pub struct Plan {
+    /// A sentence a person reads: "evict pod etl/spark-driver-1 (CrashLoopBackOff, 14 restarts)".
+    pub summary: String,
+    /// Structured details for the audit record.
+    pub details: serde_json::Value,
+}
+
+/// The result of `apply`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Outcome {
+    /// What was done.
+    pub summary: String,
+    /// Structured details (counts, names, bytes).
+    pub details: serde_json::Value,
+}
+
+/// The result of `verify`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub enum Verdict {
+    /// The fix took.
+    Verified(String),
+    /// Not yet; the engine asks again until the verify timeout.
+    Pending(String),
+    /// The fix did not take.
+    Failed(String),
+}
+
+/// A driver error. `retryable` says whether trying again later may succeed.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct DriverError {
+    /// What went wrong, naming the backend object.
+    pub message: String,
+    /// Whether a later attempt may succeed (timeouts, 429, 5xx).
+    pub retryable: bool,
+}
+
+impl DriverError {
+    /// A permanent error.
+    pub fn permanent(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            retryable: false,
+        }
+    }
+    /// An error worth retrying.
+    pub fn retryable(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            retryable: true,
+        }
+    }
+}
+
+/// One executable action. `plan` only reads; `apply` changes; `verify` checks.
+/// Every method is bounded by the engine's timeouts.
+#[async_trait]
+pub trait Action: Send + Sync {
+    /// Catalogue name, e.g. `kubernetes.pod.restart`.
+    fn name(&self) -> &'static str;
+    /// Where it must run for this request.
+    fn scope(&self, req: &Request) -> Scope;
+    /// Resolve the target and describe the effect, reading only.
+    async fn plan(&self, req: &Request) -> Result<Plan, DriverError>;
+    /// Make the change. Must be idempotent.
+    async fn apply(&self, req: &Request, plan: &Plan) -> Result<Outcome, DriverError>;
+    /// Check the change took.
+    async fn verify(&self, req: &Request, plan: &Plan) -> Result<Verdict, DriverError>;
+}
+
+/// The actions this build can execute, by name.
+#[derive(Default, Clone)]
+pub struct Registry {
+    actions: HashMap<&'static str, Arc<dyn Action>>,
+}
+
+impl Registry {
+    /// An empty registry: every action is planned offline and cannot be applied.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Registers a driver action. Its name must be in the catalogue.
+    pub fn register(&mut self, action: Arc<dyn Action>) -> Result<(), String> {
+        let name = action.name();
+        if catalog::get(name).is_none() {
+            return Err(format!("action {name:?} is not in the catalogue"));
+        }
+        self.actions.insert(name, action);
+        Ok(())
+    }
+
+    /// The driver for `name`, if this build has one.
+    pub fn get(&self, name: &str) -> Option<Arc<dyn Action>> {
+        self.actions.get(name).cloned()
+    }
+
+    /// Names of registered actions.
+    pub fn names(&self) -> Vec<&'static str> {
+        let mut v: Vec<_> = self.actions.keys().copied().collect();
+        v.sort_unstable();
+        v
+    }
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registry")
+            .field("actions", &self.names())
+            .finish()
+    }
+}

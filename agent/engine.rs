@@ -1,0 +1,454 @@
+//! Drives one event through match -> plan -> gate -> execute -> verify -> record.
+//!
+//! [`Engine::decide`] is pure (no I/O, time is a parameter): it is the hot
+//! path the benchmark measures and what `remediate test` checks.
+//! [`Engine::execute`] does the I/O: drivers, timeouts and audit records,
+//! written and fsynced before and after every change.
+
+use std::time::Instant;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use tracing::{info_span, Instrument};
+
+use crate::audit::{self, Phase, Record, TriggerRef};
+use crate::drivers::catalog::{target_display, Target};
+use crate::drivers::{Registry, Request, Verdict};
+use crate::event::{Event, Labels, TriggerKind};
+use crate::playbook::load::{render_json, Config, LoadedPlaybook};
+use crate::playbook::template::Context;
+use crate::policy::gate::{target_key, Decision, GateInput, Ledger};
+
+/// One planned step of a run.
+#[derive(Debug, Clone, Serialize)]
+pub struct PlannedStep {
+    /// Audit id of this step (the same across its phases).
+    pub id: String,
+    /// Action name.
+    pub action: &'static str,
+    /// Rendered, validated parameters with defaults.
+    pub params: serde_json::Value,
+    /// Upper bound on apply.
+    #[serde(skip)]
+    pub timeout: std::time::Duration,
+    /// What it would do, offline.
+    pub description: String,
+}
+
+/// One (event, playbook) decision.
+#[derive(Debug, Clone, Serialize)]
+pub struct Planned {
+    /// Playbook name.
+    pub playbook: String,
+    /// Policy that gated it.
+    pub policy: String,
+    /// The trigger.
+    pub trigger: TriggerRef,
+    /// Rendered target (empty when rendering failed).
+    pub target: Target,
+    /// Steps (empty when rendering failed).
+    pub steps: Vec<PlannedStep>,
+    /// The gate's decision.
+    pub decision: Decision,
+    /// Post-condition timeout.
+    #[serde(skip)]
+    pub verify_timeout: std::time::Duration,
+}
+
+impl Planned {
+    /// `pod etl/x`, or `-` when rendering failed.
+    pub fn target_display(&self) -> String {
+        if self.target.is_empty() {
+            "-".into()
+        } else {
+            target_display(&self.target)
+        }
+    }
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RunStatus {
+    /// Not executed (dry-run, suppressed, needs approval).
+    NotExecuted,
+    /// Every step applied and verified.
+    Verified,
+    /// A step failed; the message says which and why.
+    Failed(String),
+}
+
+/// The result of executing one planned run.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunReport {
+    /// What was decided.
+    pub planned: Planned,
+    /// How it ended.
+    pub status: RunStatus,
+    /// The records written for it.
+    pub records: Vec<Record>,
+}
+
+/// The engine: validated config plus the drivers of this build.
+#[derive(Debug)]
+pub struct Engine {
+    /// Playbooks and policies.
+    pub config: Config,
+    /// Executable actions.
+    pub registry: Registry,
+    /// This agent's node name (in every record).
+    pub node: String,
+    /// Interval between verify polls.
+    pub verify_interval: std::time::Duration,
+}
+
+impl Engine {
+    /// A new engine.
+    pub fn new(config: Config, registry: Registry, node: impl Into<String>) -> Self {
+        Self {
+            config,
+            registry,
+            node: node.into(),
+            verify_interval: std::time::Duration::from_secs(2),
+        }
+    }
+
+    /// Matches, renders and gates one event. Each executed decision is
+    /// entered in `ledger`, so the next decision sees it.
+    pub fn decide(
+        &self,
+        ev: &Event,
+        force_dry_run: bool,
+        now: DateTime<Utc>,
+        ledger: &mut Ledger,
+    ) -> Vec<Planned> {
+        self.config
+            .matching(ev)
+            .into_iter()
+            .filter_map(|pb| self.decide_one(pb, ev, force_dry_run, now, ledger))
+            .collect()
+    }
+
+    fn decide_one(
+        &self,
+        pb: &LoadedPlaybook,
+        ev: &Event,
+        force_dry_run: bool,
+        now: DateTime<Utc>,
+        ledger: &mut Ledger,
+    ) -> Option<Planned> {
+        // The loader guarantees the policy exists.
+        let policy = self.config.policies.get(&pb.doc.spec.policy)?;
+        let trigger = TriggerRef {
+            kind: ev.trigger,
+            alertname: ev.alertname().map(str::to_string),
+            fingerprint: ev.fingerprint.clone(),
+            status: ev.status,
+        };
+        let mut planned = Planned {
+            playbook: pb.name().to_string(),
+            policy: policy.gate.policy().to_string(),
+            trigger,
+            target: Target::new(),
+            steps: Vec::new(),
+            decision: Decision::Execute,
+            verify_timeout: pb.verify_timeout.std(),
+        };
+        match self.render(pb, ev) {
+            Ok((target, steps)) => {
+                planned.target = target;
+                planned.steps = steps;
+            }
+            Err(e) => {
+                // Fail closed: a run that cannot be planned is not run.
+                planned.decision = Decision::Suppressed(format!("cannot plan: {e}"));
+                return Some(planned);
+            }
+        }
+        let key = target_key(&planned.target);
+        let actions: Vec<&str> = planned.steps.iter().map(|s| s.action).collect();
+        planned.decision = policy.gate.decide(&GateInput {
+            event: ev,
+            playbook: pb.name(),
+            actions: &actions,
+            target: &planned.target,
+            target_key: &key,
+            playbook_mode: pb.doc.spec.mode,
+            force_dry_run,
+            now,
+            ledger,
+        });
+        if planned.decision == Decision::Execute {
+            ledger.record_execution(now, &planned.policy, &planned.playbook, &key);
+        }
+        Some(planned)
+    }
+
+    fn render(
+        &self,
+        pb: &LoadedPlaybook,
+        ev: &Event,
+    ) -> Result<(Target, Vec<PlannedStep>), String> {
+        let given: Labels = match ev.trigger {
+            TriggerKind::Alert => Labels::new(),
+            TriggerKind::Schedule | TriggerKind::Manual => ev.values.clone(),
+        };
+        let values = pb.resolve_values(&given)?;
+        let ctx = Context {
+            labels: &ev.labels,
+            annotations: &ev.annotations,
+            values: &values,
+        };
+        let target = pb.render_target(&ctx).map_err(|e| format!("target: {e}"))?;
+        let mut steps = Vec::with_capacity(pb.steps.len());
+        for (i, s) in pb.steps.iter().enumerate() {
+            let rendered = render_json(&s.params, &ctx)
+                .map_err(|e| format!("steps[{i}] {}: {e}", s.spec.name))?;
+            let params = (s.spec.normalize)(rendered)
+                .map_err(|e| format!("steps[{i}] {}: {e}", s.spec.name))?;
+            let description = (s.spec.describe)(&target, &params);
+            steps.push(PlannedStep {
+                id: uuid::Uuid::now_v7().to_string(),
+                action: s.spec.name,
+                params,
+                timeout: s.timeout.std(),
+                description,
+            });
+        }
+        Ok((target, steps))
+    }
+
+    /// Executes (or, for any decision but `execute`, only records) one
+    /// planned run. Every record is fsynced before the next phase starts;
+    /// an audit write failure stops the run before anything else changes.
+    pub async fn execute(
+        &self,
+        planned: Planned,
+        audit: &mut audit::Writer,
+        ledger: &mut Ledger,
+    ) -> audit::Result<RunReport> {
+        let span = info_span!("run", playbook = %planned.playbook, target = %planned.target_display(), decision = planned.decision.as_str());
+        self.execute_inner(planned, audit, ledger)
+            .instrument(span)
+            .await
+    }
+
+    async fn execute_inner(
+        &self,
+        planned: Planned,
+        audit: &mut audit::Writer,
+        ledger: &mut Ledger,
+    ) -> audit::Result<RunReport> {
+        let mut records = Vec::new();
+        let base =
+            |step: Option<&PlannedStep>, idx: usize, phase: Phase, outcome: String, ms: u64| {
+                Record {
+                    ts: Utc::now(),
+                    id: step
+                        .map(|s| s.id.clone())
+                        .unwrap_or_else(|| uuid::Uuid::now_v7().to_string()),
+                    trigger: planned.trigger.clone(),
+                    playbook: planned.playbook.clone(),
+                    action: step.map(|s| s.action.to_string()).unwrap_or_default(),
+                    target: planned.target.clone(),
+                    params: step
+                        .map(|s| s.params.clone())
+                        .unwrap_or(serde_json::Value::Null),
+                    decision: planned.decision.as_str().to_string(),
+                    reason: planned.decision.reason().to_string(),
+                    dry_run: !matches!(planned.decision, Decision::Execute),
+                    phase,
+                    outcome,
+                    duration_ms: ms,
+                    node: self.node.clone(),
+                    policy: planned.policy.clone(),
+                    step: idx,
+                }
+            };
+        let mut write = |rec: Record, records: &mut Vec<Record>| -> audit::Result<()> {
+            audit.append(&rec)?;
+            records.push(rec);
+            Ok(())
+        };
+
+        if planned.decision != Decision::Execute {
+            if planned.steps.is_empty() {
+                write(
+                    base(None, 0, Phase::Planned, "nothing done".into(), 0),
+                    &mut records,
+                )?;
+            }
+            for (i, s) in planned.steps.iter().enumerate() {
+                let outcome = match &planned.decision {
+                    Decision::DryRun(_) => format!("would {}", self.describe(&planned, s).await),
+                    Decision::NeedsApproval(_) => format!("awaiting approval to {}", s.description),
+                    _ => "nothing done".to_string(),
+                };
+                write(base(Some(s), i, Phase::Planned, outcome, 0), &mut records)?;
+            }
+            return Ok(RunReport {
+                planned,
+                status: RunStatus::NotExecuted,
+                records,
+            });
+        }
+
+        let fail_at = Utc::now();
+        for (i, s) in planned.steps.iter().enumerate() {
+            let span = info_span!("action", action = s.action, step = i);
+            let started = Instant::now();
+            write(
+                base(
+                    Some(s),
+                    i,
+                    Phase::Planned,
+                    format!("pending: {}", s.description),
+                    0,
+                ),
+                &mut records,
+            )?;
+            let result = self.run_step(&planned, s).instrument(span).await;
+            let ms = started.elapsed().as_millis() as u64;
+            match result {
+                Ok((applied, verified)) => {
+                    write(base(Some(s), i, Phase::Applied, applied, ms), &mut records)?;
+                    write(
+                        base(
+                            Some(s),
+                            i,
+                            Phase::Verified,
+                            verified,
+                            started.elapsed().as_millis() as u64,
+                        ),
+                        &mut records,
+                    )?;
+                }
+                Err(msg) => {
+                    write(
+                        base(Some(s), i, Phase::Failed, msg.clone(), ms),
+                        &mut records,
+                    )?;
+                    ledger.record_failure(fail_at, &planned.policy, &planned.playbook);
+                    let status = RunStatus::Failed(format!("{}: {msg}", s.action));
+                    return Ok(RunReport {
+                        planned,
+                        status,
+                        records,
+                    });
+                }
+            }
+        }
+        Ok(RunReport {
+            planned,
+            status: RunStatus::Verified,
+            records,
+        })
+    }
+
+    /// The driver's plan summary when a backend is configured, else the offline description.
+    async fn describe(&self, planned: &Planned, s: &PlannedStep) -> String {
+        let Some(driver) = self.registry.get(s.action) else {
+            return format!(
+                "{} (offline: no {} backend configured)",
+                s.description,
+                backend_of(s.action)
+            );
+        };
+        let req = Request {
+            target: planned.target.clone(),
+            params: s.params.clone(),
+            dry_run: true,
+        };
+        match tokio::time::timeout(s.timeout, driver.plan(&req)).await {
+            Ok(Ok(p)) => p.summary,
+            Ok(Err(e)) => format!("{} (plan failed: {e})", s.description),
+            Err(_) => format!("{} (plan timed out after {:?})", s.description, s.timeout),
+        }
+    }
+
+    /// Plan, apply and verify one step within its timeouts. Ok carries the
+    /// applied and verified outcomes; Err the failure, in words.
+    async fn run_step(
+        &self,
+        planned: &Planned,
+        s: &PlannedStep,
+    ) -> Result<(String, String), String> {
+        let Some(driver) = self.registry.get(s.action) else {
+            return Err(format!(
+                "no driver for action {} in this build: the {} backend is not available yet, nothing was changed",
+                s.action,
+                backend_of(s.action)
+            ));
+        };
+        let req = Request {
+            target: planned.target.clone(),
+            params: s.params.clone(),
+            dry_run: false,
+        };
+        let timed = |what: &str| {
+            format!(
+                "{what} timed out after {}",
+                humantime::format_duration(s.timeout)
+            )
+        };
+        let plan = tokio::time::timeout(s.timeout, driver.plan(&req))
+            .await
+            .map_err(|_| timed("plan"))?
+            .map_err(|e| format!("plan failed: {e}"))?;
+        let outcome = tokio::time::timeout(s.timeout, driver.apply(&req, &plan))
+            .await
+            .map_err(|_| timed("apply"))?
+            .map_err(|e| {
+                format!(
+                    "apply failed{}: {e}",
+                    if e.retryable { " (retryable)" } else { "" }
+                )
+            })?;
+        let deadline = Instant::now() + planned.verify_timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let verdict = tokio::time::timeout(left, driver.verify(&req, &plan)).await;
+            match verdict {
+                Ok(Ok(Verdict::Verified(msg))) => return Ok((outcome.summary, msg)),
+                Ok(Ok(Verdict::Failed(msg))) => {
+                    return Err(format!(
+                        "applied ({}) but not verified: {msg}",
+                        outcome.summary
+                    ))
+                }
+                Ok(Ok(Verdict::Pending(msg)))
+                    if Instant::now() + self.verify_interval < deadline =>
+                {
+                    tracing::debug!(%msg, "verify pending");
+                    tokio::time::sleep(self.verify_interval).await;
+                }
+                Ok(Ok(Verdict::Pending(msg))) => {
+                    return Err(format!(
+                        "applied ({}) but not verified within {}: {msg}",
+                        outcome.summary,
+                        humantime::format_duration(planned.verify_timeout)
+                    ))
+                }
+                Ok(Err(e)) => {
+                    return Err(format!(
+                        "applied ({}) but verify failed: {e}",
+                        outcome.summary
+                    ))
+                }
+                Err(_) => {
+                    return Err(format!(
+                        "applied ({}) but verify timed out after {}",
+                        outcome.summary,
+                        humantime::format_duration(planned.verify_timeout)
+                    ))
+                }
+            }
+        }
+    }
+}
+
+fn backend_of(action: &str) -> &'static str {
+    crate::drivers::catalog::get(action)
+        .map(|a| a.backend)
+        .unwrap_or("unknown")
+}

@@ -1,0 +1,493 @@
+//! `remediate` CLI: parses arguments, calls the library, maps outcomes to
+//! exit codes (0 ok, 1 an action failed, 2 bad input).
+
+use std::io::{IsTerminal, Read};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use chrono::{DateTime, Utc};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use remediate::audit;
+use remediate::bundle::{self, Origin};
+use remediate::diag::Diagnostics;
+use remediate::drivers::{Registry, CATALOG};
+use remediate::engine::{Engine, RunStatus};
+use remediate::event::{Event, Labels, Status, TriggerKind};
+use remediate::playbook::load::{read_dir, Config, Source};
+use remediate::policy::Decision;
+use remediate::report::{self, Row, Summary};
+use remediate::trigger::alertmanager::Payload;
+
+/// Largest `--alert` body accepted.
+const MAX_ALERT_BYTES: u64 = 16 << 20;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "remediate",
+    version,
+    about = "Self-healing remediation agent: Alertmanager alerts and cron ticks to gated, audited playbook actions",
+    long_about = "Self-healing remediation agent.\n\nMatches Alertmanager alerts (and cron ticks, and manual runs) to YAML playbooks, passes every planned action through a policy gate (scope, windows, rate limits, cooldowns, circuit breaker, approvals, dry-run), executes it through a driver, verifies it and appends an audit record for every decision.\n\nExit codes: 0 ok, 1 an action failed, 2 bad input.",
+    after_help = "Start with: remediate run --dry-run --alert examples/alerts/crashloop-firing.json"
+)]
+struct Cli {
+    /// More log output on stderr (-v info, -vv debug). RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args, Debug, Clone)]
+struct Sources {
+    /// Playbook directory [default: ./playbooks if present, else the embedded bundle]
+    #[arg(long, value_name = "DIR", env = "REMEDIATE_PLAYBOOKS")]
+    playbooks: Option<PathBuf>,
+    /// Policy directory [default: ./policies if present, else the embedded bundle]
+    #[arg(long, value_name = "DIR", env = "REMEDIATE_POLICIES")]
+    policies: Option<PathBuf>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Check playbooks and policies; report every error with file:line:column.
+    Validate {
+        #[command(flatten)]
+        sources: Sources,
+    },
+    /// Decide (and, without --dry-run, execute) remediations for an alert payload or one playbook.
+    #[command(group(clap::ArgGroup::new("input").required(true).args(["alert", "playbook"])))]
+    Run(RunArgs),
+    /// Run playbook unit tests (*.test.yaml beside the playbooks).
+    Test {
+        /// Directory of playbooks and their tests [default: ./playbooks if present, else the embedded bundle]
+        dir: Option<PathBuf>,
+        /// Policy directory [default: ./policies if present, else the embedded bundle]
+        #[arg(long, value_name = "DIR", env = "REMEDIATE_POLICIES")]
+        policies: Option<PathBuf>,
+    },
+    /// List every action playbooks may use, with its targets and whether this build can execute it.
+    Actions,
+    /// Print the JSON Schema of Playbook (default) or Policy documents, or write both.
+    Schema {
+        /// Which schema to print.
+        #[arg(long, value_enum, default_value_t = SchemaKind::Playbook)]
+        kind: SchemaKind,
+        /// Write playbook.schema.json and policy.schema.json into this directory instead.
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+    },
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy)]
+enum SchemaKind {
+    Playbook,
+    Policy,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+enum Output {
+    /// A decision table and a summary line.
+    Text,
+    /// The audit records written, one JSON object a line.
+    Json,
+}
+
+#[derive(Args, Debug)]
+struct RunArgs {
+    /// Plan, gate and audit only: change nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Alertmanager webhook body (version 4) to act on; - reads stdin.
+    #[arg(long, value_name = "FILE|-")]
+    alert: Option<PathBuf>,
+    /// Run this playbook by hand, as a cron tick would.
+    #[arg(long, value_name = "NAME")]
+    playbook: Option<String>,
+    /// Set a playbook value (with --playbook); repeatable.
+    #[arg(long = "set", value_name = "KEY=VALUE", requires = "playbook", value_parser = parse_kv)]
+    set: Vec<(String, String)>,
+    /// Audit log to append to.
+    #[arg(
+        long,
+        value_name = "PATH",
+        default_value = ".remediate/audit.jsonl",
+        env = "REMEDIATE_AUDIT"
+    )]
+    audit: PathBuf,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Output::Text)]
+    output: Output,
+    /// Evaluate the gate as of this time (RFC 3339) instead of now: what-if for windows and limits.
+    #[arg(long, value_name = "TIME")]
+    at: Option<DateTime<Utc>>,
+    /// Node name recorded in the audit [default: the host name]
+    #[arg(long, env = "REMEDIATE_NODE")]
+    node: Option<String>,
+    #[command(flatten)]
+    sources: Sources,
+}
+
+fn parse_kv(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .filter(|(k, _)| !k.is_empty())
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("expected KEY=VALUE, got {s:?}"))
+}
+
+/// Outcome classes and their exit codes.
+enum Fail {
+    /// Exit 2: bad input; the message says what and where.
+    Input(String),
+    /// Exit 1: an action (or the audit) failed.
+    Action(String),
+}
+
+impl From<Diagnostics> for Fail {
+    fn from(d: Diagnostics) -> Self {
+        let n = d.len();
+        Fail::Input(format!("{d}\n{n} error{}", if n == 1 { "" } else { "s" }))
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.verbose);
+    let result = match cli.command {
+        Command::Validate { sources } => validate(&sources),
+        Command::Run(args) => run(args),
+        Command::Test { dir, policies } => test(dir, policies),
+        Command::Actions => {
+            actions();
+            Ok(())
+        }
+        Command::Schema { kind, out } => {
+            schema(kind, out).map_err(|e| Fail::Input(format!("{e:#}")))
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Fail::Input(msg)) => {
+            eprintln!("{msg}");
+            ExitCode::from(2)
+        }
+        Err(Fail::Action(msg)) => {
+            eprintln!("{msg}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn init_tracing(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn pick(
+    dir: Option<&Path>,
+    default_dir: &str,
+    embedded: fn() -> Vec<Source>,
+) -> Result<(Origin, Vec<Source>), Fail> {
+    match dir {
+        Some(d) => Ok((Origin::Dir(d.to_path_buf()), read_dir(d)?)),
+        None if Path::new(default_dir).is_dir() => Ok((
+            Origin::Dir(default_dir.into()),
+            read_dir(Path::new(default_dir))?,
+        )),
+        None => Ok((Origin::Embedded, embedded())),
+    }
+}
+
+fn load(sources: &Sources) -> Result<(Config, Origin, Origin), Fail> {
+    let (pb_origin, pbs) = pick(sources.playbooks.as_deref(), "playbooks", bundle::playbooks)?;
+    let (pol_origin, pols) = pick(sources.policies.as_deref(), "policies", bundle::policies)?;
+    let cfg = Config::load(&pbs, &pols)?;
+    Ok((cfg, pb_origin, pol_origin))
+}
+
+fn validate(sources: &Sources) -> Result<(), Fail> {
+    let (cfg, pb, pol) = load(sources)?;
+    let schedules: usize = cfg.playbooks.iter().map(|p| p.schedules.len()).sum();
+    println!(
+        "ok: {} playbook{} ({pb}), {} polic{} ({pol}), {schedules} schedule trigger{}",
+        cfg.playbooks.len(),
+        if cfg.playbooks.len() == 1 { "" } else { "s" },
+        cfg.policies.len(),
+        if cfg.policies.len() == 1 { "y" } else { "ies" },
+        if schedules == 1 { "" } else { "s" },
+    );
+    Ok(())
+}
+
+fn node_name(given: Option<String>) -> String {
+    given
+        .or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|s| s.trim().to_string())
+        })
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+fn read_alert(path: &Path) -> Result<Vec<u8>, Fail> {
+    let mut buf = Vec::new();
+    let shown = path.display();
+    let res = if path == Path::new("-") {
+        std::io::stdin()
+            .take(MAX_ALERT_BYTES + 1)
+            .read_to_end(&mut buf)
+    } else {
+        std::fs::File::open(path).and_then(|f| f.take(MAX_ALERT_BYTES + 1).read_to_end(&mut buf))
+    };
+    res.map_err(|e| Fail::Input(format!("{shown}: cannot read: {e}")))?;
+    if buf.len() as u64 > MAX_ALERT_BYTES {
+        return Err(Fail::Input(format!(
+            "{shown}: larger than {} MiB: not an Alertmanager webhook body",
+            MAX_ALERT_BYTES >> 20
+        )));
+    }
+    Ok(buf)
+}
+
+fn run(args: RunArgs) -> Result<(), Fail> {
+    let (cfg, pb_origin, pol_origin) = load(&args.sources)?;
+    let now = args.at.unwrap_or_else(Utc::now);
+    let events: Vec<Event> = match (&args.alert, &args.playbook) {
+        (Some(path), _) => {
+            let body = read_alert(path)?;
+            let payload = Payload::parse(&body)
+                .map_err(|e| Fail::Input(format!("{}: {e}", path.display())))?;
+            payload.events()
+        }
+        (None, Some(name)) => {
+            let pb = cfg.playbook(name).ok_or_else(|| {
+                let names: Vec<&str> = cfg.playbooks.iter().map(|p| p.name()).collect();
+                Fail::Input(format!(
+                    "unknown playbook {name:?} (loaded from {pb_origin}: {})",
+                    names.join(", ")
+                ))
+            })?;
+            let values: Labels = args.set.iter().cloned().collect();
+            // Reject unknown or missing values before anything is recorded.
+            pb.resolve_values(&values).map_err(Fail::Input)?;
+            vec![Event::for_playbook(TriggerKind::Manual, name, values, now)]
+        }
+        (None, None) => return Err(Fail::Input("give --alert FILE or --playbook NAME".into())),
+    };
+
+    let history = audit::read(&args.audit).map_err(|e| Fail::Input(e.to_string()))?;
+    if !history.skipped.is_empty() {
+        eprintln!(
+            "warning: {}: skipped unreadable line(s) {:?} (a torn write from a crash is expected at the end)",
+            args.audit.display(),
+            history.skipped
+        );
+    }
+    let mut ledger = audit::ledger_from(&history.records);
+    let mut writer = audit::Writer::open(&args.audit).map_err(|e| Fail::Input(e.to_string()))?;
+    let engine = Engine::new(cfg, Registry::new(), node_name(args.node));
+    if args.output == Output::Text {
+        println!(
+            "playbooks: {} from {pb_origin}; policies: {} from {pol_origin}; evaluated at {}{}",
+            engine.config.playbooks.len(),
+            engine.config.policies.len(),
+            now.format("%Y-%m-%dT%H:%M:%SZ"),
+            if args.dry_run {
+                "; DRY RUN: nothing will be changed"
+            } else {
+                ""
+            }
+        );
+    }
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Fail::Action(format!("cannot start runtime: {e}")))?;
+    let mut summary = Summary {
+        events: events.len(),
+        ..Summary::default()
+    };
+    let mut reports = Vec::new();
+    let mut unmatched = Vec::new();
+    for (i, ev) in events.iter().enumerate() {
+        if ev.status == Status::Resolved {
+            summary.resolved += 1;
+        }
+        let planned = engine.decide(ev, args.dry_run, now, &mut ledger);
+        if planned.is_empty() {
+            summary.unmatched += 1;
+            unmatched.push(i);
+        }
+        for p in planned {
+            match &p.decision {
+                Decision::Execute => summary.execute += 1,
+                Decision::DryRun(_) => summary.dry_run += 1,
+                Decision::Suppressed(_) => summary.suppressed += 1,
+                Decision::NeedsApproval(_) => summary.needs_approval += 1,
+            }
+            let rep = rt
+                .block_on(engine.execute(p, &mut writer, &mut ledger))
+                .map_err(|e| {
+                    Fail::Action(format!(
+                        "audit write failed, stopping before any further action: {e}"
+                    ))
+                })?;
+            if matches!(rep.status, RunStatus::Failed(_)) {
+                summary.failed += 1;
+            }
+            if args.output == Output::Json {
+                for r in &rep.records {
+                    println!("{}", serde_json::to_string(r).unwrap_or_default());
+                }
+            }
+            reports.push((i, rep));
+        }
+    }
+    summary.records = writer.written();
+
+    if args.output == Output::Text {
+        let mut rows: Vec<(usize, Row<'_>)> =
+            reports.iter().map(|(i, r)| (*i, Row::Run(r))).collect();
+        rows.extend(unmatched.iter().map(|i| (*i, Row::NoMatch(&events[*i]))));
+        rows.sort_by_key(|(i, _)| *i);
+        let rows: Vec<Row<'_>> = rows.into_iter().map(|(_, r)| r).collect();
+        let width = if std::io::stdout().is_terminal() {
+            None
+        } else {
+            Some(160)
+        };
+        println!("{}", report::table(&rows, width));
+        println!("{}", summary.line(&args.audit.display().to_string()));
+    }
+    if summary.failed > 0 {
+        return Err(Fail::Action(format!(
+            "{} run(s) failed; see {}",
+            summary.failed,
+            args.audit.display()
+        )));
+    }
+    Ok(())
+}
+
+fn test(dir: Option<PathBuf>, policies: Option<PathBuf>) -> Result<(), Fail> {
+    let (origin, pbs, tests) = match &dir {
+        Some(d) => (Origin::Dir(d.clone()), read_dir(d)?, read_tests(d)?),
+        None if Path::new("playbooks").is_dir() => {
+            let d = Path::new("playbooks");
+            (Origin::Dir(d.into()), read_dir(d)?, read_tests(d)?)
+        }
+        None => (
+            Origin::Embedded,
+            bundle::playbooks(),
+            bundle::playbook_tests(),
+        ),
+    };
+    let (_, pols) = pick(policies.as_deref(), "policies", bundle::policies)?;
+    let cfg = Config::load(&pbs, &pols)?;
+    if tests.is_empty() {
+        return Err(Fail::Input(format!(
+            "{origin}: no *.test.yaml files: nothing to test"
+        )));
+    }
+    let parsed = remediate::testing::parse(&tests)?;
+    let engine = Engine::new(cfg, Registry::new(), "test");
+    let rep = remediate::testing::run(&engine, &parsed)?;
+    for f in &rep.failures {
+        println!("FAILED {f}");
+    }
+    let failed = rep.failures.len();
+    println!(
+        "{} test file{} ({origin}), {} case{}: {} passed, {failed} failed",
+        rep.files,
+        if rep.files == 1 { "" } else { "s" },
+        rep.cases,
+        if rep.cases == 1 { "" } else { "s" },
+        rep.cases - failed
+    );
+    if failed > 0 {
+        return Err(Fail::Action(format!(
+            "{failed} playbook test case(s) failed"
+        )));
+    }
+    Ok(())
+}
+
+fn read_tests(dir: &Path) -> Result<Vec<Source>, Fail> {
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| Fail::Input(format!("{}: cannot read directory: {e}", dir.display())))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.to_str()
+                .is_some_and(|s| s.ends_with(".test.yaml") || s.ends_with(".test.yml"))
+        })
+        .collect();
+    paths.sort();
+    paths
+        .into_iter()
+        .map(|p| {
+            std::fs::read_to_string(&p)
+                .map(|text| Source {
+                    path: p.clone(),
+                    text,
+                })
+                .map_err(|e| Fail::Input(format!("{}: cannot read: {e}", p.display())))
+        })
+        .collect()
+}
+
+fn actions() {
+    let registry = Registry::new();
+    for a in CATALOG {
+        let targets: Vec<String> = a
+            .targets
+            .iter()
+            .map(|(k, f)| format!("{k}({})", f.join(",")))
+            .collect();
+        let driver = if registry.get(a.name).is_some() {
+            "driver: yes"
+        } else {
+            "driver: not in this build (plans offline)"
+        };
+        println!(
+            "{}\n    {}\n    targets: {}; scope: {:?}; default timeout {}s; {driver}",
+            a.name,
+            a.summary,
+            targets.join(" | "),
+            a.scope,
+            a.default_timeout_secs
+        );
+    }
+}
+
+fn schema(kind: SchemaKind, out: Option<PathBuf>) -> anyhow::Result<()> {
+    match out {
+        Some(dir) => {
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            for (name, text) in [
+                ("playbook.schema.json", remediate::schema::playbook()),
+                ("policy.schema.json", remediate::schema::policy()),
+            ] {
+                let p = dir.join(name);
+                std::fs::write(&p, text).with_context(|| format!("writing {}", p.display()))?;
+                println!("wrote {}", p.display());
+            }
+        }
+        None => match kind {
+            SchemaKind::Playbook => print!("{}", remediate::schema::playbook()),
+            SchemaKind::Policy => print!("{}", remediate::schema::policy()),
+        },
+    }
+    Ok(())
+}

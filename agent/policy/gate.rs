@@ -1,0 +1,916 @@
+//! The gate: each policy rule is a stage that may stop a planned run and say
+//! why. The first stage that speaks decides; if none does, the run executes
+//! (or is simulated, in dry-run). Time is a parameter: nothing here reads the
+//! clock.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::str::FromStr;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::model::{Policy, RateScope};
+use crate::event::{Event, Status};
+use crate::playbook::model::Mode;
+
+/// The gate's verdict on one planned run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "decision", content = "reason", rename_all = "kebab-case")]
+pub enum Decision {
+    /// Act now.
+    Execute,
+    /// Plan and audit but do not act; the reason says which switch.
+    DryRun(String),
+    /// Do nothing; the reason names the rule that fired.
+    Suppressed(String),
+    /// Wait for a person; the reason says why.
+    NeedsApproval(String),
+}
+
+impl Decision {
+    /// `execute`, `dry-run`, `suppressed` or `needs-approval`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Decision::Execute => "execute",
+            Decision::DryRun(_) => "dry-run",
+            Decision::Suppressed(_) => "suppressed",
+            Decision::NeedsApproval(_) => "needs-approval",
+        }
+    }
+    /// Why.
+    pub fn reason(&self) -> &str {
+        match self {
+            Decision::Execute => "all gates passed",
+            Decision::DryRun(r) | Decision::Suppressed(r) | Decision::NeedsApproval(r) => r,
+        }
+    }
+    /// Parses the `decision` word of an audit record.
+    pub fn from_parts(decision: &str, reason: &str) -> Option<Self> {
+        Some(match decision {
+            "execute" => Decision::Execute,
+            "dry-run" => Decision::DryRun(reason.into()),
+            "suppressed" => Decision::Suppressed(reason.into()),
+            "needs-approval" => Decision::NeedsApproval(reason.into()),
+            _ => return None,
+        })
+    }
+}
+
+impl fmt::Display for Decision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Decision::Execute => f.write_str("execute"),
+            d => write!(f, "{}({})", d.as_str(), d.reason()),
+        }
+    }
+}
+
+/// What the gate sees of one planned run.
+#[derive(Debug, Clone, Copy)]
+pub struct GateInput<'a> {
+    /// The event.
+    pub event: &'a Event,
+    /// Playbook name.
+    pub playbook: &'a str,
+    /// Actions of the playbook's steps.
+    pub actions: &'a [&'a str],
+    /// Rendered target.
+    pub target: &'a crate::drivers::catalog::Target,
+    /// Canonical key of the target (see [`target_key`]).
+    pub target_key: &'a str,
+    /// The playbook's own mode.
+    pub playbook_mode: Mode,
+    /// `--dry-run` or the agent's shadow switch.
+    pub force_dry_run: bool,
+    /// Evaluation time.
+    pub now: DateTime<Utc>,
+    /// Past executions and failures.
+    pub ledger: &'a Ledger,
+}
+
+/// A canonical key for a target: `kind|field=value|...` in field order.
+pub fn target_key(target: &crate::drivers::catalog::Target) -> String {
+    let mut s = String::new();
+    for (i, (k, v)) in target.iter().enumerate() {
+        if i > 0 {
+            s.push('|');
+        }
+        s.push_str(k);
+        s.push('=');
+        s.push_str(v);
+    }
+    s
+}
+
+/// One rule.
+trait Stage: Send + Sync {
+    fn check(&self, input: &GateInput<'_>) -> Option<Decision>;
+}
+
+/// A window compiled from its cron expression.
+#[derive(Debug, Clone)]
+pub struct CompiledWindow {
+    cron: cron::Schedule,
+    source: String,
+    duration: chrono::Duration,
+}
+
+impl CompiledWindow {
+    /// Compiles a window; the error says what was expected.
+    pub fn new(cron_expr: &str, duration: crate::units::Duration) -> Result<Self, String> {
+        Ok(Self {
+            cron: parse_cron(cron_expr)?,
+            source: cron_expr.to_string(),
+            duration: duration.chrono(),
+        })
+    }
+
+    /// If open at `now`: when it opened.
+    pub fn open_since(&self, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        let start = self.cron.after(&(now - self.duration)).next()?;
+        (start <= now).then_some(start)
+    }
+
+    /// The next time it opens after `now`.
+    pub fn next_open(&self, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        self.cron.after(&now).next()
+    }
+}
+
+/// Parses a cron expression with a seconds field, with an error that says what is expected.
+pub fn parse_cron(expr: &str) -> Result<cron::Schedule, String> {
+    cron::Schedule::from_str(expr).map_err(|e| {
+        format!("bad cron {expr:?}: {e} (expected 6 or 7 fields: sec min hour day-of-month month day-of-week [year], e.g. \"0 0 3 * * *\")")
+    })
+}
+
+struct Resolved;
+impl Stage for Resolved {
+    fn check(&self, i: &GateInput<'_>) -> Option<Decision> {
+        (i.event.status == Status::Resolved)
+            .then(|| Decision::Suppressed("alert resolved: resolved alerts start nothing".into()))
+    }
+}
+
+struct Namespaces {
+    allow: Vec<String>,
+    deny: Vec<String>,
+}
+impl Stage for Namespaces {
+    fn check(&self, i: &GateInput<'_>) -> Option<Decision> {
+        let ns = i.target.get("namespace")?;
+        if self.deny.iter().any(|d| d == ns) {
+            return Some(Decision::Suppressed(format!(
+                "namespace {ns} denied by policy scope"
+            )));
+        }
+        if !self.allow.is_empty() && !self.allow.iter().any(|a| a == ns) {
+            return Some(Decision::Suppressed(format!(
+                "namespace {ns} not in the policy's allow list"
+            )));
+        }
+        None
+    }
+}
+
+struct OptOut {
+    label: String,
+    /// The label as it appears on alerts: `remediate_io_disabled` and
+    /// kube-state-metrics' `label_remediate_io_disabled`.
+    prom: [String; 2],
+}
+impl OptOut {
+    fn new(label: &str) -> Self {
+        let sanitized: String = label
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+            .collect();
+        Self {
+            label: label.to_string(),
+            prom: [sanitized.clone(), format!("label_{sanitized}")],
+        }
+    }
+}
+impl Stage for OptOut {
+    fn check(&self, i: &GateInput<'_>) -> Option<Decision> {
+        let labels = &i.event.labels;
+        let hit = std::iter::once(&self.label)
+            .chain(self.prom.iter())
+            .find(|k| {
+                labels
+                    .get(*k)
+                    .is_some_and(|v| !matches!(v.as_str(), "" | "false" | "0"))
+            })?;
+        Some(Decision::Suppressed(format!("opted out by label {hit}")))
+    }
+}
+
+struct Freeze(Vec<CompiledWindow>);
+impl Stage for Freeze {
+    fn check(&self, i: &GateInput<'_>) -> Option<Decision> {
+        self.0.iter().find_map(|w| {
+            w.open_since(i.now).map(|since| {
+                Decision::Suppressed(format!(
+                    "freeze window \"{}\" for {} (opened {}, allows again at {})",
+                    w.source,
+                    humantime::format_duration(w.duration.to_std().unwrap_or_default()),
+                    since.format("%Y-%m-%dT%H:%M:%SZ"),
+                    (since + w.duration).format("%Y-%m-%dT%H:%M:%SZ")
+                ))
+            })
+        })
+    }
+}
+
+struct Maintenance(Vec<CompiledWindow>);
+impl Stage for Maintenance {
+    fn check(&self, i: &GateInput<'_>) -> Option<Decision> {
+        if self.0.is_empty() || self.0.iter().any(|w| w.open_since(i.now).is_some()) {
+            return None;
+        }
+        let next = self.0.iter().filter_map(|w| w.next_open(i.now)).min();
+        Some(Decision::Suppressed(match next {
+            Some(n) => format!(
+                "outside maintenance windows (next opens {})",
+                n.format("%Y-%m-%dT%H:%M:%SZ")
+            ),
+            None => "outside maintenance windows (none opens again)".into(),
+        }))
+    }
+}
+
+struct Breaker {
+    policy: String,
+    failures: u32,
+    within: chrono::Duration,
+    open_for: chrono::Duration,
+}
+impl Stage for Breaker {
+    fn check(&self, i: &GateInput<'_>) -> Option<Decision> {
+        let opened = i.ledger.breaker_opened_at(
+            &self.policy,
+            i.playbook,
+            self.failures,
+            self.within,
+            self.open_for,
+            i.now,
+        )?;
+        Some(Decision::Suppressed(format!(
+            "circuit open: {} failures of {} within {} (opened {}, half-opens at {})",
+            self.failures,
+            i.playbook,
+            humantime::format_duration(self.within.to_std().unwrap_or_default()),
+            opened.format("%Y-%m-%dT%H:%M:%SZ"),
+            (opened + self.open_for).format("%Y-%m-%dT%H:%M:%SZ")
+        )))
+    }
+}
+
+struct Cooldown {
+    policy: String,
+    period: chrono::Duration,
+}
+impl Stage for Cooldown {
+    fn check(&self, i: &GateInput<'_>) -> Option<Decision> {
+        let last = i
+            .ledger
+            .last_execution(&self.policy, i.playbook, i.target_key)?;
+        (i.now < last + self.period).then(|| {
+            Decision::Suppressed(format!(
+                "cooldown {}, last {} (allows again at {})",
+                humantime::format_duration(self.period.to_std().unwrap_or_default()),
+                last.format("%Y-%m-%dT%H:%M:%SZ"),
+                (last + self.period).format("%Y-%m-%dT%H:%M:%SZ")
+            ))
+        })
+    }
+}
+
+struct Rate {
+    policy: String,
+    scope: RateScope,
+    max: u32,
+    per: chrono::Duration,
+    per_text: String,
+}
+impl Stage for Rate {
+    fn check(&self, i: &GateInput<'_>) -> Option<Decision> {
+        let since = i.now - self.per;
+        let (n, oldest) =
+            i.ledger
+                .executions_since(&self.policy, self.scope, i.playbook, i.target_key, since);
+        if n < self.max as usize {
+            return None;
+        }
+        let scope = match self.scope {
+            RateScope::Global => "global",
+            RateScope::Playbook => "playbook",
+            RateScope::Target => "target",
+        };
+        let again = oldest
+            .map(|o| {
+                format!(
+                    " (allows again at {})",
+                    (o + self.per).format("%Y-%m-%dT%H:%M:%SZ")
+                )
+            })
+            .unwrap_or_default();
+        Some(Decision::Suppressed(format!(
+            "rate-limit {scope} {}/{}{again}",
+            self.max, self.per_text
+        )))
+    }
+}
+
+struct Approve {
+    all: bool,
+    actions: Vec<String>,
+}
+impl Stage for Approve {
+    fn check(&self, i: &GateInput<'_>) -> Option<Decision> {
+        if self.all {
+            return Some(Decision::NeedsApproval(
+                "policy requires approval for every run".into(),
+            ));
+        }
+        let a = i
+            .actions
+            .iter()
+            .find(|a| self.actions.iter().any(|x| x == *a))?;
+        Some(Decision::NeedsApproval(format!(
+            "policy requires approval for {a}"
+        )))
+    }
+}
+
+/// The compiled gate of one policy.
+pub struct Gate {
+    policy: String,
+    mode: Mode,
+    stages: Vec<Box<dyn Stage>>,
+}
+
+impl fmt::Debug for Gate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Gate")
+            .field("policy", &self.policy)
+            .field("stages", &self.stages.len())
+            .finish()
+    }
+}
+
+impl Gate {
+    /// Compiles a policy into its stages. Errors name the field.
+    pub fn compile(policy: &Policy) -> Result<Self, Vec<(String, String)>> {
+        let spec = &policy.spec;
+        let name = policy.metadata.name.clone();
+        let mut errors = Vec::new();
+        let mut windows = |list: &[super::model::Window], field: &str| -> Vec<CompiledWindow> {
+            list.iter()
+                .enumerate()
+                .filter_map(|(i, w)| {
+                    CompiledWindow::new(&w.cron, w.duration)
+                        .map_err(|e| errors.push((format!("spec.windows.{field}[{i}].cron"), e)))
+                        .ok()
+                })
+                .collect()
+        };
+        let freeze = windows(&spec.windows.freeze, "freeze");
+        let maintenance = windows(&spec.windows.maintenance, "maintenance");
+        for (i, r) in spec.rate_limits.iter().enumerate() {
+            if r.max == 0 {
+                errors.push((
+                    format!("spec.rateLimits[{i}].max"),
+                    "max must be at least 1 (remove the policy's playbooks to stop them)".into(),
+                ));
+            }
+        }
+        if let Some(b) = &spec.circuit_breaker {
+            if b.failures == 0 {
+                errors.push((
+                    "spec.circuitBreaker.failures".into(),
+                    "failures must be at least 1".into(),
+                ));
+            }
+        }
+        if let Some(f) = spec
+            .blast_radius
+            .as_ref()
+            .and_then(|b| b.max_unavailable_fraction)
+        {
+            if !(0.0..=1.0).contains(&f) {
+                errors.push((
+                    "spec.blastRadius.maxUnavailableFraction".into(),
+                    format!("must be in [0, 1], got {f}"),
+                ));
+            }
+        }
+        for (i, a) in spec.approval.actions.iter().enumerate() {
+            if crate::drivers::catalog::get(a).is_none() {
+                errors.push((
+                    format!("spec.approval.actions[{i}]"),
+                    format!("unknown action {a:?}"),
+                ));
+            }
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+
+        // Order matters: the cheapest, most permanent reasons first, so the
+        // reason a person reads is the most useful one.
+        let mut stages: Vec<Box<dyn Stage>> = vec![
+            Box::new(Resolved),
+            Box::new(Namespaces {
+                allow: spec.scope.namespaces.allow.clone(),
+                deny: spec.scope.namespaces.deny.clone(),
+            }),
+        ];
+        if let Some(l) = &spec.scope.opt_out_label {
+            stages.push(Box::new(OptOut::new(l)));
+        }
+        stages.push(Box::new(Freeze(freeze)));
+        stages.push(Box::new(Maintenance(maintenance)));
+        if let Some(b) = &spec.circuit_breaker {
+            stages.push(Box::new(Breaker {
+                policy: name.clone(),
+                failures: b.failures,
+                within: b.within.chrono(),
+                open_for: b.open_for.chrono(),
+            }));
+        }
+        if let Some(c) = spec.cooldown {
+            stages.push(Box::new(Cooldown {
+                policy: name.clone(),
+                period: c.chrono(),
+            }));
+        }
+        for r in &spec.rate_limits {
+            stages.push(Box::new(Rate {
+                policy: name.clone(),
+                scope: r.scope,
+                max: r.max,
+                per: r.per.chrono(),
+                per_text: r.per.to_string(),
+            }));
+        }
+        if spec.approval.required || !spec.approval.actions.is_empty() {
+            stages.push(Box::new(Approve {
+                all: spec.approval.required,
+                actions: spec.approval.actions.clone(),
+            }));
+        }
+        Ok(Self {
+            policy: name,
+            mode: spec.mode,
+            stages,
+        })
+    }
+
+    /// Decides one planned run.
+    pub fn decide(&self, input: &GateInput<'_>) -> Decision {
+        let verdict = self.stages.iter().find_map(|s| s.check(input));
+        let shadow = if input.force_dry_run {
+            Some("--dry-run".to_string())
+        } else if input.playbook_mode == Mode::DryRun {
+            Some(format!(
+                "playbook {} is in dry-run (shadow) mode",
+                input.playbook
+            ))
+        } else if self.mode == Mode::DryRun {
+            Some(format!(
+                "policy {} is in dry-run (shadow) mode",
+                self.policy
+            ))
+        } else {
+            None
+        };
+        match (verdict, shadow) {
+            (None, None) => Decision::Execute,
+            (None, Some(why)) => Decision::DryRun(why),
+            (Some(Decision::NeedsApproval(r)), Some(why)) => {
+                Decision::DryRun(format!("{why}; would need approval: {r}"))
+            }
+            (Some(d), _) => d,
+        }
+    }
+
+    /// The policy name.
+    pub fn policy(&self) -> &str {
+        &self.policy
+    }
+}
+
+/// What has happened, as far as limits care: executions and failures,
+/// rebuilt from the audit log and extended as decisions are made.
+#[derive(Debug, Default, Clone)]
+pub struct Ledger {
+    /// (time, policy, playbook, target key) of each executed run.
+    executions: Vec<(DateTime<Utc>, String, String, String)>,
+    /// (time, policy, playbook) of each failed run.
+    failures: Vec<(DateTime<Utc>, String, String)>,
+    last: HashMap<(String, String, String), DateTime<Utc>>,
+}
+
+impl Ledger {
+    /// Records an executed run.
+    pub fn record_execution(
+        &mut self,
+        at: DateTime<Utc>,
+        policy: &str,
+        playbook: &str,
+        target_key: &str,
+    ) {
+        self.executions
+            .push((at, policy.into(), playbook.into(), target_key.into()));
+        let e = self
+            .last
+            .entry((policy.into(), playbook.into(), target_key.into()))
+            .or_insert(at);
+        if at > *e {
+            *e = at;
+        }
+    }
+
+    /// Records a failed (or unverified) run.
+    pub fn record_failure(&mut self, at: DateTime<Utc>, policy: &str, playbook: &str) {
+        self.failures.push((at, policy.into(), playbook.into()));
+    }
+
+    fn last_execution(
+        &self,
+        policy: &str,
+        playbook: &str,
+        target_key: &str,
+    ) -> Option<DateTime<Utc>> {
+        self.last
+            .get(&(
+                policy.to_string(),
+                playbook.to_string(),
+                target_key.to_string(),
+            ))
+            .copied()
+    }
+
+    fn executions_since(
+        &self,
+        policy: &str,
+        scope: RateScope,
+        playbook: &str,
+        target_key: &str,
+        since: DateTime<Utc>,
+    ) -> (usize, Option<DateTime<Utc>>) {
+        let mut n = 0;
+        let mut oldest: Option<DateTime<Utc>> = None;
+        for (at, pol, pb, tk) in &self.executions {
+            let hit = *at > since
+                && pol == policy
+                && match scope {
+                    RateScope::Global => true,
+                    RateScope::Playbook => pb == playbook,
+                    RateScope::Target => pb == playbook && tk == target_key,
+                };
+            if hit {
+                n += 1;
+                oldest = Some(oldest.map_or(*at, |o| o.min(*at)));
+            }
+        }
+        (n, oldest)
+    }
+
+    /// When the breaker for `playbook` opened, if it is open at `now`: the
+    /// time of the failure that reached `failures` within `within`.
+    fn breaker_opened_at(
+        &self,
+        policy: &str,
+        playbook: &str,
+        failures: u32,
+        within: chrono::Duration,
+        open_for: chrono::Duration,
+        now: DateTime<Utc>,
+    ) -> Option<DateTime<Utc>> {
+        let mut times: Vec<DateTime<Utc>> = self
+            .failures
+            .iter()
+            .filter(|(at, pol, pb)| {
+                pol == policy && pb == playbook && *at <= now && *at > now - open_for - within
+            })
+            .map(|(at, ..)| *at)
+            .collect();
+        times.sort_unstable();
+        let k = failures as usize;
+        if k == 0 || times.len() < k {
+            return None;
+        }
+        // Latest moment the k-th failure of a window closed the breaker.
+        times
+            .windows(k)
+            .filter(|w| w[k - 1] - w[0] <= within)
+            .map(|w| w[k - 1])
+            .filter(|opened| now < *opened + open_for)
+            .max()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{Labels, TriggerKind};
+    use crate::playbook::model::{ApiVersion, Metadata};
+    use crate::policy::model::{PolicyKind, PolicySpec, RateLimit, Window};
+    use chrono::TimeZone;
+
+    fn policy(spec: PolicySpec) -> Policy {
+        Policy {
+            api_version: ApiVersion::V1,
+            kind: PolicyKind::Policy,
+            metadata: Metadata {
+                name: "p".into(),
+                description: None,
+                runbook: None,
+            },
+            spec,
+        }
+    }
+
+    fn alert(labels: &[(&str, &str)], status: Status) -> Event {
+        let labels: Labels = labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Event {
+            trigger: TriggerKind::Alert,
+            status,
+            fingerprint: crate::event::fingerprint(&labels),
+            labels,
+            annotations: Labels::new(),
+            values: Labels::new(),
+            starts_at: None,
+            playbook: None,
+        }
+    }
+
+    fn decide(
+        gate: &Gate,
+        ev: &Event,
+        ns: &str,
+        now: DateTime<Utc>,
+        ledger: &Ledger,
+        dry: bool,
+    ) -> Decision {
+        let target: crate::drivers::catalog::Target = [
+            ("kind", "kubernetes.pod"),
+            ("namespace", ns),
+            ("name", "p-1"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let key = target_key(&target);
+        gate.decide(&GateInput {
+            event: ev,
+            playbook: "pb",
+            actions: &["kubernetes.pod.restart"],
+            target: &target,
+            target_key: &key,
+            playbook_mode: Mode::Enforce,
+            force_dry_run: dry,
+            now,
+            ledger,
+        })
+    }
+
+    fn wednesday_noon() -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 11, 25, 12, 0, 0).unwrap()
+    }
+
+    #[test]
+    fn kube_system_is_denied_by_default_and_named_in_the_reason() {
+        let g = Gate::compile(&policy(PolicySpec::default())).unwrap();
+        let ev = alert(&[("alertname", "X")], Status::Firing);
+        let d = decide(
+            &g,
+            &ev,
+            "kube-system",
+            wednesday_noon(),
+            &Ledger::default(),
+            false,
+        );
+        assert_eq!(
+            d,
+            Decision::Suppressed("namespace kube-system denied by policy scope".into())
+        );
+        assert_eq!(
+            decide(&g, &ev, "etl", wednesday_noon(), &Ledger::default(), false),
+            Decision::Execute
+        );
+    }
+
+    #[test]
+    fn dry_run_reports_what_would_have_happened_and_never_hides_suppression() {
+        let g = Gate::compile(&policy(PolicySpec::default())).unwrap();
+        let ev = alert(&[("alertname", "X")], Status::Firing);
+        assert_eq!(
+            decide(&g, &ev, "etl", wednesday_noon(), &Ledger::default(), true),
+            Decision::DryRun("--dry-run".into())
+        );
+        assert!(matches!(
+            decide(
+                &g,
+                &ev,
+                "kube-public",
+                wednesday_noon(),
+                &Ledger::default(),
+                true
+            ),
+            Decision::Suppressed(_)
+        ));
+    }
+
+    #[test]
+    fn resolved_alerts_start_nothing() {
+        let g = Gate::compile(&policy(PolicySpec::default())).unwrap();
+        let ev = alert(&[("alertname", "X")], Status::Resolved);
+        assert!(
+            matches!(decide(&g, &ev, "etl", wednesday_noon(), &Ledger::default(), false), Decision::Suppressed(r) if r.contains("resolved"))
+        );
+    }
+
+    #[test]
+    fn opt_out_label_is_recognised_in_prometheus_forms() {
+        let g = Gate::compile(&policy(PolicySpec::default())).unwrap();
+        for l in ["remediate_io_disabled", "label_remediate_io_disabled"] {
+            let ev = alert(&[("alertname", "X"), (l, "true")], Status::Firing);
+            let d = decide(&g, &ev, "etl", wednesday_noon(), &Ledger::default(), false);
+            assert_eq!(d, Decision::Suppressed(format!("opted out by label {l}")));
+        }
+        let ev = alert(
+            &[("alertname", "X"), ("label_remediate_io_disabled", "false")],
+            Status::Firing,
+        );
+        assert_eq!(
+            decide(&g, &ev, "etl", wednesday_noon(), &Ledger::default(), false),
+            Decision::Execute
+        );
+    }
+
+    #[test]
+    fn weekend_freeze_window_blocks_and_says_when_it_allows_again() {
+        let spec = PolicySpec {
+            windows: crate::policy::model::Windows {
+                freeze: vec![Window {
+                    cron: "0 0 18 * * FRI".into(),
+                    duration: "62h".parse().unwrap(),
+                }],
+                maintenance: vec![],
+            },
+            ..PolicySpec::default()
+        };
+        let g = Gate::compile(&policy(spec)).unwrap();
+        let ev = alert(&[("alertname", "X")], Status::Firing);
+        let saturday = Utc.with_ymd_and_hms(2026, 11, 28, 3, 0, 0).unwrap();
+        let d = decide(&g, &ev, "etl", saturday, &Ledger::default(), false);
+        assert!(
+            matches!(&d, Decision::Suppressed(r) if r.contains("allows again at 2026-11-30T08:00:00Z")),
+            "{d}"
+        );
+        let monday_9 = Utc.with_ymd_and_hms(2026, 11, 30, 9, 0, 0).unwrap();
+        assert_eq!(
+            decide(&g, &ev, "etl", monday_9, &Ledger::default(), false),
+            Decision::Execute
+        );
+        let friday_17 = Utc.with_ymd_and_hms(2026, 11, 27, 17, 59, 59).unwrap();
+        assert_eq!(
+            decide(&g, &ev, "etl", friday_17, &Ledger::default(), false),
+            Decision::Execute
+        );
+    }
+
+    #[test]
+    fn rate_limit_and_cooldown_count_from_the_ledger() {
+        let spec = PolicySpec {
+            rate_limits: vec![RateLimit {
+                scope: RateScope::Target,
+                max: 2,
+                per: "1h".parse().unwrap(),
+            }],
+            cooldown: Some("10m".parse().unwrap()),
+            ..PolicySpec::default()
+        };
+        let g = Gate::compile(&policy(spec)).unwrap();
+        let ev = alert(&[("alertname", "X")], Status::Firing);
+        let t0 = wednesday_noon();
+        let key = "kind=kubernetes.pod|name=p-1|namespace=etl";
+        let mut ledger = Ledger::default();
+        ledger.record_execution(t0, "p", "pb", key);
+        let d = decide(
+            &g,
+            &ev,
+            "etl",
+            t0 + chrono::Duration::minutes(5),
+            &ledger,
+            false,
+        );
+        assert!(
+            matches!(&d, Decision::Suppressed(r) if r.starts_with("cooldown 10m")),
+            "{d}"
+        );
+        assert_eq!(
+            decide(
+                &g,
+                &ev,
+                "etl",
+                t0 + chrono::Duration::minutes(11),
+                &ledger,
+                false
+            ),
+            Decision::Execute
+        );
+        ledger.record_execution(t0 + chrono::Duration::minutes(11), "p", "pb", key);
+        let d = decide(
+            &g,
+            &ev,
+            "etl",
+            t0 + chrono::Duration::minutes(30),
+            &ledger,
+            false,
+        );
+        assert!(
+            matches!(&d, Decision::Suppressed(r) if r.starts_with("rate-limit target 2/1h")),
+            "{d}"
+        );
+        assert_eq!(
+            decide(
+                &g,
+                &ev,
+                "etl",
+                t0 + chrono::Duration::minutes(61),
+                &ledger,
+                false
+            ),
+            Decision::Execute
+        );
+    }
+
+    #[test]
+    fn circuit_breaker_opens_after_failures_and_half_opens_later() {
+        let spec = PolicySpec {
+            circuit_breaker: Some(crate::policy::model::CircuitBreaker {
+                failures: 3,
+                within: "1h".parse().unwrap(),
+                open_for: "6h".parse().unwrap(),
+            }),
+            ..PolicySpec::default()
+        };
+        let g = Gate::compile(&policy(spec)).unwrap();
+        let ev = alert(&[("alertname", "X")], Status::Firing);
+        let t0 = wednesday_noon();
+        let mut ledger = Ledger::default();
+        for m in [0, 10, 20] {
+            ledger.record_failure(t0 + chrono::Duration::minutes(m), "p", "pb");
+        }
+        let d = decide(
+            &g,
+            &ev,
+            "etl",
+            t0 + chrono::Duration::minutes(30),
+            &ledger,
+            false,
+        );
+        assert!(
+            matches!(&d, Decision::Suppressed(r) if r.starts_with("circuit open")),
+            "{d}"
+        );
+        let later = t0 + chrono::Duration::minutes(20) + chrono::Duration::hours(6);
+        assert_eq!(
+            decide(&g, &ev, "etl", later, &ledger, false),
+            Decision::Execute
+        );
+    }
+
+    #[test]
+    fn bad_windows_and_limits_are_reported_by_field() {
+        let spec = PolicySpec {
+            windows: crate::policy::model::Windows {
+                freeze: vec![Window {
+                    cron: "every friday".into(),
+                    duration: "1h".parse().unwrap(),
+                }],
+                maintenance: vec![],
+            },
+            rate_limits: vec![RateLimit {
+                scope: RateScope::Global,
+                max: 0,
+                per: "1h".parse().unwrap(),
+            }],
+            ..PolicySpec::default()
+        };
+        let errs = Gate::compile(&policy(spec)).unwrap_err();
+        let fields: Vec<&str> = errs.iter().map(|(f, _)| f.as_str()).collect();
+        assert_eq!(
+            fields,
+            vec!["spec.windows.freeze[0].cron", "spec.rateLimits[0].max"]
+        );
+    }
+}

@@ -1,0 +1,3 @@
+//! Triggers: how events come in.
+
+pub mod alertmanager;
