@@ -294,16 +294,30 @@ mod tests {
     }
 
     #[test]
-    fn ledger_counts_real_executions_not_dry_runs() {
-        let mut a = rec("a");
-        let mut b = rec("b");
-        b.dry_run = true;
-        b.decision = "dry-run".into();
-        let mut c = rec("c");
-        c.phase = Phase::Failed;
-        a.ts = Utc::now();
-        let l = ledger_from(&[a, b, c]);
-        let dbg = format!("{l:?}");
-        assert_eq!(dbg.matches("\"pb\"").count(), 2, "{dbg}");
+    fn ledger_counts_real_executions_and_failures_not_dry_runs() {
+        let t0 = Utc::now();
+        let exec = rec("a");
+        let mut dry = rec("b");
+        dry.dry_run = true;
+        dry.decision = "dry-run".into();
+        let mut second_step = rec("c");
+        second_step.step = 1;
+        let mut failed = rec("d");
+        failed.phase = Phase::Failed;
+        let l = ledger_from(&[exec, dry, second_step, failed]);
+        let since = t0 - chrono::Duration::hours(1);
+        let (n, _) = l.executions_since(
+            "default",
+            crate::policy::model::RateScope::Global,
+            "pb",
+            "",
+            since,
+        );
+        assert_eq!(
+            n, 1,
+            "one execution: dry-runs and later steps of the same run do not count"
+        );
+        assert_eq!(l.failures_since("default", "pb", since), 1);
+        assert!(l.last_execution("default", "pb", "").is_some());
     }
 }

@@ -53,6 +53,8 @@ pub struct Planned {
     /// Post-condition timeout.
     #[serde(skip)]
     pub verify_timeout: std::time::Duration,
+    /// The gate's clock when it decided; records are stamped from it.
+    pub decided_at: DateTime<Utc>,
 }
 
 impl Planned {
@@ -153,6 +155,7 @@ impl Engine {
             steps: Vec::new(),
             decision: Decision::Execute,
             verify_timeout: pb.verify_timeout.std(),
+            decided_at: now,
         };
         match self.render(pb, ev) {
             Ok((target, steps)) => {
@@ -240,10 +243,17 @@ impl Engine {
         ledger: &mut Ledger,
     ) -> audit::Result<RunReport> {
         let mut records = Vec::new();
+        // Stamp records on the engine clock: the decision time plus real elapsed
+        // time (wall time in production; consistent in `--at` what-ifs).
+        let started_all = Instant::now();
+        let clock = || {
+            planned.decided_at
+                + chrono::Duration::from_std(started_all.elapsed()).unwrap_or_default()
+        };
         let base =
             |step: Option<&PlannedStep>, idx: usize, phase: Phase, outcome: String, ms: u64| {
                 Record {
-                    ts: Utc::now(),
+                    ts: clock(),
                     id: step
                         .map(|s| s.id.clone())
                         .unwrap_or_else(|| uuid::Uuid::now_v7().to_string()),
@@ -293,7 +303,6 @@ impl Engine {
             });
         }
 
-        let fail_at = Utc::now();
         for (i, s) in planned.steps.iter().enumerate() {
             let span = info_span!("action", action = s.action, step = i);
             let started = Instant::now();
@@ -328,7 +337,7 @@ impl Engine {
                         base(Some(s), i, Phase::Failed, msg.clone(), ms),
                         &mut records,
                     )?;
-                    ledger.record_failure(fail_at, &planned.policy, &planned.playbook);
+                    ledger.record_failure(clock(), &planned.policy, &planned.playbook);
                     let status = RunStatus::Failed(format!("{}: {msg}", s.action));
                     return Ok(RunReport {
                         planned,

@@ -216,7 +216,7 @@ impl<'de> Deserialize<'de> for Step {
 
 impl JsonSchema for Step {
     fn schema_name() -> Cow<'static, str> {
-        "Step".into()
+        "MemoryStep".into()
     }
     fn json_schema(_: &mut SchemaGenerator) -> Schema {
         schemars::json_schema!({

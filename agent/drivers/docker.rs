@@ -13,6 +13,7 @@ fn yes() -> bool {
 /// `docker.prune`
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[schemars(rename = "DockerPrune")]
 pub struct Prune {
     /// Remove stopped containers.
     #[serde(default = "yes")]
@@ -78,6 +79,7 @@ impl Params for Prune {
 /// `docker.container.restart`
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[schemars(rename = "DockerContainerRestart")]
 pub struct ContainerRestart {
     /// Seconds to wait for a clean stop before killing.
     #[serde(default = "ten")]
@@ -101,6 +103,7 @@ impl Params for ContainerRestart {
 /// `swarm.service.restart`
 #[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[schemars(rename = "SwarmServiceRestart")]
 pub struct ServiceRestart {}
 
 impl Params for ServiceRestart {
@@ -115,6 +118,7 @@ impl Params for ServiceRestart {
 /// `swarm.service.bump-memory`
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[schemars(rename = "SwarmServiceBumpMemory")]
 pub struct ServiceBumpMemory {
     /// Increase per run: `25%` (default) or a size.
     #[serde(default = "default_step")]

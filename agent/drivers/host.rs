@@ -20,6 +20,7 @@ pub enum PruneAction {
 /// One prune rule.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[schemars(rename = "HostPruneRule")]
 pub struct PruneRule {
     /// Absolute directory; nothing outside it is touched, symlinks are not followed,
     /// other filesystems are not entered.
@@ -44,6 +45,7 @@ fn all() -> Vec<String> {
 /// `host.disk.prune`
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[schemars(rename = "HostDiskPrune")]
 pub struct DiskPrune {
     /// Rules, applied in order.
     pub rules: Vec<PruneRule>,

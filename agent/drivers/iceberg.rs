@@ -9,6 +9,7 @@ use crate::units::{ByteSize, Duration};
 /// `iceberg.table.compact`
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[schemars(rename = "IcebergCompact")]
 pub struct Compact {
     /// A data file smaller than this counts as small.
     #[serde(default = "default_small")]

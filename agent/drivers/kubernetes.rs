@@ -21,6 +21,7 @@ pub enum RestartMode {
 /// `kubernetes.pod.restart`
 #[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[schemars(rename = "KubernetesPodRestart")]
 pub struct PodRestart {
     /// `evict` (default, honours PodDisruptionBudgets) or `delete`.
     #[serde(default)]
@@ -57,6 +58,7 @@ impl Params for PodRestart {
 /// `kubernetes.workload.rollout-restart`
 #[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[schemars(rename = "KubernetesRolloutRestart")]
 pub struct RolloutRestart {}
 
 impl Params for RolloutRestart {
@@ -83,6 +85,7 @@ fn yes() -> bool {
 /// `kubernetes.workload.bump-memory`
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[schemars(rename = "KubernetesBumpMemory")]
 pub struct BumpMemory {
     /// Container to raise; the OOM-killed one (alert label `container`) when unset.
     #[serde(default)]
@@ -116,6 +119,7 @@ impl Params for BumpMemory {
 /// `kubernetes.workload.scale`
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[schemars(rename = "KubernetesScale")]
 pub struct Scale {
     /// Replicas added per run.
     #[serde(default = "one")]

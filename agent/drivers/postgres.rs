@@ -21,6 +21,7 @@ pub enum SessionState {
 /// Session filters; empty lists impose nothing.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[schemars(rename = "PostgresSessionFilter")]
 pub struct SessionFilter {
     /// `pg_stat_activity.usename`
     #[serde(default)]
@@ -48,6 +49,7 @@ impl SessionFilter {
 /// `postgres.connections.recycle`
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[schemars(rename = "PostgresRecycle")]
 pub struct Recycle {
     /// Name of the connection in the agent config (`postgres.connections`).
     #[serde(default = "default_connection")]

@@ -10,6 +10,7 @@ use crate::units::{ByteSize, Step};
 /// Executor cores bump.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[schemars(rename = "SparkCoresBump")]
 pub struct CoresBump {
     /// Cores added per run.
     pub step: u32,
@@ -20,6 +21,7 @@ pub struct CoresBump {
 /// `spark.executor.bump-memory`
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[schemars(rename = "SparkBumpMemory")]
 pub struct BumpMemory {
     /// Increase of spark.executor.memory per run: `25%` (default) or a size such as `1g`.
     #[serde(default = "default_step")]

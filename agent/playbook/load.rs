@@ -224,7 +224,7 @@ impl Config {
                     &src.path,
                     idx.get("metadata.name"),
                     format!(
-                        "duplicate policy name {name:?}: also defined in {}",
+                        "metadata.name: duplicate policy name {name:?}: also defined in {}",
                         prev.display()
                     ),
                 ));
@@ -266,7 +266,7 @@ impl Config {
                     &src.path,
                     idx.get("metadata.name"),
                     format!(
-                        "duplicate playbook name {name:?}: also defined in {}",
+                        "metadata.name: duplicate playbook name {name:?}: also defined in {}",
                         prev.display()
                     ),
                 ));
@@ -279,8 +279,11 @@ impl Config {
                     &src.path,
                     idx.get("spec.policy"),
                     format!(
-                        "spec.policy: unknown policy {:?} (loaded: {})",
+                        "spec.policy: unknown policy {:?}{} (loaded: {})",
                         doc.spec.policy,
+                        suggest(&doc.spec.policy, &known)
+                            .map(|m| format!(": did you mean {m:?}?"))
+                            .unwrap_or_default(),
                         if known.is_empty() {
                             "none".to_string()
                         } else {
@@ -478,8 +481,9 @@ fn compile_playbook(
         }
     }
 
-    let has_schedule = !schedules.is_empty();
-    let has_alert = !alert_triggers.is_empty();
+    // Count triggers as written, so one bad trigger does not hide another error.
+    let has_schedule = spec.triggers.iter().any(|t| t.schedule.is_some());
+    let has_alert = spec.triggers.iter().any(|t| t.alert.is_some());
     let check_template = |path: &str,
                           s: &str,
                           err: &mut dyn FnMut(&str, String)|
@@ -539,14 +543,18 @@ fn compile_playbook(
         let path = format!("spec.steps[{i}]");
         let Some(a) = catalog::get(&s.action) else {
             let names: Vec<&str> = catalog::CATALOG.iter().map(|a| a.name).collect();
-            err(
-                &format!("{path}.action"),
-                format!(
+            let msg = match suggest(&s.action, &names) {
+                Some(m) => format!(
+                    "unknown action {:?}: did you mean {m:?}? (`remediate actions` lists all)",
+                    s.action
+                ),
+                None => format!(
                     "unknown action {:?} (known: {})",
                     s.action,
                     names.join(", ")
                 ),
-            );
+            };
+            err(&format!("{path}.action"), msg);
             continue;
         };
         if let Some(k) = &kind {
@@ -645,6 +653,16 @@ fn compile_playbook(
         steps,
         verify_timeout,
     })
+}
+
+/// The closest known name, if it is close enough to be a typo.
+fn suggest<'a>(given: &str, known: &[&'a str]) -> Option<&'a str> {
+    known
+        .iter()
+        .map(|k| (strsim::damerau_levenshtein(given, k), *k))
+        .filter(|(d, k)| *d <= 3.max(k.len() / 6))
+        .min()
+        .map(|(_, k)| k)
 }
 
 fn walk_strings(v: &serde_json::Value, path: &str, f: &mut dyn FnMut(&str, &str)) {

@@ -141,6 +141,9 @@ impl CompiledWindow {
 /// Parses a cron expression with a seconds field, with an error that says what is expected.
 pub fn parse_cron(expr: &str) -> Result<cron::Schedule, String> {
     cron::Schedule::from_str(expr).map_err(|e| {
+        // The cron crate's message repeats the input with a caret; keep its last line.
+        let e = e.to_string();
+        let e = e.lines().last().unwrap_or_default().trim().to_string();
         format!("bad cron {expr:?}: {e} (expected 6 or 7 fields: sec min hour day-of-month month day-of-week [year], e.g. \"0 0 3 * * *\")")
     })
 }
@@ -533,12 +536,21 @@ impl Ledger {
         }
     }
 
+    /// Failed runs of `playbook` since `since`.
+    pub fn failures_since(&self, policy: &str, playbook: &str, since: DateTime<Utc>) -> usize {
+        self.failures
+            .iter()
+            .filter(|(at, pol, pb)| *at > since && pol == policy && pb == playbook)
+            .count()
+    }
+
     /// Records a failed (or unverified) run.
     pub fn record_failure(&mut self, at: DateTime<Utc>, policy: &str, playbook: &str) {
         self.failures.push((at, policy.into(), playbook.into()));
     }
 
-    fn last_execution(
+    /// When `playbook` last executed on the target.
+    pub fn last_execution(
         &self,
         policy: &str,
         playbook: &str,
@@ -553,7 +565,8 @@ impl Ledger {
             .copied()
     }
 
-    fn executions_since(
+    /// Executions counted for a rate-limit scope since `since`, and the oldest of them.
+    pub fn executions_since(
         &self,
         policy: &str,
         scope: RateScope,
@@ -581,7 +594,7 @@ impl Ledger {
 
     /// When the breaker for `playbook` opened, if it is open at `now`: the
     /// time of the failure that reached `failures` within `within`.
-    fn breaker_opened_at(
+    pub fn breaker_opened_at(
         &self,
         policy: &str,
         playbook: &str,

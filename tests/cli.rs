@@ -1,0 +1,581 @@
+//! The CLI as a user runs it: the real binary, real files, exact messages.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+fn bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_remediate"));
+    c.current_dir(env!("CARGO_MANIFEST_DIR"));
+    c.env_remove("REMEDIATE_PLAYBOOKS")
+        .env_remove("REMEDIATE_POLICIES")
+        .env_remove("REMEDIATE_AUDIT");
+    c
+}
+
+fn run(args: &[&str]) -> Output {
+    bin().args(args).output().expect("run remediate")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn audit_lines(p: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(p)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("audit line is JSON"))
+        .collect()
+}
+
+fn write(dir: &Path, name: &str, body: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, body).unwrap();
+    p
+}
+
+const POLICY: &str =
+    "apiVersion: remediate/v1\nkind: Policy\nmetadata: { name: default }\nspec: {}\n";
+
+const CRASHLOOP: &str = "examples/alerts/crashloop-firing.json";
+
+#[test]
+fn validate_accepts_the_bundled_playbooks_and_policies() {
+    let out = run(&["validate"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let s = text(&out.stdout);
+    assert!(
+        s.starts_with("ok: 10 playbooks (playbooks), 2 policies (policies), 2 schedule triggers"),
+        "{s}"
+    );
+}
+
+#[test]
+fn validate_reports_every_error_at_once_with_file_line_and_column() {
+    let dir = tempfile::tempdir().unwrap();
+    let pb = dir.path().join("pb");
+    let pol = dir.path().join("pol");
+    std::fs::create_dir_all(&pb).unwrap();
+    std::fs::create_dir_all(&pol).unwrap();
+    write(&pol, "default.yaml", POLICY);
+    write(&pol, "bad.yaml", "apiVersion: remediate/v1\nkind: Policy\nmetadata: { name: bad }\nspec:\n  cooldown: 10 parsecs\n");
+    write(
+        &pb,
+        "a-unknown-field.yaml",
+        "apiVersion: remediate/v1\nkind: Playbook\nmetadata: { name: a }\nspec:\n  triggers: []\n  target: { kind: host }\n  steps: []\n  retries: 3\n",
+    );
+    write(
+        &pb,
+        "b-semantic.yaml",
+        r#"apiVersion: remediate/v1
+kind: Playbook
+metadata: { name: b }
+spec:
+  triggers:
+    - alert: ['alertname="X"', 'namespace=~"kube-(system"', 'job=']
+    - schedule: "every night"
+  target:
+    kind: kubernetes.pod
+    namespace: "{{ labels.namespace }}"
+    name: "{{ values.pod }}"
+  steps:
+    - action: kubernetes.pod.restrat
+    - action: kubernetes.pod.restart
+      with: { mode: explode }
+  policy: nope
+"#,
+    );
+    write(
+        &pb,
+        "c-dup.yaml",
+        "apiVersion: remediate/v1\nkind: Playbook\nmetadata: { name: b }\nspec:\n  triggers: [{ alert: ['alertname=\"Y\"'] }]\n  target: { kind: host, node: n }\n  steps: [{ action: docker.prune }]\n",
+    );
+    let out = run(&[
+        "validate",
+        "--playbooks",
+        pb.to_str().unwrap(),
+        "--policies",
+        pol.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    let p = |f: &str| pb.join(f).display().to_string();
+    let expected = [
+        format!("{}:5:3: spec: bad duration \"10 parsecs\"", pol.join("bad.yaml").display()),
+        format!("{}:8:3: spec: unknown field `retries`, expected one of `triggers`", p("a-unknown-field.yaml")),
+        format!("{}:16:3: spec.policy: unknown policy \"nope\" (loaded: ", p("b-semantic.yaml")),
+        format!("{}:6:32: spec.triggers[0].alert[1]: bad regular expression in matcher namespace", p("b-semantic.yaml")),
+        format!("{}:6:61: spec.triggers[0].alert[2]: matcher value is not present: job=", p("b-semantic.yaml")),
+        format!("{}:7:7: spec.triggers[1].schedule: bad cron \"every night\"", p("b-semantic.yaml")),
+        format!("{}:10:5: spec.target.namespace: template variable labels.namespace is not set when the schedule trigger fires", p("b-semantic.yaml")),
+        format!("{}:11:5: spec.target.name: unknown template variable values.pod: declare it under spec.values", p("b-semantic.yaml")),
+        format!("{}:13:7: spec.steps[0].action: unknown action \"kubernetes.pod.restrat\": did you mean \"kubernetes.pod.restart\"?", p("b-semantic.yaml")),
+        format!("{}:15:7: spec.steps[1].with: bad parameters for kubernetes.pod.restart: unknown variant `explode`, expected `evict` or `delete`", p("b-semantic.yaml")),
+        format!("{}:3:13: metadata.name: duplicate playbook name \"b\": also defined in {}", p("c-dup.yaml"), p("b-semantic.yaml")),
+    ];
+    for e in &expected {
+        assert!(
+            err.lines().any(|l| l.starts_with(e.as_str())),
+            "missing line starting with:\n{e}\n--- got:\n{err}"
+        );
+    }
+    assert!(
+        err.trim_end()
+            .ends_with(&format!("{} errors", expected.len())),
+        "{err}"
+    );
+}
+
+#[test]
+fn malformed_yaml_names_file_line_and_column() {
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "x.yaml",
+        "apiVersion: remediate/v1\nkind: Playbook\nmetadata: { name: x\n",
+    );
+    let out = run(&["validate", "--playbooks", dir.path().to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert!(
+        err.starts_with(&format!("{}:4:1: ", dir.path().join("x.yaml").display())),
+        "{err}"
+    );
+}
+
+#[test]
+fn dry_run_prints_the_plan_and_appends_one_audit_record_per_decision() {
+    let dir = tempfile::tempdir().unwrap();
+    let audit = dir.path().join("audit.jsonl");
+    let out = run(&[
+        "run",
+        "--dry-run",
+        "--alert",
+        CRASHLOOP,
+        "--audit",
+        audit.to_str().unwrap(),
+        "--at",
+        "2026-11-25T12:00:00Z",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let s = text(&out.stdout);
+    assert!(
+        s.contains("k8s-crashloop-restart")
+            && s.contains("pod etl/spark-driver-1")
+            && s.contains("dry-run"),
+        "{s}"
+    );
+    assert!(
+        s.contains("1 event (0 resolved, 0 unmatched); 1 run: 0 execute (0 failed), 1 dry-run"),
+        "{s}"
+    );
+    let recs = audit_lines(&audit);
+    assert_eq!(recs.len(), 1);
+    let r = &recs[0];
+    for field in [
+        "ts",
+        "id",
+        "trigger",
+        "playbook",
+        "action",
+        "target",
+        "params",
+        "decision",
+        "reason",
+        "dry_run",
+        "phase",
+        "outcome",
+        "duration_ms",
+        "node",
+    ] {
+        assert!(r.get(field).is_some(), "audit record lacks {field}: {r}");
+    }
+    assert_eq!(r["trigger"]["kind"], "alert");
+    assert_eq!(r["trigger"]["alertname"], "KubePodCrashLooping");
+    assert_eq!(r["trigger"]["fingerprint"], "878bb564defe5a42");
+    assert_eq!(r["trigger"]["status"], "firing");
+    assert_eq!(r["playbook"], "k8s-crashloop-restart");
+    assert_eq!(r["action"], "kubernetes.pod.restart");
+    assert_eq!(
+        r["target"],
+        serde_json::json!({"kind": "kubernetes.pod", "namespace": "etl", "name": "spark-driver-1"})
+    );
+    assert_eq!(r["params"]["mode"], "evict");
+    assert_eq!(r["decision"], "dry-run");
+    assert_eq!(r["dry_run"], true);
+    assert_eq!(r["phase"], "planned");
+    assert!(
+        r["outcome"]
+            .as_str()
+            .unwrap()
+            .starts_with("would evict pod etl/spark-driver-1"),
+        "{r}"
+    );
+}
+
+#[test]
+fn json_output_prints_exactly_the_records_appended() {
+    let dir = tempfile::tempdir().unwrap();
+    let audit = dir.path().join("audit.jsonl");
+    let out = run(&[
+        "run",
+        "--dry-run",
+        "--alert",
+        CRASHLOOP,
+        "--audit",
+        audit.to_str().unwrap(),
+        "--output",
+        "json",
+    ]);
+    assert_eq!(out.status.code(), Some(0));
+    let printed: Vec<serde_json::Value> = text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(printed, audit_lines(&audit));
+    assert_eq!(printed.len(), 1);
+}
+
+#[test]
+fn alert_from_stdin_is_read_like_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let audit = dir.path().join("audit.jsonl");
+    let mut child = bin()
+        .args([
+            "run",
+            "--dry-run",
+            "--alert",
+            "-",
+            "--audit",
+            audit.to_str().unwrap(),
+            "--output",
+            "json",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(&std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join(CRASHLOOP)).unwrap())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(audit_lines(&audit).len(), 1);
+}
+
+#[test]
+fn resolved_alert_starts_nothing_and_is_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    let audit = dir.path().join("audit.jsonl");
+    let out = run(&[
+        "run",
+        "--alert",
+        "examples/alerts/crashloop-resolved.json",
+        "--audit",
+        audit.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let recs = audit_lines(&audit);
+    assert_eq!(recs.len(), 1);
+    assert_eq!(recs[0]["decision"], "suppressed");
+    assert_eq!(
+        recs[0]["reason"],
+        "alert resolved: resolved alerts start nothing"
+    );
+    assert_eq!(recs[0]["outcome"], "nothing done");
+}
+
+#[test]
+fn an_alert_no_playbook_matches_is_a_normal_outcome() {
+    let dir = tempfile::tempdir().unwrap();
+    let audit = dir.path().join("audit.jsonl");
+    let body = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(CRASHLOOP))
+        .unwrap()
+        .replace("KubePodCrashLooping", "SomethingElse");
+    let alert = write(dir.path(), "other.json", &body);
+    let out = run(&[
+        "run",
+        "--dry-run",
+        "--alert",
+        alert.to_str().unwrap(),
+        "--audit",
+        audit.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(0));
+    let s = text(&out.stdout);
+    assert!(
+        s.contains("no match") && s.contains("1 event (0 resolved, 1 unmatched); 0 runs"),
+        "{s}"
+    );
+    assert!(audit_lines(&audit).is_empty());
+}
+
+#[test]
+fn malformed_payload_exits_2_naming_file_and_position_and_records_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let audit = dir.path().join("audit.jsonl");
+    let bad = write(
+        dir.path(),
+        "bad.json",
+        "{\"version\": \"4\",\n  \"status\": \"firing\",\n  \"alerts\": [}\n",
+    );
+    let out = run(&[
+        "run",
+        "--dry-run",
+        "--alert",
+        bad.to_str().unwrap(),
+        "--audit",
+        audit.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert!(
+        err.starts_with(&format!(
+            "{}: malformed Alertmanager payload at line 3 column 14",
+            bad.display()
+        )),
+        "{err}"
+    );
+    assert!(
+        !audit.exists(),
+        "nothing may be recorded for rejected input"
+    );
+    let v3 = write(
+        dir.path(),
+        "v3.json",
+        r#"{"version":"3","status":"firing","alerts":[]}"#,
+    );
+    let out = run(&[
+        "run",
+        "--dry-run",
+        "--alert",
+        v3.to_str().unwrap(),
+        "--audit",
+        audit.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr)
+        .contains("unsupported Alertmanager webhook version \"3\": expected \"4\""));
+}
+
+#[test]
+fn huge_payload_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let big = dir.path().join("big.json");
+    let f = std::fs::File::create(&big).unwrap();
+    f.set_len(17 << 20).unwrap();
+    let out = run(&[
+        "run",
+        "--dry-run",
+        "--alert",
+        big.to_str().unwrap(),
+        "--audit",
+        dir.path().join("a").to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("larger than 16 MiB"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn executing_an_action_without_a_driver_fails_audited_and_the_limit_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let audit = dir.path().join("audit.jsonl");
+    let at = "2026-11-25T12:00:00Z";
+    let out = run(&[
+        "run",
+        "--alert",
+        CRASHLOOP,
+        "--audit",
+        audit.to_str().unwrap(),
+        "--at",
+        at,
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stderr).contains("1 run(s) failed; see "),
+        "{}",
+        text(&out.stderr)
+    );
+    let recs = audit_lines(&audit);
+    assert_eq!(
+        recs[1]["outcome"],
+        "no driver for action kubernetes.pod.restart in this build: the kubernetes backend is not available yet, nothing was changed"
+    );
+    let phases: Vec<&str> = recs.iter().map(|r| r["phase"].as_str().unwrap()).collect();
+    assert_eq!(phases, ["planned", "failed"]);
+    assert_eq!(
+        recs[0]["id"], recs[1]["id"],
+        "phases of one step share its id"
+    );
+    assert_eq!(recs[0]["decision"], "execute");
+    assert_eq!(recs[0]["dry_run"], false);
+
+    // A second process reads the audit log: the cooldown still holds.
+    let out = run(&[
+        "run",
+        "--alert",
+        CRASHLOOP,
+        "--audit",
+        audit.to_str().unwrap(),
+        "--at",
+        "2026-11-25T12:05:00Z",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let recs = audit_lines(&audit);
+    assert_eq!(recs.len(), 3);
+    assert_eq!(recs[2]["decision"], "suppressed");
+    assert_eq!(
+        recs[2]["reason"],
+        "cooldown 10m, last 2026-11-25T12:00:00Z (allows again at 2026-11-25T12:10:00Z)"
+    );
+}
+
+#[test]
+fn manual_run_renders_values_and_rejects_unknown_or_missing_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let audit = dir.path().join("audit.jsonl");
+    let a = audit.to_str().unwrap();
+    let out = run(&[
+        "run",
+        "--dry-run",
+        "--playbook",
+        "nightly-iceberg-compaction",
+        "--set",
+        "table=sales.orders",
+        "--audit",
+        a,
+        "--at",
+        "2026-11-25T03:00:00Z",
+        "--output",
+        "json",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let recs = audit_lines(&audit);
+    assert_eq!(recs.len(), 1);
+    assert_eq!(recs[0]["trigger"]["kind"], "manual");
+    assert_eq!(
+        recs[0]["target"],
+        serde_json::json!({"kind": "iceberg.table", "catalog": "lake", "name": "sales.orders"})
+    );
+    assert_eq!(recs[0]["decision"], "dry-run");
+
+    let out = run(&[
+        "run",
+        "--dry-run",
+        "--playbook",
+        "nightly-iceberg-compaction",
+        "--set",
+        "tabel=x",
+        "--audit",
+        a,
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("playbook nightly-iceberg-compaction declares no value \"tabel\" (declared: catalog, table)"));
+    let out = run(&[
+        "run",
+        "--dry-run",
+        "--playbook",
+        "nightly-iceberg-compaction",
+        "--audit",
+        a,
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("value \"table\" of playbook nightly-iceberg-compaction is required: set it with --set table=..."));
+    let out = run(&[
+        "run",
+        "--dry-run",
+        "--playbook",
+        "no-such-playbook",
+        "--audit",
+        a,
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).starts_with("unknown playbook \"no-such-playbook\""));
+    assert_eq!(audit_lines(&audit).len(), 1, "rejected runs record nothing");
+}
+
+#[test]
+fn maintenance_playbook_outside_its_window_is_suppressed_with_the_next_opening() {
+    let dir = tempfile::tempdir().unwrap();
+    let audit = dir.path().join("audit.jsonl");
+    let out = run(&[
+        "run",
+        "--playbook",
+        "nightly-disk-prune",
+        "--audit",
+        audit.to_str().unwrap(),
+        "--at",
+        "2026-11-25T12:00:00Z",
+    ]);
+    assert_eq!(out.status.code(), Some(0));
+    let recs = audit_lines(&audit);
+    assert_eq!(recs.len(), 2, "one record per step");
+    assert_eq!(
+        recs[0]["reason"],
+        "outside maintenance windows (next opens 2026-11-26T01:00:00Z)"
+    );
+}
+
+#[test]
+fn embedded_bundle_is_used_outside_the_repository() {
+    let dir = tempfile::tempdir().unwrap();
+    let alert = dir.path().join("a.json");
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join(CRASHLOOP),
+        &alert,
+    )
+    .unwrap();
+    let out = bin()
+        .current_dir(dir.path())
+        .args(["run", "--dry-run", "--alert", "a.json"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(text(&out.stdout)
+        .contains("playbooks: 10 from embedded bundle; policies: 2 from embedded bundle"));
+    assert_eq!(
+        audit_lines(&dir.path().join(".remediate/audit.jsonl")).len(),
+        1,
+        "default audit path"
+    );
+}
+
+#[test]
+fn every_subcommand_has_help() {
+    for sub in [
+        vec!["--help"],
+        vec!["validate", "--help"],
+        vec!["run", "--help"],
+        vec!["test", "--help"],
+        vec!["schema", "--help"],
+        vec!["actions", "--help"],
+    ] {
+        let out = run(&sub);
+        assert_eq!(out.status.code(), Some(0), "{sub:?}");
+        assert!(text(&out.stdout).contains("Usage: remediate"), "{sub:?}");
+    }
+    let out = run(&["run"]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "missing --alert/--playbook is a usage error"
+    );
+}
+
+#[test]
+fn actions_lists_the_whole_catalogue() {
+    let out = run(&["actions"]);
+    assert_eq!(out.status.code(), Some(0));
+    let s = text(&out.stdout);
+    for a in remediate::drivers::CATALOG {
+        assert!(s.contains(a.name), "{}", a.name);
+    }
+}
