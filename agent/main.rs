@@ -1,7 +1,7 @@
 //! `remediate` CLI: parses arguments, calls the library, maps outcomes to
 //! exit codes (0 ok, 1 an action failed, 2 bad input).
 
-use std::io::{IsTerminal, Read};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -363,12 +363,7 @@ fn run(args: RunArgs) -> Result<(), Fail> {
         rows.extend(unmatched.iter().map(|i| (*i, Row::NoMatch(&events[*i]))));
         rows.sort_by_key(|(i, _)| *i);
         let rows: Vec<Row<'_>> = rows.into_iter().map(|(_, r)| r).collect();
-        let width = if std::io::stdout().is_terminal() {
-            None
-        } else {
-            Some(160)
-        };
-        println!("{}", report::table(&rows, width));
+        println!("{}", report::table(&rows));
         println!("{}", summary.line(&args.audit.display().to_string()));
     }
     if summary.failed > 0 {

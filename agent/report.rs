@@ -1,10 +1,10 @@
-//! Human output: the decision table and the summary line.
+//! Human output: the decision table, the plans under it, and the summary line.
 
-use comfy_table::{presets, ContentArrangement, Table};
+use comfy_table::{presets, CellAlignment, ContentArrangement, Table};
 
-use crate::audit::Phase;
 use crate::engine::{RunReport, RunStatus};
-use crate::event::Event;
+use crate::event::{Event, TriggerKind};
+use crate::policy::Decision;
 
 /// One row: an event with no match, or a run.
 #[derive(Debug)]
@@ -15,26 +15,34 @@ pub enum Row<'a> {
     Run(&'a RunReport),
 }
 
-fn trigger_label(ev_alert: Option<&str>, status: &str, kind: crate::event::TriggerKind) -> String {
-    match (kind, ev_alert) {
-        (crate::event::TriggerKind::Alert, Some(a)) => format!("{a} ({status})"),
-        (k, _) => format!("{k:?}").to_lowercase(),
+fn trigger_label(alertname: Option<&str>, status: &str, kind: TriggerKind) -> String {
+    match (kind, alertname) {
+        (TriggerKind::Alert, Some(a)) => format!("{a} ({status})"),
+        (TriggerKind::Alert, None) => format!("alert ({status})"),
+        (TriggerKind::Schedule, _) => "schedule".into(),
+        (TriggerKind::Manual, _) => "manual".into(),
     }
 }
 
-/// Renders the decision table.
-pub fn table(rows: &[Row<'_>], width: Option<u16>) -> String {
+/// Renders the decision table and, beneath it, what each run would do or did.
+pub fn table(rows: &[Row<'_>]) -> String {
     let mut t = Table::new();
-    t.load_preset(presets::UTF8_HORIZONTAL_ONLY)
-        .set_content_arrangement(ContentArrangement::Dynamic)
-        .set_header(vec!["TRIGGER", "PLAYBOOK", "TARGET", "DECISION", "DETAIL"]);
-    if let Some(w) = width {
-        t.set_width(w);
+    t.load_preset(presets::UTF8_BORDERS_ONLY).set_header(vec![
+        "#", "TRIGGER", "PLAYBOOK", "TARGET", "DECISION", "REASON",
+    ]);
+    // Plans and outcomes are listed under the table, so rows stay short:
+    // never wrap, so a reason is never cut mid-word in a pipe or a log.
+    t.set_content_arrangement(ContentArrangement::Disabled);
+    if let Some(c) = t.column_mut(0) {
+        c.set_cell_alignment(CellAlignment::Right);
     }
-    for r in rows {
+    let mut plans = Vec::new();
+    for (n, r) in rows.iter().enumerate() {
+        let n = n + 1;
         match r {
             Row::NoMatch(ev) => {
                 t.add_row(vec![
+                    n.to_string(),
                     trigger_label(ev.alertname(), ev.status.as_str(), ev.trigger),
                     "-".into(),
                     "-".into(),
@@ -44,29 +52,18 @@ pub fn table(rows: &[Row<'_>], width: Option<u16>) -> String {
             }
             Row::Run(rep) => {
                 let p = &rep.planned;
-                let detail = match &rep.status {
-                    RunStatus::Failed(msg) => format!("FAILED: {msg}"),
-                    RunStatus::Verified => rep
-                        .records
-                        .iter()
-                        .filter(|r| r.phase == Phase::Verified)
-                        .map(|r| format!("{}: {}", r.action, r.outcome))
-                        .collect::<Vec<_>>()
-                        .join("\n"),
-                    RunStatus::NotExecuted => {
-                        let mut lines = vec![p.decision.reason().to_string()];
-                        if matches!(p.decision, crate::policy::Decision::DryRun(_)) {
-                            lines.extend(rep.records.iter().map(|r| r.outcome.clone()));
-                        }
-                        lines.join("\n")
-                    }
-                };
                 let decision = match &rep.status {
-                    RunStatus::Failed(_) => "execute: failed".to_string(),
-                    RunStatus::Verified => "execute: verified".to_string(),
+                    RunStatus::Failed(_) => "FAILED".to_string(),
+                    RunStatus::Verified => "executed".to_string(),
                     RunStatus::NotExecuted => p.decision.as_str().to_string(),
                 };
+                let reason = match &rep.status {
+                    RunStatus::Failed(msg) => msg.clone(),
+                    RunStatus::Verified => "applied and verified".into(),
+                    RunStatus::NotExecuted => p.decision.reason().to_string(),
+                };
                 t.add_row(vec![
+                    n.to_string(),
                     trigger_label(
                         p.trigger.alertname.as_deref(),
                         p.trigger.status.as_str(),
@@ -75,12 +72,33 @@ pub fn table(rows: &[Row<'_>], width: Option<u16>) -> String {
                     p.playbook.clone(),
                     p.target_display(),
                     decision,
-                    detail,
+                    reason,
                 ]);
+                let show = !matches!(p.decision, Decision::Suppressed(_));
+                if show {
+                    // The last record of each step says what it would do or did.
+                    let mut last: Vec<(usize, &str, &str)> = Vec::new();
+                    for rec in &rep.records {
+                        match last.iter_mut().find(|(s, ..)| *s == rec.step) {
+                            Some(e) => e.2 = rec.outcome.as_str(),
+                            None => {
+                                last.push((rec.step, rec.action.as_str(), rec.outcome.as_str()))
+                            }
+                        }
+                    }
+                    for (_, action, outcome) in last {
+                        plans.push(format!("  [{n}] {action}: {outcome}"));
+                    }
+                }
             }
         }
     }
-    t.to_string()
+    let mut out = t.to_string();
+    if !plans.is_empty() {
+        out.push_str("\n\n");
+        out.push_str(&plans.join("\n"));
+    }
+    out
 }
 
 /// Counts for the summary line.
@@ -92,7 +110,7 @@ pub struct Summary {
     pub resolved: usize,
     /// Events no playbook matched.
     pub unmatched: usize,
-    /// Runs by decision.
+    /// Execute decisions.
     pub execute: usize,
     /// Dry-run decisions.
     pub dry_run: usize,

@@ -1,0 +1,253 @@
+//! The engine's execute path (plan, apply, verify, timeouts, audit order)
+//! with an in-process driver: these tests check the engine's contract with
+//! any driver, so the driver here only counts calls and returns what each
+//! test asks for. Real backends are tested in their own suites.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use remediate::audit::{self, Phase};
+use remediate::drivers::{Action, DriverError, Outcome, Plan, Registry, Request, Scope, Verdict};
+use remediate::engine::{Engine, RunStatus};
+use remediate::playbook::load::{Config, Source};
+use remediate::policy::gate::Ledger;
+use remediate::trigger::alertmanager::Payload;
+
+#[derive(Clone, Copy)]
+enum Behaviour {
+    Works,
+    ApplyFails,
+    NeverVerifies,
+    VerifyFails,
+    ApplyHangs,
+}
+
+struct Restart {
+    behaviour: Behaviour,
+    applied: AtomicUsize,
+    verified: AtomicUsize,
+}
+
+#[async_trait]
+impl Action for Restart {
+    fn name(&self) -> &'static str {
+        "kubernetes.pod.restart"
+    }
+    fn scope(&self, _: &Request) -> Scope {
+        Scope::Cluster
+    }
+    async fn plan(&self, req: &Request) -> Result<Plan, DriverError> {
+        Ok(Plan {
+            summary: format!("evict {}", req.target["name"]),
+            details: serde_json::json!({}),
+        })
+    }
+    async fn apply(&self, _: &Request, _: &Plan) -> Result<Outcome, DriverError> {
+        match self.behaviour {
+            Behaviour::ApplyFails => Err(DriverError::retryable(
+                "eviction refused: 429 PodDisruptionBudget",
+            )),
+            Behaviour::ApplyHangs => {
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+                unreachable!()
+            }
+            _ => {
+                self.applied.fetch_add(1, Ordering::SeqCst);
+                Ok(Outcome {
+                    summary: "evicted".into(),
+                    details: serde_json::json!({}),
+                })
+            }
+        }
+    }
+    async fn verify(&self, _: &Request, _: &Plan) -> Result<Verdict, DriverError> {
+        let n = self.verified.fetch_add(1, Ordering::SeqCst);
+        Ok(match self.behaviour {
+            Behaviour::NeverVerifies => Verdict::Pending("replacement not Ready".into()),
+            Behaviour::VerifyFails => Verdict::Failed("replacement crash-looping".into()),
+            _ if n == 0 => Verdict::Pending("replacement starting".into()),
+            _ => Verdict::Verified("replacement Running and Ready".into()),
+        })
+    }
+}
+
+const PLAYBOOK: &str = r#"apiVersion: remediate/v1
+kind: Playbook
+metadata: { name: crashloop }
+spec:
+  triggers: [{ alert: ['alertname="KubePodCrashLooping"'] }]
+  target: { kind: kubernetes.pod, namespace: "{{ labels.namespace }}", name: "{{ labels.pod }}" }
+  steps:
+    - action: kubernetes.pod.restart
+      timeout: 1s
+  verify: { timeout: 1s }
+"#;
+
+const POLICY: &str = "apiVersion: remediate/v1\nkind: Policy\nmetadata: { name: default }\nspec: { cooldown: 10m }\n";
+
+fn engine(b: Behaviour) -> (Engine, Arc<Restart>) {
+    let cfg = Config::load(
+        &[Source {
+            path: "pb.yaml".into(),
+            text: PLAYBOOK.into(),
+        }],
+        &[Source {
+            path: "default.yaml".into(),
+            text: POLICY.into(),
+        }],
+    )
+    .unwrap();
+    let driver = Arc::new(Restart {
+        behaviour: b,
+        applied: AtomicUsize::new(0),
+        verified: AtomicUsize::new(0),
+    });
+    let mut reg = Registry::new();
+    reg.register(driver.clone()).unwrap();
+    let mut e = Engine::new(cfg, reg, "node-a");
+    e.verify_interval = Duration::from_millis(50);
+    (e, driver)
+}
+
+async fn run_once(e: &Engine, dry: bool) -> (RunStatus, Vec<audit::Record>, Ledger) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.jsonl");
+    let mut w = audit::Writer::open(&path).unwrap();
+    let mut ledger = Ledger::default();
+    let ev = &Payload::parse(include_bytes!("../examples/alerts/crashloop-firing.json"))
+        .unwrap()
+        .events()[0];
+    let planned = e.decide(ev, dry, chrono::Utc::now(), &mut ledger);
+    assert_eq!(planned.len(), 1);
+    let rep = e
+        .execute(planned.into_iter().next().unwrap(), &mut w, &mut ledger)
+        .await
+        .unwrap();
+    // What the engine reports is exactly what is on disk.
+    assert_eq!(audit::read(&path).unwrap().records, rep.records);
+    (rep.status, rep.records, ledger)
+}
+
+fn phases(r: &[audit::Record]) -> Vec<Phase> {
+    r.iter().map(|r| r.phase).collect()
+}
+
+#[tokio::test]
+async fn executed_action_is_audited_planned_applied_verified_after_polling() {
+    let (e, d) = engine(Behaviour::Works);
+    let (status, recs, _) = run_once(&e, false).await;
+    assert_eq!(status, RunStatus::Verified);
+    assert_eq!(
+        phases(&recs),
+        [Phase::Planned, Phase::Applied, Phase::Verified]
+    );
+    assert_eq!(recs[0].outcome, "pending: evict pod etl/spark-driver-1 if a controller owns it; its controller recreates it");
+    assert_eq!(recs[2].outcome, "replacement Running and Ready");
+    assert!(recs
+        .iter()
+        .all(|r| r.id == recs[0].id && r.node == "node-a" && !r.dry_run));
+    assert_eq!(d.applied.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        d.verified.load(Ordering::SeqCst),
+        2,
+        "pending once, then verified"
+    );
+}
+
+#[tokio::test]
+async fn dry_run_uses_the_drivers_plan_and_never_applies() {
+    let (e, d) = engine(Behaviour::Works);
+    let (status, recs, _) = run_once(&e, true).await;
+    assert_eq!(status, RunStatus::NotExecuted);
+    assert_eq!(phases(&recs), [Phase::Planned]);
+    assert_eq!(recs[0].outcome, "would evict spark-driver-1");
+    assert_eq!(d.applied.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn apply_error_is_audited_as_failed_with_its_retryability_and_counts_for_the_breaker() {
+    let (e, _) = engine(Behaviour::ApplyFails);
+    let (status, recs, ledger) = run_once(&e, false).await;
+    assert!(
+        matches!(status, RunStatus::Failed(ref m) if m.contains("429")),
+        "{status:?}"
+    );
+    assert_eq!(phases(&recs), [Phase::Planned, Phase::Failed]);
+    assert_eq!(
+        recs[1].outcome,
+        "apply failed (retryable): eviction refused: 429 PodDisruptionBudget"
+    );
+    let since = chrono::Utc::now() - chrono::Duration::hours(1);
+    assert_eq!(ledger.failures_since("default", "crashloop", since), 1);
+}
+
+#[tokio::test]
+async fn hanging_apply_is_cut_off_by_the_step_timeout() {
+    let (e, _) = engine(Behaviour::ApplyHangs);
+    let started = std::time::Instant::now();
+    let (status, recs, _) = run_once(&e, false).await;
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert_eq!(phases(&recs), [Phase::Planned, Phase::Failed]);
+    assert_eq!(recs[1].outcome, "apply timed out after 1s");
+    assert!(matches!(status, RunStatus::Failed(_)));
+}
+
+#[tokio::test]
+async fn unverified_fix_fails_after_the_verify_timeout() {
+    let (e, d) = engine(Behaviour::NeverVerifies);
+    let (status, recs, _) = run_once(&e, false).await;
+    assert_eq!(phases(&recs), [Phase::Planned, Phase::Failed]);
+    assert!(
+        recs[1]
+            .outcome
+            .starts_with("applied (evicted) but not verified within 1s: replacement not Ready"),
+        "{}",
+        recs[1].outcome
+    );
+    assert!(
+        d.verified.load(Ordering::SeqCst) >= 2,
+        "verify polled until the timeout"
+    );
+    assert!(matches!(status, RunStatus::Failed(_)));
+}
+
+#[tokio::test]
+async fn failed_verification_stops_at_once() {
+    let (e, d) = engine(Behaviour::VerifyFails);
+    let (_, recs, _) = run_once(&e, false).await;
+    assert_eq!(
+        recs[1].outcome,
+        "applied (evicted) but not verified: replacement crash-looping"
+    );
+    assert_eq!(d.verified.load(Ordering::SeqCst), 1);
+}
+
+#[test]
+fn registry_refuses_actions_outside_the_catalogue() {
+    struct Bogus;
+    #[async_trait]
+    impl Action for Bogus {
+        fn name(&self) -> &'static str {
+            "kubernetes.cluster.delete"
+        }
+        fn scope(&self, _: &Request) -> Scope {
+            Scope::Cluster
+        }
+        async fn plan(&self, _: &Request) -> Result<Plan, DriverError> {
+            Err(DriverError::permanent("no"))
+        }
+        async fn apply(&self, _: &Request, _: &Plan) -> Result<Outcome, DriverError> {
+            Err(DriverError::permanent("no"))
+        }
+        async fn verify(&self, _: &Request, _: &Plan) -> Result<Verdict, DriverError> {
+            Err(DriverError::permanent("no"))
+        }
+    }
+    let err = Registry::new().register(Arc::new(Bogus)).unwrap_err();
+    assert_eq!(
+        err,
+        "action \"kubernetes.cluster.delete\" is not in the catalogue"
+    );
+}
