@@ -579,3 +579,61 @@ fn actions_lists_the_whole_catalogue() {
         assert!(s.contains(a.name), "{}", a.name);
     }
 }
+
+#[test]
+fn bundled_playbook_tests_pass_and_cover_every_playbook() {
+    let out = run(&["test"]);
+    let s = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{s}{}", text(&out.stderr));
+    assert!(s.trim_end().ends_with(" 0 failed"), "{s}");
+    // Every bundled playbook has a test file beside it that names it.
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("playbooks");
+    for e in std::fs::read_dir(&dir).unwrap() {
+        let p = e.unwrap().path();
+        let name = p.file_name().unwrap().to_str().unwrap();
+        if !name.ends_with(".yaml") || name.ends_with(".test.yaml") {
+            continue;
+        }
+        let stem = name.trim_end_matches(".yaml");
+        let test = dir.join(format!("{stem}.test.yaml"));
+        let body = std::fs::read_to_string(&test)
+            .unwrap_or_else(|_| panic!("{name} has no {stem}.test.yaml"));
+        assert!(
+            body.contains(&format!("playbook: {stem}")),
+            "{stem}.test.yaml never expects playbook {stem}"
+        );
+    }
+}
+
+#[test]
+fn failing_playbook_test_exits_1_and_says_what_differed() {
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "pb.yaml",
+        "apiVersion: remediate/v1\nkind: Playbook\nmetadata: { name: pb }\nspec:\n  triggers: [{ alert: ['alertname=\"A\"'] }]\n  target: { kind: kubernetes.pod, namespace: \"{{ labels.namespace }}\", name: \"{{ labels.pod }}\" }\n  steps: [{ action: kubernetes.pod.restart }]\n",
+    );
+    write(
+        dir.path(),
+        "pb.test.yaml",
+        "apiVersion: remediate/v1\nkind: PlaybookTest\nspec:\n  cases:\n    - name: wrong namespace expected\n      alert: { labels: { alertname: A, namespace: etl, pod: p } }\n      expect: [{ playbook: pb, decision: execute, target: { namespace: prod } }]\n    - name: right\n      alert: { labels: { alertname: A, namespace: etl, pod: p } }\n      expect: [{ playbook: pb, decision: execute, target: { namespace: etl } }]\n",
+    );
+    let pol = dir.path().join("pol");
+    std::fs::create_dir(&pol).unwrap();
+    write(&pol, "default.yaml", POLICY);
+    let out = run(&[
+        "test",
+        dir.path().to_str().unwrap(),
+        "--policies",
+        pol.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let s = text(&out.stdout);
+    assert!(
+        s.contains(
+            "wrong namespace expected:\n    pb: target.namespace: got Some(\"etl\"), want \"prod\""
+        ),
+        "{s}"
+    );
+    assert!(s.contains("2 cases: 1 passed, 1 failed"), "{s}");
+}
