@@ -268,6 +268,13 @@ fn run(args: RunArgs) -> Result<(), Fail> {
             let body = read_alert(path)?;
             let payload = Payload::parse(&body)
                 .map_err(|e| Fail::Input(format!("{}: {e}", path.display())))?;
+            if payload.truncated_alerts > 0 {
+                eprintln!(
+                    "warning: {}: Alertmanager left out {} alert(s) of this group (max_alerts); they are not in the payload and are not decided",
+                    path.display(),
+                    payload.truncated_alerts
+                );
+            }
             payload.events()
         }
         (None, Some(name)) => {
