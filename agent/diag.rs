@@ -84,3 +84,27 @@ pub fn from_yaml_error(file: &Path, err: &serde_yaml::Error) -> Diagnostic {
     }
     Diagnostic::at(file, pos, message)
 }
+
+/// Deserializes one YAML document, reporting an error at the exact field
+/// path (`spec.cooldown`), with serde_yaml's line and column.
+pub fn parse_yaml<T: serde::de::DeserializeOwned>(
+    file: &Path,
+    text: &str,
+) -> Result<T, Diagnostic> {
+    let de = serde_yaml::Deserializer::from_str(text);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let mut d = from_yaml_error(file, e.inner());
+        // serde_yaml prefixes a coarser path of its own; use the precise one.
+        let rest = match d.message.split_once(": ") {
+            Some((head, rest)) if !head.contains(' ') && path.starts_with(head) => rest.to_string(),
+            _ => d.message.clone(),
+        };
+        d.message = if path.is_empty() || path == "." {
+            rest
+        } else {
+            format!("{path}: {rest}")
+        };
+        d
+    })
+}

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, TimeZone, Utc};
 use serde::Deserialize;
 
-use crate::diag::{from_yaml_error, Diagnostic, Diagnostics};
+use crate::diag::{Diagnostic, Diagnostics};
 use crate::engine::{Engine, Planned};
 use crate::event::{fingerprint, Event, Labels, Status, TriggerKind};
 use crate::playbook::load::Source;
@@ -130,9 +130,9 @@ pub fn parse(sources: &[Source]) -> Result<Vec<(Source, TestFile)>, Diagnostics>
     let mut diags = Diagnostics::default();
     let mut out = Vec::new();
     for s in sources {
-        match serde_yaml::from_str::<TestFile>(&s.text) {
+        match crate::diag::parse_yaml::<TestFile>(&s.path, &s.text) {
             Ok(t) => out.push((s.clone(), t)),
-            Err(e) => diags.push(from_yaml_error(&s.path, &e)),
+            Err(d) => diags.push(d),
         }
     }
     if diags.is_empty() {

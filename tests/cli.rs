@@ -102,8 +102,8 @@ spec:
     let err = text(&out.stderr);
     let p = |f: &str| pb.join(f).display().to_string();
     let expected = [
-        format!("{}:5:3: spec: bad duration \"10 parsecs\"", pol.join("bad.yaml").display()),
-        format!("{}:8:3: spec: unknown field `retries`, expected one of `triggers`", p("a-unknown-field.yaml")),
+        format!("{}:5:3: spec.cooldown: bad duration \"10 parsecs\"", pol.join("bad.yaml").display()),
+        format!("{}:8:3: spec.retries: unknown field `retries`, expected one of `triggers`", p("a-unknown-field.yaml")),
         format!("{}:16:3: spec.policy: unknown policy \"nope\" (loaded: ", p("b-semantic.yaml")),
         format!("{}:6:32: spec.triggers[0].alert[1]: bad regular expression in matcher namespace", p("b-semantic.yaml")),
         format!("{}:6:61: spec.triggers[0].alert[2]: matcher value is not present: job=", p("b-semantic.yaml")),

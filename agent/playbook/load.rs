@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
-use crate::diag::{from_yaml_error, Diagnostic, Diagnostics};
+use crate::diag::{Diagnostic, Diagnostics};
 use crate::drivers::catalog::{self, ActionSpec, Target};
 use crate::event::{Event, Labels, TriggerKind};
 use crate::playbook::matcher::{parse_matchers, MatchOp, Matcher};
@@ -375,10 +375,20 @@ fn parse_doc<T: serde::de::DeserializeOwned>(
         ));
         return None;
     }
-    match serde_yaml::from_str::<T>(&src.text) {
+    match crate::diag::parse_yaml::<T>(&src.path, &src.text) {
         Ok(doc) => Some((doc, PositionIndex::build(&src.text))),
-        Err(e) => {
-            diags.push(from_yaml_error(&src.path, &e));
+        Err(mut d) => {
+            // A document in the wrong directory: say where it belongs.
+            for (kind, flag) in [("Policy", "--policies"), ("Playbook", "--playbooks")] {
+                if d.message
+                    .starts_with(&format!("kind: unknown variant `{kind}`"))
+                {
+                    d.message.push_str(&format!(
+                        " (this is a {kind}: give its directory with {flag})"
+                    ));
+                }
+            }
+            diags.push(d);
             None
         }
     }
