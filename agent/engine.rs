@@ -170,7 +170,7 @@ impl Engine {
         }
         let key = target_key(&planned.target);
         let actions: Vec<&str> = planned.steps.iter().map(|s| s.action).collect();
-        planned.decision = policy.gate.decide(&GateInput {
+        let (decision, would_execute) = policy.gate.evaluate(&GateInput {
             event: ev,
             playbook: pb.name(),
             actions: &actions,
@@ -181,9 +181,13 @@ impl Engine {
             now,
             ledger,
         });
-        if planned.decision == Decision::Execute {
+        // Dry-runs enter the in-memory ledger too, so a what-if over many
+        // alerts is as limited as enforce would be. The audit rebuild skips
+        // dry-run records, so a what-if never limits a later real run.
+        if would_execute {
             ledger.record_execution(now, &planned.policy, &planned.playbook, &key);
         }
+        planned.decision = decision;
         Some(planned)
     }
 

@@ -637,3 +637,63 @@ fn failing_playbook_test_exits_1_and_says_what_differed() {
     );
     assert!(s.contains("2 cases: 1 passed, 1 failed"), "{s}");
 }
+
+#[test]
+fn dry_run_over_repeated_alerts_is_as_limited_as_enforce_and_does_not_limit_a_later_real_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let audit = dir.path().join("audit.jsonl");
+    let one = |fp: &str, container: &str| {
+        format!(
+            r#"{{"status":"firing","labels":{{"alertname":"KubePodCrashLooping","namespace":"etl","pod":"spark-driver-1","container":"{container}"}},"annotations":{{}},"startsAt":"2026-11-25T11:00:00Z","endsAt":"0001-01-01T00:00:00Z","generatorURL":"","fingerprint":"{fp}"}}"#
+        )
+    };
+    let body = format!(
+        r#"{{"receiver":"agent","status":"firing","alerts":[{},{}],"groupLabels":{{}},"commonLabels":{{}},"commonAnnotations":{{}},"externalURL":"","version":"4","groupKey":"{{}}","truncatedAlerts":0}}"#,
+        one("0000000000000001", "driver"),
+        one("0000000000000002", "sidecar")
+    );
+    let alert = write(dir.path(), "two.json", &body);
+    let at = "2026-11-25T12:00:00Z";
+    let out = run(&[
+        "run",
+        "--dry-run",
+        "--alert",
+        alert.to_str().unwrap(),
+        "--audit",
+        audit.to_str().unwrap(),
+        "--at",
+        at,
+    ]);
+    assert_eq!(out.status.code(), Some(0));
+    let recs = audit_lines(&audit);
+    let decisions: Vec<&str> = recs
+        .iter()
+        .map(|r| r["decision"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        decisions,
+        ["dry-run", "suppressed"],
+        "the second restart of the same pod meets the cooldown"
+    );
+    assert!(
+        recs[1]["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("cooldown 10m"),
+        "{}",
+        recs[1]
+    );
+
+    // The what-if left no trace in the limits: a real run right after is not in cooldown.
+    let out = run(&[
+        "run",
+        "--alert",
+        CRASHLOOP,
+        "--audit",
+        audit.to_str().unwrap(),
+        "--at",
+        at,
+    ]);
+    let recs = audit_lines(&audit);
+    assert_eq!(recs[2]["decision"], "execute", "{}", text(&out.stdout));
+}

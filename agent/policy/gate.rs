@@ -473,7 +473,15 @@ impl Gate {
 
     /// Decides one planned run.
     pub fn decide(&self, input: &GateInput<'_>) -> Decision {
+        self.evaluate(input).0
+    }
+
+    /// The decision, and whether the run would execute but for dry-run. A
+    /// dry-run caller enters those in its ledger, so later decisions in the
+    /// same process say what enforce mode would decide (cooldown, limits).
+    pub fn evaluate(&self, input: &GateInput<'_>) -> (Decision, bool) {
         let verdict = self.stages.iter().find_map(|s| s.check(input));
+        let would_execute = verdict.is_none();
         let shadow = if input.force_dry_run {
             Some("--dry-run".to_string())
         } else if input.playbook_mode == Mode::DryRun {
@@ -489,14 +497,15 @@ impl Gate {
         } else {
             None
         };
-        match (verdict, shadow) {
+        let decision = match (verdict, shadow) {
             (None, None) => Decision::Execute,
             (None, Some(why)) => Decision::DryRun(why),
             (Some(Decision::NeedsApproval(r)), Some(why)) => {
                 Decision::DryRun(format!("{why}; would need approval: {r}"))
             }
             (Some(d), _) => d,
-        }
+        };
+        (decision, would_execute)
     }
 
     /// The policy name.
