@@ -151,6 +151,27 @@ impl Writer {
         Ok(())
     }
 
+    /// Appends several records with one fsync (the agent batches decisions
+    /// that change nothing).
+    pub fn append_batch(&mut self, recs: &[Record]) -> Result<()> {
+        if recs.is_empty() {
+            return Ok(());
+        }
+        let mut buf = Vec::with_capacity(recs.len() * 512);
+        for rec in recs {
+            serde_json::to_writer(&mut buf, rec)?;
+            buf.push(b'\n');
+        }
+        let io = |source| Error::Io {
+            path: self.path.clone(),
+            source,
+        };
+        self.file.write_all(&buf).map_err(io)?;
+        self.file.sync_data().map_err(io)?;
+        self.written += recs.len();
+        Ok(())
+    }
+
     /// Records appended through this writer.
     pub fn written(&self) -> usize {
         self.written
@@ -223,7 +244,7 @@ pub fn ledger_from(records: &[Record]) -> Ledger {
                     &crate::policy::gate::target_key(&r.target),
                 );
             }
-            (Phase::Failed, _) => l.record_failure(r.ts, &r.policy, &r.playbook),
+            (Phase::Failed, "execute") => l.record_failure(r.ts, &r.policy, &r.playbook),
             _ => {}
         }
     }

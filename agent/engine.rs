@@ -89,6 +89,25 @@ pub struct RunReport {
     pub status: RunStatus,
     /// The records written for it.
     pub records: Vec<Record>,
+    /// When it failed, if it did (the breaker counts it).
+    #[serde(skip)]
+    pub failed_at: Option<DateTime<Utc>>,
+}
+
+/// Where the engine appends audit records. Each `append` is durable when it
+/// returns, so the next phase may start.
+pub trait RecordSink: Send + Sync {
+    /// Appends one record durably.
+    fn append(&self, rec: &Record) -> audit::Result<()>;
+}
+
+impl RecordSink for std::sync::Mutex<audit::Writer> {
+    fn append(&self, rec: &Record) -> audit::Result<()> {
+        // A poisoned lock only means another writer panicked mid-call; the
+        // file itself is append-only and repaired on open.
+        let mut w = self.lock().unwrap_or_else(|p| p.into_inner());
+        w.append(rec)
+    }
 }
 
 /// The engine: validated config plus the drivers of this build.
@@ -139,6 +158,51 @@ impl Engine {
         now: DateTime<Utc>,
         ledger: &mut Ledger,
     ) -> Option<Planned> {
+        let mut planned = self.plan(pb, ev, now)?;
+        if planned.decision != Decision::Execute {
+            return Some(planned);
+        }
+        let policy = self.config.policies.get(&pb.doc.spec.policy)?;
+        let key = target_key(&planned.target);
+        let actions: Vec<&str> = planned.steps.iter().map(|s| s.action).collect();
+        let (decision, would_execute) = policy.gate.evaluate(&GateInput {
+            event: ev,
+            playbook: pb.name(),
+            actions: &actions,
+            target: &planned.target,
+            target_key: &key,
+            playbook_mode: pb.doc.spec.mode,
+            force_dry_run,
+            now,
+            ledger,
+        });
+        // Dry-runs enter the in-memory ledger too, so a what-if over many
+        // alerts is as limited as enforce would be. The audit rebuild skips
+        // dry-run records, so a what-if never limits a later real run.
+        if would_execute {
+            ledger.record_execution(now, &planned.policy, &planned.playbook, &key);
+        }
+        planned.decision = decision;
+        Some(planned)
+    }
+
+    /// Matches and renders one event without gating it, every run decided
+    /// `suppressed` with `reason`: how the agent records work it dropped
+    /// (cancelled by a resolved alert, an overlapping schedule tick).
+    pub fn suppress(&self, ev: &Event, reason: &str, now: DateTime<Utc>) -> Vec<Planned> {
+        self.config
+            .matching(ev)
+            .into_iter()
+            .filter_map(|pb| self.plan(pb, ev, now))
+            .map(|mut p| {
+                p.decision = Decision::Suppressed(reason.to_string());
+                p
+            })
+            .collect()
+    }
+
+    /// Renders one run; the decision is `execute` unless rendering failed.
+    fn plan(&self, pb: &LoadedPlaybook, ev: &Event, now: DateTime<Utc>) -> Option<Planned> {
         // The loader guarantees the policy exists.
         let policy = self.config.policies.get(&pb.doc.spec.policy)?;
         let trigger = TriggerRef {
@@ -165,29 +229,8 @@ impl Engine {
             Err(e) => {
                 // Fail closed: a run that cannot be planned is not run.
                 planned.decision = Decision::Suppressed(format!("cannot plan: {e}"));
-                return Some(planned);
             }
         }
-        let key = target_key(&planned.target);
-        let actions: Vec<&str> = planned.steps.iter().map(|s| s.action).collect();
-        let (decision, would_execute) = policy.gate.evaluate(&GateInput {
-            event: ev,
-            playbook: pb.name(),
-            actions: &actions,
-            target: &planned.target,
-            target_key: &key,
-            playbook_mode: pb.doc.spec.mode,
-            force_dry_run,
-            now,
-            ledger,
-        });
-        // Dry-runs enter the in-memory ledger too, so a what-if over many
-        // alerts is as limited as enforce would be. The audit rebuild skips
-        // dry-run records, so a what-if never limits a later real run.
-        if would_execute {
-            ledger.record_execution(now, &planned.policy, &planned.playbook, &key);
-        }
-        planned.decision = decision;
         Some(planned)
     }
 
@@ -228,23 +271,37 @@ impl Engine {
     /// Executes (or, for any decision but `execute`, only records) one
     /// planned run. Every record is fsynced before the next phase starts;
     /// an audit write failure stops the run before anything else changes.
+    ///
+    /// A failed run is entered in `ledger` (for the circuit breaker).
     pub async fn execute(
         &self,
         planned: Planned,
-        audit: &mut audit::Writer,
+        audit: &dyn RecordSink,
         ledger: &mut Ledger,
     ) -> audit::Result<RunReport> {
-        let span = info_span!("run", playbook = %planned.playbook, target = %planned.target_display(), decision = planned.decision.as_str());
-        self.execute_inner(planned, audit, ledger)
-            .instrument(span)
-            .await
+        let rep = self.execute_shared(planned, audit).await?;
+        if let Some(at) = rep.failed_at {
+            ledger.record_failure(at, &rep.planned.policy, &rep.planned.playbook);
+        }
+        Ok(rep)
+    }
+
+    /// [`Engine::execute`] for callers that share the ledger themselves (the
+    /// agent runs actions concurrently): the report's `failed_at` says
+    /// whether to enter a failure.
+    pub async fn execute_shared(
+        &self,
+        planned: Planned,
+        audit: &dyn RecordSink,
+    ) -> audit::Result<RunReport> {
+        let span = info_span!("run", playbook = %planned.playbook, target_ref = %planned.target_display(), decision = planned.decision.as_str());
+        self.execute_inner(planned, audit).instrument(span).await
     }
 
     async fn execute_inner(
         &self,
         planned: Planned,
-        audit: &mut audit::Writer,
-        ledger: &mut Ledger,
+        audit: &dyn RecordSink,
     ) -> audit::Result<RunReport> {
         let mut records = Vec::new();
         // Stamp records on the engine clock: the decision time plus real elapsed
@@ -279,7 +336,7 @@ impl Engine {
                     step: idx,
                 }
             };
-        let mut write = |rec: Record, records: &mut Vec<Record>| -> audit::Result<()> {
+        let write = |rec: Record, records: &mut Vec<Record>| -> audit::Result<()> {
             audit.append(&rec)?;
             records.push(rec);
             Ok(())
@@ -304,6 +361,7 @@ impl Engine {
                 planned,
                 status: RunStatus::NotExecuted,
                 records,
+                failed_at: None,
             });
         }
 
@@ -320,7 +378,21 @@ impl Engine {
                 ),
                 &mut records,
             )?;
+            // If this future is dropped mid-step (the agent's shutdown grace
+            // ran out), the guard records the step as interrupted.
+            let mut guard = InterruptGuard {
+                sink: audit,
+                record: Some(base(
+                    Some(s),
+                    i,
+                    Phase::Failed,
+                    "interrupted: the agent stopped before the step finished; it may be partly applied, check the target".into(),
+                    0,
+                )),
+                started,
+            };
             let result = self.run_step(&planned, s).instrument(span).await;
+            guard.record = None;
             let ms = started.elapsed().as_millis() as u64;
             match result {
                 Ok((applied, verified)) => {
@@ -341,12 +413,13 @@ impl Engine {
                         base(Some(s), i, Phase::Failed, msg.clone(), ms),
                         &mut records,
                     )?;
-                    ledger.record_failure(clock(), &planned.policy, &planned.playbook);
+                    let failed_at = Some(clock());
                     let status = RunStatus::Failed(format!("{}: {msg}", s.action));
                     return Ok(RunReport {
                         planned,
                         status,
                         records,
+                        failed_at,
                     });
                 }
             }
@@ -355,6 +428,7 @@ impl Engine {
             planned,
             status: RunStatus::Verified,
             records,
+            failed_at: None,
         })
     }
 
@@ -455,6 +529,27 @@ impl Engine {
                         humantime::format_duration(planned.verify_timeout)
                     ))
                 }
+            }
+        }
+    }
+}
+
+struct InterruptGuard<'a> {
+    sink: &'a dyn RecordSink,
+    record: Option<Record>,
+    started: Instant,
+}
+
+impl Drop for InterruptGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(mut rec) = self.record.take() {
+            let elapsed = self.started.elapsed();
+            rec.duration_ms = elapsed.as_millis() as u64;
+            rec.ts += chrono::Duration::from_std(elapsed).unwrap_or_default();
+            if let Err(e) = self.sink.append(&rec) {
+                tracing::error!(error = %e, id = %rec.id, "cannot record an interrupted step");
+            } else {
+                tracing::warn!(id = %rec.id, playbook = %rec.playbook, action = %rec.action, "step interrupted");
             }
         }
     }

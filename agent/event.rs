@@ -20,6 +20,17 @@ pub enum TriggerKind {
     Manual,
 }
 
+impl TriggerKind {
+    /// Lower-case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TriggerKind::Alert => "alert",
+            TriggerKind::Schedule => "schedule",
+            TriggerKind::Manual => "manual",
+        }
+    }
+}
+
 /// Alert status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -41,7 +52,7 @@ impl Status {
 }
 
 /// One event: an alert, a schedule tick or a manual run.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Event {
     /// What produced it.
     pub trigger: TriggerKind,
@@ -62,6 +73,18 @@ pub struct Event {
 }
 
 impl Event {
+    /// Identity of one delivery: fingerprint, startsAt and status. Alertmanager
+    /// HA pairs and `repeat_interval` resend the same delivery; a new episode
+    /// of the alert has a new startsAt.
+    pub fn delivery_key(&self) -> String {
+        format!(
+            "{}/{}/{}",
+            self.fingerprint,
+            self.starts_at.map(|t| t.timestamp_millis()).unwrap_or(0),
+            self.status.as_str()
+        )
+    }
+
     /// The alert name, if this is an alert.
     pub fn alertname(&self) -> Option<&str> {
         self.labels.get("alertname").map(String::as_str)

@@ -9,14 +9,20 @@
 
 pub mod audit;
 pub mod bundle;
+pub mod config;
+pub mod daemon;
 pub mod diag;
 pub mod drivers;
 pub mod engine;
 pub mod event;
+pub mod inbox;
+pub mod metrics;
+pub mod notify;
 pub mod playbook;
 pub mod policy;
 pub mod report;
 pub mod schema;
+pub mod server;
 pub mod testing;
 pub mod trigger;
 pub mod units;

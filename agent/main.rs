@@ -67,6 +67,12 @@ enum Command {
         #[arg(long, value_name = "DIR", env = "REMEDIATE_POLICIES")]
         policies: Option<PathBuf>,
     },
+    /// Run the node agent: Alertmanager webhook, cron maintenance, metrics.
+    #[command(
+        long_about = "Run the node agent.\n\nServes POST /webhook/alertmanager (bearer token), GET /metrics (OpenMetrics), /healthz and /readyz; runs playbooks' schedule triggers; reloads playbooks and policies on SIGHUP and on file change (a bad set keeps the old one); on SIGTERM stops accepting, lets running actions finish within shutdown.grace and flushes the audit.\n\nEvery config field has a default: see examples/agent.yaml.",
+        after_help = "Example: REMEDIATE_WEBHOOK_TOKEN=s3cret remediate agent --config examples/agent.yaml"
+    )]
+    Agent(AgentArgs),
     /// List every action playbooks may use, with its targets and whether this build can execute it.
     Actions,
     /// Print the JSON Schema of Playbook (default) or Policy documents, or write both.
@@ -129,6 +135,25 @@ struct RunArgs {
     sources: Sources,
 }
 
+#[derive(Args, Debug)]
+struct AgentArgs {
+    /// Agent config file (YAML) [default: every field's default]
+    #[arg(long, value_name = "FILE", env = "REMEDIATE_CONFIG")]
+    config: Option<PathBuf>,
+    /// Shadow mode: decide and audit every event, change nothing (overrides the config).
+    #[arg(long)]
+    dry_run: bool,
+    /// Listen address (overrides the config), e.g. 127.0.0.1:9095.
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<std::net::SocketAddr>,
+    /// State directory for the audit log and the inbox (overrides the config).
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+    /// Check the config, playbooks, policies and secrets, print a summary and exit.
+    #[arg(long)]
+    check: bool,
+}
+
 fn parse_kv(s: &str) -> Result<(String, String), String> {
     s.split_once('=')
         .filter(|(k, _)| !k.is_empty())
@@ -153,8 +178,12 @@ impl From<Diagnostics> for Fail {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Agent(args) = cli.command {
+        return exit(agent(args, cli.verbose));
+    }
     init_tracing(cli.verbose);
     let result = match cli.command {
+        Command::Agent(_) => Ok(()),
         Command::Validate { sources } => validate(&sources),
         Command::Run(args) => run(args),
         Command::Test { dir, policies } => test(dir, policies),
@@ -166,6 +195,10 @@ fn main() -> ExitCode {
             schema(kind, out).map_err(|e| Fail::Input(format!("{e:#}")))
         }
     };
+    exit(result)
+}
+
+fn exit(result: Result<(), Fail>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(Fail::Input(msg)) => {
@@ -177,6 +210,157 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+fn agent(args: AgentArgs, verbose: u8) -> Result<(), Fail> {
+    use remediate::config::{AgentConfig, LogFormat};
+    use remediate::daemon::{self, Agent};
+    let mut cfg = match &args.config {
+        Some(p) => AgentConfig::load(p)?,
+        None => AgentConfig::default(),
+    };
+    if args.dry_run {
+        cfg.dry_run = true;
+    }
+    if let Some(l) = args.listen {
+        cfg.listen = l;
+    }
+    if let Some(d) = args.state_dir {
+        cfg.state_dir = d;
+    }
+    // Logs: the config's format and level; -v and RUST_LOG override the level.
+    let level = match verbose {
+        0 => cfg.log.level.clone(),
+        1 => "info".into(),
+        _ => "debug".into(),
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&level))
+        .map_err(|e| Fail::Input(format!("log.level {level:?}: {e}")))?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match cfg.log.format {
+        LogFormat::Json => builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(true)
+            .flatten_event(true)
+            .init(),
+        LogFormat::Text => builder.init(),
+    }
+    let node = daemon::node_name(&cfg);
+    let listen = cfg.listen;
+    let grace = cfg.shutdown_grace;
+    let dry = cfg.dry_run;
+    let (pb_src, pol_src) = daemon::describe_sources(&cfg);
+    let state_dir = cfg.state_dir.clone();
+    let check = args.check;
+    let backends = backends_note(&cfg);
+    let agent = Agent::prepare(cfg, node.clone()).map_err(|e| match e {
+        daemon::Error::Config(d) => Fail::from(d),
+        other => Fail::Input(other.to_string()),
+    })?;
+    let n_playbooks = agent.shared.engine().config.playbooks.len();
+    if check {
+        println!(
+            "ok: node {node}, {n_playbooks} playbooks ({pb_src}), policies ({pol_src}), state {}, listen {listen}{}",
+            state_dir.display(),
+            if dry { ", DRY RUN" } else { "" }
+        );
+        for b in backends {
+            println!("note: {b}");
+        }
+        return Ok(());
+    }
+    for b in backends {
+        tracing::warn!("{b}");
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| Fail::Action(format!("cannot start runtime: {e}")))?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .map_err(|e| Fail::Input(format!("listen {listen}: {e}")))?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| Fail::Input(format!("listen {listen}: {e}")))?;
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let shared = agent.shared.clone();
+        let app = remediate::server::app(shared.clone());
+        let mut http_stop = stop_rx.clone();
+        let server = tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = http_stop.wait_for(|v| *v).await;
+                })
+                .await
+        });
+        let core = tokio::spawn(agent.run(stop_rx));
+        tracing::info!(%addr, node = %node, playbooks = n_playbooks, dry_run = dry, "listening");
+        let signal = wait_for_stop().await;
+        tracing::info!(signal, grace = %grace, "stopping: no new webhooks; running actions get the grace period");
+        shared.stopping.store(true, std::sync::atomic::Ordering::SeqCst);
+        let _ = stop_tx.send(true);
+        let _ = core.await;
+        match server.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(Fail::Action(format!("http server: {e}"))),
+            Err(e) => Err(Fail::Action(format!("http server: {e}"))),
+        }
+    })
+}
+
+async fn wait_for_stop() -> &'static str {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            (Ok(mut term), Ok(mut int)) => tokio::select! {
+                _ = term.recv() => "SIGTERM",
+                _ = int.recv() => "SIGINT",
+            },
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
+                "SIGINT"
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+        "SIGINT"
+    }
+}
+
+/// Backends configured for which this build has no driver yet.
+fn backends_note(cfg: &remediate::config::AgentConfig) -> Vec<String> {
+    let b = &cfg.backends;
+    let mut out = Vec::new();
+    let mut say = |name: &str| {
+        out.push(format!(
+            "backends.{name} is configured, but this build has no {name} driver yet: its actions fail cleanly and are audited"
+        ))
+    };
+    if b.kubernetes.is_some() {
+        say("kubernetes");
+    }
+    if b.docker.is_some() {
+        say("docker");
+    }
+    if !b.postgres.is_empty() {
+        say("postgres");
+    }
+    if !b.ssh.is_empty() {
+        say("ssh");
+    }
+    out
 }
 
 fn init_tracing(verbose: u8) {
@@ -302,7 +486,9 @@ fn run(args: RunArgs) -> Result<(), Fail> {
         );
     }
     let mut ledger = audit::ledger_from(&history.records);
-    let mut writer = audit::Writer::open(&args.audit).map_err(|e| Fail::Input(e.to_string()))?;
+    let writer = std::sync::Mutex::new(
+        audit::Writer::open(&args.audit).map_err(|e| Fail::Input(e.to_string()))?,
+    );
     let engine = Engine::new(cfg, Registry::new(), node_name(args.node));
     if args.output == Output::Text {
         println!(
@@ -345,7 +531,7 @@ fn run(args: RunArgs) -> Result<(), Fail> {
                 Decision::NeedsApproval(_) => summary.needs_approval += 1,
             }
             let rep = rt
-                .block_on(engine.execute(p, &mut writer, &mut ledger))
+                .block_on(engine.execute(p, &writer, &mut ledger))
                 .map_err(|e| {
                     Fail::Action(format!(
                         "audit write failed, stopping before any further action: {e}"
@@ -362,7 +548,7 @@ fn run(args: RunArgs) -> Result<(), Fail> {
             reports.push((i, rep));
         }
     }
-    summary.records = writer.written();
+    summary.records = writer.lock().map(|w| w.written()).unwrap_or_default();
 
     if args.output == Output::Text {
         let mut rows: Vec<(usize, Row<'_>)> =

@@ -114,7 +114,7 @@ fn engine(b: Behaviour) -> (Engine, Arc<Restart>) {
 async fn run_once(e: &Engine, dry: bool) -> (RunStatus, Vec<audit::Record>, Ledger) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("audit.jsonl");
-    let mut w = audit::Writer::open(&path).unwrap();
+    let w = std::sync::Mutex::new(audit::Writer::open(&path).unwrap());
     let mut ledger = Ledger::default();
     let ev = &Payload::parse(include_bytes!("../examples/alerts/crashloop-firing.json"))
         .unwrap()
@@ -122,7 +122,7 @@ async fn run_once(e: &Engine, dry: bool) -> (RunStatus, Vec<audit::Record>, Ledg
     let planned = e.decide(ev, dry, chrono::Utc::now(), &mut ledger);
     assert_eq!(planned.len(), 1);
     let rep = e
-        .execute(planned.into_iter().next().unwrap(), &mut w, &mut ledger)
+        .execute(planned.into_iter().next().unwrap(), &w, &mut ledger)
         .await
         .unwrap();
     // What the engine reports is exactly what is on disk.

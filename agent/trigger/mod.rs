@@ -1,3 +1,4 @@
 //! Triggers: how events come in.
 
 pub mod alertmanager;
+pub mod schedule;

@@ -1,0 +1,527 @@
+//! The agent's own config file (`remediate agent --config FILE`).
+//!
+//! Every field has a default, so an empty file (or no file) is a working
+//! agent that reads the embedded playbooks and refuses unauthenticated
+//! webhooks. Loading is pure: secrets named here are read when the agent
+//! starts, never while validating.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::diag::{Diagnostic, Diagnostics};
+use crate::units::Duration;
+
+/// The agent's configuration.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct AgentConfig {
+    /// This agent's node name, written in every audit record and used to pick
+    /// node-scoped actions. Default: `$REMEDIATE_NODE`, else the host name.
+    #[serde(default)]
+    pub node: Option<String>,
+    /// Address the HTTP server listens on (webhook, metrics, health).
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// Playbook directory. Default: the playbooks embedded in the binary.
+    #[serde(default)]
+    pub playbooks: Option<PathBuf>,
+    /// Policy directory. Default: the policies embedded in the binary.
+    #[serde(default)]
+    pub policies: Option<PathBuf>,
+    /// Where the audit log and the event inbox live. Relative paths are
+    /// relative to the config file.
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
+    /// Shadow mode: plan, gate and audit every event, change nothing.
+    #[serde(default)]
+    pub dry_run: bool,
+    /// Webhook authentication.
+    #[serde(default)]
+    pub auth: AuthConfig,
+    /// Webhook intake.
+    #[serde(default)]
+    pub webhook: WebhookConfig,
+    /// Cron maintenance.
+    #[serde(default)]
+    pub schedule: ScheduleConfig,
+    /// Most remediation runs executing at once on this agent.
+    #[serde(default = "default_concurrency")]
+    pub concurrency: usize,
+    /// Reloading playbooks and policies.
+    #[serde(default)]
+    pub reload: ReloadConfig,
+    /// How long SIGTERM waits for running actions before it interrupts them.
+    #[serde(default = "default_shutdown_grace")]
+    pub shutdown_grace: Duration,
+    /// Where decisions and outcomes are announced.
+    #[serde(default)]
+    pub notify: Vec<NotifySink>,
+    /// Log format on stderr.
+    #[serde(default)]
+    pub log: LogConfig,
+    /// Connections to the systems drivers act on. Each driver reads its own
+    /// section; a section for a backend this build has no driver for is
+    /// accepted and reported at start.
+    #[serde(default)]
+    pub backends: Backends,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 9095))
+}
+fn default_state_dir() -> PathBuf {
+    PathBuf::from("/var/lib/remediate")
+}
+fn default_concurrency() -> usize {
+    4
+}
+fn default_shutdown_grace() -> Duration {
+    Duration::from_secs(30)
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        // An empty document gets every serde default.
+        serde_yaml::from_str("{}").unwrap_or_else(|_| unreachable_config())
+    }
+}
+
+#[allow(clippy::panic)]
+fn unreachable_config() -> AgentConfig {
+    panic!("the empty agent config must deserialize")
+}
+
+/// Bearer-token authentication of `POST /webhook/alertmanager` and the API.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct AuthConfig {
+    /// File holding the token (surrounding whitespace ignored), e.g. a mounted Secret.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+    /// Environment variable holding the token when no file is given.
+    #[serde(default = "default_token_env")]
+    pub token_env: String,
+    /// Accept webhooks without a token. Only for a loopback listener in a lab.
+    #[serde(default)]
+    pub allow_unauthenticated: bool,
+}
+
+fn default_token_env() -> String {
+    "REMEDIATE_WEBHOOK_TOKEN".into()
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            token_file: None,
+            token_env: default_token_env(),
+            allow_unauthenticated: false,
+        }
+    }
+}
+
+/// Webhook intake.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct WebhookConfig {
+    /// Largest accepted body in bytes; larger bodies get 413.
+    #[serde(default = "default_max_body")]
+    pub max_body_bytes: usize,
+    /// Events waiting for a decision before new webhooks get 503 (Alertmanager retries).
+    #[serde(default = "default_queue")]
+    pub queue_capacity: usize,
+    /// Wait this long after a firing alert arrives before acting on it; a
+    /// resolved notification inside the wait cancels it (flapping alerts do nothing).
+    #[serde(default = "zero")]
+    pub settle: Duration,
+    /// How long a delivery (fingerprint, startsAt, status) is remembered to
+    /// drop duplicates from Alertmanager HA pairs and repeat_interval resends.
+    #[serde(default = "default_dedupe")]
+    pub dedupe_window: Duration,
+}
+
+fn default_max_body() -> usize {
+    1 << 20
+}
+fn default_queue() -> usize {
+    50_000
+}
+fn zero() -> Duration {
+    Duration::from_secs(0)
+}
+fn default_dedupe() -> Duration {
+    Duration::from_secs(72 * 3600)
+}
+
+impl Default for WebhookConfig {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: default_max_body(),
+            queue_capacity: default_queue(),
+            settle: zero(),
+            dedupe_window: default_dedupe(),
+        }
+    }
+}
+
+/// Cron maintenance.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ScheduleConfig {
+    /// Run schedule triggers at all.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// IANA time zone the cron expressions are read in, e.g. `Europe/Berlin`.
+    #[serde(default = "default_tz")]
+    pub timezone: String,
+    /// Ticks missed while the agent was down that are run on start, per
+    /// schedule (0: none). Only the latest missed ticks run; never a backlog.
+    #[serde(default = "one")]
+    pub catch_up: usize,
+    /// Only ticks missed within this long before the start are caught up.
+    #[serde(default = "default_catch_up_window")]
+    pub catch_up_window: Duration,
+    /// Upper bound of the random delay before the first tick of each
+    /// schedule, so agents restarted together do not act together.
+    #[serde(default = "default_jitter")]
+    pub jitter: Duration,
+}
+
+fn yes() -> bool {
+    true
+}
+fn one() -> usize {
+    1
+}
+fn default_tz() -> String {
+    "UTC".into()
+}
+fn default_catch_up_window() -> Duration {
+    Duration::from_secs(24 * 3600)
+}
+fn default_jitter() -> Duration {
+    Duration::from_secs(30)
+}
+
+impl Default for ScheduleConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            timezone: default_tz(),
+            catch_up: 1,
+            catch_up_window: default_catch_up_window(),
+            jitter: default_jitter(),
+        }
+    }
+}
+
+/// Reloading playbooks and policies (SIGHUP always reloads).
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ReloadConfig {
+    /// Watch the playbook and policy directories for changes.
+    #[serde(default = "yes")]
+    pub watch: bool,
+    /// How often the directories are checked. Polling sees Kubernetes
+    /// ConfigMap updates (a symlink swap) that inotify watches miss.
+    #[serde(default = "default_reload_interval")]
+    pub interval: Duration,
+}
+
+fn default_reload_interval() -> Duration {
+    Duration::from_secs(5)
+}
+
+impl Default for ReloadConfig {
+    fn default() -> Self {
+        Self {
+            watch: true,
+            interval: default_reload_interval(),
+        }
+    }
+}
+
+/// Log output.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct LogConfig {
+    /// `json` (one object a line, with the span of each event and action) or `text`.
+    #[serde(default)]
+    pub format: LogFormat,
+    /// Filter in `RUST_LOG` syntax, e.g. `info,remediate=debug`. `RUST_LOG` overrides.
+    #[serde(default = "default_level")]
+    pub level: String,
+}
+
+fn default_level() -> String {
+    "info".into()
+}
+
+/// Log format.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Structured JSON.
+    #[default]
+    Json,
+    /// Human-readable.
+    Text,
+}
+
+/// One notification sink.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct NotifySink {
+    /// Name used in logs, metrics and audit records.
+    pub name: String,
+    /// Message format.
+    pub kind: NotifyKind,
+    /// Incoming-webhook URL. Prefer `urlFile` for Slack and Discord URLs, which are secrets.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// File holding the URL (a mounted Secret).
+    #[serde(default)]
+    pub url_file: Option<PathBuf>,
+    /// Decisions announced: `execute`, `dry-run`, `suppressed`, `needs-approval`.
+    /// Failed runs are always announced.
+    #[serde(default = "default_on")]
+    pub on: Vec<String>,
+    /// Upper bound on one delivery attempt.
+    #[serde(default = "default_notify_timeout")]
+    pub timeout: Duration,
+    /// Attempts on a connection error, 429 or 5xx.
+    #[serde(default = "default_attempts")]
+    pub attempts: u32,
+}
+
+fn default_on() -> Vec<String> {
+    vec!["execute".into(), "needs-approval".into()]
+}
+fn default_notify_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_attempts() -> u32 {
+    3
+}
+
+/// Notification message format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum NotifyKind {
+    /// Slack incoming webhook (`text` plus blocks).
+    Slack,
+    /// Discord webhook (`content` plus an embed).
+    Discord,
+    /// A JSON document with every field; for ChatOps bots and incident tools.
+    Webhook,
+}
+
+/// Backend connections, one optional section per backend.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Backends {
+    /// Kubernetes API access.
+    #[serde(default)]
+    pub kubernetes: Option<KubernetesBackend>,
+    /// Docker Engine / Swarm manager.
+    #[serde(default)]
+    pub docker: Option<DockerBackend>,
+    /// PostgreSQL servers by name (the playbook's `target.server`).
+    #[serde(default)]
+    pub postgres: std::collections::BTreeMap<String, PostgresBackend>,
+    /// Hosts reached over SSH for node-scoped actions.
+    #[serde(default)]
+    pub ssh: Vec<SshHost>,
+}
+
+/// Kubernetes API access.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct KubernetesBackend {
+    /// Kubeconfig file; default: in-cluster service account, else `$KUBECONFIG`.
+    #[serde(default)]
+    pub kubeconfig: Option<PathBuf>,
+    /// Kubeconfig context; default: the current context.
+    #[serde(default)]
+    pub context: Option<String>,
+}
+
+/// Docker Engine access.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct DockerBackend {
+    /// Engine address; default: `unix:///var/run/docker.sock`.
+    #[serde(default)]
+    pub host: Option<String>,
+}
+
+/// One PostgreSQL server.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PostgresBackend {
+    /// Connection string without the password, e.g. `host=db port=5432 user=remediate dbname=postgres`.
+    pub dsn: String,
+    /// File holding the password.
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// Environment variable holding the password when no file is given.
+    #[serde(default)]
+    pub password_env: Option<String>,
+}
+
+/// One host reachable over SSH.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct SshHost {
+    /// Node name as alerts label it.
+    pub node: String,
+    /// Host name or address.
+    pub host: String,
+    /// Port.
+    #[serde(default = "default_ssh_port")]
+    pub port: u16,
+    /// Login user.
+    pub user: String,
+    /// Private key file; default: the ssh-agent.
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+    /// known_hosts file checked strictly.
+    #[serde(default)]
+    pub known_hosts: Option<PathBuf>,
+}
+
+fn default_ssh_port() -> u16 {
+    22
+}
+
+impl AgentConfig {
+    /// Parses a config document; errors name the file, line, column and field.
+    pub fn parse(file: &Path, text: &str) -> Result<Self, Diagnostics> {
+        let mut cfg: AgentConfig =
+            crate::diag::parse_yaml(file, text).map_err(|d| Diagnostics(vec![d]))?;
+        let idx = crate::yamlpos::PositionIndex::build(text);
+        let mut errs = Diagnostics::default();
+        let at = |field: &str, msg: String| {
+            Diagnostic::at(file, idx.get(field), format!("{field}: {msg}"))
+        };
+        if cfg.concurrency == 0 {
+            errs.push(at("concurrency", "must be at least 1".into()));
+        }
+        if cfg.webhook.max_body_bytes == 0 {
+            errs.push(at("webhook.maxBodyBytes", "must be at least 1".into()));
+        }
+        if cfg.webhook.queue_capacity == 0 {
+            errs.push(at("webhook.queueCapacity", "must be at least 1".into()));
+        }
+        if cfg.schedule.timezone.parse::<chrono_tz::Tz>().is_err() {
+            errs.push(at(
+                "schedule.timezone",
+                format!(
+                    "unknown time zone {:?} (use an IANA name such as UTC or Europe/Berlin)",
+                    cfg.schedule.timezone
+                ),
+            ));
+        }
+        if cfg.reload.interval.std().is_zero() {
+            errs.push(at("reload.interval", "must be longer than 0s".into()));
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for (i, s) in cfg.notify.iter().enumerate() {
+            let f = |x: &str| format!("notify[{i}].{x}");
+            if !names.insert(s.name.as_str()) {
+                errs.push(at(&f("name"), format!("duplicate sink name {:?}", s.name)));
+            }
+            match (&s.url, &s.url_file) {
+                (None, None) => errs.push(at(&f("url"), "give url or urlFile".into())),
+                (Some(_), Some(_)) => {
+                    errs.push(at(&f("url"), "give url or urlFile, not both".into()))
+                }
+                (Some(u), None) if !(u.starts_with("http://") || u.starts_with("https://")) => {
+                    errs.push(at(&f("url"), "must start with http:// or https://".into()))
+                }
+                _ => {}
+            }
+            for d in &s.on {
+                if !["execute", "dry-run", "suppressed", "needs-approval"].contains(&d.as_str()) {
+                    errs.push(at(
+                        &f("on"),
+                        format!(
+                            "unknown decision {d:?} (execute, dry-run, suppressed, needs-approval)"
+                        ),
+                    ));
+                }
+            }
+            if s.attempts == 0 {
+                errs.push(at(&f("attempts"), "must be at least 1".into()));
+            }
+        }
+        if !errs.is_empty() {
+            return Err(errs);
+        }
+        // Relative paths are relative to the config file.
+        if let Some(base) = file.parent().filter(|p| !p.as_os_str().is_empty()) {
+            let fix = |p: &mut PathBuf| {
+                if p.is_relative() {
+                    *p = base.join(&*p);
+                }
+            };
+            fix(&mut cfg.state_dir);
+            if let Some(p) = cfg.playbooks.as_mut() {
+                fix(p);
+            }
+            if let Some(p) = cfg.policies.as_mut() {
+                fix(p);
+            }
+            if let Some(p) = cfg.auth.token_file.as_mut() {
+                fix(p);
+            }
+            for s in &mut cfg.notify {
+                if let Some(p) = s.url_file.as_mut() {
+                    fix(p);
+                }
+            }
+        }
+        Ok(cfg)
+    }
+
+    /// Reads and parses a config file.
+    pub fn load(file: &Path) -> Result<Self, Diagnostics> {
+        let text = std::fs::read_to_string(file).map_err(|e| {
+            Diagnostics(vec![Diagnostic::at(
+                file,
+                None,
+                format!("cannot read: {e}"),
+            )])
+        })?;
+        Self::parse(file, &text)
+    }
+
+    /// The audit log's path.
+    pub fn audit_path(&self) -> PathBuf {
+        self.state_dir.join("audit.jsonl")
+    }
+
+    /// The event inbox's path.
+    pub fn inbox_path(&self) -> PathBuf {
+        self.state_dir.join("inbox.jsonl")
+    }
+}
+
+/// Reads a secret from a file (trimmed) or an environment variable.
+pub fn read_secret(file: Option<&Path>, env: Option<&str>) -> Result<Option<String>, String> {
+    if let Some(f) = file {
+        let s = std::fs::read_to_string(f).map_err(|e| format!("{}: {e}", f.display()))?;
+        let s = s.trim().to_string();
+        if s.is_empty() {
+            return Err(format!("{}: file is empty", f.display()));
+        }
+        return Ok(Some(s));
+    }
+    Ok(env
+        .and_then(|v| std::env::var(v).ok())
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty()))
+}

@@ -1,0 +1,224 @@
+//! Agent metrics in OpenMetrics (prometheus-client).
+//!
+//! Label values come only from bounded sets: trigger kinds, statuses,
+//! decisions, catalogue action names, the loaded playbook names and sink
+//! names from the config. Never from alert labels.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::info::Info;
+use prometheus_client::registry::Registry;
+
+/// Content type of `/metrics`.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// `trigger`, `status`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EventLabels {
+    /// alert, schedule or manual.
+    pub trigger: &'static str,
+    /// firing or resolved.
+    pub status: &'static str,
+}
+
+/// `playbook`, `action`, `decision`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DecisionLabels {
+    /// Playbook name (from the loaded set).
+    pub playbook: String,
+    /// First action of the run, or empty when it could not be planned.
+    pub action: String,
+    /// execute, dry-run, suppressed or needs-approval.
+    pub decision: &'static str,
+}
+
+/// `action`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ActionLabels {
+    /// Catalogue action name.
+    pub action: String,
+}
+
+/// `playbook`, `action`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FailureLabels {
+    /// Playbook name.
+    pub playbook: String,
+    /// Action that failed.
+    pub action: String,
+}
+
+/// `code`: HTTP status class answered to a webhook.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CodeLabels {
+    /// HTTP status code.
+    pub code: u16,
+}
+
+/// `result`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    /// success or failure.
+    pub result: &'static str,
+}
+
+/// `sink`, `result`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NotifyLabels {
+    /// Sink name from the config.
+    pub sink: String,
+    /// success or failure.
+    pub result: &'static str,
+}
+
+/// Every metric the agent exports.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// Events accepted, by trigger and status.
+    pub events: Family<EventLabels, Counter>,
+    /// Deliveries dropped as duplicates.
+    pub duplicates: Counter,
+    /// Webhook requests by answer.
+    pub webhook_requests: Family<CodeLabels, Counter>,
+    /// Decisions by playbook, action and decision.
+    pub decisions: Family<DecisionLabels, Counter>,
+    /// Time from planned to verified or failed, per action.
+    pub action_duration: Family<ActionLabels, Histogram>,
+    /// Failed runs.
+    pub failures: Family<FailureLabels, Counter>,
+    /// Events waiting for a decision (including those settling).
+    pub queue_depth: Gauge,
+    /// Runs executing now.
+    pub in_flight: Gauge,
+    /// Reloads of playbooks and policies.
+    pub reloads: Family<ResultLabels, Counter>,
+    /// 1 when the last reload succeeded (or none was tried), 0 when the agent runs an older set.
+    pub config_ok: Gauge,
+    /// Playbooks loaded.
+    pub playbooks: Gauge,
+    /// Notifications by sink and result.
+    pub notifications: Family<NotifyLabels, Counter>,
+    /// Audit or inbox writes that failed.
+    pub storage_errors: Counter,
+}
+
+impl Metrics {
+    /// Registers everything under the `remediate` prefix.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("remediate");
+        let info = Info::new(vec![(
+            "version".to_string(),
+            env!("CARGO_PKG_VERSION").to_string(),
+        )]);
+        registry.register("build", "Build information", info);
+        let m = Self {
+            events: Family::default(),
+            duplicates: Counter::default(),
+            webhook_requests: Family::default(),
+            decisions: Family::default(),
+            action_duration: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.01, 2.0, 16))
+            }),
+            failures: Family::default(),
+            queue_depth: Gauge::default(),
+            in_flight: Gauge::default(),
+            reloads: Family::default(),
+            config_ok: Gauge::default(),
+            playbooks: Gauge::default(),
+            notifications: Family::default(),
+            storage_errors: Counter::default(),
+            registry,
+        };
+        m.register()
+    }
+
+    fn register(mut self) -> Self {
+        let r = &mut self.registry;
+        r.register(
+            "events",
+            "Events accepted, by trigger and status",
+            self.events.clone(),
+        );
+        r.register(
+            "duplicate_deliveries",
+            "Webhook deliveries dropped as duplicates (same fingerprint, startsAt and status)",
+            self.duplicates.clone(),
+        );
+        r.register(
+            "webhook_requests",
+            "Webhook requests by HTTP status answered",
+            self.webhook_requests.clone(),
+        );
+        r.register(
+            "decisions",
+            "Gate decisions by playbook, action and decision",
+            self.decisions.clone(),
+        );
+        r.register(
+            "action_duration_seconds",
+            "Time from planned to verified or failed, per action",
+            self.action_duration.clone(),
+        );
+        r.register(
+            "action_failures",
+            "Runs that failed (apply error, verify failure, timeout, no driver)",
+            self.failures.clone(),
+        );
+        r.register(
+            "queue_depth",
+            "Events waiting for a decision",
+            self.queue_depth.clone(),
+        );
+        r.register(
+            "runs_in_flight",
+            "Runs executing now",
+            self.in_flight.clone(),
+        );
+        r.register(
+            "config_reloads",
+            "Reloads of playbooks and policies by result",
+            self.reloads.clone(),
+        );
+        r.register(
+            "config_last_reload_successful",
+            "1 when the last reload succeeded, 0 when an older set is still running",
+            self.config_ok.clone(),
+        );
+        r.register(
+            "playbooks_loaded",
+            "Playbooks loaded",
+            self.playbooks.clone(),
+        );
+        r.register(
+            "notifications",
+            "Notifications by sink and result",
+            self.notifications.clone(),
+        );
+        r.register(
+            "storage_errors",
+            "Audit or inbox writes that failed",
+            self.storage_errors.clone(),
+        );
+        self.config_ok.set(1);
+        self
+    }
+
+    /// The OpenMetrics exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::with_capacity(8192);
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

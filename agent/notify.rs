@@ -1,0 +1,267 @@
+//! Notifications: Slack and Discord incoming webhooks and a generic JSON
+//! webhook. A notification never blocks or fails an action: the agent sends
+//! it on its own task, and a failure is logged, counted and audited.
+//!
+//! Webhook URLs are secrets (whoever has a Slack URL can post to the
+//! channel): they are never logged, and errors are stripped of them.
+
+use std::time::Duration;
+
+use serde::Serialize;
+use serde_json::json;
+
+use crate::config::{NotifyKind, NotifySink};
+
+/// What a notification says.
+#[derive(Debug, Clone, Serialize)]
+pub struct Notice {
+    /// Playbook name.
+    pub playbook: String,
+    /// The playbook's runbook link, if it has one.
+    pub runbook: Option<String>,
+    /// Alert name, when an alert triggered it.
+    pub alertname: Option<String>,
+    /// `alert`, `schedule` or `manual`.
+    pub trigger: String,
+    /// The same, typed.
+    #[serde(skip)]
+    pub trigger_kind: crate::event::TriggerKind,
+    /// Alert fingerprint (or tick identity).
+    pub fingerprint: String,
+    /// Target, e.g. `pod etl/spark-driver-1`.
+    pub target: String,
+    /// Actions of the run, in order.
+    pub actions: Vec<String>,
+    /// `execute`, `dry-run`, `suppressed` or `needs-approval`.
+    pub decision: String,
+    /// Why the gate decided so.
+    pub reason: String,
+    /// `verified`, `failed` or `not-executed`.
+    pub status: String,
+    /// What happened, in words.
+    pub outcome: String,
+    /// The agent's node.
+    pub node: String,
+    /// Audit id of the first step (to find the records).
+    pub audit_id: String,
+    /// When the run was decided.
+    pub decided_at: chrono::DateTime<chrono::Utc>,
+}
+
+impl Notice {
+    fn headline(&self) -> String {
+        let what = match (self.decision.as_str(), self.status.as_str()) {
+            (_, "failed") => "FAILED",
+            ("execute", _) => "remediated",
+            ("dry-run", _) => "would remediate (dry-run)",
+            ("needs-approval", _) => "needs approval",
+            ("suppressed", _) => "suppressed",
+            _ => "decided",
+        };
+        format!(
+            "[remediate] {what}: {} on {} ({})",
+            self.playbook, self.target, self.node
+        )
+    }
+
+    fn body(&self) -> String {
+        let mut s = format!(
+            "decision: {} ({})\noutcome: {}",
+            self.decision, self.reason, self.outcome
+        );
+        if let Some(a) = &self.alertname {
+            s.push_str(&format!("\nalert: {a}"));
+        }
+        s.push_str(&format!("\naudit id: {}", self.audit_id));
+        s
+    }
+}
+
+/// One configured sink with its URL resolved.
+#[derive(Clone)]
+struct Sink {
+    name: String,
+    kind: NotifyKind,
+    url: String,
+    on: Vec<String>,
+    timeout: Duration,
+    attempts: u32,
+}
+
+impl std::fmt::Debug for Sink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the URL.
+        f.debug_struct("Sink")
+            .field("name", &self.name)
+            .field("kind", &self.kind)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The configured sinks.
+#[derive(Debug, Clone, Default)]
+pub struct Notifier {
+    sinks: Vec<Sink>,
+    client: reqwest::Client,
+}
+
+/// One delivery's result.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    /// Sink name.
+    pub sink: String,
+    /// Ok, or what went wrong (without the URL).
+    pub result: Result<(), String>,
+}
+
+impl Notifier {
+    /// Resolves URLs (reading `urlFile`s). Errors name the sink.
+    pub fn from_config(sinks: &[NotifySink]) -> Result<Self, String> {
+        let mut out = Vec::with_capacity(sinks.len());
+        for s in sinks {
+            let url = match (&s.url, &s.url_file) {
+                (Some(u), _) => u.clone(),
+                (None, Some(f)) => crate::config::read_secret(Some(f), None)
+                    .map_err(|e| format!("notify sink {:?}: urlFile {e}", s.name))?
+                    .unwrap_or_default(),
+                (None, None) => return Err(format!("notify sink {:?}: no url", s.name)),
+            };
+            reqwest::Url::parse(&url)
+                .map_err(|e| format!("notify sink {:?}: bad url: {e}", s.name))?;
+            out.push(Sink {
+                name: s.name.clone(),
+                kind: s.kind,
+                url,
+                on: s.on.clone(),
+                timeout: s.timeout.std(),
+                attempts: s.attempts.max(1),
+            });
+        }
+        let client = reqwest::Client::builder()
+            .user_agent(concat!("remediate/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| format!("notify: cannot build HTTP client: {e}"))?;
+        Ok(Self { sinks: out, client })
+    }
+
+    /// True when no sink is configured.
+    pub fn is_empty(&self) -> bool {
+        self.sinks.is_empty()
+    }
+
+    /// Sends `notice` to every sink that wants it; failed runs go to all.
+    pub async fn send(&self, notice: &Notice) -> Vec<Delivery> {
+        let mut out = Vec::new();
+        for s in &self.sinks {
+            if notice.status != "failed" && !s.on.contains(&notice.decision) {
+                continue;
+            }
+            let result = self.deliver(s, notice).await;
+            out.push(Delivery {
+                sink: s.name.clone(),
+                result,
+            });
+        }
+        out
+    }
+
+    async fn deliver(&self, s: &Sink, n: &Notice) -> Result<(), String> {
+        let body = payload(s.kind, n);
+        let mut last = String::new();
+        for attempt in 0..s.attempts {
+            if attempt > 0 {
+                tokio::time::sleep(Duration::from_millis(200 << attempt.min(6))).await;
+            }
+            let res = self
+                .client
+                .post(&s.url)
+                .timeout(s.timeout)
+                .json(&body)
+                .send()
+                .await;
+            match res {
+                Ok(r) if r.status().is_success() => return Ok(()),
+                Ok(r) => {
+                    let code = r.status();
+                    let text: String = r
+                        .text()
+                        .await
+                        .unwrap_or_default()
+                        .chars()
+                        .take(200)
+                        .collect();
+                    last = format!("{} {}: HTTP {code}: {text}", kind_name(s.kind), s.name);
+                    if !(code.is_server_error() || code == reqwest::StatusCode::TOO_MANY_REQUESTS) {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    last = format!("{} {}: {}", kind_name(s.kind), s.name, e.without_url());
+                }
+            }
+        }
+        Err(format!("{last} (after {} attempt(s))", s.attempts))
+    }
+}
+
+fn kind_name(k: NotifyKind) -> &'static str {
+    match k {
+        NotifyKind::Slack => "slack",
+        NotifyKind::Discord => "discord",
+        NotifyKind::Webhook => "webhook",
+    }
+}
+
+/// The JSON body a sink of `kind` receives.
+pub fn payload(kind: NotifyKind, n: &Notice) -> serde_json::Value {
+    let headline = n.headline();
+    let body = n.body();
+    match kind {
+        NotifyKind::Slack => {
+            let runbook = n
+                .runbook
+                .as_ref()
+                .map(|r| format!("\n<{r}|Runbook>"))
+                .unwrap_or_default();
+            json!({
+                "text": format!("{headline}\n{body}{}", n.runbook.as_ref().map(|r| format!("\nrunbook: {r}")).unwrap_or_default()),
+                "blocks": [
+                    {"type": "header", "text": {"type": "plain_text", "text": truncate(&headline, 150)}},
+                    {"type": "section", "text": {"type": "mrkdwn", "text": format!("{}{runbook}", truncate(&body, 2800))}}
+                ]
+            })
+        }
+        NotifyKind::Discord => {
+            let color = match (n.decision.as_str(), n.status.as_str()) {
+                (_, "failed") => 0xd0_30_30,
+                ("execute", _) => 0x30_a0_50,
+                ("needs-approval", _) => 0xe0_a0_20,
+                _ => 0x80_80_80,
+            };
+            let mut embed = json!({
+                "title": truncate(&headline, 256),
+                "description": truncate(&body, 4000),
+                "color": color,
+                "timestamp": n.decided_at.to_rfc3339(),
+            });
+            if let Some(r) = &n.runbook {
+                embed["url"] = json!(r);
+            }
+            json!({
+                "content": truncate(&format!("{headline}{}", n.runbook.as_ref().map(|r| format!("\nrunbook: {r}")).unwrap_or_default()), 2000),
+                "embeds": [embed]
+            })
+        }
+        NotifyKind::Webhook => serde_json::to_value(n).unwrap_or_default(),
+    }
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        s.to_string()
+    } else {
+        let mut t: String = s.chars().take(max.saturating_sub(1)).collect();
+        t.push('…');
+        t
+    }
+}

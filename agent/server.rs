@@ -1,0 +1,194 @@
+//! HTTP: the Alertmanager webhook, `/metrics`, `/healthz` and `/readyz`.
+//!
+//! The app is built by [`app`] from the shared state, so tests can drive it
+//! in process or over a real socket.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use chrono::Utc;
+use serde_json::json;
+use subtle::ConstantTimeEq;
+
+use crate::daemon::{Incoming, Shared};
+use crate::metrics::{CodeLabels, EventLabels, CONTENT_TYPE};
+use crate::trigger::alertmanager::Payload;
+
+/// The agent's HTTP routes.
+pub fn app(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/webhook/alertmanager", post(webhook))
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .with_state(shared)
+}
+
+fn reply(shared: &Shared, code: StatusCode, body: serde_json::Value) -> Response {
+    shared
+        .metrics
+        .webhook_requests
+        .get_or_create(&CodeLabels {
+            code: code.as_u16(),
+        })
+        .inc();
+    (code, axum::Json(body)).into_response()
+}
+
+/// True when the request carries the configured bearer token. The
+/// comparison takes the same time wherever the first difference is.
+fn authorized(shared: &Shared, headers: &HeaderMap) -> bool {
+    let Some(want) = &shared.token else {
+        return true;
+    };
+    let Some(got) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+    else {
+        return false;
+    };
+    let got = got.trim_ascii();
+    bool::from(got.ct_eq(want.as_bytes()))
+}
+
+async fn webhook(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Body) -> Response {
+    if shared.stopping.load(Ordering::SeqCst) {
+        return reply(
+            &shared,
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({"error": "agent is shutting down; retry"}),
+        );
+    }
+    if !authorized(&shared, &headers) {
+        let mut r = reply(
+            &shared,
+            StatusCode::UNAUTHORIZED,
+            json!({"error": "missing or wrong bearer token"}),
+        );
+        r.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        return r;
+    }
+    let max = shared.cfg.webhook.max_body_bytes;
+    let too_big = || {
+        reply(
+            &shared,
+            StatusCode::PAYLOAD_TOO_LARGE,
+            json!({"error": format!("body larger than {max} bytes (webhook.maxBodyBytes)")}),
+        )
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max as u64) {
+        return too_big();
+    }
+    let bytes: Bytes = match axum::body::to_bytes(body, max).await {
+        Ok(b) => b,
+        Err(e) => {
+            // to_bytes fails with a length-limit error once the body passes `max`.
+            let msg = e.to_string();
+            if msg.contains("length limit") {
+                return too_big();
+            }
+            return reply(
+                &shared,
+                StatusCode::BAD_REQUEST,
+                json!({"error": format!("cannot read body: {msg}")}),
+            );
+        }
+    };
+    let payload = match Payload::parse(&bytes) {
+        Ok(p) => p,
+        Err(e) => {
+            return reply(
+                &shared,
+                StatusCode::BAD_REQUEST,
+                json!({"error": e.to_string()}),
+            )
+        }
+    };
+    if payload.truncated_alerts > 0 {
+        tracing::warn!(
+            truncated = payload.truncated_alerts,
+            "Alertmanager left alerts out of this group (max_alerts); they are not decided"
+        );
+    }
+    let events = payload.events();
+    let depth = shared.metrics.queue_depth.get().max(0) as usize;
+    if depth + events.len() > shared.cfg.webhook.queue_capacity {
+        let mut r = reply(
+            &shared,
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({"error": format!("event queue is full ({depth} waiting, webhook.queueCapacity {}); retry", shared.cfg.webhook.queue_capacity)}),
+        );
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+        return r;
+    }
+    let now = Utc::now();
+    let result = match shared.inbox.accept(events, now).await {
+        Ok(r) => r,
+        Err(e) => {
+            shared.metrics.storage_errors.inc();
+            tracing::error!(error = %e, "cannot record webhook events durably");
+            return reply(
+                &shared,
+                StatusCode::INTERNAL_SERVER_ERROR,
+                json!({"error": format!("cannot record the events durably: {e}; retry")}),
+            );
+        }
+    };
+    shared.metrics.duplicates.inc_by(result.duplicates as u64);
+    let accepted = result.accepted.len();
+    for a in result.accepted {
+        shared
+            .metrics
+            .events
+            .get_or_create(&EventLabels {
+                trigger: "alert",
+                status: a.event.status.as_str(),
+            })
+            .inc();
+        shared.metrics.queue_depth.inc();
+        let _ = shared.queue.send(Incoming {
+            seq: Some(a.seq),
+            at: a.at,
+            event: a.event,
+        });
+    }
+    reply(
+        &shared,
+        StatusCode::OK,
+        json!({"status": "accepted", "accepted": accepted, "duplicates": result.duplicates}),
+    )
+}
+
+async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
+    (
+        [(header::CONTENT_TYPE, CONTENT_TYPE)],
+        shared.metrics.encode(),
+    )
+        .into_response()
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
+    if shared.stopping.load(Ordering::SeqCst) {
+        (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response()
+    } else if shared.ready.load(Ordering::SeqCst) {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "loading\n").into_response()
+    }
+}
