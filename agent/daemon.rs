@@ -204,6 +204,22 @@ impl Agent {
     /// playbooks, reads secrets, replays the audit into the ledger and
     /// recovers unfinished events from the inbox.
     pub fn prepare(cfg: AgentConfig, node: String) -> Result<Self, Error> {
+        Self::prepare_with(
+            cfg,
+            node,
+            Registry::new(),
+            std::time::Duration::from_secs(2),
+        )
+    }
+
+    /// [`Agent::prepare`] with the drivers to use (kept across reloads) and
+    /// the interval between verify polls.
+    pub fn prepare_with(
+        cfg: AgentConfig,
+        node: String,
+        registry: Registry,
+        verify_interval: std::time::Duration,
+    ) -> Result<Self, Error> {
         let config = load_config(&cfg)?;
         let token = crate::config::read_secret(
             cfg.auth.token_file.as_deref(),
@@ -235,7 +251,8 @@ impl Agent {
         let (tx, rx) = mpsc::unbounded_channel();
         let metrics = Metrics::new();
         metrics.playbooks.set(config.playbooks.len() as i64);
-        let engine = Engine::new(config, Registry::new(), node.clone());
+        let mut engine = Engine::new(config, registry, node.clone());
+        engine.verify_interval = verify_interval;
         let recovered: Vec<Incoming> = pending
             .into_iter()
             .map(|a| Incoming {
@@ -302,6 +319,34 @@ impl Agent {
         let _ = reloader.await;
         shared.inbox.close().await;
         tracing::info!("agent stopped; audit and inbox flushed");
+    }
+}
+
+/// Serves the HTTP app on `listener` and runs `agent` until `stop` flips to
+/// true: then the listener stops accepting, running actions get the grace
+/// period, and the inbox and audit are flushed before this returns.
+pub async fn serve(
+    agent: Agent,
+    listener: tokio::net::TcpListener,
+    mut stop: watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    let shared = agent.shared.clone();
+    let app = crate::server::app(shared.clone());
+    let mut http_stop = stop.clone();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = http_stop.wait_for(|v| *v).await;
+            })
+            .await
+    });
+    let core = tokio::spawn(agent.run(stop.clone()));
+    let _ = stop.wait_for(|v| *v).await;
+    shared.stopping.store(true, Ordering::SeqCst);
+    let _ = core.await;
+    match server.await {
+        Ok(r) => r,
+        Err(e) => Err(std::io::Error::other(e)),
     }
 }
 
@@ -434,7 +479,7 @@ pub fn reload(shared: &Shared, why: &str) -> bool {
         Ok(config) => {
             let n = config.playbooks.len();
             let old = shared.engine();
-            let mut engine = Engine::new(config, Registry::new(), old.node.clone());
+            let mut engine = Engine::new(config, old.registry.clone(), old.node.clone());
             engine.verify_interval = old.verify_interval;
             *shared.engine.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(engine);
             shared.metrics.playbooks.set(n as i64);
@@ -808,6 +853,9 @@ fn spawn_run(
                     r.format("%Y-%m-%dT%H:%M:%SZ")
                 ));
             }
+            // Records are stamped from the engine clock, which starts at
+            // `decided_at`: start it now, after the wait for a slot.
+            planned.decided_at = Utc::now();
             let runbook = runbook_of(&engine, &planned.playbook);
             shared.metrics.in_flight.inc();
             let rep = engine.execute_shared(planned, &*shared).await;

@@ -289,27 +289,15 @@ fn agent(args: AgentArgs, verbose: u8) -> Result<(), Fail> {
             .local_addr()
             .map_err(|e| Fail::Input(format!("listen {listen}: {e}")))?;
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let shared = agent.shared.clone();
-        let app = remediate::server::app(shared.clone());
-        let mut http_stop = stop_rx.clone();
-        let server = tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = http_stop.wait_for(|v| *v).await;
-                })
-                .await
-        });
-        let core = tokio::spawn(agent.run(stop_rx));
+        let served = tokio::spawn(daemon::serve(agent, listener, stop_rx));
         tracing::info!(%addr, node = %node, playbooks = n_playbooks, dry_run = dry, "listening");
         let signal = wait_for_stop().await;
         tracing::info!(signal, grace = %grace, "stopping: no new webhooks; running actions get the grace period");
-        shared.stopping.store(true, std::sync::atomic::Ordering::SeqCst);
         let _ = stop_tx.send(true);
-        let _ = core.await;
-        match server.await {
+        match served.await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(Fail::Action(format!("http server: {e}"))),
-            Err(e) => Err(Fail::Action(format!("http server: {e}"))),
+            Err(e) => Err(Fail::Action(format!("agent task: {e}"))),
         }
     })
 }

@@ -1,0 +1,460 @@
+//! The agent's runtime in process, with an in-process driver whose apply
+//! takes as long as the test says: cron ticks, overlap, catch-up, the
+//! concurrency slot, graceful shutdown and notifications that fail. The HTTP
+//! path is the real one (a loopback listener); real backends are tested in
+//! their own suites.
+
+mod common;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use remediate::audit::{self, Phase, Record};
+use remediate::config::AgentConfig;
+use remediate::daemon::{self, Agent};
+use remediate::drivers::{Action, DriverError, Outcome, Plan, Registry, Request, Scope, Verdict};
+use remediate::event::TriggerKind;
+
+use common::{alert_body, count, eventually, TOKEN};
+
+/// Restarts nothing; apply takes `apply_for`.
+struct SlowRestart {
+    apply_for: Duration,
+    applied: AtomicUsize,
+}
+
+#[async_trait]
+impl Action for SlowRestart {
+    fn name(&self) -> &'static str {
+        "kubernetes.pod.restart"
+    }
+    fn scope(&self, _: &Request) -> Scope {
+        Scope::Cluster
+    }
+    async fn plan(&self, req: &Request) -> Result<Plan, DriverError> {
+        Ok(Plan {
+            summary: format!("evict {}", req.target["name"]),
+            details: serde_json::json!({}),
+        })
+    }
+    async fn apply(&self, _: &Request, _: &Plan) -> Result<Outcome, DriverError> {
+        tokio::time::sleep(self.apply_for).await;
+        self.applied.fetch_add(1, Ordering::SeqCst);
+        Ok(Outcome {
+            summary: "evicted".into(),
+            details: serde_json::json!({}),
+        })
+    }
+    async fn verify(&self, _: &Request, _: &Plan) -> Result<Verdict, DriverError> {
+        Ok(Verdict::Verified("replacement Running and Ready".into()))
+    }
+}
+
+const ALERT_PLAYBOOK: &str = r#"apiVersion: remediate/v1
+kind: Playbook
+metadata: { name: crashloop, runbook: "https://runbooks.example/crashloop" }
+spec:
+  triggers: [{ alert: ['alertname="KubePodCrashLooping"'] }]
+  target: { kind: kubernetes.pod, namespace: "{{ labels.namespace }}", name: "{{ labels.pod }}" }
+  steps:
+    - action: kubernetes.pod.restart
+      timeout: 2m
+  verify: { timeout: 10s }
+"#;
+
+const SCHEDULE_PLAYBOOK: &str = r#"apiVersion: remediate/v1
+kind: Playbook
+metadata: { name: every-second }
+spec:
+  triggers: [{ schedule: "* * * * * *" }]
+  values: { pod: { default: batch-0 } }
+  target: { kind: kubernetes.pod, namespace: batch, name: "{{ values.pod }}" }
+  steps:
+    - action: kubernetes.pod.restart
+      timeout: 2m
+  verify: { timeout: 10s }
+"#;
+
+const HOURLY_PLAYBOOK: &str = r#"apiVersion: remediate/v1
+kind: Playbook
+metadata: { name: hourly }
+spec:
+  triggers: [{ schedule: "0 0 * * * *" }]
+  target: { kind: kubernetes.pod, namespace: batch, name: hourly-0 }
+  steps:
+    - action: kubernetes.pod.restart
+  verify: { timeout: 10s }
+"#;
+
+/// No limits but the scope defaults: these tests are about the runtime.
+const POLICY: &str =
+    "apiVersion: remediate/v1\nkind: Policy\nmetadata: { name: default }\nspec: {}\n";
+
+struct Setup {
+    dir: tempfile::TempDir,
+    driver: Arc<SlowRestart>,
+}
+
+fn setup(playbooks: &[(&str, &str)], apply_for: Duration) -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("playbooks")).unwrap();
+    std::fs::create_dir_all(dir.path().join("policies")).unwrap();
+    for (name, text) in playbooks {
+        std::fs::write(dir.path().join("playbooks").join(name), text).unwrap();
+    }
+    std::fs::write(dir.path().join("policies/default.yaml"), POLICY).unwrap();
+    Setup {
+        dir,
+        driver: Arc::new(SlowRestart {
+            apply_for,
+            applied: AtomicUsize::new(0),
+        }),
+    }
+}
+
+struct Running {
+    addr: String,
+    stop: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+    audit: std::path::PathBuf,
+}
+
+impl Running {
+    fn audit(&self) -> Vec<Record> {
+        audit::read(&self.audit).unwrap().records
+    }
+    async fn post(&self, body: Vec<u8>) {
+        let r = reqwest::Client::new()
+            .post(format!("http://{}/webhook/alertmanager", self.addr))
+            .bearer_auth(TOKEN)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    }
+    async fn stop(self) {
+        self.stop.send(true).unwrap();
+        tokio::time::timeout(Duration::from_secs(30), self.task)
+            .await
+            .expect("agent stops")
+            .unwrap()
+            .unwrap();
+    }
+}
+
+async fn start(s: &Setup, extra: &str) -> Running {
+    let yaml = format!(
+        "listen: 127.0.0.1:0\nplaybooks: playbooks\npolicies: policies\nstateDir: state\nauth: {{ tokenEnv: AGENT_RUNTIME_TEST_TOKEN_UNSET }}\n{extra}"
+    );
+    let mut cfg = AgentConfig::parse(&s.dir.path().join("agent.yaml"), &yaml).unwrap();
+    cfg.auth.allow_unauthenticated = false;
+    // The token comes from a file so tests do not share process env.
+    let token_file = s.dir.path().join("token");
+    std::fs::write(&token_file, TOKEN).unwrap();
+    cfg.auth.token_file = Some(token_file);
+    let audit = cfg.audit_path();
+    let mut reg = Registry::new();
+    reg.register(s.driver.clone()).unwrap();
+    let agent = Agent::prepare_with(cfg, "node-a".into(), reg, Duration::from_millis(20)).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(daemon::serve(agent, listener, rx));
+    Running {
+        addr,
+        stop,
+        task,
+        audit,
+    }
+}
+
+fn crashloop(pod: &str, status: &str) -> Vec<u8> {
+    alert_body(
+        status,
+        &[
+            ("alertname", "KubePodCrashLooping"),
+            ("namespace", "etl"),
+            ("pod", pod),
+        ],
+        "2026-11-25T11:00:00Z",
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schedule_ticks_run_on_time_and_an_overlapping_tick_is_skipped_and_audited() {
+    // Ticks every second; each run takes 2.5 s, so ticks land on a running playbook.
+    let s = setup(
+        &[("every-second.yaml", SCHEDULE_PLAYBOOK)],
+        Duration::from_millis(2500),
+    );
+    let a = start(&s, "schedule: { jitter: 0s }\n").await;
+    let audit = a.audit.clone();
+    let done = eventually(Duration::from_secs(15), || {
+        let recs = audit::read(&audit).unwrap().records;
+        let verified = count(&recs, |r| r.phase == Phase::Verified);
+        let skipped = count(&recs, |r| {
+            r.decision == "suppressed"
+                && r.reason
+                    .contains("previous run of this playbook is still in progress")
+        });
+        (verified >= 1 && skipped >= 1).then_some(recs)
+    })
+    .await;
+    a.stop().await;
+    let recs = done.expect("a verified scheduled run and a skipped overlapping tick");
+    assert!(recs.iter().all(|r| r.trigger.kind == TriggerKind::Schedule));
+    assert!(recs.iter().all(|r| r.playbook == "every-second"));
+    // Never two runs of the playbook at once: between a planned execute and its
+    // verified record, no other execute starts.
+    let mut open = 0i32;
+    for r in recs.iter().filter(|r| r.decision == "execute") {
+        match r.phase {
+            Phase::Planned => {
+                open += 1;
+                assert!(open <= 1, "overlapping runs of one scheduled playbook");
+            }
+            Phase::Verified | Phase::Failed => open -= 1,
+            Phase::Applied => {}
+        }
+    }
+    // Every skipped tick names its reason and the playbook's target.
+    for r in recs.iter().filter(|r| r.decision == "suppressed") {
+        assert_eq!(r.target["name"], "batch-0");
+        assert_eq!(r.phase, Phase::Planned);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tick_missed_while_down_is_caught_up_once_on_start_and_not_with_catch_up_zero() {
+    for (catch_up, expect) in [(1usize, 1usize), (0, 0)] {
+        let s = setup(&[("hourly.yaml", HOURLY_PLAYBOOK)], Duration::ZERO);
+        // The last run was 5 hours ago: 4 or 5 hourly ticks were missed.
+        let state = s.dir.path().join("state");
+        std::fs::create_dir_all(&state).unwrap();
+        let last = chrono::Utc::now() - chrono::Duration::hours(5);
+        let rec = Record {
+            ts: last,
+            id: "seed".into(),
+            trigger: audit::TriggerRef {
+                kind: TriggerKind::Schedule,
+                alertname: None,
+                fingerprint: "seed".into(),
+                status: remediate::event::Status::Firing,
+            },
+            playbook: "hourly".into(),
+            action: "kubernetes.pod.restart".into(),
+            target: [
+                ("kind", "kubernetes.pod"),
+                ("namespace", "batch"),
+                ("name", "hourly-0"),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+            params: serde_json::json!({}),
+            decision: "execute".into(),
+            reason: String::new(),
+            dry_run: false,
+            phase: Phase::Verified,
+            outcome: "seeded".into(),
+            duration_ms: 0,
+            node: "node-a".into(),
+            policy: "default".into(),
+            step: 0,
+        };
+        audit::Writer::open(&state.join("audit.jsonl"))
+            .unwrap()
+            .append(&rec)
+            .unwrap();
+        let a = start(
+            &s,
+            &format!("schedule: {{ jitter: 0s, catchUp: {catch_up} }}\n"),
+        )
+        .await;
+        // Give a catch-up time to run; the next real tick is up to an hour away.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let recs = a.audit();
+        a.stop().await;
+        let runs = count(&recs, |r| {
+            r.id != "seed" && r.phase == Phase::Verified && r.playbook == "hourly"
+        });
+        assert_eq!(runs, expect, "catchUp {catch_up}: {recs:#?}");
+        assert_eq!(s.driver.applied.load(Ordering::SeqCst), expect);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_lets_a_short_action_finish_and_records_one_that_outlives_the_grace_as_interrupted(
+) {
+    // Finishes within the grace period: verified, nothing interrupted.
+    let s = setup(
+        &[("crashloop.yaml", ALERT_PLAYBOOK)],
+        Duration::from_millis(700),
+    );
+    let a = start(&s, "shutdownGrace: 5s\n").await;
+    a.post(crashloop("short-1", "firing")).await;
+    let audit = a.audit.clone();
+    eventually(Duration::from_secs(5), || {
+        let recs = audit::read(&audit).unwrap().records;
+        (count(&recs, |r| {
+            r.phase == Phase::Planned && r.decision == "execute"
+        }) == 1)
+            .then_some(())
+    })
+    .await
+    .expect("run started");
+    a.stop().await;
+    let recs = audit::read(&audit).unwrap().records;
+    assert_eq!(count(&recs, |r| r.phase == Phase::Verified), 1, "{recs:#?}");
+    assert_eq!(count(&recs, |r| r.outcome.starts_with("interrupted")), 0);
+
+    // Outlives the grace period: interrupted, and the record says so.
+    let s = setup(
+        &[("crashloop.yaml", ALERT_PLAYBOOK)],
+        Duration::from_secs(60),
+    );
+    let a = start(&s, "shutdownGrace: 300ms\n").await;
+    a.post(crashloop("long-1", "firing")).await;
+    let audit = a.audit.clone();
+    eventually(Duration::from_secs(5), || {
+        let recs = audit::read(&audit).unwrap().records;
+        (count(&recs, |r| {
+            r.phase == Phase::Planned && r.decision == "execute"
+        }) == 1)
+            .then_some(())
+    })
+    .await
+    .expect("run started");
+    let t = std::time::Instant::now();
+    a.stop().await;
+    assert!(
+        t.elapsed() < Duration::from_secs(10),
+        "stop waited {:?}",
+        t.elapsed()
+    );
+    let recs = audit::read(&audit).unwrap().records;
+    let failed: Vec<&Record> = recs.iter().filter(|r| r.phase == Phase::Failed).collect();
+    assert_eq!(failed.len(), 1, "{recs:#?}");
+    assert!(
+        failed[0]
+            .outcome
+            .starts_with("interrupted: the agent stopped"),
+        "{}",
+        failed[0].outcome
+    );
+    assert_eq!(failed[0].target["name"], "long-1");
+    assert_eq!(s.driver.applied.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resolved_alert_cancels_a_run_waiting_for_a_concurrency_slot() {
+    let s = setup(
+        &[("crashloop.yaml", ALERT_PLAYBOOK)],
+        Duration::from_millis(1500),
+    );
+    let a = start(&s, "concurrency: 1\n").await;
+    a.post(crashloop("first", "firing")).await;
+    a.post(crashloop("second", "firing")).await;
+    // `second` waits for the slot `first` holds; its alert resolves meanwhile.
+    a.post(crashloop("second", "resolved")).await;
+    let audit = a.audit.clone();
+    let recs = eventually(Duration::from_secs(10), || {
+        let recs = audit::read(&audit).unwrap().records;
+        (count(&recs, |r| {
+            r.target.get("name").map(String::as_str) == Some("second")
+                && r.reason.contains("cancelled")
+        }) == 1
+            && count(&recs, |r| r.phase == Phase::Verified) == 1)
+            .then_some(recs)
+    })
+    .await;
+    a.stop().await;
+    let recs = recs.expect("second cancelled, first verified");
+    assert_eq!(s.driver.applied.load(Ordering::SeqCst), 1);
+    let second: Vec<&Record> = recs
+        .iter()
+        .filter(|r| {
+            r.target.get("name").map(String::as_str) == Some("second")
+                && r.trigger.status == remediate::event::Status::Firing
+        })
+        .collect();
+    assert_eq!(second.len(), 1, "{second:#?}");
+    assert_eq!(second[0].decision, "suppressed");
+    assert!(second[0]
+        .reason
+        .contains("while the run waited for a concurrency slot"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_notification_sink_that_hangs_never_delays_the_action_and_its_failure_is_audited() {
+    // A receiver that accepts connections and never answers.
+    let sink = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let sink_addr = sink.local_addr().unwrap();
+    let hold = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((sock, _)) = sink.accept().await {
+            held.push(sock);
+        }
+    });
+    let s = setup(
+        &[("crashloop.yaml", ALERT_PLAYBOOK)],
+        Duration::from_millis(50),
+    );
+    // One slot: if a notification held it, the second run would wait for
+    // the sink's two 1 s attempts.
+    let a = start(
+        &s,
+        &format!(
+            "concurrency: 1\nnotify:\n  - {{ name: stuck, kind: webhook, url: \"http://{sink_addr}/hook\", timeout: 1s, attempts: 2 }}\n"
+        ),
+    )
+    .await;
+    let t0 = chrono::Utc::now();
+    a.post(crashloop("n-1", "firing")).await;
+    a.post(crashloop("n-2", "firing")).await;
+    let audit = a.audit.clone();
+    let recs = eventually(Duration::from_secs(15), || {
+        let recs = audit::read(&audit).unwrap().records;
+        (count(&recs, |r| r.decision == "notify") == 2).then_some(recs)
+    })
+    .await;
+    a.stop().await;
+    hold.abort();
+    let recs = recs.expect("both failed notifications are audited");
+    let verified: Vec<&Record> = recs.iter().filter(|r| r.phase == Phase::Verified).collect();
+    assert_eq!(verified.len(), 2, "{recs:#?}");
+    let first_notify_failure = recs
+        .iter()
+        .filter(|r| r.decision == "notify")
+        .map(|r| r.ts)
+        .min()
+        .unwrap();
+    // Both actions were done before the first notification even gave up.
+    for v in &verified {
+        assert!(
+            v.ts < first_notify_failure,
+            "{} verified at {} after a notification failed at {first_notify_failure}",
+            v.target["name"],
+            v.ts
+        );
+    }
+    for n in recs.iter().filter(|r| r.decision == "notify") {
+        assert_eq!(n.phase, Phase::Failed);
+        assert_eq!(n.action, "notify:stuck");
+        assert!(n.outcome.contains("after 2 attempt(s)"), "{}", n.outcome);
+        assert!(
+            !n.outcome.contains(&sink_addr.to_string()),
+            "the sink URL is a secret: {}",
+            n.outcome
+        );
+    }
+    // A notification failure is not an action failure: the breaker does not count it.
+    let ledger = audit::ledger_from(&recs);
+    assert_eq!(
+        ledger.failures_since("default", "crashloop", t0 - chrono::Duration::hours(1)),
+        0
+    );
+}
