@@ -245,7 +245,7 @@ impl Default for ReloadConfig {
 }
 
 /// Log output.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct LogConfig {
     /// `json` (one object a line, with the span of each event and action) or `text`.
@@ -258,6 +258,15 @@ pub struct LogConfig {
 
 fn default_level() -> String {
     "info".into()
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Json,
+            level: default_level(),
+        }
+    }
 }
 
 /// Log format.
@@ -524,4 +533,53 @@ pub fn read_secret(file: Option<&Path>, env: Option<&str>) -> Result<Option<Stri
         .and_then(|v| std::env::var(v).ok())
         .map(|s| s.trim().to_string())
         .filter(|s| !s.is_empty()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_empty_file_and_no_file_give_the_same_defaults() {
+        let empty = AgentConfig::parse(Path::new("agent.yaml"), "{}").unwrap();
+        let none = AgentConfig::default();
+        for c in [&empty, &none] {
+            assert_eq!(c.listen, "0.0.0.0:9095".parse().unwrap());
+            assert_eq!(c.log.level, "info");
+            assert_eq!(c.log.format, LogFormat::Json);
+            assert_eq!(c.webhook.max_body_bytes, 1 << 20);
+            assert_eq!(c.schedule.timezone, "UTC");
+            assert_eq!(c.schedule.catch_up, 1);
+            assert_eq!(c.auth.token_env, "REMEDIATE_WEBHOOK_TOKEN");
+            assert_eq!(c.state_dir, PathBuf::from("/var/lib/remediate"));
+            assert!(c.reload.watch && c.schedule.enabled && !c.dry_run);
+        }
+        // Sections given partly still default the rest.
+        let partial = AgentConfig::parse(
+            Path::new("agent.yaml"),
+            "log: { format: text }\nwebhook: { settle: 5s }\n",
+        )
+        .unwrap();
+        assert_eq!(partial.log.level, "info");
+        assert_eq!(partial.webhook.max_body_bytes, 1 << 20);
+        assert_eq!(
+            partial.webhook.settle.std(),
+            std::time::Duration::from_secs(5)
+        );
+    }
+
+    #[test]
+    fn relative_paths_are_relative_to_the_config_file() {
+        let c = AgentConfig::parse(
+            Path::new("/etc/remediate/agent.yaml"),
+            "stateDir: state\nplaybooks: /abs/pb\nauth: { tokenFile: token }\n",
+        )
+        .unwrap();
+        assert_eq!(c.state_dir, PathBuf::from("/etc/remediate/state"));
+        assert_eq!(c.playbooks, Some(PathBuf::from("/abs/pb")));
+        assert_eq!(
+            c.auth.token_file,
+            Some(PathBuf::from("/etc/remediate/token"))
+        );
+    }
 }

@@ -197,6 +197,7 @@ pub struct Agent {
     rx: Option<mpsc::UnboundedReceiver<Incoming>>,
     recovered: Vec<Incoming>,
     schedules_last_run: HashMap<String, DateTime<Utc>>,
+    sources_fp: u64,
 }
 
 impl Agent {
@@ -220,6 +221,8 @@ impl Agent {
         registry: Registry,
         verify_interval: std::time::Duration,
     ) -> Result<Self, Error> {
+        // Fingerprint before loading: a change after this is seen as a change.
+        let sources_fp = dir_fingerprint(&sources_dirs(&cfg));
         let config = load_config(&cfg)?;
         let token = crate::config::read_secret(
             cfg.auth.token_file.as_deref(),
@@ -253,14 +256,28 @@ impl Agent {
         metrics.playbooks.set(config.playbooks.len() as i64);
         let mut engine = Engine::new(config, registry, node.clone());
         engine.verify_interval = verify_interval;
-        let recovered: Vec<Incoming> = pending
-            .into_iter()
-            .map(|a| Incoming {
+        // The audit is the source of truth: an event whose decision is
+        // recorded was handled even if its `done` mark was lost in a crash.
+        let mut decided: HashMap<(&str, Status), DateTime<Utc>> = HashMap::new();
+        for r in &history.records {
+            let e = decided
+                .entry((r.trigger.fingerprint.as_str(), r.trigger.status))
+                .or_insert(r.ts);
+            *e = (*e).max(r.ts);
+        }
+        let mut recovered = Vec::new();
+        for a in pending {
+            let key = (a.event.fingerprint.as_str(), a.event.status);
+            if decided.get(&key).is_some_and(|ts| *ts >= a.at) {
+                inbox.done(a.seq);
+                continue;
+            }
+            recovered.push(Incoming {
                 seq: Some(a.seq),
                 at: a.at,
                 event: a.event,
-            })
-            .collect();
+            });
+        }
         if !recovered.is_empty() {
             tracing::info!(
                 events = recovered.len(),
@@ -288,6 +305,7 @@ impl Agent {
             rx: Some(rx),
             recovered,
             schedules_last_run,
+            sources_fp,
         })
     }
 
@@ -313,7 +331,12 @@ impl Agent {
             sched.start(&shared, shutdown.clone());
         }
         shared.ready.store(true, Ordering::SeqCst);
-        let reloader = tokio::spawn(reload_loop(shared.clone(), shutdown.clone(), sched));
+        let reloader = tokio::spawn(reload_loop(
+            shared.clone(),
+            shutdown.clone(),
+            sched,
+            self.sources_fp,
+        ));
         dispatch(shared.clone(), rx, shutdown).await;
         reloader.abort();
         let _ = reloader.await;
@@ -439,9 +462,10 @@ async fn reload_loop(
     shared: Arc<Shared>,
     mut shutdown: watch::Receiver<bool>,
     mut sched: Scheduler,
+    mut last: u64,
 ) {
     let dirs = sources_dirs(&shared.cfg);
-    let mut last = dir_fingerprint(&dirs);
+    let mut settling: Option<u64> = None;
     let watch_files = shared.cfg.reload.watch && !dirs.is_empty();
     let mut interval = tokio::time::interval(shared.cfg.reload.interval.std());
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -461,7 +485,18 @@ async fn reload_loop(
             _ = shutdown.changed() => return,
             _ = sighup => "SIGHUP",
             _ = interval.tick(), if watch_files => {
-                if dir_fingerprint(&dirs) == last { continue; }
+                // Reload once a change has held still for one interval, so
+                // a file caught half-written is not reported as broken.
+                let now = dir_fingerprint(&dirs);
+                if now == last {
+                    settling = None;
+                    continue;
+                }
+                if settling != Some(now) {
+                    settling = Some(now);
+                    continue;
+                }
+                settling = None;
                 "file change"
             }
         };

@@ -393,3 +393,102 @@ impl State {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{Labels, Status, TriggerKind};
+
+    fn ev(fp: &str, status: Status) -> Event {
+        Event {
+            trigger: TriggerKind::Alert,
+            status,
+            fingerprint: fp.into(),
+            labels: Labels::new(),
+            annotations: Labels::new(),
+            values: Labels::new(),
+            starts_at: Some(
+                DateTime::parse_from_rfc3339("2026-11-25T10:00:00Z")
+                    .unwrap()
+                    .with_timezone(&Utc),
+            ),
+            playbook: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn accepted_events_survive_reopen_until_done_and_duplicates_are_remembered() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("inbox.jsonl");
+        let day = std::time::Duration::from_secs(86400);
+        let (inbox, pending) = Inbox::open(&path, day).unwrap();
+        assert!(pending.is_empty());
+        let a = ev("aaaa", Status::Firing);
+        let b = ev("bbbb", Status::Firing);
+        let r = inbox
+            .accept(vec![a.clone(), b.clone(), a.clone()], Utc::now())
+            .await
+            .unwrap();
+        assert_eq!(r.accepted.len(), 2);
+        assert_eq!(r.duplicates, 1);
+        let seq_a = r.accepted[0].seq;
+        inbox.done(seq_a);
+        inbox.close().await;
+
+        let (inbox, pending) = Inbox::open(&path, day).unwrap();
+        assert_eq!(pending.len(), 1);
+        assert_eq!(pending[0].event.fingerprint, "bbbb");
+        // Both deliveries are still known after the compaction on open.
+        let r = inbox
+            .accept(vec![a.clone(), b.clone()], Utc::now())
+            .await
+            .unwrap();
+        assert_eq!((r.accepted.len(), r.duplicates), (0, 2));
+        // A resolved delivery of the same alert is a different delivery.
+        let r = inbox
+            .accept(vec![ev("aaaa", Status::Resolved)], Utc::now())
+            .await
+            .unwrap();
+        assert_eq!(r.accepted.len(), 1);
+        // New sequence numbers continue after the old ones.
+        assert!(r.accepted[0].seq > seq_a);
+        inbox.close().await;
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(
+            text.lines()
+                .filter(|l| l.contains("\"t\":\"seen\""))
+                .count(),
+            2
+        );
+    }
+
+    #[tokio::test]
+    async fn keys_older_than_the_window_are_forgotten_and_a_torn_line_is_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("inbox.jsonl");
+        let (inbox, _) = Inbox::open(&path, std::time::Duration::from_secs(3600)).unwrap();
+        let old = Utc::now() - chrono::Duration::hours(2);
+        let r = inbox
+            .accept(vec![ev("cccc", Status::Firing)], old)
+            .await
+            .unwrap();
+        inbox.done(r.accepted[0].seq);
+        inbox.close().await;
+        // A crash mid-write leaves a torn line: it never got its 200.
+        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        f.write_all(b"{\"t\":\"accepted\",\"seq\":99,\"ke").unwrap();
+        drop(f);
+        let (inbox, pending) = Inbox::open(&path, std::time::Duration::from_secs(3600)).unwrap();
+        assert!(pending.is_empty());
+        let r = inbox
+            .accept(vec![ev("cccc", Status::Firing)], Utc::now())
+            .await
+            .unwrap();
+        assert_eq!(
+            r.accepted.len(),
+            1,
+            "a key outside the window is a new delivery"
+        );
+        inbox.close().await;
+    }
+}

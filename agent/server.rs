@@ -83,26 +83,15 @@ async fn webhook(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bo
             json!({"error": format!("body larger than {max} bytes (webhook.maxBodyBytes)")}),
         )
     };
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > max as u64) {
-        return too_big();
-    }
-    let bytes: Bytes = match axum::body::to_bytes(body, max).await {
+    let bytes = match read_limited(body, max).await {
         Ok(b) => b,
-        Err(e) => {
-            // to_bytes fails with a length-limit error once the body passes `max`.
-            let msg = e.to_string();
-            if msg.contains("length limit") {
-                return too_big();
-            }
+        Err(ReadError::TooLarge) => return too_big(),
+        Err(ReadError::Io(msg)) => {
             return reply(
                 &shared,
                 StatusCode::BAD_REQUEST,
                 json!({"error": format!("cannot read body: {msg}")}),
-            );
+            )
         }
     };
     let payload = match Payload::parse(&bytes) {
@@ -169,6 +158,42 @@ async fn webhook(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bo
         StatusCode::OK,
         json!({"status": "accepted", "accepted": accepted, "duplicates": result.duplicates}),
     )
+}
+
+enum ReadError {
+    TooLarge,
+    Io(String),
+}
+
+/// Most bytes read (and thrown away) from an oversized body, so the client
+/// sees the 413 instead of a reset connection; beyond it, the connection is cut.
+const DRAIN_LIMIT: usize = 16 << 20;
+
+/// Reads at most `max` bytes of body. An oversized body is drained (up to
+/// [`DRAIN_LIMIT`]) and reported as too large.
+async fn read_limited(mut body: Body, max: usize) -> Result<Bytes, ReadError> {
+    use http_body_util::BodyExt;
+    let mut buf = Vec::new();
+    let mut seen = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| ReadError::Io(e.to_string()))?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        seen += data.len();
+        if seen > max {
+            if seen > DRAIN_LIMIT {
+                return Err(ReadError::TooLarge);
+            }
+            buf = Vec::new();
+            continue;
+        }
+        buf.extend_from_slice(&data);
+    }
+    if seen > max {
+        return Err(ReadError::TooLarge);
+    }
+    Ok(Bytes::from(buf))
 }
 
 async fn metrics(State(shared): State<Arc<Shared>>) -> Response {

@@ -421,7 +421,21 @@ async fn a_notification_sink_that_hangs_never_delays_the_action_and_its_failure_
         (count(&recs, |r| r.decision == "notify") == 2).then_some(recs)
     })
     .await;
+    let metrics = reqwest::get(format!("http://{}/metrics", a.addr))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     a.stop().await;
+    for series in [
+        "remediate_action_duration_seconds_count{action=\"kubernetes.pod.restart\"} 2",
+        "remediate_notifications_total{sink=\"stuck\",result=\"failure\"} 2",
+        "remediate_decisions_total{playbook=\"crashloop\",action=\"kubernetes.pod.restart\",decision=\"execute\"} 2",
+        "remediate_runs_in_flight 0",
+    ] {
+        assert!(metrics.contains(series), "missing {series:?} in:\n{metrics}");
+    }
     hold.abort();
     let recs = recs.expect("both failed notifications are audited");
     let verified: Vec<&Record> = recs.iter().filter(|r| r.phase == Phase::Verified).collect();
