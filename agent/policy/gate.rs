@@ -483,7 +483,7 @@ impl Gate {
         let verdict = self.stages.iter().find_map(|s| s.check(input));
         let would_execute = verdict.is_none();
         let shadow = if input.force_dry_run {
-            Some("dry-run requested (--dry-run or the agent's dryRun)".to_string())
+            Some("dry-run requested".to_string())
         } else if input.playbook_mode == Mode::DryRun {
             Some(format!(
                 "playbook {} is in dry-run (shadow) mode",
@@ -735,7 +735,7 @@ mod tests {
         let ev = alert(&[("alertname", "X")], Status::Firing);
         assert_eq!(
             decide(&g, &ev, "etl", wednesday_noon(), &Ledger::default(), true),
-            Decision::DryRun("dry-run requested (--dry-run or the agent's dryRun)".into())
+            Decision::DryRun("dry-run requested".into())
         );
         assert!(matches!(
             decide(
