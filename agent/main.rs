@@ -75,12 +75,12 @@ enum Command {
     Agent(AgentArgs),
     /// List every action playbooks may use, with its targets and whether this build can execute it.
     Actions,
-    /// Print the JSON Schema of Playbook (default) or Policy documents, or write both.
+    /// Print the JSON Schema of Playbook (default) or Policy documents or the agent config, or write all three.
     Schema {
         /// Which schema to print.
         #[arg(long, value_enum, default_value_t = SchemaKind::Playbook)]
         kind: SchemaKind,
-        /// Write playbook.schema.json and policy.schema.json into this directory instead.
+        /// Write playbook.schema.json, policy.schema.json and agent.schema.json into this directory instead.
         #[arg(long, value_name = "DIR")]
         out: Option<PathBuf>,
     },
@@ -90,6 +90,8 @@ enum Command {
 enum SchemaKind {
     Playbook,
     Policy,
+    /// The agent's config file.
+    Agent,
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -654,6 +656,7 @@ fn schema(kind: SchemaKind, out: Option<PathBuf>) -> anyhow::Result<()> {
             for (name, text) in [
                 ("playbook.schema.json", remediate::schema::playbook()),
                 ("policy.schema.json", remediate::schema::policy()),
+                ("agent.schema.json", remediate::schema::agent()),
             ] {
                 let p = dir.join(name);
                 std::fs::write(&p, text).with_context(|| format!("writing {}", p.display()))?;
@@ -663,6 +666,7 @@ fn schema(kind: SchemaKind, out: Option<PathBuf>) -> anyhow::Result<()> {
         None => match kind {
             SchemaKind::Playbook => print!("{}", remediate::schema::playbook()),
             SchemaKind::Policy => print!("{}", remediate::schema::policy()),
+            SchemaKind::Agent => print!("{}", remediate::schema::agent()),
         },
     }
     Ok(())

@@ -1,4 +1,4 @@
-//! JSON Schema for Playbook and Policy documents, generated from the Rust
+//! JSON Schema for Playbook and Policy documents and the agent config, generated from the Rust
 //! types. Steps get one `if/then` per action so editors complete and check
 //! each action's parameters.
 
@@ -51,6 +51,11 @@ pub fn playbook() -> String {
 /// The Policy schema as pretty JSON.
 pub fn policy() -> String {
     pretty(schemars::schema_for!(Policy))
+}
+
+/// The agent config schema as pretty JSON.
+pub fn agent() -> String {
+    pretty(schemars::schema_for!(crate::config::AgentConfig))
 }
 
 fn pretty(s: Schema) -> String {

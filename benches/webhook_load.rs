@@ -14,7 +14,10 @@ use std::time::{Duration, Instant};
 const TOKEN: &str = "bench-token";
 
 fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 fn rss_kb(pid: u32, field: &str) -> u64 {
@@ -94,10 +97,16 @@ fn main() {
             }
         }
     });
-    let addr = rx.recv_timeout(Duration::from_secs(30)).expect("agent listening");
+    let addr = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("agent listening");
     let url = format!("http://{addr}/webhook/alertmanager");
     let template: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/alerts/crashloop-firing.json")).unwrap(),
+        &std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/examples/alerts/crashloop-firing.json"
+        ))
+        .unwrap(),
     )
     .unwrap();
 
@@ -116,7 +125,8 @@ fn main() {
 
     // Phase 1: fixed rate, one alert per request.
     let total = rate * secs;
-    let bodies: Arc<Vec<Vec<u8>>> = Arc::new((0..total).map(|i| body(&template, i, 1, 300)).collect());
+    let bodies: Arc<Vec<Vec<u8>>> =
+        Arc::new((0..total).map(|i| body(&template, i, 1, 300)).collect());
     let lat = rt.block_on(async {
         let start = tokio::time::Instant::now();
         let period = Duration::from_secs_f64(1.0 / rate as f64);
@@ -194,7 +204,14 @@ fn main() {
     let metrics_url = format!("http://{addr}/metrics");
     let decided = rt.block_on(async {
         loop {
-            let m = client.get(&metrics_url).send().await.unwrap().text().await.unwrap();
+            let m = client
+                .get(&metrics_url)
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
             let depth: f64 = m
                 .lines()
                 .find_map(|l| l.strip_prefix("remediate_queue_depth "))
@@ -214,7 +231,10 @@ fn main() {
     let _ = child.kill();
     let _ = child.wait();
 
-    println!("webhook at {rate} req/s for {secs}s, one alert per request ({} requests):", lat.len());
+    println!(
+        "webhook at {rate} req/s for {secs}s, one alert per request ({} requests):",
+        lat.len()
+    );
     println!(
         "  latency p50 {:.3} ms, p99 {:.3} ms, p99.9 {:.3} ms, max {:.3} ms",
         pct(&sorted, 0.50).as_secs_f64() * 1e3,

@@ -14,6 +14,7 @@ fn shipped_schemas_match_the_rust_types() {
     for (file, generated) in [
         ("schema/playbook.schema.json", remediate::schema::playbook()),
         ("schema/policy.schema.json", remediate::schema::policy()),
+        ("schema/agent.schema.json", remediate::schema::agent()),
     ] {
         let shipped = std::fs::read_to_string(root().join(file)).unwrap_or_default();
         assert!(
@@ -51,7 +52,15 @@ fn bundled_documents_validate_against_the_schemas_with_an_independent_validator(
             docs.push((out, root().join("schema").join(schema)));
         }
     }
-    assert!(docs.len() >= 10);
+    {
+        let p = root().join("examples/agent.yaml");
+        let v: serde_json::Value =
+            serde_yaml::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+        let out = dir.path().join("agent.yaml.json");
+        std::fs::write(&out, serde_json::to_string(&v).unwrap()).unwrap();
+        docs.push((out, root().join("schema/agent.schema.json")));
+    }
+    assert!(docs.len() >= 11);
     // A document that must fail, so the check itself is known to bite.
     let bad = dir.path().join("bad.json");
     std::fs::write(&bad, r#"{"apiVersion":"remediate/v1","kind":"Playbook","metadata":{"name":"x"},"spec":{"triggers":[],"target":{"kind":"host"},"steps":[{"action":"kubernetes.pod.restart","with":{"mode":"explode"}}]}}"#).unwrap();
