@@ -227,6 +227,38 @@ pub fn read(path: &Path) -> Result<ReadResult> {
     Ok(out)
 }
 
+/// Outcome of a step whose apply was under way when the agent stopped.
+pub const INTERRUPTED: &str = "interrupted: the agent stopped (crash, kill or power loss) after this step was planned and before its outcome was recorded; it may be partly applied and is not retried automatically: check the target";
+
+/// Records for executed steps that have a `planned` record but no outcome
+/// (the agent died between them): each becomes `failed` with
+/// [`INTERRUPTED`], stamped `now`. Appending them makes the log say what
+/// happened, and the ledger counts them as failures (the breaker sees them).
+pub fn interrupted(records: &[Record], now: DateTime<Utc>) -> Vec<Record> {
+    let mut open: Vec<&Record> = Vec::new();
+    let mut ended = std::collections::HashSet::new();
+    for r in records {
+        match r.phase {
+            Phase::Planned if r.decision == "execute" && !r.dry_run => open.push(r),
+            Phase::Verified | Phase::Failed => {
+                ended.insert(r.id.as_str());
+            }
+            Phase::Planned | Phase::Applied => {}
+        }
+    }
+    open.into_iter()
+        .filter(|r| !ended.contains(r.id.as_str()))
+        .map(|r| {
+            let mut f = r.clone();
+            f.ts = now.max(r.ts);
+            f.phase = Phase::Failed;
+            f.outcome = INTERRUPTED.to_string();
+            f.duration_ms = (now - r.ts).num_milliseconds().max(0) as u64;
+            f
+        })
+        .collect()
+}
+
 /// Rebuilds the ledger (executions and failures) from records.
 pub fn ledger_from(records: &[Record]) -> Ledger {
     let mut l = Ledger::default();

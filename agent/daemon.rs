@@ -94,6 +94,8 @@ pub struct Shared {
     /// Playbook -> runs queued or executing (overlap detection for schedules).
     running: Mutex<HashMap<String, usize>>,
     node: String,
+    /// Held for the agent's life: one agent per state directory.
+    _lock: std::fs::File,
 }
 
 impl std::fmt::Debug for Shared {
@@ -189,6 +191,28 @@ fn sources_dirs(cfg: &AgentConfig) -> Vec<&Path> {
         .collect()
 }
 
+/// Takes the state directory's lock, so two agents never share an audit log.
+fn lock_state_dir(dir: &Path) -> Result<std::fs::File, Error> {
+    let path = dir.join("agent.lock");
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| Error::Setup(format!("{}: {e}", path.display())))?;
+    match f.try_lock() {
+        Ok(()) => Ok(f),
+        Err(std::fs::TryLockError::WouldBlock) => Err(Error::Setup(format!(
+            "stateDir {} is in use by another remediate agent (lock {}); give each agent its own stateDir",
+            dir.display(),
+            path.display()
+        ))),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(Error::Setup(format!("{}: {e}", path.display())))
+        }
+    }
+}
+
 /// A running agent: its shared state and the handles to stop it.
 #[derive(Debug)]
 pub struct Agent {
@@ -205,12 +229,8 @@ impl Agent {
     /// playbooks, reads secrets, replays the audit into the ledger and
     /// recovers unfinished events from the inbox.
     pub fn prepare(cfg: AgentConfig, node: String) -> Result<Self, Error> {
-        Self::prepare_with(
-            cfg,
-            node,
-            Registry::new(),
-            std::time::Duration::from_secs(2),
-        )
+        let registry = crate::drivers::command::builtin(&node);
+        Self::prepare_with(cfg, node, registry, std::time::Duration::from_secs(2))
     }
 
     /// [`Agent::prepare`] with the drivers to use (kept across reloads) and
@@ -236,10 +256,23 @@ impl Agent {
             )));
         }
         let notifier = Notifier::from_config(&cfg.notify).map_err(Error::Setup)?;
+        std::fs::create_dir_all(&cfg.state_dir)
+            .map_err(|e| Error::Setup(format!("stateDir {}: {e}", cfg.state_dir.display())))?;
+        let lock = lock_state_dir(&cfg.state_dir)?;
         let audit_path = cfg.audit_path();
-        let history = audit::read(&audit_path)?;
+        let mut history = audit::read(&audit_path)?;
         if !history.skipped.is_empty() {
             tracing::warn!(path = %audit_path.display(), lines = ?history.skipped, "skipped unreadable audit lines (a torn write from a crash is expected at the end)");
+        }
+        let mut writer = audit::Writer::open(&audit_path)?;
+        // Steps the previous agent planned and never finished: say so, once.
+        let lost = audit::interrupted(&history.records, Utc::now());
+        if !lost.is_empty() {
+            writer.append_batch(&lost)?;
+            for r in &lost {
+                tracing::warn!(id = %r.id, playbook = %r.playbook, action = %r.action, target_ref = %crate::drivers::catalog::target_display(&r.target), "step was interrupted by the previous stop; recorded as failed, not retried");
+            }
+            history.records.extend(lost);
         }
         let ledger = audit::ledger_from(&history.records);
         let mut schedules_last_run: HashMap<String, DateTime<Utc>> = HashMap::new();
@@ -249,7 +282,6 @@ impl Agent {
                 *e = (*e).max(r.ts);
             }
         }
-        let writer = audit::Writer::open(&audit_path)?;
         let (inbox, pending) = Inbox::open(&cfg.inbox_path(), cfg.webhook.dedupe_window.std())?;
         let (tx, rx) = mpsc::unbounded_channel();
         let metrics = Metrics::new();
@@ -299,6 +331,7 @@ impl Agent {
             resolved: Mutex::new(HashMap::new()),
             running: Mutex::new(HashMap::new()),
             node,
+            _lock: lock,
         });
         Ok(Self {
             shared,

@@ -479,7 +479,12 @@ fn run(args: RunArgs) -> Result<(), Fail> {
     let writer = std::sync::Mutex::new(
         audit::Writer::open(&args.audit).map_err(|e| Fail::Input(e.to_string()))?,
     );
-    let engine = Engine::new(cfg, Registry::new(), node_name(args.node));
+    let node = node_name(args.node);
+    let engine = Engine::new(
+        cfg,
+        remediate::drivers::command::builtin(&node),
+        node.clone(),
+    );
     if args.output == Output::Text {
         println!(
             "playbooks: {} from {pb_origin}; policies: {} from {pol_origin}; evaluated at {}{}",
@@ -626,7 +631,7 @@ fn read_tests(dir: &Path) -> Result<Vec<Source>, Fail> {
 }
 
 fn actions() {
-    let registry = Registry::new();
+    let registry = remediate::drivers::command::builtin("");
     for a in CATALOG {
         let targets: Vec<String> = a
             .targets

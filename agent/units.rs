@@ -121,7 +121,7 @@ impl fmt::Display for ByteSize {
             ("Ki", 1 << 10),
         ];
         for (u, m) in UNITS {
-            if self.0 >= m && self.0 % m == 0 {
+            if self.0 >= m && self.0.is_multiple_of(m) {
                 return write!(f, "{}{u}", self.0 / m);
             }
         }

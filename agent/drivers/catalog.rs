@@ -8,7 +8,7 @@ use schemars::{JsonSchema, Schema, SchemaGenerator};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::{docker, host, iceberg, kubernetes, postgres, spark};
+use super::{command, docker, host, iceberg, kubernetes, postgres, spark};
 
 /// Where an action runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -122,6 +122,8 @@ pub static CATALOG: &[ActionSpec] = &[
         Cluster, 600, docker::ServiceBumpMemory, [("swarm.service", ["name"])]),
     action!("docker.container.restart", "docker", "Restart an unhealthy or OOM-killed container on its node.",
         Node, 120, docker::ContainerRestart, [("docker.container", ["node", "name"])]),
+    action!("host.command", "host", "Run a program (argv, no shell) on the target node; a check program verifies the fix.",
+        Node, 60, command::Command, [("host", ["node"])]),
 ];
 
 /// Looks an action up by name.

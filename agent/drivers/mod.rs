@@ -3,6 +3,7 @@
 //! registry of actions this build can execute.
 
 pub mod catalog;
+pub mod command;
 pub mod docker;
 pub mod host;
 pub mod iceberg;
