@@ -107,6 +107,19 @@ pub struct Writer {
     path: PathBuf,
     file: File,
     written: usize,
+    size: u64,
+    rotate: Option<Rotation>,
+}
+
+/// Size-based rotation: `audit.jsonl` becomes `audit.jsonl.1`, `.1` becomes
+/// `.2`, and so on; the oldest beyond `keep` is deleted. [`read_all`] reads
+/// the rotated files too, so the ledger spans them.
+#[derive(Debug, Clone, Copy)]
+pub struct Rotation {
+    /// Rotate once the current file reaches this many bytes.
+    pub max_bytes: u64,
+    /// Rotated files kept.
+    pub keep: usize,
 }
 
 impl Writer {
@@ -130,6 +143,8 @@ impl Writer {
             path: path.to_path_buf(),
             file,
             written: 0,
+            size: len,
+            rotate: None,
         };
         if len > 0 && !ends_with_newline(path).map_err(io)? {
             w.file.write_all(b"\n").map_err(io)?;
@@ -137,17 +152,53 @@ impl Writer {
         Ok(w)
     }
 
+    /// Opens with size-based rotation.
+    pub fn open_rotating(path: &Path, rotation: Rotation) -> Result<Self> {
+        let mut w = Self::open(path)?;
+        w.rotate = Some(rotation);
+        Ok(w)
+    }
+
     /// Appends one record and fsyncs.
     pub fn append(&mut self, rec: &Record) -> Result<()> {
-        let mut line = serde_json::to_vec(rec)?;
-        line.push(b'\n');
+        self.append_batch(std::slice::from_ref(rec))
+    }
+
+    /// Rotates if the current file is full. Records are never split across
+    /// files, and a rotation is complete (renamed, new file synced) before
+    /// the next record is written.
+    fn maybe_rotate(&mut self) -> Result<()> {
+        let Some(r) = self.rotate else {
+            return Ok(());
+        };
+        if self.size < r.max_bytes {
+            return Ok(());
+        }
         let io = |source| Error::Io {
             path: self.path.clone(),
             source,
         };
-        self.file.write_all(&line).map_err(io)?;
-        self.file.sync_data().map_err(io)?;
-        self.written += 1;
+        let nth = |n: usize| PathBuf::from(format!("{}.{n}", self.path.display()));
+        if r.keep == 0 {
+            std::fs::remove_file(&self.path).map_err(io)?;
+        } else {
+            let _ = std::fs::remove_file(nth(r.keep));
+            for n in (1..r.keep).rev() {
+                if nth(n).exists() {
+                    std::fs::rename(nth(n), nth(n + 1)).map_err(io)?;
+                }
+            }
+            std::fs::rename(&self.path, nth(1)).map_err(io)?;
+        }
+        self.file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)
+            .map_err(io)?;
+        if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
+        }
+        self.size = 0;
         Ok(())
     }
 
@@ -162,6 +213,7 @@ impl Writer {
             serde_json::to_writer(&mut buf, rec)?;
             buf.push(b'\n');
         }
+        self.maybe_rotate()?;
         let io = |source| Error::Io {
             path: self.path.clone(),
             source,
@@ -169,6 +221,7 @@ impl Writer {
         self.file.write_all(&buf).map_err(io)?;
         self.file.sync_data().map_err(io)?;
         self.written += recs.len();
+        self.size += buf.len() as u64;
         Ok(())
     }
 
@@ -257,6 +310,27 @@ pub fn interrupted(records: &[Record], now: DateTime<Utc>) -> Vec<Record> {
             f
         })
         .collect()
+}
+
+/// Reads a log and its rotated files (`PATH.N` ... `PATH.1`, then `PATH`),
+/// oldest first. Skipped line numbers are those of the current file.
+pub fn read_all(path: &Path) -> Result<ReadResult> {
+    let mut rotated = Vec::new();
+    for n in 1.. {
+        let p = PathBuf::from(format!("{}.{n}", path.display()));
+        if !p.exists() {
+            break;
+        }
+        rotated.push(p);
+    }
+    let mut out = ReadResult::default();
+    for p in rotated.iter().rev() {
+        out.records.extend(read(p)?.records);
+    }
+    let current = read(path)?;
+    out.records.extend(current.records);
+    out.skipped = current.skipped;
+    Ok(out)
 }
 
 /// Rebuilds the ledger (executions and failures) from records.
@@ -372,5 +446,84 @@ mod tests {
         );
         assert_eq!(l.failures_since("default", "pb", since), 1);
         assert!(l.last_execution("default", "pb", "").is_some());
+    }
+
+    #[test]
+    fn rotation_keeps_n_files_and_the_ledger_spans_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("audit.jsonl");
+        let mut w = Writer::open_rotating(
+            &p,
+            Rotation {
+                max_bytes: 2000,
+                keep: 3,
+            },
+        )
+        .unwrap();
+        // The execution lands in what becomes a rotated file.
+        let mut exec = rec("exec");
+        exec.target.insert("name".into(), "pod-a".into());
+        w.append(&exec).unwrap();
+        for i in 0..8 {
+            let mut r = rec(&format!("filler-{i}"));
+            r.decision = "suppressed".into();
+            w.append(&r).unwrap();
+        }
+        drop(w);
+        assert!(dir.path().join("audit.jsonl.1").exists());
+        let all = read_all(&p).unwrap();
+        let ids: Vec<&str> = all.records.iter().map(|r| r.id.as_str()).collect();
+        assert_eq!(ids.first(), Some(&"exec"), "oldest first: {ids:?}");
+        assert_eq!(ids.len(), 9, "{ids:?}");
+        let key = crate::policy::gate::target_key(&exec.target);
+        let l = ledger_from(&all.records);
+        assert!(l.last_execution("default", "pb", &key).is_some());
+        // The current file alone would have lost it.
+        assert!(ledger_from(&read(&p).unwrap().records)
+            .last_execution("default", "pb", &key)
+            .is_none());
+
+        // Beyond `keep`, the oldest file goes.
+        let mut w = Writer::open_rotating(
+            &p,
+            Rotation {
+                max_bytes: 2000,
+                keep: 3,
+            },
+        )
+        .unwrap();
+        for i in 0..40 {
+            w.append(&rec(&format!("more-{i}"))).unwrap();
+        }
+        assert!(dir.path().join("audit.jsonl.3").exists());
+        assert!(!dir.path().join("audit.jsonl.4").exists());
+        assert!(!read_all(&p).unwrap().records.iter().any(|r| r.id == "exec"));
+    }
+
+    #[test]
+    fn a_planned_step_without_an_outcome_is_interrupted_once() {
+        let planned = rec("s1");
+        let mut done_planned = rec("s2");
+        done_planned.target.insert("name".into(), "b".into());
+        let mut done = done_planned.clone();
+        done.phase = Phase::Verified;
+        let mut dry = rec("s3");
+        dry.dry_run = true;
+        dry.decision = "dry-run".into();
+        let now = Utc::now();
+        let recs = vec![planned, done_planned, done, dry];
+        let lost = interrupted(&recs, now);
+        assert_eq!(lost.len(), 1);
+        assert_eq!(lost[0].id, "s1");
+        assert_eq!(lost[0].phase, Phase::Failed);
+        assert_eq!(lost[0].outcome, INTERRUPTED);
+        let mut all = recs.clone();
+        all.extend(lost);
+        assert!(interrupted(&all, now).is_empty());
+        // The interruption counts as a failure for the breaker.
+        assert_eq!(
+            ledger_from(&all).failures_since("default", "pb", now - chrono::Duration::hours(1)),
+            1
+        );
     }
 }

@@ -35,6 +35,9 @@ pub struct AgentConfig {
     /// relative to the config file.
     #[serde(default = "default_state_dir")]
     pub state_dir: PathBuf,
+    /// Audit log rotation.
+    #[serde(default)]
+    pub audit: AuditConfig,
     /// Shadow mode: plan, gate and audit every event, change nothing.
     #[serde(default)]
     pub dry_run: bool,
@@ -92,6 +95,35 @@ impl Default for AgentConfig {
 #[allow(clippy::panic)]
 fn unreachable_config() -> AgentConfig {
     panic!("the empty agent config must deserialize")
+}
+
+/// Audit log rotation by size. Limits are rebuilt from every kept file, so
+/// keep enough to cover the longest limit window (rate, cooldown, breaker).
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct AuditConfig {
+    /// Rotate `audit.jsonl` once it reaches this size.
+    #[serde(default = "default_audit_max")]
+    pub max_bytes: crate::units::ByteSize,
+    /// Rotated files kept (`audit.jsonl.1` is the newest).
+    #[serde(default = "default_audit_keep")]
+    pub keep: usize,
+}
+
+fn default_audit_max() -> crate::units::ByteSize {
+    crate::units::ByteSize(64 << 20)
+}
+fn default_audit_keep() -> usize {
+    10
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self {
+            max_bytes: default_audit_max(),
+            keep: default_audit_keep(),
+        }
+    }
 }
 
 /// Bearer-token authentication of `POST /webhook/alertmanager` and the API.
@@ -433,6 +465,9 @@ impl AgentConfig {
                     cfg.schedule.timezone
                 ),
             ));
+        }
+        if cfg.audit.max_bytes.0 < 4096 {
+            errs.push(at("audit.maxBytes", "must be at least 4Ki".into()));
         }
         if cfg.reload.interval.std().is_zero() {
             errs.push(at("reload.interval", "must be longer than 0s".into()));

@@ -260,11 +260,17 @@ impl Agent {
             .map_err(|e| Error::Setup(format!("stateDir {}: {e}", cfg.state_dir.display())))?;
         let lock = lock_state_dir(&cfg.state_dir)?;
         let audit_path = cfg.audit_path();
-        let mut history = audit::read(&audit_path)?;
+        let mut history = audit::read_all(&audit_path)?;
         if !history.skipped.is_empty() {
             tracing::warn!(path = %audit_path.display(), lines = ?history.skipped, "skipped unreadable audit lines (a torn write from a crash is expected at the end)");
         }
-        let mut writer = audit::Writer::open(&audit_path)?;
+        let mut writer = audit::Writer::open_rotating(
+            &audit_path,
+            audit::Rotation {
+                max_bytes: cfg.audit.max_bytes.0,
+                keep: cfg.audit.keep,
+            },
+        )?;
         // Steps the previous agent planned and never finished: say so, once.
         let lost = audit::interrupted(&history.records, Utc::now());
         if !lost.is_empty() {

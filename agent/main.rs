@@ -467,7 +467,7 @@ fn run(args: RunArgs) -> Result<(), Fail> {
         (None, None) => return Err(Fail::Input("give --alert FILE or --playbook NAME".into())),
     };
 
-    let history = audit::read(&args.audit).map_err(|e| Fail::Input(e.to_string()))?;
+    let history = audit::read_all(&args.audit).map_err(|e| Fail::Input(e.to_string()))?;
     if !history.skipped.is_empty() {
         eprintln!(
             "warning: {}: skipped unreadable line(s) {:?} (a torn write from a crash is expected at the end)",
