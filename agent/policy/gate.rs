@@ -114,27 +114,54 @@ pub struct CompiledWindow {
     cron: cron::Schedule,
     source: String,
     duration: chrono::Duration,
+    tz: chrono_tz::Tz,
 }
 
 impl CompiledWindow {
-    /// Compiles a window; the error says what was expected.
+    /// Compiles a window read in UTC; the error says what was expected.
     pub fn new(cron_expr: &str, duration: crate::units::Duration) -> Result<Self, String> {
+        Self::new_in(cron_expr, duration, chrono_tz::Tz::UTC)
+    }
+
+    /// Compiles a window whose cron expression is read in `tz`.
+    pub fn new_in(
+        cron_expr: &str,
+        duration: crate::units::Duration,
+        tz: chrono_tz::Tz,
+    ) -> Result<Self, String> {
         Ok(Self {
             cron: parse_cron(cron_expr)?,
             source: cron_expr.to_string(),
             duration: duration.chrono(),
+            tz,
         })
     }
 
-    /// If open at `now`: when it opened.
+    /// If open at `now`: when it opened. The latest opening not after `now`
+    /// whose duration covers `now` (windows may wrap midnight).
     pub fn open_since(&self, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
-        let start = self.cron.after(&(now - self.duration)).next()?;
+        let start = self
+            .cron
+            .after(&(now - self.duration).with_timezone(&self.tz))
+            .next()?
+            .with_timezone(&Utc);
         (start <= now).then_some(start)
     }
 
     /// The next time it opens after `now`.
     pub fn next_open(&self, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
-        self.cron.after(&now).next()
+        self.cron
+            .after(&now.with_timezone(&self.tz))
+            .next()
+            .map(|t| t.with_timezone(&Utc))
+    }
+
+    fn label(&self) -> String {
+        if self.tz == chrono_tz::Tz::UTC {
+            self.source.clone()
+        } else {
+            format!("{} {}", self.source, self.tz.name())
+        }
     }
 }
 
@@ -216,7 +243,7 @@ impl Stage for Freeze {
             w.open_since(i.now).map(|since| {
                 Decision::Suppressed(format!(
                     "freeze window \"{}\" for {} (opened {}, allows again at {})",
-                    w.source,
+                    w.label(),
                     humantime::format_duration(w.duration.to_std().unwrap_or_default()),
                     since.format("%Y-%m-%dT%H:%M:%SZ"),
                     (since + w.duration).format("%Y-%m-%dT%H:%M:%SZ")
@@ -369,11 +396,21 @@ impl Gate {
         let spec = &policy.spec;
         let name = policy.metadata.name.clone();
         let mut errors = Vec::new();
+        let tz = match spec.windows.timezone.as_deref() {
+            None => chrono_tz::Tz::UTC,
+            Some(name) => name.parse::<chrono_tz::Tz>().unwrap_or_else(|_| {
+                errors.push((
+                    "spec.windows.timezone".into(),
+                    format!("unknown time zone {name:?} (use an IANA name such as UTC or Europe/Berlin)"),
+                ));
+                chrono_tz::Tz::UTC
+            }),
+        };
         let mut windows = |list: &[super::model::Window], field: &str| -> Vec<CompiledWindow> {
             list.iter()
                 .enumerate()
                 .filter_map(|(i, w)| {
-                    CompiledWindow::new(&w.cron, w.duration)
+                    CompiledWindow::new_in(&w.cron, w.duration, tz)
                         .map_err(|e| errors.push((format!("spec.windows.{field}[{i}].cron"), e)))
                         .ok()
                 })
@@ -786,6 +823,7 @@ mod tests {
                     duration: "62h".parse().unwrap(),
                 }],
                 maintenance: vec![],
+                timezone: None,
             },
             ..PolicySpec::default()
         };
@@ -920,6 +958,7 @@ mod tests {
                     duration: "1h".parse().unwrap(),
                 }],
                 maintenance: vec![],
+                timezone: Some("Mars/Olympus".into()),
             },
             rate_limits: vec![RateLimit {
                 scope: RateScope::Global,
@@ -932,7 +971,106 @@ mod tests {
         let fields: Vec<&str> = errs.iter().map(|(f, _)| f.as_str()).collect();
         assert_eq!(
             fields,
-            vec!["spec.windows.freeze[0].cron", "spec.rateLimits[0].max"]
+            vec![
+                "spec.windows.timezone",
+                "spec.windows.freeze[0].cron",
+                "spec.rateLimits[0].max"
+            ]
+        );
+    }
+
+    fn at(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    fn window(cron: &str, dur: &str, tz: &str) -> CompiledWindow {
+        CompiledWindow::new_in(cron, dur.parse().unwrap(), tz.parse().unwrap()).unwrap()
+    }
+
+    #[test]
+    fn windows_in_a_time_zone_follow_its_daylight_saving_changes() {
+        // Maintenance 01:00-05:00 Berlin time: UTC+1 in winter, UTC+2 in summer.
+        let w = window("0 0 1 * * *", "4h", "Europe/Berlin");
+        let table = [
+            ("2026-11-25T00:30:00Z", Some("2026-11-25T00:00:00Z")), // 01:30 CET
+            ("2026-11-25T03:59:59Z", Some("2026-11-25T00:00:00Z")), // 04:59:59 CET
+            ("2026-11-25T04:00:00Z", None),                         // 05:00 CET: closed
+            ("2026-11-24T23:59:59Z", None),                         // 00:59:59 CET
+            ("2026-07-01T23:30:00Z", Some("2026-07-01T23:00:00Z")), // 01:30 CEST
+            ("2026-07-02T02:59:59Z", Some("2026-07-01T23:00:00Z")), // 04:59:59 CEST
+            ("2026-07-02T03:00:00Z", None),                         // 05:00 CEST
+        ];
+        for (now, want) in table {
+            assert_eq!(w.open_since(at(now)), want.map(at), "at {now}");
+        }
+        assert_eq!(
+            w.next_open(at("2026-11-25T12:00:00Z")),
+            Some(at("2026-11-26T00:00:00Z"))
+        );
+        // The night the clocks go back (2026-10-25, 03:00 CEST -> 02:00 CET):
+        // the duration is elapsed time, so the window opened at 01:00 CEST
+        // (23:00Z) closes 4 hours later, at 04:00 CET (03:00Z).
+        assert_eq!(
+            w.open_since(at("2026-10-25T02:59:59Z")),
+            Some(at("2026-10-24T23:00:00Z"))
+        );
+        assert_eq!(w.open_since(at("2026-10-25T03:00:00Z")), None);
+    }
+
+    #[test]
+    fn windows_wrap_midnight() {
+        let w = window("0 0 22 * * *", "8h", "UTC");
+        let table = [
+            ("2026-11-25T21:59:59Z", None),
+            ("2026-11-25T22:00:00Z", Some("2026-11-25T22:00:00Z")),
+            ("2026-11-25T23:59:59Z", Some("2026-11-25T22:00:00Z")),
+            ("2026-11-26T00:00:00Z", Some("2026-11-25T22:00:00Z")),
+            ("2026-11-26T05:59:59Z", Some("2026-11-25T22:00:00Z")),
+            ("2026-11-26T06:00:00Z", None),
+        ];
+        for (now, want) in table {
+            assert_eq!(w.open_since(at(now)), want.map(at), "at {now}");
+        }
+        // The same window in New York, across midnight there.
+        let ny = window("0 0 22 * * *", "8h", "America/New_York");
+        assert_eq!(
+            ny.open_since(at("2026-11-26T04:00:00Z")), // 23:00 EST
+            Some(at("2026-11-26T03:00:00Z"))
+        );
+        assert_eq!(
+            ny.open_since(at("2026-11-26T10:59:59Z")), // 05:59:59 EST
+            Some(at("2026-11-26T03:00:00Z"))
+        );
+        assert_eq!(ny.open_since(at("2026-11-26T11:00:00Z")), None);
+    }
+
+    #[test]
+    fn a_freeze_in_a_time_zone_names_it_and_when_it_allows_again() {
+        let spec = PolicySpec {
+            windows: crate::policy::model::Windows {
+                freeze: vec![Window {
+                    cron: "0 0 18 * * FRI".into(),
+                    duration: "62h".parse().unwrap(),
+                }],
+                maintenance: vec![],
+                timezone: Some("Europe/Berlin".into()),
+            },
+            ..PolicySpec::default()
+        };
+        let g = Gate::compile(&policy(spec)).unwrap();
+        let ev = alert(&[("alertname", "X")], Status::Firing);
+        // Friday 17:30 UTC is 18:30 in Berlin: frozen (it would not be in UTC).
+        let d = decide(
+            &g,
+            &ev,
+            "etl",
+            at("2026-11-27T17:30:00Z"),
+            &Ledger::default(),
+            false,
+        );
+        assert!(
+            matches!(&d, Decision::Suppressed(r) if r.contains("0 0 18 * * FRI Europe/Berlin") && r.contains("allows again at 2026-11-30T07:00:00Z")),
+            "{d}"
         );
     }
 }

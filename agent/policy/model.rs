@@ -103,6 +103,10 @@ pub struct CircuitBreaker {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Windows {
+    /// IANA time zone the windows' cron expressions are read in, e.g.
+    /// `Europe/Berlin` (daylight-saving changes included). Default UTC.
+    #[serde(default)]
+    pub timezone: Option<String>,
     /// No changes while any of these is open.
     #[serde(default)]
     pub freeze: Vec<Window>,
@@ -111,11 +115,14 @@ pub struct Windows {
     pub maintenance: Vec<Window>,
 }
 
-/// A window: opens at each cron time and stays open for `duration` (UTC).
+/// A window: opens at each cron time and stays open for `duration` of
+/// elapsed time; a window may wrap midnight (`0 0 22 * * *` for 8h is 22:00
+/// to 06:00). On the night clocks go back, a window spanning the change ends
+/// an hour earlier by the wall clock.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Window {
-    /// When it opens (cron with a seconds field, UTC).
+    /// When it opens (cron with a seconds field, in `windows.timezone`).
     pub cron: String,
     /// How long it stays open.
     pub duration: Duration,
