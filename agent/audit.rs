@@ -351,6 +351,7 @@ pub fn ledger_from(records: &[Record]) -> Ledger {
                 );
             }
             (Phase::Failed, "execute") => l.record_failure(r.ts, &r.policy, &r.playbook),
+            (Phase::Verified, "execute") => l.record_success(r.ts, &r.policy, &r.playbook),
             _ => {}
         }
     }

@@ -62,6 +62,9 @@ pub enum Error {
 pub struct Incoming {
     /// Inbox sequence number (None for schedule ticks, which are not journaled).
     pub seq: Option<u64>,
+    /// The notification it came in (one webhook body); `maxTargetsPerRun`
+    /// counts executions within it.
+    pub group: u64,
     /// When it was received (or the tick was due).
     pub at: DateTime<Utc>,
     /// The event.
@@ -93,6 +96,10 @@ pub struct Shared {
     resolved: Mutex<HashMap<String, DateTime<Utc>>>,
     /// Playbook -> runs queued or executing (overlap detection for schedules).
     running: Mutex<HashMap<String, usize>>,
+    /// Notification groups handed out.
+    next_group: std::sync::atomic::AtomicU64,
+    /// Breaker openings already escalated: (policy, playbook, opened at).
+    escalated: Mutex<std::collections::HashSet<(String, String, DateTime<Utc>)>>,
     node: String,
     /// Held for the agent's life: one agent per state directory.
     _lock: std::fs::File,
@@ -107,6 +114,11 @@ impl std::fmt::Debug for Shared {
 }
 
 impl Shared {
+    /// A new notification group id.
+    pub fn group(&self) -> u64 {
+        self.next_group.fetch_add(1, Ordering::Relaxed)
+    }
+
     /// The engine now in force.
     pub fn engine(&self) -> Arc<Engine> {
         self.engine
@@ -311,6 +323,8 @@ impl Agent {
                 continue;
             }
             recovered.push(Incoming {
+                // One group per recovered event: their notifications are gone.
+                group: u64::MAX - a.seq,
                 seq: Some(a.seq),
                 at: a.at,
                 event: a.event,
@@ -336,6 +350,8 @@ impl Agent {
             queue: tx,
             resolved: Mutex::new(HashMap::new()),
             running: Mutex::new(HashMap::new()),
+            next_group: std::sync::atomic::AtomicU64::new(1),
+            escalated: Mutex::new(std::collections::HashSet::new()),
             node,
             _lock: lock,
         });
@@ -436,6 +452,7 @@ impl Scheduler {
                 count_schedule_event(shared);
                 shared.metrics.queue_depth.inc();
                 let _ = shared.queue.send(Incoming {
+                    group: shared.group(),
                     seq: None,
                     at: due,
                     event: t.event(due),
@@ -485,6 +502,7 @@ async fn tick_loop(
         if shared
             .queue
             .send(Incoming {
+                group: shared.group(),
                 seq: None,
                 at: due,
                 event: t.event(due),
@@ -803,6 +821,7 @@ fn decide_batch(
             ),
             _ => {
                 let mut ledger = shared.ledger.lock().unwrap_or_else(|p| p.into_inner());
+                ledger.begin_group(inc.group);
                 engine.decide(&inc.event, shared.cfg.dry_run, now, &mut ledger)
             }
         };
@@ -867,10 +886,19 @@ fn runbook_of(engine: &Engine, playbook: &str) -> Option<String> {
 struct RunningGuard {
     shared: Arc<Shared>,
     playbook: String,
+    /// Set for executing runs: the policy whose concurrency they count against.
+    policy: Option<String>,
 }
 
 impl Drop for RunningGuard {
     fn drop(&mut self) {
+        if let Some(p) = &self.policy {
+            self.shared
+                .ledger
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .run_finished(p);
+        }
         let mut m = self
             .shared
             .running
@@ -900,9 +928,19 @@ fn spawn_run(
         .unwrap_or_else(|p| p.into_inner())
         .entry(planned.playbook.clone())
         .or_insert(0) += 1;
+    let executes = planned.decision == Decision::Execute;
+    if executes {
+        // Counted from the decision on, so the next decision sees it.
+        shared
+            .ledger
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .run_started(&planned.policy);
+    }
     let guard = RunningGuard {
         shared: shared.clone(),
         playbook: planned.playbook.clone(),
+        policy: executes.then(|| planned.policy.clone()),
     };
     let shared = shared.clone();
     let engine = engine.clone();
@@ -939,8 +977,12 @@ fn spawn_run(
             match rep {
                 Ok(rep) => {
                     observe(&shared, &rep);
+                    let escalation = breaker_escalation(&shared, &engine, &rep, runbook.clone());
                     if wants_notice(&shared, &rep) {
                         let n = notice(&shared, &rep, runbook);
+                        send_notice(&shared, n).await;
+                    }
+                    if let Some(n) = escalation {
                         send_notice(&shared, n).await;
                     }
                 }
@@ -965,7 +1007,7 @@ fn observe(shared: &Shared, rep: &RunReport) {
                 .observe(r.duration_ms as f64 / 1000.0);
         }
     }
-    if let Some(at) = rep.failed_at {
+    if rep.failed_at.is_some() {
         let failed = rep
             .records
             .iter()
@@ -981,12 +1023,65 @@ fn observe(shared: &Shared, rep: &RunReport) {
                 action: failed,
             })
             .inc();
-        shared
-            .ledger
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .record_failure(at, &rep.planned.policy, &rep.planned.playbook);
     }
+    rep.enter(&mut shared.ledger.lock().unwrap_or_else(|p| p.into_inner()));
+}
+
+/// After a failed run: if it opened the playbook's circuit breaker, the one
+/// escalation notice for that opening (None when already sent or not open).
+fn breaker_escalation(
+    shared: &Shared,
+    engine: &Engine,
+    rep: &RunReport,
+    runbook: Option<String>,
+) -> Option<Notice> {
+    rep.failed_at?;
+    let p = &rep.planned;
+    let spec = engine
+        .config
+        .policies
+        .get(&p.policy)?
+        .doc
+        .spec
+        .circuit_breaker
+        .clone()?;
+    let now = Utc::now();
+    let state = shared
+        .ledger
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .breaker_state(
+            &p.policy,
+            &p.playbook,
+            spec.failures,
+            spec.within.chrono(),
+            spec.open_for.chrono(),
+            now,
+        );
+    let crate::policy::gate::BreakerState::Open { opened, .. } = state else {
+        return None;
+    };
+    let fresh = shared
+        .escalated
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert((p.policy.clone(), p.playbook.clone(), opened));
+    if !fresh {
+        return None;
+    }
+    tracing::warn!(playbook = %p.playbook, policy = %p.policy, %opened, "circuit breaker opened");
+    let mut n = notice(shared, rep, runbook);
+    n.decision = "circuit-open".into();
+    n.status = "failed".into();
+    n.reason = format!("{} failed runs within {}", spec.failures, spec.within);
+    n.outcome = format!(
+        "circuit breaker opened at {}: {} is suppressed until {}, then one trial run is allowed; the last failure: {}",
+        opened.format("%Y-%m-%dT%H:%M:%SZ"),
+        p.playbook,
+        (opened + spec.open_for.chrono()).format("%Y-%m-%dT%H:%M:%SZ"),
+        n.outcome
+    );
+    Some(n)
 }
 
 fn wants_notice(shared: &Shared, rep: &RunReport) -> bool {

@@ -94,6 +94,20 @@ pub struct RunReport {
     pub failed_at: Option<DateTime<Utc>>,
 }
 
+impl RunReport {
+    /// Enters the run's outcome in the ledger (the breaker counts failures
+    /// and closes after a verified half-open trial).
+    pub fn enter(&self, ledger: &mut Ledger) {
+        let p = &self.planned;
+        if let Some(at) = self.failed_at {
+            ledger.record_failure(at, &p.policy, &p.playbook);
+        } else if self.status == RunStatus::Verified {
+            let at = self.records.last().map(|r| r.ts).unwrap_or(p.decided_at);
+            ledger.record_success(at, &p.policy, &p.playbook);
+        }
+    }
+}
+
 /// Where the engine appends audit records. Each `append` is durable when it
 /// returns, so the next phase may start.
 pub trait RecordSink: Send + Sync {
@@ -280,9 +294,7 @@ impl Engine {
         ledger: &mut Ledger,
     ) -> audit::Result<RunReport> {
         let rep = self.execute_shared(planned, audit).await?;
-        if let Some(at) = rep.failed_at {
-            ledger.record_failure(at, &rep.planned.policy, &rep.planned.playbook);
-        }
+        rep.enter(ledger);
         Ok(rep)
     }
 
@@ -432,6 +444,53 @@ impl Engine {
         })
     }
 
+    /// `blastRadius.maxUnavailableFraction`: an action that takes a replica
+    /// of a workload down may not push the workload's unavailable fraction
+    /// over the limit. The driver reports the workload in its plan
+    /// (`details.workload.replicas`, `.unavailable`); when it cannot, the
+    /// step is blocked (fail closed).
+    fn check_unavailable(
+        &self,
+        planned: &Planned,
+        s: &PlannedStep,
+        plan: &crate::drivers::Plan,
+    ) -> Result<(), String> {
+        const TAKES_A_REPLICA_DOWN: &[&str] =
+            &["kubernetes.pod.restart", "docker.container.restart"];
+        let Some(max) = self
+            .config
+            .policies
+            .get(&planned.policy)
+            .and_then(|p| p.doc.spec.blast_radius.as_ref())
+            .and_then(|b| b.max_unavailable_fraction)
+        else {
+            return Ok(());
+        };
+        if !TAKES_A_REPLICA_DOWN.contains(&s.action) {
+            return Ok(());
+        }
+        let w = &plan.details["workload"];
+        let (Some(replicas), Some(unavailable)) =
+            (w["replicas"].as_u64(), w["unavailable"].as_u64())
+        else {
+            return Err(format!(
+                "blocked, nothing was changed: policy {} limits blastRadius.maxUnavailableFraction to {max}, and the driver did not report the workload's replicas, so the limit cannot be checked (fail closed)",
+                planned.policy
+            ));
+        };
+        let after = (unavailable + 1) as f64 / replicas.max(1) as f64;
+        if replicas == 0 || after > max {
+            return Err(format!(
+                "blocked, nothing was changed: {unavailable} of {replicas} replicas of {} are unavailable; one more would make {:.0}%, over policy {}'s blastRadius.maxUnavailableFraction {:.0}%",
+                w["name"].as_str().unwrap_or("the workload"),
+                after * 100.0,
+                planned.policy,
+                max * 100.0
+            ));
+        }
+        Ok(())
+    }
+
     /// The driver's plan summary when a backend is configured, else the offline description.
     async fn describe(&self, planned: &Planned, s: &PlannedStep) -> String {
         let Some(driver) = self.registry.get(s.action) else {
@@ -482,6 +541,7 @@ impl Engine {
             .await
             .map_err(|_| timed("plan"))?
             .map_err(|e| format!("plan failed: {e}"))?;
+        self.check_unavailable(planned, s, &plan)?;
         let outcome = tokio::time::timeout(s.timeout, driver.apply(&req, &plan))
             .await
             .map_err(|_| timed("apply"))?

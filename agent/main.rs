@@ -476,6 +476,8 @@ fn run(args: RunArgs) -> Result<(), Fail> {
         );
     }
     let mut ledger = audit::ledger_from(&history.records);
+    // One payload is one notification: maxTargetsPerRun counts within it.
+    ledger.begin_group(0);
     let writer = std::sync::Mutex::new(
         audit::Writer::open(&args.audit).map_err(|e| Fail::Input(e.to_string()))?,
     );

@@ -137,6 +137,7 @@ async fn webhook(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bo
     };
     shared.metrics.duplicates.inc_by(result.duplicates as u64);
     let accepted = result.accepted.len();
+    let group = shared.group();
     for a in result.accepted {
         shared
             .metrics
@@ -148,6 +149,7 @@ async fn webhook(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bo
             .inc();
         shared.metrics.queue_depth.inc();
         let _ = shared.queue.send(Incoming {
+            group,
             seq: Some(a.seq),
             at: a.at,
             event: a.event,

@@ -251,3 +251,88 @@ fn registry_refuses_actions_outside_the_catalogue() {
         "action \"kubernetes.cluster.delete\" is not in the catalogue"
     );
 }
+
+/// A restart driver that reports its workload in the plan, as the
+/// Kubernetes driver must for `blastRadius.maxUnavailableFraction`.
+struct WorkloadRestart {
+    workload: Option<(u64, u64)>,
+    applied: AtomicUsize,
+}
+
+#[async_trait]
+impl Action for WorkloadRestart {
+    fn name(&self) -> &'static str {
+        "kubernetes.pod.restart"
+    }
+    fn scope(&self, _: &Request) -> Scope {
+        Scope::Cluster
+    }
+    async fn plan(&self, _: &Request) -> Result<Plan, DriverError> {
+        let details = match self.workload {
+            Some((replicas, unavailable)) => serde_json::json!({
+                "workload": {"name": "deployment etl/spark", "replicas": replicas, "unavailable": unavailable}
+            }),
+            None => serde_json::json!({}),
+        };
+        Ok(Plan {
+            summary: "evict".into(),
+            details,
+        })
+    }
+    async fn apply(&self, _: &Request, _: &Plan) -> Result<Outcome, DriverError> {
+        self.applied.fetch_add(1, Ordering::SeqCst);
+        Ok(Outcome {
+            summary: "evicted".into(),
+            details: serde_json::json!({}),
+        })
+    }
+    async fn verify(&self, _: &Request, _: &Plan) -> Result<Verdict, DriverError> {
+        Ok(Verdict::Verified("ready".into()))
+    }
+}
+
+async fn run_with_unavailable_limit(workload: Option<(u64, u64)>) -> (RunStatus, usize) {
+    let cfg = Config::load(
+        &[Source {
+            path: "pb.yaml".into(),
+            text: PLAYBOOK.into(),
+        }],
+        &[Source {
+            path: "default.yaml".into(),
+            text: "apiVersion: remediate/v1\nkind: Policy\nmetadata: { name: default }\nspec: { blastRadius: { maxUnavailableFraction: 0.25 } }\n".into(),
+        }],
+    )
+    .unwrap();
+    let driver = Arc::new(WorkloadRestart {
+        workload,
+        applied: AtomicUsize::new(0),
+    });
+    let mut reg = Registry::new();
+    reg.register(driver.clone()).unwrap();
+    let e = Engine::new(cfg, reg, "node-a");
+    let (status, _, _) = run_once(&e, false).await;
+    (status, driver.applied.load(Ordering::SeqCst))
+}
+
+#[tokio::test]
+async fn max_unavailable_fraction_blocks_a_restart_that_would_exceed_it_and_fails_closed_without_replica_counts(
+) {
+    // 8 replicas, 1 down: one more is 25%, allowed.
+    let (status, applied) = run_with_unavailable_limit(Some((8, 1))).await;
+    assert_eq!(status, RunStatus::Verified);
+    assert_eq!(applied, 1);
+    // 4 replicas, 1 down: one more is 50%: blocked before apply.
+    let (status, applied) = run_with_unavailable_limit(Some((4, 1))).await;
+    assert_eq!(applied, 0);
+    assert!(
+        matches!(&status, RunStatus::Failed(m) if m.contains("1 of 4 replicas of deployment etl/spark are unavailable; one more would make 50%, over policy default's blastRadius.maxUnavailableFraction 25%")),
+        "{status:?}"
+    );
+    // The driver cannot tell: blocked (fail closed).
+    let (status, applied) = run_with_unavailable_limit(None).await;
+    assert_eq!(applied, 0);
+    assert!(
+        matches!(&status, RunStatus::Failed(m) if m.contains("cannot be checked (fail closed)")),
+        "{status:?}"
+    );
+}

@@ -278,22 +278,88 @@ struct Breaker {
 }
 impl Stage for Breaker {
     fn check(&self, i: &GateInput<'_>) -> Option<Decision> {
-        let opened = i.ledger.breaker_opened_at(
+        let state = i.ledger.breaker_state(
             &self.policy,
             i.playbook,
             self.failures,
             self.within,
             self.open_for,
             i.now,
-        )?;
-        Some(Decision::Suppressed(format!(
-            "circuit open: {} failures of {} within {} (opened {}, half-opens at {})",
-            self.failures,
-            i.playbook,
-            humantime::format_duration(self.within.to_std().unwrap_or_default()),
-            opened.format("%Y-%m-%dT%H:%M:%SZ"),
-            (opened + self.open_for).format("%Y-%m-%dT%H:%M:%SZ")
-        )))
+        );
+        match state {
+            BreakerState::Closed => None,
+            BreakerState::Open { opened, reopened } => Some(Decision::Suppressed(format!(
+                "circuit open: {} (opened {}, half-opens at {})",
+                if reopened {
+                    "the half-open trial run failed".to_string()
+                } else {
+                    format!(
+                        "{} failures of {} within {}",
+                        self.failures,
+                        i.playbook,
+                        humantime::format_duration(self.within.to_std().unwrap_or_default())
+                    )
+                },
+                opened.format("%Y-%m-%dT%H:%M:%SZ"),
+                (opened + self.open_for).format("%Y-%m-%dT%H:%M:%SZ")
+            ))),
+            BreakerState::HalfOpenTrial { started } => Some(Decision::Suppressed(format!(
+                "circuit half-open: one trial run of {} in flight since {} (allows again once it succeeds)",
+                i.playbook,
+                started.format("%Y-%m-%dT%H:%M:%SZ")
+            ))),
+        }
+    }
+}
+
+/// Where a playbook's circuit breaker stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BreakerState {
+    /// Runs are allowed (after an opening, the next run is the trial).
+    Closed,
+    /// No runs until `opened + openFor`.
+    Open {
+        /// When it opened.
+        opened: DateTime<Utc>,
+        /// True when a failed half-open trial reopened it.
+        reopened: bool,
+    },
+    /// Half-open: the one trial run has started and has no outcome yet.
+    HalfOpenTrial {
+        /// When the trial started.
+        started: DateTime<Utc>,
+    },
+}
+
+struct Concurrency {
+    policy: String,
+    max: u32,
+}
+impl Stage for Concurrency {
+    fn check(&self, i: &GateInput<'_>) -> Option<Decision> {
+        let n = i.ledger.in_flight(&self.policy);
+        (n >= self.max as usize).then(|| {
+            Decision::Suppressed(format!(
+                "concurrency {}: {n} run(s) of policy {} in flight on this agent (allows again when one finishes)",
+                self.max, self.policy
+            ))
+        })
+    }
+}
+
+struct MaxTargets {
+    policy: String,
+    max: u32,
+}
+impl Stage for MaxTargets {
+    fn check(&self, i: &GateInput<'_>) -> Option<Decision> {
+        let n = i.ledger.group_executions(&self.policy, i.playbook);
+        (n >= self.max as usize).then(|| {
+            Decision::Suppressed(format!(
+                "blast radius: {n} target(s) of {} already act on this notification (maxTargetsPerRun {}); the rest wait for the alert to repeat",
+                i.playbook, self.max
+            ))
+        })
     }
 }
 
@@ -426,6 +492,23 @@ impl Gate {
                 ));
             }
         }
+        if spec.concurrency == Some(0) {
+            errors.push((
+                "spec.concurrency".into(),
+                "concurrency must be at least 1".into(),
+            ));
+        }
+        if spec
+            .blast_radius
+            .as_ref()
+            .and_then(|b| b.max_targets_per_run)
+            == Some(0)
+        {
+            errors.push((
+                "spec.blastRadius.maxTargetsPerRun".into(),
+                "maxTargetsPerRun must be at least 1".into(),
+            ));
+        }
         if let Some(b) = &spec.circuit_breaker {
             if b.failures == 0 {
                 errors.push((
@@ -495,6 +578,22 @@ impl Gate {
                 per_text: r.per.to_string(),
             }));
         }
+        if let Some(n) = spec.concurrency {
+            stages.push(Box::new(Concurrency {
+                policy: name.clone(),
+                max: n,
+            }));
+        }
+        if let Some(n) = spec
+            .blast_radius
+            .as_ref()
+            .and_then(|b| b.max_targets_per_run)
+        {
+            stages.push(Box::new(MaxTargets {
+                policy: name.clone(),
+                max: n,
+            }));
+        }
         if spec.approval.required || !spec.approval.actions.is_empty() {
             stages.push(Box::new(Approve {
                 all: spec.approval.required,
@@ -551,15 +650,24 @@ impl Gate {
     }
 }
 
-/// What has happened, as far as limits care: executions and failures,
-/// rebuilt from the audit log and extended as decisions are made.
+/// What has happened, as far as limits care: executions, their outcomes
+/// and runs in flight, rebuilt from the audit log and extended as decisions
+/// are made.
 #[derive(Debug, Default, Clone)]
 pub struct Ledger {
     /// (time, policy, playbook, target key) of each executed run.
     executions: Vec<(DateTime<Utc>, String, String, String)>,
     /// (time, policy, playbook) of each failed run.
     failures: Vec<(DateTime<Utc>, String, String)>,
+    /// (time, policy, playbook) of each verified run.
+    successes: Vec<(DateTime<Utc>, String, String)>,
     last: HashMap<(String, String, String), DateTime<Utc>>,
+    /// Runs executing now, per policy (the agent keeps this; a CLI run is sequential).
+    in_flight: HashMap<String, usize>,
+    /// The notification (Alertmanager group delivery) being decided, and
+    /// executions per (policy, playbook) within it.
+    group: Option<u64>,
+    group_counts: HashMap<(String, String), usize>,
 }
 
 impl Ledger {
@@ -580,6 +688,46 @@ impl Ledger {
         if at > *e {
             *e = at;
         }
+        if self.group.is_some() {
+            *self
+                .group_counts
+                .entry((policy.into(), playbook.into()))
+                .or_insert(0) += 1;
+        }
+    }
+
+    /// Starts deciding the events of one notification: `maxTargetsPerRun`
+    /// counts executions within it.
+    pub fn begin_group(&mut self, id: u64) {
+        if self.group != Some(id) {
+            self.group = Some(id);
+            self.group_counts.clear();
+        }
+    }
+
+    /// Executions of `playbook` decided within the current notification.
+    pub fn group_executions(&self, policy: &str, playbook: &str) -> usize {
+        self.group_counts
+            .get(&(policy.to_string(), playbook.to_string()))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// A run of `policy` started executing.
+    pub fn run_started(&mut self, policy: &str) {
+        *self.in_flight.entry(policy.to_string()).or_insert(0) += 1;
+    }
+
+    /// A run of `policy` finished (whatever the outcome).
+    pub fn run_finished(&mut self, policy: &str) {
+        if let Some(n) = self.in_flight.get_mut(policy) {
+            *n = n.saturating_sub(1);
+        }
+    }
+
+    /// Runs of `policy` executing now.
+    pub fn in_flight(&self, policy: &str) -> usize {
+        self.in_flight.get(policy).copied().unwrap_or(0)
     }
 
     /// Failed runs of `playbook` since `since`.
@@ -590,9 +738,14 @@ impl Ledger {
             .count()
     }
 
-    /// Records a failed (or unverified) run.
+    /// Records a failed (or unverified, or interrupted) run.
     pub fn record_failure(&mut self, at: DateTime<Utc>, policy: &str, playbook: &str) {
         self.failures.push((at, policy.into(), playbook.into()));
+    }
+
+    /// Records a verified run.
+    pub fn record_success(&mut self, at: DateTime<Utc>, policy: &str, playbook: &str) {
+        self.successes.push((at, policy.into(), playbook.into()));
     }
 
     /// When `playbook` last executed on the target.
@@ -623,6 +776,7 @@ impl Ledger {
         let mut n = 0;
         let mut oldest: Option<DateTime<Utc>> = None;
         for (at, pol, pb, tk) in &self.executions {
+            // Not ordered: `--at` what-ifs append records out of time order.
             let hit = *at > since
                 && pol == policy
                 && match scope {
@@ -638,8 +792,7 @@ impl Ledger {
         (n, oldest)
     }
 
-    /// When the breaker for `playbook` opened, if it is open at `now`: the
-    /// time of the failure that reached `failures` within `within`.
+    /// When the breaker for `playbook` opened, if it is open at `now`.
     pub fn breaker_opened_at(
         &self,
         policy: &str,
@@ -649,26 +802,79 @@ impl Ledger {
         open_for: chrono::Duration,
         now: DateTime<Utc>,
     ) -> Option<DateTime<Utc>> {
-        let mut times: Vec<DateTime<Utc>> = self
-            .failures
-            .iter()
-            .filter(|(at, pol, pb)| {
-                pol == policy && pb == playbook && *at <= now && *at > now - open_for - within
-            })
-            .map(|(at, ..)| *at)
-            .collect();
-        times.sort_unstable();
-        let k = failures as usize;
-        if k == 0 || times.len() < k {
-            return None;
+        match self.breaker_state(policy, playbook, failures, within, open_for, now) {
+            BreakerState::Open { opened, .. } => Some(opened),
+            _ => None,
         }
-        // Latest moment the k-th failure of a window closed the breaker.
-        times
+    }
+
+    /// The breaker's state at `now`. It opens when `failures` runs failed
+    /// within `within`; after `open_for` it half-opens: the next run is a
+    /// trial, no other run starts while the trial has no outcome, a failed
+    /// trial reopens it and a verified one closes it.
+    pub fn breaker_state(
+        &self,
+        policy: &str,
+        playbook: &str,
+        failures: u32,
+        within: chrono::Duration,
+        open_for: chrono::Duration,
+        now: DateTime<Utc>,
+    ) -> BreakerState {
+        let mine = |v: &[(DateTime<Utc>, String, String)]| -> Vec<DateTime<Utc>> {
+            let mut t: Vec<DateTime<Utc>> = v
+                .iter()
+                .filter(|(at, pol, pb)| pol == policy && pb == playbook && *at <= now)
+                .map(|(at, ..)| *at)
+                .collect();
+            t.sort_unstable();
+            t
+        };
+        let fails = mine(&self.failures);
+        let k = failures as usize;
+        if k == 0 || fails.len() < k {
+            return BreakerState::Closed;
+        }
+        // The latest moment k failures within `within` opened it.
+        let Some(mut opened) = fails
             .windows(k)
             .filter(|w| w[k - 1] - w[0] <= within)
             .map(|w| w[k - 1])
-            .filter(|opened| now < *opened + open_for)
             .max()
+        else {
+            return BreakerState::Closed;
+        };
+        let oks = mine(&self.successes);
+        let mut reopened = false;
+        loop {
+            let half_open = opened + open_for;
+            if now < half_open {
+                return BreakerState::Open { opened, reopened };
+            }
+            // The trial: the first execution of the playbook after half-open.
+            let trial = self
+                .executions
+                .iter()
+                .filter(|(at, pol, pb, _)| {
+                    pol == policy && pb == playbook && *at >= half_open && *at <= now
+                })
+                .map(|(at, ..)| *at)
+                .min();
+            let Some(started) = trial else {
+                return BreakerState::Closed;
+            };
+            let failed = fails.iter().find(|t| **t >= started).copied();
+            let verified = oks.iter().find(|t| **t >= started).copied();
+            match (failed, verified) {
+                (Some(f), Some(v)) if v < f => return BreakerState::Closed,
+                (None, Some(_)) => return BreakerState::Closed,
+                (Some(f), _) => {
+                    opened = f;
+                    reopened = true;
+                }
+                (None, None) => return BreakerState::HalfOpenTrial { started },
+            }
+        }
     }
 }
 
@@ -947,6 +1153,85 @@ mod tests {
             decide(&g, &ev, "etl", later, &ledger, false),
             Decision::Execute
         );
+
+        // Half-open: that run is the trial; nothing else starts meanwhile.
+        let min = chrono::Duration::minutes;
+        ledger.record_execution(later, "p", "pb", "k");
+        let d = decide(&g, &ev, "etl", later + min(1), &ledger, false);
+        assert!(
+            matches!(&d, Decision::Suppressed(r) if r.starts_with("circuit half-open: one trial run of pb in flight")),
+            "{d}"
+        );
+        // The trial fails: open again for the full period, and it says why.
+        ledger.record_failure(later + min(2), "p", "pb");
+        let d = decide(&g, &ev, "etl", later + min(3), &ledger, false);
+        assert!(
+            matches!(&d, Decision::Suppressed(r) if r.starts_with("circuit open: the half-open trial run failed")),
+            "{d}"
+        );
+        let again = later + min(2) + chrono::Duration::hours(6);
+        assert!(matches!(
+            decide(&g, &ev, "etl", again - min(1), &ledger, false),
+            Decision::Suppressed(_)
+        ));
+        // Second trial, verified: closed, and runs flow again.
+        assert_eq!(
+            decide(&g, &ev, "etl", again, &ledger, false),
+            Decision::Execute
+        );
+        ledger.record_execution(again, "p", "pb", "k");
+        ledger.record_success(again + min(1), "p", "pb");
+        assert_eq!(
+            decide(&g, &ev, "etl", again + min(2), &ledger, false),
+            Decision::Execute
+        );
+        ledger.record_execution(again + min(2), "p", "pb", "k2");
+        assert_eq!(
+            decide(&g, &ev, "etl", again + min(3), &ledger, false),
+            Decision::Execute,
+            "closed: more than one run at a time again"
+        );
+    }
+
+    #[test]
+    fn concurrency_counts_runs_in_flight_and_max_targets_counts_within_one_notification() {
+        let spec = PolicySpec {
+            concurrency: Some(2),
+            blast_radius: Some(crate::policy::model::BlastRadius {
+                max_targets_per_run: Some(3),
+                max_unavailable_fraction: None,
+            }),
+            ..PolicySpec::default()
+        };
+        let g = Gate::compile(&policy(spec)).unwrap();
+        let ev = alert(&[("alertname", "X")], Status::Firing);
+        let now = wednesday_noon();
+        let mut l = Ledger::default();
+        l.run_started("p");
+        assert_eq!(decide(&g, &ev, "etl", now, &l, false), Decision::Execute);
+        l.run_started("p");
+        let d = decide(&g, &ev, "etl", now, &l, false);
+        assert!(
+            matches!(&d, Decision::Suppressed(r) if r == "concurrency 2: 2 run(s) of policy p in flight on this agent (allows again when one finishes)"),
+            "{d}"
+        );
+        l.run_finished("p");
+        l.run_finished("p");
+        assert_eq!(decide(&g, &ev, "etl", now, &l, false), Decision::Execute);
+
+        l.begin_group(7);
+        for i in 0..3 {
+            assert_eq!(decide(&g, &ev, "etl", now, &l, false), Decision::Execute);
+            l.record_execution(now, "p", "pb", &format!("t{i}"));
+        }
+        let d = decide(&g, &ev, "etl", now, &l, false);
+        assert!(
+            matches!(&d, Decision::Suppressed(r) if r.starts_with("blast radius: 3 target(s) of pb already act on this notification (maxTargetsPerRun 3)")),
+            "{d}"
+        );
+        // The next notification starts afresh.
+        l.begin_group(8);
+        assert_eq!(decide(&g, &ev, "etl", now, &l, false), Decision::Execute);
     }
 
     #[test]
