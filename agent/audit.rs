@@ -79,6 +79,10 @@ pub struct Record {
     /// Step index within the playbook (added field).
     #[serde(default)]
     pub step: usize,
+    /// When the gate decided the run (added field): limits count from it, so
+    /// a ledger rebuilt from the log decides exactly as the one in memory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decided_at: Option<DateTime<Utc>>,
 }
 
 /// Audit errors.
@@ -344,7 +348,7 @@ pub fn ledger_from(records: &[Record]) -> Ledger {
             // One execution per planned step 0: a multi-step run counts once.
             (Phase::Planned, "execute") if r.step == 0 => {
                 l.record_execution(
-                    r.ts,
+                    r.decided_at.unwrap_or(r.ts),
                     &r.policy,
                     &r.playbook,
                     &crate::policy::gate::target_key(&r.target),
@@ -386,6 +390,7 @@ mod tests {
             node: "n".into(),
             policy: "default".into(),
             step: 0,
+            decided_at: None,
         }
     }
 

@@ -965,9 +965,6 @@ fn spawn_run(
                     r.format("%Y-%m-%dT%H:%M:%SZ")
                 ));
             }
-            // Records are stamped from the engine clock, which starts at
-            // `decided_at`: start it now, after the wait for a slot.
-            planned.decided_at = Utc::now();
             let runbook = runbook_of(&engine, &planned.playbook);
             shared.metrics.in_flight.inc();
             let rep = engine.execute_shared(planned, &*shared).await;
@@ -1174,6 +1171,7 @@ async fn send_notice(shared: &Shared, n: Notice) {
                 node: shared.node.clone(),
                 policy: String::new(),
                 step: 0,
+                decided_at: None,
             };
             if let Err(e) = shared.append(&rec) {
                 tracing::error!(error = %e, "cannot audit a failed notification");

@@ -55,6 +55,10 @@ pub struct Planned {
     pub verify_timeout: std::time::Duration,
     /// The gate's clock when it decided; records are stamped from it.
     pub decided_at: DateTime<Utc>,
+    /// The monotonic clock at the decision: records are stamped
+    /// `decided_at` plus the time elapsed since (waits included).
+    #[serde(skip)]
+    pub decided_instant: Instant,
 }
 
 impl Planned {
@@ -234,6 +238,7 @@ impl Engine {
             decision: Decision::Execute,
             verify_timeout: pb.verify_timeout.std(),
             decided_at: now,
+            decided_instant: Instant::now(),
         };
         match self.render(pb, ev) {
             Ok((target, steps)) => {
@@ -318,10 +323,9 @@ impl Engine {
         let mut records = Vec::new();
         // Stamp records on the engine clock: the decision time plus real elapsed
         // time (wall time in production; consistent in `--at` what-ifs).
-        let started_all = Instant::now();
         let clock = || {
             planned.decided_at
-                + chrono::Duration::from_std(started_all.elapsed()).unwrap_or_default()
+                + chrono::Duration::from_std(planned.decided_instant.elapsed()).unwrap_or_default()
         };
         let base =
             |step: Option<&PlannedStep>, idx: usize, phase: Phase, outcome: String, ms: u64| {
@@ -346,6 +350,7 @@ impl Engine {
                     node: self.node.clone(),
                     policy: planned.policy.clone(),
                     step: idx,
+                    decided_at: Some(planned.decided_at),
                 }
             };
         let write = |rec: Record, records: &mut Vec<Record>| -> audit::Result<()> {

@@ -264,6 +264,7 @@ async fn a_tick_missed_while_down_is_caught_up_once_on_start_and_not_with_catch_
             node: "node-a".into(),
             policy: "default".into(),
             step: 0,
+            decided_at: None,
         };
         audit::Writer::open(&state.join("audit.jsonl"))
             .unwrap()
