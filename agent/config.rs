@@ -22,9 +22,13 @@ pub struct AgentConfig {
     /// node-scoped actions. Default: `$REMEDIATE_NODE`, else the host name.
     #[serde(default)]
     pub node: Option<String>,
-    /// Address the HTTP server listens on (webhook, metrics, health).
+    /// Address the HTTP server listens on (webhook, metrics, health, approvals).
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
+    /// URL people and `remediate approve` reach this agent at, named in
+    /// approval notifications. Default: `http://<node>:<listen port>`.
+    #[serde(default)]
+    pub external_url: Option<String>,
     /// Playbook directory. Default: the playbooks embedded in the binary.
     #[serde(default)]
     pub playbooks: Option<PathBuf>,
@@ -546,6 +550,11 @@ impl AgentConfig {
     /// The audit log's path.
     pub fn audit_path(&self) -> PathBuf {
         self.state_dir.join("audit.jsonl")
+    }
+
+    /// The approvals journal's path.
+    pub fn approvals_path(&self) -> PathBuf {
+        self.state_dir.join("approvals.jsonl")
     }
 
     /// The event inbox's path.

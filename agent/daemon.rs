@@ -69,6 +69,20 @@ pub struct Incoming {
     pub at: DateTime<Utc>,
     /// The event.
     pub event: Event,
+    /// Set when a person approved a held run: decide this playbook again
+    /// with the approval stage passed.
+    pub approved: Option<ApprovedRun>,
+}
+
+/// An approved run, to decide again.
+#[derive(Debug, Clone)]
+pub struct ApprovedRun {
+    /// Approval id.
+    pub id: String,
+    /// Playbook to decide.
+    pub playbook: String,
+    /// Who approved.
+    pub by: String,
 }
 
 /// State shared by the HTTP server, the dispatcher and run tasks.
@@ -98,6 +112,8 @@ pub struct Shared {
     running: Mutex<HashMap<String, usize>>,
     /// Notification groups handed out.
     next_group: std::sync::atomic::AtomicU64,
+    /// Runs held for approval.
+    approvals: Mutex<crate::approvals::Approvals>,
     /// Breaker openings already escalated: (policy, playbook, opened at).
     escalated: Mutex<std::collections::HashSet<(String, String, DateTime<Utc>)>>,
     node: String,
@@ -300,6 +316,8 @@ impl Agent {
                 *e = (*e).max(r.ts);
             }
         }
+        let approvals = crate::approvals::Approvals::open(&cfg.approvals_path())
+            .map_err(|e| Error::Setup(e.to_string()))?;
         let (inbox, pending) = Inbox::open(&cfg.inbox_path(), cfg.webhook.dedupe_window.std())?;
         let (tx, rx) = mpsc::unbounded_channel();
         let metrics = Metrics::new();
@@ -328,6 +346,7 @@ impl Agent {
                 seq: Some(a.seq),
                 at: a.at,
                 event: a.event,
+                approved: None,
             });
         }
         if !recovered.is_empty() {
@@ -351,6 +370,7 @@ impl Agent {
             resolved: Mutex::new(HashMap::new()),
             running: Mutex::new(HashMap::new()),
             next_group: std::sync::atomic::AtomicU64::new(1),
+            approvals: Mutex::new(approvals),
             escalated: Mutex::new(std::collections::HashSet::new()),
             node,
             _lock: lock,
@@ -456,6 +476,7 @@ impl Scheduler {
                     seq: None,
                     at: due,
                     event: t.event(due),
+                    approved: None,
                 });
             }
         }
@@ -506,6 +527,7 @@ async fn tick_loop(
                 seq: None,
                 at: due,
                 event: t.event(due),
+                approved: None,
             })
             .is_err()
         {
@@ -634,6 +656,8 @@ async fn dispatch(
     let mut settling: HashMap<u64, Settling> = HashMap::new();
     let mut next_id = 0u64;
     let mut buf = Vec::with_capacity(1024);
+    let mut expiry = tokio::time::interval(std::time::Duration::from_secs(1));
+    expiry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let next_due = heap.peek().map(|Reverse((t, _))| *t);
         tokio::select! {
@@ -645,6 +669,7 @@ async fn dispatch(
                 for inc in buf.drain(..) {
                     if inc.event.status == Status::Resolved && inc.event.trigger == TriggerKind::Alert {
                         cancel_settling(&shared, &inc, &mut settling, settle);
+                        cancel_approvals(&shared, &inc);
                         shared.resolved.lock().unwrap_or_else(|p| p.into_inner())
                             .insert(inc.event.fingerprint.clone(), inc.at);
                         now_batch.push(inc);
@@ -673,6 +698,7 @@ async fn dispatch(
                 decide_batch(&shared, due, &permits, &mut runs);
             }
             Some(_) = runs.join_next(), if !runs.is_empty() => {}
+            _ = expiry.tick() => expire_approvals(&shared),
         }
     }
     // Stop: settling and queued events stay in the inbox (not done) and are
@@ -813,8 +839,17 @@ fn decide_batch(
             seq: inc.seq,
             inbox: shared.inbox.clone(),
         });
-        let planned = match (&inc.event.trigger, &inc.event.playbook) {
-            (TriggerKind::Schedule, Some(pb)) if running(shared, pb) > 0 => engine.suppress(
+        let planned = match (&inc.approved, &inc.event.trigger, &inc.event.playbook) {
+            (Some(a), _, _) => {
+                let mut ledger = shared.ledger.lock().unwrap_or_else(|p| p.into_inner());
+                ledger.begin_group(inc.group);
+                let p = engine.decide_approved(&inc.event, &a.playbook, shared.cfg.dry_run, now, &mut ledger);
+                if p.is_none() {
+                    tracing::warn!(approval = %a.id, playbook = %a.playbook, "approved playbook is no longer loaded; nothing done");
+                }
+                p.into_iter().collect()
+            }
+            (None, TriggerKind::Schedule, Some(pb)) if running(shared, pb) > 0 => engine.suppress(
                 &inc.event,
                 "skipped: the previous run of this playbook is still in progress (overlapping schedule tick)",
                 now,
@@ -844,9 +879,13 @@ fn decide_batch(
             } else {
                 let fp = p.trigger.fingerprint.clone();
                 let runbook = runbook_of(&engine, &p.playbook);
+                let hold = matches!(p.decision, Decision::NeedsApproval(_))
+                    .then(|| request_approval(shared, &engine, &p, &inc.event, now));
                 if let Some(Ok(rep)) = futures_now(engine.execute_shared(p, &batch)) {
                     if wants_notice(shared, &rep) {
-                        quiet_notices.push(notice(shared, &rep, runbook));
+                        let mut n = notice(shared, &rep, runbook);
+                        n.how_to_approve = hold.flatten();
+                        quiet_notices.push(n);
                     }
                 } else {
                     tracing::error!(fingerprint = %fp, "could not record a decision");
@@ -862,6 +901,210 @@ fn decide_batch(
     for n in quiet_notices {
         let shared = shared.clone();
         runs.spawn(async move { send_notice(&shared, n).await });
+    }
+}
+
+/// Records a run held for approval; returns how to approve it.
+fn request_approval(
+    shared: &Shared,
+    engine: &Engine,
+    p: &Planned,
+    event: &Event,
+    now: DateTime<Utc>,
+) -> Option<String> {
+    let id = p.steps.first()?.id.clone();
+    let timeout = engine
+        .config
+        .policies
+        .get(&p.policy)
+        .and_then(|pol| pol.doc.spec.approval.timeout.map(|t| t.chrono()))
+        .unwrap_or_else(|| chrono::Duration::minutes(30));
+    let pending = crate::approvals::Pending {
+        id: id.clone(),
+        playbook: p.playbook.clone(),
+        policy: p.policy.clone(),
+        target: p.target_display(),
+        target_fields: p.target.clone(),
+        reason: p.decision.reason().to_string(),
+        actions: p.steps.iter().map(|s| s.action.to_string()).collect(),
+        requested_at: now,
+        expires_at: now + timeout,
+        event: event.clone(),
+    };
+    let mut a = shared.approvals.lock().unwrap_or_else(|e| e.into_inner());
+    if let Err(e) = a.request(pending) {
+        shared.metrics.storage_errors.inc();
+        tracing::error!(error = %e, "cannot record an approval request; the run stays held and cannot be approved");
+        return None;
+    }
+    let url = shared.external_url();
+    Some(format!(
+        "approve within {}: `remediate approve {id} --agent {url}` (or `remediate deny {id} ...`), or POST {url}/api/v1/approvals/{id} with {{\"decision\":\"approve\"}}",
+        humantime::format_duration(timeout.to_std().unwrap_or_default())
+    ))
+}
+
+/// The audit record of an approval's answer (same id as the held run).
+fn approval_record(
+    shared: &Shared,
+    p: &crate::approvals::Pending,
+    answer: crate::approvals::Answer,
+    outcome: String,
+) -> Record {
+    Record {
+        ts: Utc::now(),
+        id: p.id.clone(),
+        trigger: crate::audit::TriggerRef {
+            kind: p.event.trigger,
+            alertname: p.event.alertname().map(str::to_string),
+            fingerprint: p.event.fingerprint.clone(),
+            status: p.event.status,
+        },
+        playbook: p.playbook.clone(),
+        action: p.actions.first().cloned().unwrap_or_default(),
+        target: p.target_fields.clone(),
+        params: serde_json::Value::Null,
+        decision: answer.as_str().to_string(),
+        reason: p.reason.clone(),
+        dry_run: true,
+        phase: Phase::Planned,
+        outcome,
+        duration_ms: (Utc::now() - p.requested_at).num_milliseconds().max(0) as u64,
+        node: shared.node.clone(),
+        policy: p.policy.clone(),
+        step: 0,
+        decided_at: None,
+    }
+}
+
+fn cancel_approvals(shared: &Shared, resolved: &Incoming) {
+    let mut a = shared.approvals.lock().unwrap_or_else(|e| e.into_inner());
+    for id in a.for_fingerprint(&resolved.event.fingerprint) {
+        if let Ok(p) = a.answer(
+            &id,
+            crate::approvals::Answer::Cancelled,
+            "alert resolved",
+            Utc::now(),
+        ) {
+            let rec = approval_record(
+                shared,
+                &p,
+                crate::approvals::Answer::Cancelled,
+                format!(
+                    "approval {id} cancelled: the alert resolved at {}; nothing done",
+                    resolved.at.format("%Y-%m-%dT%H:%M:%SZ")
+                ),
+            );
+            let _ = shared.append(&rec);
+        }
+    }
+}
+
+fn expire_approvals(shared: &Shared) {
+    let now = Utc::now();
+    let mut a = shared.approvals.lock().unwrap_or_else(|e| e.into_inner());
+    for id in a.expired(now) {
+        if let Ok(p) = a.answer(&id, crate::approvals::Answer::Expired, "timeout", now) {
+            let rec = approval_record(
+                shared,
+                &p,
+                crate::approvals::Answer::Expired,
+                format!(
+                    "approval {id} expired at {} unanswered; nothing done",
+                    p.expires_at.format("%Y-%m-%dT%H:%M:%SZ")
+                ),
+            );
+            tracing::info!(approval = %id, playbook = %p.playbook, "approval expired");
+            let _ = shared.append(&rec);
+        }
+    }
+}
+
+/// Why an approval answer was refused.
+#[derive(Debug)]
+pub enum AnswerError {
+    /// Unknown id, or already answered / expired / cancelled.
+    NotPending(String),
+    /// The journal or audit could not be written.
+    Storage(String),
+}
+
+impl Shared {
+    /// The URL this agent is reached at.
+    pub fn external_url(&self) -> String {
+        self.cfg
+            .external_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{}:{}", self.node, self.cfg.listen.port()))
+    }
+
+    /// Pending approvals, oldest first.
+    pub fn pending_approvals(&self) -> Vec<crate::approvals::Pending> {
+        self.approvals
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pending()
+    }
+
+    /// Approves or denies a held run. An approved run is queued to be
+    /// decided again (every stage but approval re-evaluated now).
+    pub fn answer_approval(
+        &self,
+        id: &str,
+        approve: bool,
+        by: &str,
+        comment: &str,
+    ) -> Result<crate::approvals::Pending, AnswerError> {
+        use crate::approvals::Answer;
+        let answer = if approve {
+            Answer::Approved
+        } else {
+            Answer::Denied
+        };
+        let mut a = self.approvals.lock().unwrap_or_else(|e| e.into_inner());
+        let p = match a.answer(id, answer, by, Utc::now()) {
+            Ok(p) => p,
+            Err(crate::approvals::Error::NotPending(_)) => {
+                let why = match a.answered(id) {
+                    Some((ans, who)) => {
+                        format!("approval {id} is already {} ({who})", ans.as_str())
+                    }
+                    None => format!("no pending approval {id}"),
+                };
+                return Err(AnswerError::NotPending(why));
+            }
+            Err(e) => return Err(AnswerError::Storage(e.to_string())),
+        };
+        drop(a);
+        let note = if comment.is_empty() {
+            String::new()
+        } else {
+            format!(": {comment}")
+        };
+        let outcome = if approve {
+            format!("approved by {by}{note}; decided again now (limits and windows re-checked)")
+        } else {
+            format!("denied by {by}{note}; nothing done")
+        };
+        let rec = approval_record(self, &p, answer, outcome);
+        self.append(&rec)
+            .map_err(|e| AnswerError::Storage(e.to_string()))?;
+        tracing::info!(approval = %id, playbook = %p.playbook, by, approved = approve, "approval answered");
+        if approve {
+            self.metrics.queue_depth.inc();
+            let _ = self.queue.send(Incoming {
+                seq: None,
+                group: self.group(),
+                at: Utc::now(),
+                event: p.event.clone(),
+                approved: Some(ApprovedRun {
+                    id: id.to_string(),
+                    playbook: p.playbook.clone(),
+                    by: by.to_string(),
+                }),
+            });
+        }
+        Ok(p)
     }
 }
 
@@ -1130,6 +1373,7 @@ fn notice(shared: &Shared, rep: &RunReport, runbook: Option<String>) -> Notice {
             .map(|r| r.id.clone())
             .unwrap_or_default(),
         decided_at: p.decided_at,
+        how_to_approve: None,
     }
 }
 

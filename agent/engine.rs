@@ -168,6 +168,21 @@ impl Engine {
             .collect()
     }
 
+    /// Decides `playbook` for `ev` again after a person approved it: every
+    /// stage but the approval is evaluated now (limits, windows and the
+    /// breaker may have changed since the request).
+    pub fn decide_approved(
+        &self,
+        ev: &Event,
+        playbook: &str,
+        force_dry_run: bool,
+        now: DateTime<Utc>,
+        ledger: &mut Ledger,
+    ) -> Option<Planned> {
+        let pb = self.config.playbook(playbook)?;
+        self.decide_inner(pb, ev, force_dry_run, now, ledger, true)
+    }
+
     fn decide_one(
         &self,
         pb: &LoadedPlaybook,
@@ -175,6 +190,18 @@ impl Engine {
         force_dry_run: bool,
         now: DateTime<Utc>,
         ledger: &mut Ledger,
+    ) -> Option<Planned> {
+        self.decide_inner(pb, ev, force_dry_run, now, ledger, false)
+    }
+
+    fn decide_inner(
+        &self,
+        pb: &LoadedPlaybook,
+        ev: &Event,
+        force_dry_run: bool,
+        now: DateTime<Utc>,
+        ledger: &mut Ledger,
+        approved: bool,
     ) -> Option<Planned> {
         let mut planned = self.plan(pb, ev, now)?;
         if planned.decision != Decision::Execute {
@@ -193,6 +220,7 @@ impl Engine {
             force_dry_run,
             now,
             ledger,
+            approved,
         });
         // Dry-runs enter the in-memory ledger too, so a what-if over many
         // alerts is as limited as enforce would be. The audit rebuild skips

@@ -7,6 +7,7 @@
 //! appends an audit record for every decision.
 #![deny(clippy::unwrap_used)]
 
+pub mod approvals;
 pub mod audit;
 pub mod bundle;
 pub mod config;

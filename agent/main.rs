@@ -73,6 +73,12 @@ enum Command {
         after_help = "Example: REMEDIATE_WEBHOOK_TOKEN=s3cret remediate agent --config examples/agent.yaml"
     )]
     Agent(AgentArgs),
+    /// Approve a run an agent holds for approval (it is decided again: limits and windows still apply).
+    Approve(AnswerArgs),
+    /// Deny a run an agent holds for approval.
+    Deny(AnswerArgs),
+    /// List the runs an agent holds for approval.
+    Approvals(AgentClient),
     /// List every action playbooks may use, with its targets and whether this build can execute it.
     Actions,
     /// Print the JSON Schema of Playbook (default) or Policy documents or the agent config, or write all three.
@@ -138,6 +144,35 @@ struct RunArgs {
 }
 
 #[derive(Args, Debug)]
+struct AgentClient {
+    /// The agent's URL.
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "REMEDIATE_AGENT",
+        default_value = "http://127.0.0.1:9095"
+    )]
+    agent: String,
+    /// File holding the agent's bearer token [default: $REMEDIATE_WEBHOOK_TOKEN]
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+struct AnswerArgs {
+    /// Approval id (from the notification or `remediate approvals`).
+    id: String,
+    #[command(flatten)]
+    client: AgentClient,
+    /// Who answers, recorded in the audit [default: $USER]
+    #[arg(long, value_name = "NAME")]
+    by: Option<String>,
+    /// A note recorded in the audit.
+    #[arg(long, value_name = "TEXT", default_value = "")]
+    comment: String,
+}
+
+#[derive(Args, Debug)]
 struct AgentArgs {
     /// Agent config file (YAML) [default: every field's default]
     #[arg(long, value_name = "FILE", env = "REMEDIATE_CONFIG")]
@@ -186,6 +221,9 @@ fn main() -> ExitCode {
     init_tracing(cli.verbose);
     let result = match cli.command {
         Command::Agent(_) => Ok(()),
+        Command::Approve(a) => answer(a, true),
+        Command::Deny(a) => answer(a, false),
+        Command::Approvals(c) => list_approvals(c),
         Command::Validate { sources } => validate(&sources),
         Command::Run(args) => run(args),
         Command::Test { dir, policies } => test(dir, policies),
@@ -302,6 +340,101 @@ fn agent(args: AgentArgs, verbose: u8) -> Result<(), Fail> {
             Err(e) => Err(Fail::Action(format!("agent task: {e}"))),
         }
     })
+}
+
+fn client_token(c: &AgentClient) -> Result<String, Fail> {
+    remediate::config::read_secret(c.token_file.as_deref(), Some("REMEDIATE_WEBHOOK_TOKEN"))
+        .map_err(|e| Fail::Input(format!("--token-file: {e}")))?
+        .ok_or_else(|| {
+            Fail::Input("no token: give --token-file or set REMEDIATE_WEBHOOK_TOKEN".into())
+        })
+}
+
+/// Calls the agent's API; non-2xx answers become errors carrying its message.
+fn call(
+    c: &AgentClient,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> Result<serde_json::Value, Fail> {
+    let token = client_token(c)?;
+    let url = format!("{}{path}", c.agent.trim_end_matches('/'));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Fail::Action(format!("cannot start runtime: {e}")))?;
+    rt.block_on(async {
+        let client = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(15))
+            .build()
+            .map_err(|e| Fail::Action(e.to_string()))?;
+        let mut req = client.request(method, &url).bearer_auth(token);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let r = req
+            .send()
+            .await
+            .map_err(|e| Fail::Action(format!("cannot reach the agent at {}: {e}", c.agent)))?;
+        let code = r.status();
+        let v: serde_json::Value = r.json().await.unwrap_or_default();
+        if code.is_success() {
+            return Ok(v);
+        }
+        let msg = v["error"].as_str().unwrap_or("no message").to_string();
+        if code.is_client_error() {
+            Err(Fail::Input(format!("{}: HTTP {code}: {msg}", c.agent)))
+        } else {
+            Err(Fail::Action(format!("{}: HTTP {code}: {msg}", c.agent)))
+        }
+    })
+}
+
+fn answer(a: AnswerArgs, approve: bool) -> Result<(), Fail> {
+    let by =
+        a.by.clone()
+            .or_else(|| std::env::var("USER").ok())
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| Fail::Input("--by: say who answers (recorded in the audit)".into()))?;
+    let v = call(
+        &a.client,
+        reqwest::Method::POST,
+        &format!("/api/v1/approvals/{}", a.id),
+        Some(serde_json::json!({
+            "decision": if approve { "approve" } else { "deny" },
+            "by": by,
+            "comment": a.comment,
+        })),
+    )?;
+    println!(
+        "{} {}: {} on {} ({})",
+        v["answer"].as_str().unwrap_or_default(),
+        a.id,
+        v["playbook"].as_str().unwrap_or_default(),
+        v["target"].as_str().unwrap_or_default(),
+        v["note"].as_str().unwrap_or_default()
+    );
+    Ok(())
+}
+
+fn list_approvals(c: AgentClient) -> Result<(), Fail> {
+    let v = call(&c, reqwest::Method::GET, "/api/v1/approvals", None)?;
+    let pending = v["pending"].as_array().cloned().unwrap_or_default();
+    if pending.is_empty() {
+        println!("no runs wait for approval on {}", c.agent);
+        return Ok(());
+    }
+    for p in pending {
+        println!(
+            "{}  {} on {}  ({}; expires {})",
+            p["id"].as_str().unwrap_or_default(),
+            p["playbook"].as_str().unwrap_or_default(),
+            p["target"].as_str().unwrap_or_default(),
+            p["reason"].as_str().unwrap_or_default(),
+            p["expiresAt"].as_str().unwrap_or_default()
+        );
+    }
+    Ok(())
 }
 
 async fn wait_for_stop() -> &'static str {

@@ -46,6 +46,9 @@ pub struct Notice {
     pub audit_id: String,
     /// When the run was decided.
     pub decided_at: chrono::DateTime<chrono::Utc>,
+    /// For a run held for approval: how to approve or deny it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub how_to_approve: Option<String>,
 }
 
 impl Notice {
@@ -73,6 +76,9 @@ impl Notice {
             s.push_str(&format!("\nalert: {a}"));
         }
         s.push_str(&format!("\naudit id: {}", self.audit_id));
+        if let Some(h) = &self.how_to_approve {
+            s.push_str(&format!("\n{h}"));
+        }
         s
     }
 }

@@ -27,6 +27,8 @@ pub fn app(shared: Arc<Shared>) -> Router {
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/api/v1/approvals", get(list_approvals))
+        .route("/api/v1/approvals/{id}", post(answer_approval))
         .with_state(shared)
 }
 
@@ -153,6 +155,7 @@ async fn webhook(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bo
             seq: Some(a.seq),
             at: a.at,
             event: a.event,
+            approved: None,
         });
     }
     reply(
@@ -196,6 +199,97 @@ async fn read_limited(mut body: Body, max: usize) -> Result<Bytes, ReadError> {
         return Err(ReadError::TooLarge);
     }
     Ok(Bytes::from(buf))
+}
+
+fn unauthorized() -> Response {
+    let mut r = (
+        StatusCode::UNAUTHORIZED,
+        axum::Json(json!({"error": "missing or wrong bearer token"})),
+    )
+        .into_response();
+    r.headers_mut()
+        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    r
+}
+
+async fn list_approvals(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
+    if !authorized(&shared, &headers) {
+        return unauthorized();
+    }
+    let pending: Vec<serde_json::Value> = shared
+        .pending_approvals()
+        .into_iter()
+        .map(|p| {
+            json!({
+                "id": p.id,
+                "playbook": p.playbook,
+                "policy": p.policy,
+                "target": p.target,
+                "reason": p.reason,
+                "actions": p.actions,
+                "alertname": p.event.alertname(),
+                "requestedAt": p.requested_at,
+                "expiresAt": p.expires_at,
+            })
+        })
+        .collect();
+    axum::Json(json!({ "pending": pending })).into_response()
+}
+
+/// Body of `POST /api/v1/approvals/{id}`.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AnswerBody {
+    /// `approve` or `deny`.
+    decision: String,
+    /// Who answers (recorded in the audit).
+    by: String,
+    /// Optional note (recorded in the audit).
+    #[serde(default)]
+    comment: String,
+}
+
+async fn answer_approval(
+    State(shared): State<Arc<Shared>>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if !authorized(&shared, &headers) {
+        return unauthorized();
+    }
+    let bad =
+        |msg: String| (StatusCode::BAD_REQUEST, axum::Json(json!({"error": msg}))).into_response();
+    let b: AnswerBody = match serde_json::from_slice(&body) {
+        Ok(b) => b,
+        Err(e) => return bad(format!("body: {e} (expected {{\"decision\": \"approve\"|\"deny\", \"by\": NAME, \"comment\": TEXT}})")),
+    };
+    let approve = match b.decision.as_str() {
+        "approve" => true,
+        "deny" => false,
+        other => return bad(format!("decision: expected approve or deny, got {other:?}")),
+    };
+    if b.by.trim().is_empty() {
+        return bad("by: say who answers (it is recorded in the audit)".into());
+    }
+    match shared.answer_approval(&id, approve, b.by.trim(), &b.comment) {
+        Ok(p) => axum::Json(json!({
+            "id": id,
+            "answer": if approve { "approved" } else { "denied" },
+            "playbook": p.playbook,
+            "target": p.target,
+            "note": if approve { "queued: the run is decided again now; limits, windows and the breaker still apply" } else { "nothing will be done" },
+        }))
+        .into_response(),
+        Err(crate::daemon::AnswerError::NotPending(why)) => {
+            (StatusCode::NOT_FOUND, axum::Json(json!({"error": why}))).into_response()
+        }
+        Err(crate::daemon::AnswerError::Storage(e)) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            axum::Json(json!({"error": format!("cannot record the answer: {e}")})),
+        )
+            .into_response(),
+    }
 }
 
 async fn metrics(State(shared): State<Arc<Shared>>) -> Response {

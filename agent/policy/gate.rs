@@ -87,6 +87,9 @@ pub struct GateInput<'a> {
     pub now: DateTime<Utc>,
     /// Past executions and failures.
     pub ledger: &'a Ledger,
+    /// A person approved this run: the approval stage passes (every other
+    /// stage is evaluated again, at approval time).
+    pub approved: bool,
 }
 
 /// A canonical key for a target: `kind|field=value|...` in field order.
@@ -425,6 +428,9 @@ struct Approve {
 }
 impl Stage for Approve {
     fn check(&self, i: &GateInput<'_>) -> Option<Decision> {
+        if i.approved {
+            return None;
+        }
         if self.all {
             return Some(Decision::NeedsApproval(
                 "policy requires approval for every run".into(),
@@ -941,6 +947,7 @@ mod tests {
             target_key: &key,
             playbook_mode: Mode::Enforce,
             force_dry_run: dry,
+            approved: false,
             now,
             ledger,
         })
