@@ -26,6 +26,52 @@ pub struct TriggerRef {
     pub fingerprint: String,
     /// `firing` or `resolved`.
     pub status: crate::event::Status,
+    /// The alert's labels (added field; `remediate replay` rebuilds the event from them).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// The alert's annotations (added field).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+    /// Values of a schedule or manual run (added field).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub values: BTreeMap<String, String>,
+    /// When the alert started firing, or the tick was due (added field).
+    #[serde(default, rename = "startsAt", skip_serializing_if = "Option::is_none")]
+    pub starts_at: Option<DateTime<Utc>>,
+}
+
+impl TriggerRef {
+    /// The trigger of `ev`, with everything needed to rebuild it.
+    pub fn from_event(ev: &crate::event::Event) -> Self {
+        Self {
+            kind: ev.trigger,
+            alertname: ev.alertname().map(str::to_string),
+            fingerprint: ev.fingerprint.clone(),
+            status: ev.status,
+            labels: ev.labels.clone(),
+            annotations: ev.annotations.clone(),
+            values: ev.values.clone(),
+            starts_at: ev.starts_at,
+        }
+    }
+
+    /// The event this trigger describes (`playbook` for schedule and manual runs).
+    pub fn to_event(&self, playbook: &str) -> crate::event::Event {
+        use crate::event::TriggerKind;
+        crate::event::Event {
+            trigger: self.kind,
+            status: self.status,
+            fingerprint: self.fingerprint.clone(),
+            labels: self.labels.clone(),
+            annotations: self.annotations.clone(),
+            values: self.values.clone(),
+            starts_at: self.starts_at,
+            playbook: match self.kind {
+                TriggerKind::Alert => None,
+                TriggerKind::Schedule | TriggerKind::Manual => Some(playbook.to_string()),
+            },
+        }
+    }
 }
 
 /// Phase of a record.
@@ -376,6 +422,10 @@ mod tests {
                 alertname: Some("A".into()),
                 fingerprint: "f".into(),
                 status: Status::Firing,
+                labels: BTreeMap::new(),
+                annotations: BTreeMap::new(),
+                values: BTreeMap::new(),
+                starts_at: None,
             },
             playbook: "pb".into(),
             action: "kubernetes.pod.restart".into(),

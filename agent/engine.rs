@@ -251,12 +251,7 @@ impl Engine {
     fn plan(&self, pb: &LoadedPlaybook, ev: &Event, now: DateTime<Utc>) -> Option<Planned> {
         // The loader guarantees the policy exists.
         let policy = self.config.policies.get(&pb.doc.spec.policy)?;
-        let trigger = TriggerRef {
-            kind: ev.trigger,
-            alertname: ev.alertname().map(str::to_string),
-            fingerprint: ev.fingerprint.clone(),
-            status: ev.status,
-        };
+        let trigger = TriggerRef::from_event(ev);
         let mut planned = Planned {
             playbook: pb.name().to_string(),
             policy: policy.gate.policy().to_string(),

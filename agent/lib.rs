@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod notify;
 pub mod playbook;
 pub mod policy;
+pub mod replay;
 pub mod report;
 pub mod schema;
 pub mod server;

@@ -59,6 +59,12 @@ enum Command {
     /// Decide (and, without --dry-run, execute) remediations for an alert payload or one playbook.
     #[command(group(clap::ArgGroup::new("input").required(true).args(["alert", "playbook"])))]
     Run(RunArgs),
+    /// What-if: the decisions the current playbooks and policies would make for recorded events or alert payloads, with a diff against what was decided then.
+    #[command(
+        group(clap::ArgGroup::new("input").required(true).multiple(true).args(["audit", "alerts"])),
+        after_help = "Promote a playbook from shadow to enforce: set mode: enforce in a copy, then\n  remediate replay --audit /var/lib/remediate/audit.jsonl --playbooks ./candidate --changed-only"
+    )]
+    Replay(ReplayArgs),
     /// Run playbook unit tests (*.test.yaml beside the playbooks).
     Test {
         /// Directory of playbooks and their tests [default: ./playbooks if present, else the embedded bundle]
@@ -144,6 +150,28 @@ struct RunArgs {
 }
 
 #[derive(Args, Debug)]
+struct ReplayArgs {
+    /// Audit log to replay (its rotated files `PATH.N` are read too). With
+    /// --alerts: the history the alerts are decided against.
+    #[arg(long, value_name = "PATH")]
+    audit: Option<PathBuf>,
+    /// Alertmanager payloads to decide: one JSON object, an array, or one per line.
+    #[arg(long, value_name = "FILE")]
+    alerts: Option<PathBuf>,
+    /// With --alerts: decide as of this time (RFC 3339) [default: now]
+    #[arg(long, value_name = "TIME")]
+    at: Option<DateTime<Utc>>,
+    /// Only rows whose decision changed.
+    #[arg(long)]
+    changed_only: bool,
+    /// Output format (json: one row object a line, then the summary).
+    #[arg(long, value_enum, default_value_t = Output::Text)]
+    output: Output,
+    #[command(flatten)]
+    sources: Sources,
+}
+
+#[derive(Args, Debug)]
 struct AgentClient {
     /// The agent's URL.
     #[arg(
@@ -221,6 +249,7 @@ fn main() -> ExitCode {
     init_tracing(cli.verbose);
     let result = match cli.command {
         Command::Agent(_) => Ok(()),
+        Command::Replay(a) => replay(a),
         Command::Approve(a) => answer(a, true),
         Command::Deny(a) => answer(a, false),
         Command::Approvals(c) => list_approvals(c),
@@ -340,6 +369,84 @@ fn agent(args: AgentArgs, verbose: u8) -> Result<(), Fail> {
             Err(e) => Err(Fail::Action(format!("agent task: {e}"))),
         }
     })
+}
+
+fn replay(args: ReplayArgs) -> Result<(), Fail> {
+    let (cfg, pb_origin, pol_origin) = load(&args.sources)?;
+    let engine = Engine::new(cfg, Registry::new(), "replay");
+    let history = match &args.audit {
+        Some(p) => {
+            if !p.exists() {
+                return Err(Fail::Input(format!("{}: no such audit log", p.display())));
+            }
+            audit::read_all(p)
+                .map_err(|e| Fail::Input(e.to_string()))?
+                .records
+        }
+        None => Vec::new(),
+    };
+    let (rows, summary) = match &args.alerts {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| Fail::Input(format!("{}: cannot read: {e}", path.display())))?;
+            let events = remediate::replay::read_payloads(&text)
+                .map_err(|e| Fail::Input(format!("{}: {e}", path.display())))?;
+            let ledger = audit::ledger_from(&history);
+            remediate::replay::alerts(&engine, &events, args.at.unwrap_or_else(Utc::now), ledger)
+        }
+        None => remediate::replay::audit(&engine, &history),
+    };
+    let shown: Vec<_> = rows
+        .into_iter()
+        .filter(|r| !args.changed_only || r.changed)
+        .collect();
+    match args.output {
+        Output::Json => {
+            for r in &shown {
+                println!("{}", serde_json::to_string(r).unwrap_or_default());
+            }
+            println!(
+                "{}",
+                serde_json::to_string(&serde_json::json!({ "summary": summary }))
+                    .unwrap_or_default()
+            );
+        }
+        Output::Text => {
+            println!(
+                "replaying with playbooks from {pb_origin} and policies from {pol_origin}; nothing is executed or recorded"
+            );
+            if !shown.is_empty() {
+                println!("{}", report::replay_table(&shown));
+            }
+            let now: Vec<String> = summary
+                .now
+                .iter()
+                .map(|(k, v)| format!("{v} {k}"))
+                .collect();
+            let changes: Vec<String> = summary
+                .transitions
+                .iter()
+                .map(|(k, v)| format!("{v} {k}"))
+                .collect();
+            println!(
+                "{} event(s), {} decision(s): now {}; {} changed{}",
+                summary.events,
+                summary.rows,
+                if now.is_empty() {
+                    "none".into()
+                } else {
+                    now.join(", ")
+                },
+                summary.changed,
+                if changes.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", changes.join(", "))
+                }
+            );
+        }
+    }
+    Ok(())
 }
 
 fn client_token(c: &AgentClient) -> Result<String, Fail> {

@@ -155,3 +155,46 @@ fn plural(n: usize) -> &'static str {
         "s"
     }
 }
+
+/// The replay table: then and now, changed rows marked `*`; the reasons
+/// are listed under the table for changed rows.
+pub fn replay_table(rows: &[crate::replay::Row]) -> String {
+    let mut t = Table::new();
+    t.load_preset(presets::UTF8_BORDERS_ONLY).set_header(vec![
+        "#",
+        "",
+        "DECIDED AT",
+        "TRIGGER",
+        "PLAYBOOK",
+        "TARGET",
+        "THEN",
+        "NOW",
+    ]);
+    t.set_content_arrangement(ContentArrangement::Disabled);
+    let mut notes = Vec::new();
+    for (i, r) in rows.iter().enumerate() {
+        let n = i + 1;
+        t.add_row(vec![
+            n.to_string(),
+            if r.changed { "*".into() } else { String::new() },
+            r.at.format("%Y-%m-%dT%H:%M:%SZ").to_string(),
+            r.trigger.clone(),
+            r.playbook.clone(),
+            r.target.clone(),
+            r.then.clone(),
+            r.now.clone(),
+        ]);
+        if r.changed || r.then == "-" {
+            notes.push(format!("  [{n}] now: {}", r.now_reason));
+            if r.then != "-" {
+                notes.push(format!("      then: {}", r.then_reason));
+            }
+        }
+    }
+    let mut out = t.to_string();
+    for n in notes {
+        out.push('\n');
+        out.push_str(&n);
+    }
+    out
+}

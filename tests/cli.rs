@@ -697,3 +697,146 @@ fn dry_run_over_repeated_alerts_is_as_limited_as_enforce_and_does_not_limit_a_la
     let recs = audit_lines(&audit);
     assert_eq!(recs[2]["decision"], "execute", "{}", text(&out.stdout));
 }
+
+/// Two episodes of one crash-looping pod in one payload.
+fn two_episodes() -> String {
+    let mut v: serde_json::Value =
+        serde_json::from_str(include_str!("../examples/alerts/crashloop-firing.json")).unwrap();
+    let mut second = v["alerts"][0].clone();
+    second["startsAt"] = serde_json::json!("2026-11-25T11:30:00Z");
+    v["alerts"].as_array_mut().unwrap().push(second);
+    serde_json::to_string(&v).unwrap()
+}
+
+#[test]
+fn replay_shows_what_enforce_would_have_done_with_a_shadow_history() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let pb = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("playbooks/k8s-crashloop-restart.yaml"),
+    )
+    .unwrap();
+    for sub in ["shadow", "enforce", "policies"] {
+        std::fs::create_dir_all(d.join(sub)).unwrap();
+    }
+    write(
+        &d.join("shadow"),
+        "pb.yaml",
+        &pb.replace("mode: enforce", "mode: dry-run"),
+    );
+    write(&d.join("enforce"), "pb.yaml", &pb);
+    write(
+        &d.join("policies"),
+        "default.yaml",
+        "apiVersion: remediate/v1\nkind: Policy\nmetadata: { name: default }\nspec: { cooldown: 10m }\n",
+    );
+    let alerts = write(d, "alerts.json", &two_episodes());
+    let audit = d.join("audit.jsonl");
+    let s = |p: &Path| p.display().to_string();
+    let out = run(&[
+        "run",
+        "--alert",
+        &s(&alerts),
+        "--playbooks",
+        &s(&d.join("shadow")),
+        "--policies",
+        &s(&d.join("policies")),
+        "--audit",
+        &s(&audit),
+        "--at",
+        "2026-11-25T12:00:00Z",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    // Shadow history: the first would have acted (dry-run), the second was
+    // held by the cooldown.
+    let recs = audit_lines(&audit);
+    assert_eq!(recs.len(), 2);
+    assert_eq!(recs[0]["decision"], "dry-run");
+    assert_eq!(recs[1]["decision"], "suppressed");
+    assert_eq!(
+        recs[0]["trigger"]["labels"]["pod"], "spark-driver-1",
+        "the audit keeps the event"
+    );
+
+    // The same rules reproduce every recorded decision.
+    let out = run(&[
+        "replay",
+        "--audit",
+        &s(&audit),
+        "--playbooks",
+        &s(&d.join("shadow")),
+        "--policies",
+        &s(&d.join("policies")),
+        "--output",
+        "json",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let lines: Vec<serde_json::Value> = text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3, "two rows and the summary");
+    assert_eq!(lines[2]["summary"]["changed"], 0, "{lines:#?}");
+
+    // Promoted to enforce: the first now executes, the second is unchanged.
+    let out = run(&[
+        "replay",
+        "--audit",
+        &s(&audit),
+        "--playbooks",
+        &s(&d.join("enforce")),
+        "--policies",
+        &s(&d.join("policies")),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let o = text(&out.stdout);
+    assert!(o.contains("nothing is executed or recorded"), "{o}");
+    assert!(o.contains("2 event(s), 2 decision(s): now 1 execute, 1 suppressed; 1 changed (1 dry-run -> execute)"), "{o}");
+    assert!(
+        o.contains("[1] now: all gates passed")
+            && o.contains("then: playbook k8s-crashloop-restart is in dry-run (shadow) mode"),
+        "{o}"
+    );
+    // Replay never writes the audit.
+    assert_eq!(audit_lines(&audit).len(), 2);
+
+    // --alerts: new payloads decided now against the recorded history.
+    let out = run(&[
+        "replay",
+        "--alerts",
+        &s(&alerts),
+        "--audit",
+        &s(&audit),
+        "--at",
+        "2026-11-25T12:01:00Z",
+        "--playbooks",
+        &s(&d.join("enforce")),
+        "--policies",
+        &s(&d.join("policies")),
+        "--output",
+        "json",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let rows: Vec<serde_json::Value> = text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    // Shadow records do not count as executions: the first executes, the
+    // second is held by the cooldown the first starts.
+    assert_eq!(rows[0]["now"], "execute");
+    assert_eq!(rows[1]["now"], "suppressed");
+    assert_eq!(rows[0]["then"], "-");
+
+    // Bad input is exit 2 with the file named.
+    let bad = write(d, "bad.json", "{\"version\": \"4\", \"alerts\": [");
+    let out = run(&["replay", "--alerts", &s(&bad)]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("bad.json: payload 1:"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = run(&["replay", "--audit", &s(&d.join("missing.jsonl"))]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("missing.jsonl: no such audit log"));
+}
