@@ -59,6 +59,9 @@ pub struct Summary {
     pub transitions: BTreeMap<String, usize>,
 }
 
+/// One recorded event: fingerprint, startsAt, status and decision second.
+type EventKey = (String, Option<DateTime<Utc>>, String, i64);
+
 /// The first record of each recorded decision, in time order.
 fn decisions(records: &[Record]) -> Vec<&Record> {
     let mut v: Vec<&Record> = records
@@ -91,7 +94,7 @@ pub fn audit(engine: &Engine, records: &[Record]) -> (Vec<Row>, Summary) {
     // Group the recorded decisions by event: one event may have matched
     // several playbooks.
     let mut events: Vec<(DateTime<Utc>, Event, BTreeMap<String, &Record>)> = Vec::new();
-    let mut index: BTreeMap<(String, Option<DateTime<Utc>>, String, i64), usize> = BTreeMap::new();
+    let mut index: BTreeMap<EventKey, usize> = BTreeMap::new();
     for r in firsts {
         let at = r.decided_at.unwrap_or(r.ts);
         let key = (
