@@ -302,6 +302,10 @@ pub struct ReadResult {
     pub records: Vec<Record>,
     /// 1-based numbers of lines that were not records (a torn last line, or corruption).
     pub skipped: Vec<usize>,
+    /// Unreadable lines that are not the torn last line of the newest file
+    /// (`file:line`): records may be missing there, so limits rebuilt from
+    /// this log cannot be trusted.
+    pub damaged: Vec<String>,
 }
 
 /// Reads a log, tolerating a torn or corrupt line (reported in `skipped`).
@@ -317,16 +321,25 @@ pub fn read(path: &Path) -> Result<ReadResult> {
         Err(e) => return Err(io(e)),
     };
     let mut out = ReadResult::default();
+    let mut last = 0;
     for (i, line) in BufReader::new(file).split(b'\n').enumerate() {
         let line = line.map_err(io)?;
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
+        last = i + 1;
         match serde_json::from_slice::<Record>(&line) {
             Ok(r) => out.records.push(r),
             Err(_) => out.skipped.push(i + 1),
         }
     }
+    // A torn last line is what a crash mid-append leaves; anything else is damage.
+    out.damaged = out
+        .skipped
+        .iter()
+        .filter(|n| **n != last)
+        .map(|n| format!("{}:{n}", path.display()))
+        .collect();
     Ok(out)
 }
 
@@ -362,6 +375,15 @@ pub fn interrupted(records: &[Record], now: DateTime<Utc>) -> Vec<Record> {
         .collect()
 }
 
+/// The error for a damaged log: fail closed, say where and what to do.
+pub fn damaged_error(path: &Path, damaged: &[String]) -> String {
+    format!(
+        "audit log {} has unreadable line(s) {} that are not a torn final write: records may be missing, so rate limits, cooldowns and the breaker cannot be evaluated. Nothing is executed until this is fixed: repair or remove those lines (or move the log aside to start a new history)",
+        path.display(),
+        damaged.join(", ")
+    )
+}
+
 /// Reads a log and its rotated files (`PATH.N` ... `PATH.1`, then `PATH`),
 /// oldest first. Skipped line numbers are those of the current file.
 pub fn read_all(path: &Path) -> Result<ReadResult> {
@@ -375,11 +397,16 @@ pub fn read_all(path: &Path) -> Result<ReadResult> {
     }
     let mut out = ReadResult::default();
     for p in rotated.iter().rev() {
-        out.records.extend(read(p)?.records);
+        let r = read(p)?;
+        out.records.extend(r.records);
+        // A rotated file was complete when it was rotated: every bad line is damage.
+        out.damaged
+            .extend(r.skipped.iter().map(|n| format!("{}:{n}", p.display())));
     }
     let current = read(path)?;
     out.records.extend(current.records);
     out.skipped = current.skipped;
+    out.damaged.extend(current.damaged);
     Ok(out)
 }
 

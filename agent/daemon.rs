@@ -289,6 +289,13 @@ impl Agent {
         let lock = lock_state_dir(&cfg.state_dir)?;
         let audit_path = cfg.audit_path();
         let mut history = audit::read_all(&audit_path)?;
+        if !history.damaged.is_empty() {
+            // Fail closed: limits rebuilt from a damaged log cannot be trusted.
+            return Err(Error::Setup(audit::damaged_error(
+                &audit_path,
+                &history.damaged,
+            )));
+        }
         if !history.skipped.is_empty() {
             tracing::warn!(path = %audit_path.display(), lines = ?history.skipped, "skipped unreadable audit lines (a torn write from a crash is expected at the end)");
         }

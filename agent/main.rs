@@ -708,6 +708,12 @@ fn run(args: RunArgs) -> Result<(), Fail> {
     };
 
     let history = audit::read_all(&args.audit).map_err(|e| Fail::Input(e.to_string()))?;
+    if !history.damaged.is_empty() && !args.dry_run {
+        return Err(Fail::Input(audit::damaged_error(
+            &args.audit,
+            &history.damaged,
+        )));
+    }
     if !history.skipped.is_empty() {
         eprintln!(
             "warning: {}: skipped unreadable line(s) {:?} (a torn write from a crash is expected at the end)",

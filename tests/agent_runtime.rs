@@ -23,6 +23,8 @@ use common::{alert_body, count, eventually, TOKEN};
 struct SlowRestart {
     apply_for: Duration,
     applied: AtomicUsize,
+    /// Apply fails (after `apply_for`).
+    fail: bool,
 }
 
 #[async_trait]
@@ -41,6 +43,11 @@ impl Action for SlowRestart {
     }
     async fn apply(&self, _: &Request, _: &Plan) -> Result<Outcome, DriverError> {
         tokio::time::sleep(self.apply_for).await;
+        if self.fail {
+            return Err(DriverError::permanent(
+                "eviction refused: pod is not owned by a controller",
+            ));
+        }
         self.applied.fetch_add(1, Ordering::SeqCst);
         Ok(Outcome {
             summary: "evicted".into(),
@@ -110,6 +117,7 @@ fn setup(playbooks: &[(&str, &str)], apply_for: Duration) -> Setup {
         driver: Arc::new(SlowRestart {
             apply_for,
             applied: AtomicUsize::new(0),
+            fail: false,
         }),
     }
 }
@@ -618,4 +626,94 @@ async fn a_storm_of_10000_alerts_over_300_targets_executes_exactly_what_the_poli
         held.reason
     );
     assert_eq!(s.driver.applied.load(Ordering::SeqCst), 250);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_open_the_breaker_which_suppresses_and_escalates_once() {
+    use axum::routing::post;
+    let got: Arc<std::sync::Mutex<Vec<serde_json::Value>>> = Arc::default();
+    let g = got.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        post(move |body: axum::body::Bytes| {
+            let g = g.clone();
+            async move {
+                g.lock()
+                    .unwrap()
+                    .push(serde_json::from_slice(&body).unwrap_or_default());
+                "ok"
+            }
+        }),
+    );
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook = format!("http://{}/hook", l.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
+
+    let mut s = setup(&[("crashloop.yaml", ALERT_PLAYBOOK)], Duration::ZERO);
+    s.driver = Arc::new(SlowRestart {
+        apply_for: Duration::ZERO,
+        applied: AtomicUsize::new(0),
+        fail: true,
+    });
+    std::fs::write(
+        s.dir.path().join("policies/default.yaml"),
+        "apiVersion: remediate/v1\nkind: Policy\nmetadata: { name: default }\nspec:\n  circuitBreaker: { failures: 2, within: 1h, openFor: 1h }\n",
+    )
+    .unwrap();
+    let a = start(
+        &s,
+        &format!("concurrency: 1\nnotify:\n  - {{ name: ops, kind: webhook, url: \"{hook}\", on: [] }}\n"),
+    )
+    .await;
+    let audit = a.audit.clone();
+    // One at a time: each run ends (fails, or is suppressed) before the next alert.
+    for pod in ["b-1", "b-2", "b-3", "b-4"] {
+        a.post(crashloop(pod, "firing")).await;
+        eventually(Duration::from_secs(10), || {
+            audit::read(&audit).unwrap().records.into_iter().find(|r| {
+                r.target.get("name").map(String::as_str) == Some(pod)
+                    && (r.phase == Phase::Failed || r.decision == "suppressed")
+            })
+        })
+        .await
+        .unwrap_or_else(|| panic!("{pod} not decided"));
+    }
+    let recs = eventually(Duration::from_secs(10), || {
+        let recs = audit::read(&audit).unwrap().records;
+        (count(&recs, |r| r.phase == Phase::Failed) == 2
+            && count(&recs, |r| r.reason.starts_with("circuit open")) == 2)
+            .then_some(recs)
+    })
+    .await
+    .unwrap_or_else(|| panic!("{:#?}", audit::read(&a.audit).unwrap().records));
+    // Give a would-be second escalation time to show up.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    a.stop().await;
+    let open = recs
+        .iter()
+        .find(|r| r.reason.starts_with("circuit open"))
+        .unwrap();
+    assert!(
+        open.reason.contains("2 failures of crashloop within 1h"),
+        "{}",
+        open.reason
+    );
+    assert!(open.reason.contains("half-opens at"), "{}", open.reason);
+    let got = got.lock().unwrap().clone();
+    let escalations: Vec<&serde_json::Value> = got
+        .iter()
+        .filter(|n| n["decision"] == "circuit-open")
+        .collect();
+    assert_eq!(escalations.len(), 1, "{got:#?}");
+    assert!(escalations[0]["outcome"]
+        .as_str()
+        .unwrap()
+        .starts_with("circuit breaker opened at"));
+    // The two failed runs were announced too (failures always are).
+    assert_eq!(
+        got.iter()
+            .filter(|n| n["status"] == "failed" && n["decision"] == "execute")
+            .count(),
+        2
+    );
 }

@@ -840,3 +840,43 @@ fn replay_shows_what_enforce_would_have_done_with_a_shadow_history() {
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("missing.jsonl: no such audit log"));
 }
+
+#[test]
+fn a_damaged_audit_log_blocks_execution_but_not_a_dry_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let audit = dir.path().join("audit.jsonl");
+    let a = audit.display().to_string();
+    let alert = "examples/alerts/crashloop-firing.json";
+    let at = ["--at", "2026-11-25T12:00:00Z"];
+    assert!(run(&[
+        &["run", "--dry-run", "--alert", alert, "--audit", &a][..],
+        &at[..]
+    ]
+    .concat())
+    .status
+    .success());
+    // Corrupt a line in the middle (not a torn final write), then append a good one.
+    let good = std::fs::read_to_string(&audit).unwrap();
+    std::fs::write(&audit, format!("{good}{{not json\n{good}")).unwrap();
+    let out = run(&[&["run", "--alert", alert, "--audit", &a][..], &at[..]].concat());
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "audit log {a} has unreadable line(s) {a}:2 that are not a torn final write"
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains("Nothing is executed until this is fixed"),
+        "{err}"
+    );
+    // A what-if still works, and says what it skipped.
+    let out = run(&[
+        &["run", "--dry-run", "--alert", alert, "--audit", &a][..],
+        &at[..],
+    ]
+    .concat());
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("skipped unreadable line(s) [2]"));
+}
