@@ -271,3 +271,51 @@ fn truncate(s: &str, max: usize) -> String {
         t
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_held_run_says_how_to_approve_it_in_every_format() {
+        let n = Notice {
+            playbook: "pb".into(),
+            runbook: Some("https://runbooks.example/pb".into()),
+            alertname: Some("A".into()),
+            trigger: "alert".into(),
+            trigger_kind: crate::event::TriggerKind::Alert,
+            fingerprint: "f".into(),
+            target: "pod etl/x".into(),
+            actions: vec!["kubernetes.pod.restart".into()],
+            decision: "needs-approval".into(),
+            reason: "policy requires approval for every run".into(),
+            status: "not-executed".into(),
+            outcome: "awaiting approval".into(),
+            node: "n1".into(),
+            audit_id: "01abc".into(),
+            decided_at: chrono::Utc::now(),
+            how_to_approve: Some(
+                "approve within 30m: `remediate approve 01abc --agent http://n1:9095`".into(),
+            ),
+        };
+        let slack = payload(NotifyKind::Slack, &n);
+        assert!(slack["text"]
+            .as_str()
+            .unwrap()
+            .contains("remediate approve 01abc"));
+        let discord = payload(NotifyKind::Discord, &n);
+        assert!(discord["embeds"][0]["description"]
+            .as_str()
+            .unwrap()
+            .contains("remediate approve 01abc"));
+        let hook = payload(NotifyKind::Webhook, &n);
+        assert!(hook["how_to_approve"]
+            .as_str()
+            .unwrap()
+            .contains("remediate approve 01abc"));
+        assert!(slack["text"]
+            .as_str()
+            .unwrap()
+            .starts_with("[remediate] needs approval: pb on pod etl/x (n1)"));
+    }
+}

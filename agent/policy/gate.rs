@@ -195,12 +195,12 @@ impl Stage for Namespaces {
         let ns = i.target.get("namespace")?;
         if self.deny.iter().any(|d| d == ns) {
             return Some(Decision::Suppressed(format!(
-                "namespace {ns} denied by policy scope"
+                "namespace {ns} denied by policy scope (never allowed while the policy denies it)"
             )));
         }
         if !self.allow.is_empty() && !self.allow.iter().any(|a| a == ns) {
             return Some(Decision::Suppressed(format!(
-                "namespace {ns} not in the policy's allow list"
+                "namespace {ns} not in the policy's allow list (never allowed while it is not listed)"
             )));
         }
         None
@@ -235,7 +235,9 @@ impl Stage for OptOut {
                     .get(*k)
                     .is_some_and(|v| !matches!(v.as_str(), "" | "false" | "0"))
             })?;
-        Some(Decision::Suppressed(format!("opted out by label {hit}")))
+        Some(Decision::Suppressed(format!(
+            "opted out by label {hit} (allows again once the label is removed)"
+        )))
     }
 }
 
@@ -971,7 +973,9 @@ mod tests {
         );
         assert_eq!(
             d,
-            Decision::Suppressed("namespace kube-system denied by policy scope".into())
+            Decision::Suppressed(
+                "namespace kube-system denied by policy scope (never allowed while the policy denies it)".into()
+            )
         );
         assert_eq!(
             decide(&g, &ev, "etl", wednesday_noon(), &Ledger::default(), false),
@@ -1015,7 +1019,12 @@ mod tests {
         for l in ["remediate_io_disabled", "label_remediate_io_disabled"] {
             let ev = alert(&[("alertname", "X"), (l, "true")], Status::Firing);
             let d = decide(&g, &ev, "etl", wednesday_noon(), &Ledger::default(), false);
-            assert_eq!(d, Decision::Suppressed(format!("opted out by label {l}")));
+            assert_eq!(
+                d,
+                Decision::Suppressed(format!(
+                    "opted out by label {l} (allows again once the label is removed)"
+                ))
+            );
         }
         let ev = alert(
             &[("alertname", "X"), ("label_remediate_io_disabled", "false")],
