@@ -277,6 +277,14 @@ impl Agent {
             Some(cfg.auth.token_env.as_str()),
         )
         .map_err(|e| Error::Setup(format!("auth.tokenFile: {e}")))?;
+        if token
+            .as_deref()
+            .is_some_and(|t| t.starts_with("REPLACE-ME"))
+        {
+            return Err(Error::Setup(
+                "the webhook token is the shipped placeholder: generate one (openssl rand -hex 32) and put it in the token file or Secret".into(),
+            ));
+        }
         if token.is_none() && !cfg.auth.allow_unauthenticated {
             return Err(Error::Setup(format!(
                 "no webhook token: set auth.tokenFile or ${}, or set auth.allowUnauthenticated: true for a lab",
