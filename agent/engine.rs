@@ -408,16 +408,14 @@ impl Engine {
         for (i, s) in planned.steps.iter().enumerate() {
             let span = info_span!("action", action = s.action, step = i);
             let started = Instant::now();
-            write(
-                base(
-                    Some(s),
-                    i,
-                    Phase::Planned,
-                    format!("pending: {}", s.description),
-                    0,
-                ),
-                &mut records,
-            )?;
+            // Plan first (reads only), so the planned record says what the
+            // driver found: "pending: evict pod etl/x (CrashLoopBackOff, 14 restarts) ...".
+            let prepared = self.plan_step(&planned, s).instrument(span.clone()).await;
+            let pending = match &prepared {
+                Ok((_, _, plan)) => format!("pending: {}", plan.summary),
+                Err(_) => format!("pending: {}", s.description),
+            };
+            write(base(Some(s), i, Phase::Planned, pending, 0), &mut records)?;
             // If this future is dropped mid-step (the agent's shutdown grace
             // ran out), the guard records the step as interrupted.
             let mut guard = InterruptGuard {
@@ -431,7 +429,14 @@ impl Engine {
                 )),
                 started,
             };
-            let result = self.run_step(&planned, s).instrument(span).await;
+            let result = match prepared {
+                Ok((driver, req, plan)) => {
+                    self.finish_step(&planned, s, driver.as_ref(), &req, &plan)
+                        .instrument(span)
+                        .await
+                }
+                Err(msg) => Err(msg),
+            };
             guard.record = None;
             let ms = started.elapsed().as_millis() as u64;
             match result {
@@ -540,13 +545,20 @@ impl Engine {
         }
     }
 
-    /// Plan, apply and verify one step within its timeouts. Ok carries the
-    /// applied and verified outcomes; Err the failure, in words.
-    async fn run_step(
+    /// Finds the driver and plans one step (reads only) within its timeout,
+    /// then checks the blast radius on the plan.
+    async fn plan_step(
         &self,
         planned: &Planned,
         s: &PlannedStep,
-    ) -> Result<(String, String), String> {
+    ) -> Result<
+        (
+            std::sync::Arc<dyn crate::drivers::Action>,
+            Request,
+            crate::drivers::Plan,
+        ),
+        String,
+    > {
         let Some(driver) = self.registry.get(s.action) else {
             return Err(format!(
                 "no driver for action {} in this build: the {} backend is not available yet, nothing was changed",
@@ -559,18 +571,65 @@ impl Engine {
             params: s.params.clone(),
             dry_run: false,
         };
+        let plan = tokio::time::timeout(s.timeout, driver.plan(&req))
+            .await
+            .map_err(|_| {
+                format!(
+                    "plan timed out after {}",
+                    humantime::format_duration(s.timeout)
+                )
+            })?
+            .map_err(|e| format!("plan failed: {e}"))?;
+        self.check_unavailable(planned, s, &plan)?;
+        Ok((driver, req, plan))
+    }
+
+    /// Applies and verifies a planned step within its timeouts, then leaves
+    /// a trace on the target. Ok carries the applied and verified outcomes.
+    async fn finish_step(
+        &self,
+        planned: &Planned,
+        s: &PlannedStep,
+        driver: &dyn crate::drivers::Action,
+        req: &Request,
+        plan: &crate::drivers::Plan,
+    ) -> Result<(String, String), String> {
+        let result = self.apply_and_verify(planned, s, driver, req, plan).await;
+        // Leave a trace on the target (a Kubernetes Event): best effort.
+        let (ok, msg) = match &result {
+            Ok((applied, verified)) => (true, format!("{applied}; {verified}")),
+            Err(m) => (false, m.clone()),
+        };
+        if tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            driver.record(req, ok, &msg),
+        )
+        .await
+        .is_err()
+        {
+            tracing::warn!(
+                action = s.action,
+                "recording the outcome on the target timed out"
+            );
+        }
+        result
+    }
+
+    async fn apply_and_verify(
+        &self,
+        planned: &Planned,
+        s: &PlannedStep,
+        driver: &dyn crate::drivers::Action,
+        req: &Request,
+        plan: &crate::drivers::Plan,
+    ) -> Result<(String, String), String> {
         let timed = |what: &str| {
             format!(
                 "{what} timed out after {}",
                 humantime::format_duration(s.timeout)
             )
         };
-        let plan = tokio::time::timeout(s.timeout, driver.plan(&req))
-            .await
-            .map_err(|_| timed("plan"))?
-            .map_err(|e| format!("plan failed: {e}"))?;
-        self.check_unavailable(planned, s, &plan)?;
-        let outcome = tokio::time::timeout(s.timeout, driver.apply(&req, &plan))
+        let outcome = tokio::time::timeout(s.timeout, driver.apply(req, plan))
             .await
             .map_err(|_| timed("apply"))?
             .map_err(|e| {
@@ -582,7 +641,7 @@ impl Engine {
         let deadline = Instant::now() + planned.verify_timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            let verdict = tokio::time::timeout(left, driver.verify(&req, &plan)).await;
+            let verdict = tokio::time::timeout(left, driver.verify(req, plan)).await;
             match verdict {
                 Ok(Ok(Verdict::Verified(msg))) => return Ok((outcome.summary, msg)),
                 Ok(Ok(Verdict::Failed(msg))) => {

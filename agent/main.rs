@@ -326,7 +326,31 @@ fn agent(args: AgentArgs, verbose: u8) -> Result<(), Fail> {
     let state_dir = cfg.state_dir.clone();
     let check = args.check;
     let backends = backends_note(&cfg);
-    let agent = Agent::prepare(cfg, node.clone()).map_err(|e| match e {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| Fail::Action(format!("cannot start runtime: {e}")))?;
+    // Drivers: host.command always; Kubernetes when configured (connecting
+    // reads the service account or kubeconfig, nothing is changed).
+    let mut registry = remediate::drivers::command::builtin(&node);
+    if let Some(k) = &cfg.backends.kubernetes {
+        let client = rt
+            .block_on(remediate::drivers::k8s::connect(k))
+            .map_err(|e| Fail::Input(format!("backends.kubernetes: {e}")))?;
+        let holder = std::env::var("POD_NAME").unwrap_or_else(|_| node.clone());
+        remediate::drivers::k8s::register(
+            &mut registry,
+            std::sync::Arc::new(remediate::drivers::k8s::Kube { client, holder }),
+        );
+    }
+    let agent = Agent::prepare_with(
+        cfg,
+        node.clone(),
+        registry,
+        std::time::Duration::from_secs(2),
+    )
+    .map_err(|e| match e {
         daemon::Error::Config(d) => Fail::from(d),
         other => Fail::Input(other.to_string()),
     })?;
@@ -345,11 +369,6 @@ fn agent(args: AgentArgs, verbose: u8) -> Result<(), Fail> {
     for b in backends {
         tracing::warn!("{b}");
     }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(|e| Fail::Action(format!("cannot start runtime: {e}")))?;
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(listen)
             .await
@@ -578,9 +597,6 @@ fn backends_note(cfg: &remediate::config::AgentConfig) -> Vec<String> {
             "backends.{name} is configured, but this build has no {name} driver yet: its actions fail cleanly and are audited"
         ))
     };
-    if b.kubernetes.is_some() {
-        say("kubernetes");
-    }
     if b.docker.is_some() {
         say("docker");
     }

@@ -143,7 +143,8 @@ async fn executed_action_is_audited_planned_applied_verified_after_polling() {
         phases(&recs),
         [Phase::Planned, Phase::Applied, Phase::Verified]
     );
-    assert_eq!(recs[0].outcome, "pending: evict pod etl/spark-driver-1 if a controller owns it; its controller recreates it");
+    // The planned record carries what the driver found in its plan.
+    assert_eq!(recs[0].outcome, "pending: evict spark-driver-1");
     assert_eq!(recs[2].outcome, "replacement Running and Ready");
     assert!(recs
         .iter()

@@ -7,6 +7,7 @@ pub mod command;
 pub mod docker;
 pub mod host;
 pub mod iceberg;
+pub mod k8s;
 pub mod kubernetes;
 pub mod postgres;
 pub mod spark;
@@ -110,6 +111,9 @@ pub trait Action: Send + Sync {
     async fn apply(&self, req: &Request, plan: &Plan) -> Result<Outcome, DriverError>;
     /// Check the change took.
     async fn verify(&self, req: &Request, plan: &Plan) -> Result<Verdict, DriverError>;
+    /// Leaves a trace on the target after the step ended (a Kubernetes
+    /// Event, say). Best effort: failures are logged, never fail the run.
+    async fn record(&self, _req: &Request, _ok: bool, _message: &str) {}
 }
 
 /// The actions this build can execute, by name.
