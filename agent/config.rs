@@ -392,6 +392,10 @@ pub struct KubernetesBackend {
     /// Kubeconfig context; default: the current context.
     #[serde(default)]
     pub context: Option<String>,
+    /// Namespace of the coordination Leases and counters; default: the
+    /// agent's own (`$POD_NAMESPACE`), else `remediate`.
+    #[serde(default)]
+    pub namespace: Option<String>,
 }
 
 /// Docker Engine access.

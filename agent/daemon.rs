@@ -269,6 +269,18 @@ impl Agent {
         registry: Registry,
         verify_interval: std::time::Duration,
     ) -> Result<Self, Error> {
+        Self::prepare_coordinated(cfg, node, registry, None, verify_interval)
+    }
+
+    /// [`Agent::prepare_with`] plus a cluster coordinator (Leases), so that
+    /// of several agents receiving one alert, one acts.
+    pub fn prepare_coordinated(
+        cfg: AgentConfig,
+        node: String,
+        registry: Registry,
+        coordinator: Option<Arc<dyn crate::coord::Coordinator>>,
+        verify_interval: std::time::Duration,
+    ) -> Result<Self, Error> {
         // Fingerprint before loading: a change after this is seen as a change.
         let sources_fp = dir_fingerprint(&sources_dirs(&cfg));
         let config = load_config(&cfg)?;
@@ -339,6 +351,7 @@ impl Agent {
         metrics.playbooks.set(config.playbooks.len() as i64);
         let mut engine = Engine::new(config, registry, node.clone());
         engine.verify_interval = verify_interval;
+        engine.coordinator = coordinator;
         // The audit is the source of truth: an event whose decision is
         // recorded was handled even if its `done` mark was lost in a crash.
         let mut decided: HashMap<(&str, Status), DateTime<Utc>> = HashMap::new();
@@ -610,6 +623,7 @@ pub fn reload(shared: &Shared, why: &str) -> bool {
             let old = shared.engine();
             let mut engine = Engine::new(config, old.registry.clone(), old.node.clone());
             engine.verify_interval = old.verify_interval;
+            engine.coordinator = old.coordinator.clone();
             *shared.engine.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(engine);
             shared.metrics.playbooks.set(n as i64);
             shared.metrics.config_ok.set(1);

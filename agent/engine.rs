@@ -139,6 +139,8 @@ pub struct Engine {
     pub node: String,
     /// Interval between verify polls.
     pub verify_interval: std::time::Duration,
+    /// Cluster-wide claims and counters (several agents, one action).
+    pub coordinator: Option<std::sync::Arc<dyn crate::coord::Coordinator>>,
 }
 
 impl Engine {
@@ -149,6 +151,7 @@ impl Engine {
             registry,
             node: node.into(),
             verify_interval: std::time::Duration::from_secs(2),
+            coordinator: None,
         }
     }
 
@@ -338,7 +341,61 @@ impl Engine {
         self.execute_inner(planned, audit).instrument(span).await
     }
 
+    /// Claims a cluster-scoped run in the coordination store first; a
+    /// refused claim turns the decision into `suppressed` with the reason.
     async fn execute_inner(
+        &self,
+        mut planned: Planned,
+        audit: &dyn RecordSink,
+    ) -> audit::Result<RunReport> {
+        let mut claim = None;
+        if let (Decision::Execute, Some(coord)) = (&planned.decision, &self.coordinator) {
+            let cluster = planned.steps.iter().any(|s| {
+                crate::drivers::catalog::get(s.action)
+                    .is_some_and(|a| a.scope == crate::drivers::ScopeKind::Cluster)
+            });
+            if cluster {
+                let limits = self
+                    .config
+                    .policies
+                    .get(&planned.policy)
+                    .map(|p| p.doc.spec.rate_limits.clone())
+                    .unwrap_or_default();
+                let ttl = planned
+                    .steps
+                    .iter()
+                    .map(|s| s.timeout)
+                    .sum::<std::time::Duration>()
+                    + planned.verify_timeout;
+                let key = target_key(&planned.target);
+                let now = planned.decided_at
+                    + chrono::Duration::from_std(planned.decided_instant.elapsed())
+                        .unwrap_or_default();
+                let req = crate::coord::ClaimRequest {
+                    policy: &planned.policy,
+                    limits: &limits,
+                    playbook: &planned.playbook,
+                    target_key: &key,
+                    ttl,
+                    now,
+                };
+                match coord.claim(&req).await {
+                    Ok(c) => claim = Some(c),
+                    Err(refusal) => {
+                        tracing::info!(playbook = %planned.playbook, reason = %refusal, "claim refused");
+                        planned.decision = Decision::Suppressed(refusal.to_string());
+                    }
+                }
+            }
+        }
+        let rep = self.execute_claimed(planned, audit).await;
+        if let (Some(c), Some(coord)) = (claim, &self.coordinator) {
+            coord.release(c).await;
+        }
+        rep
+    }
+
+    async fn execute_claimed(
         &self,
         planned: Planned,
         audit: &dyn RecordSink,

@@ -11,6 +11,7 @@ pub mod approvals;
 pub mod audit;
 pub mod bundle;
 pub mod config;
+pub mod coord;
 pub mod daemon;
 pub mod diag;
 pub mod drivers;

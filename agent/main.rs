@@ -334,20 +334,34 @@ fn agent(args: AgentArgs, verbose: u8) -> Result<(), Fail> {
     // Drivers: host.command always; Kubernetes when configured (connecting
     // reads the service account or kubeconfig, nothing is changed).
     let mut registry = remediate::drivers::command::builtin(&node);
+    let mut coordinator: Option<std::sync::Arc<dyn remediate::coord::Coordinator>> = None;
     if let Some(k) = &cfg.backends.kubernetes {
         let client = rt
             .block_on(remediate::drivers::k8s::connect(k))
             .map_err(|e| Fail::Input(format!("backends.kubernetes: {e}")))?;
         let holder = std::env::var("POD_NAME").unwrap_or_else(|_| node.clone());
+        let namespace = k
+            .namespace
+            .clone()
+            .or_else(|| std::env::var("POD_NAMESPACE").ok())
+            .unwrap_or_else(|| "remediate".into());
+        coordinator = Some(std::sync::Arc::new(
+            remediate::coord::kubernetes::LeaseCoordinator::new(
+                client.clone(),
+                &namespace,
+                &holder,
+            ),
+        ));
         remediate::drivers::k8s::register(
             &mut registry,
             std::sync::Arc::new(remediate::drivers::k8s::Kube { client, holder }),
         );
     }
-    let agent = Agent::prepare_with(
+    let agent = Agent::prepare_coordinated(
         cfg,
         node.clone(),
         registry,
+        coordinator,
         std::time::Duration::from_secs(2),
     )
     .map_err(|e| match e {
