@@ -12,7 +12,7 @@ use async_trait::async_trait;
 use k8s_openapi::api::apps::v1::ReplicaSet;
 use k8s_openapi::api::core::v1::{Event as K8sEvent, ObjectReference, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, OwnerReference, Time};
-use kube::api::{Api, DeleteParams, EvictParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::core::{ApiResource, DynamicObject, GroupVersionKind};
 use kube::Client;
 use serde_json::json;
@@ -359,11 +359,15 @@ impl Action for PodRestart {
                 // within the step's timeout (the engine bounds this loop).
                 let mut wait = std::time::Duration::from_millis(500);
                 loop {
-                    let ep = EvictParams {
-                        delete_options: Some(dp.clone()),
-                        post_options: PostParams::default(),
-                    };
-                    match pods.evict(name, &ep).await {
+                    match evict(
+                        &self.0.client,
+                        ns,
+                        name,
+                        p.grace_period_seconds,
+                        uid.as_deref(),
+                    )
+                    .await
+                    {
                         Ok(_) => {
                             return Ok(Outcome {
                                 summary: format!("evicted pod {ns}/{name}"),
@@ -459,6 +463,36 @@ impl Action for PodRestart {
     async fn record(&self, req: &Request, ok: bool, message: &str) {
         event(&self.0, req, "Pod", ok, "kubernetes.pod.restart", message).await;
     }
+}
+
+/// POSTs a policy/v1 Eviction. Built here rather than with kube's
+/// `Api::evict`, which sends `delete_options` (snake case): the API server
+/// ignores that key, and with it the uid precondition and grace period.
+async fn evict(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    grace: Option<u32>,
+    uid: Option<&str>,
+) -> Result<kube::core::Status, kube::Error> {
+    let mut delete_options = json!({});
+    if let Some(g) = grace {
+        delete_options["gracePeriodSeconds"] = json!(g);
+    }
+    if let Some(u) = uid {
+        delete_options["preconditions"] = json!({"uid": u});
+    }
+    let body = json!({
+        "apiVersion": "policy/v1",
+        "kind": "Eviction",
+        "metadata": {"name": name, "namespace": ns},
+        "deleteOptions": delete_options,
+    });
+    let req = http::Request::post(format!("/api/v1/namespaces/{ns}/pods/{name}/eviction"))
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .body(serde_json::to_vec(&body).unwrap_or_default())
+        .map_err(kube::Error::HttpError)?;
+    client.request::<kube::core::Status>(req).await
 }
 
 fn verb(p: &super::kubernetes::PodRestart) -> &'static str {

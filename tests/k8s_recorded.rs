@@ -1,0 +1,295 @@
+//! The Kubernetes paths kmock cannot produce, with recorded API responses
+//! (kube's tower-test style): each test serves the exact responses a real
+//! API server gives and asserts the exact requests the driver makes.
+//! Eviction refused by a PodDisruptionBudget (429) then granted; a
+//! resourceVersion conflict (409) on a memory bump; a server error (503) on
+//! a read; a lost race for a lapsed Lease (409 on the conditional patch).
+
+use std::sync::Arc;
+
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use remediate::coord::{ClaimRequest, Coordinator, Refusal};
+use remediate::drivers::k8s::{self, Kube};
+use remediate::drivers::{Action, Registry};
+use serde_json::{json, Value};
+use tower_test::mock::{self, Handle};
+
+type Mock = Handle<Request<kube::client::Body>, Response<Full<axum::body::Bytes>>>;
+
+fn client() -> (kube::Client, Mock) {
+    let (svc, handle) =
+        mock::pair::<Request<kube::client::Body>, Response<Full<axum::body::Bytes>>>();
+    (kube::Client::new(svc, "default"), handle)
+}
+
+/// Serves one request: asserts method and path (query ignored), returns the body sent.
+async fn expect(h: &mut Mock, method: Method, path: &str, status: u16, body: Value) -> Value {
+    let (req, send) = h.next_request().await.expect("a request");
+    assert_eq!(req.method(), method, "{} {}", req.method(), req.uri());
+    assert_eq!(req.uri().path(), path, "{} {}", req.method(), req.uri());
+    let bytes = req.into_body().collect().await.unwrap().to_bytes();
+    let sent: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    send.send_response(
+        Response::builder()
+            .status(StatusCode::from_u16(status).unwrap())
+            .header("content-type", "application/json")
+            .body(Full::new(axum::body::Bytes::from(
+                serde_json::to_vec(&body).unwrap(),
+            )))
+            .unwrap(),
+    );
+    sent
+}
+
+fn status(code: u16, reason: &str, message: &str) -> Value {
+    json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+           "message": message, "reason": reason, "code": code})
+}
+
+fn pod() -> Value {
+    json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "web-1", "namespace": "etl", "uid": "u-1",
+            "ownerReferences": [{"apiVersion": "apps/v1", "kind": "StatefulSet", "name": "web", "uid": "s-1", "controller": true}]},
+        "status": {"phase": "Running"}})
+}
+
+fn statefulset(ready: i64) -> Value {
+    json!({"apiVersion": "apps/v1", "kind": "StatefulSet",
+        "metadata": {"name": "web", "namespace": "etl", "generation": 3, "resourceVersion": "41"},
+        "spec": {"replicas": 3, "template": {"spec": {"containers": [{"name": "app", "image": "app:1",
+            "resources": {"limits": {"memory": "512Mi"}}}]}}},
+        "status": {"replicas": 3, "readyReplicas": ready, "updatedReplicas": 3, "observedGeneration": 3}})
+}
+
+fn request(kind: &str, params: Value) -> remediate::drivers::Request {
+    remediate::drivers::Request {
+        target: [("kind", kind), ("namespace", "etl"), ("name", "web-1")]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        params,
+        dry_run: false,
+    }
+}
+
+fn action(client: kube::Client, name: &str) -> Arc<dyn Action> {
+    let mut reg = Registry::new();
+    k8s::register(
+        &mut reg,
+        Arc::new(Kube {
+            client,
+            holder: "agent-0".into(),
+        }),
+    );
+    reg.get(name).unwrap()
+}
+
+#[tokio::test]
+async fn eviction_refused_by_a_disruption_budget_is_retried_until_granted() {
+    let (c, mut h) = client();
+    let a = action(c, "kubernetes.pod.restart");
+    let req = request(
+        "kubernetes.pod",
+        json!({"mode": "evict", "allowBarePods": false, "gracePeriodSeconds": null}),
+    );
+    let server = tokio::spawn(async move {
+        // plan: the pod, its owner, the owner's status
+        expect(
+            &mut h,
+            Method::GET,
+            "/api/v1/namespaces/etl/pods/web-1",
+            200,
+            pod(),
+        )
+        .await;
+        expect(
+            &mut h,
+            Method::GET,
+            "/apis/apps/v1/namespaces/etl/statefulsets/web",
+            200,
+            statefulset(3),
+        )
+        .await;
+        // apply: still the same pod; eviction 429 (PDB), then 201
+        expect(
+            &mut h,
+            Method::GET,
+            "/api/v1/namespaces/etl/pods/web-1",
+            200,
+            pod(),
+        )
+        .await;
+        let sent = expect(
+            &mut h,
+            Method::POST,
+            "/api/v1/namespaces/etl/pods/web-1/eviction",
+            429,
+            status(
+                429,
+                "TooManyRequests",
+                "Cannot evict pod as it would violate the pod's disruption budget.",
+            ),
+        )
+        .await;
+        assert_eq!(sent["kind"], "Eviction");
+        assert_eq!(sent["apiVersion"], "policy/v1");
+        assert_eq!(
+            sent["deleteOptions"]["preconditions"]["uid"], "u-1",
+            "evicts only the pod it planned for"
+        );
+        expect(&mut h, Method::POST, "/api/v1/namespaces/etl/pods/web-1/eviction", 201,
+            json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201})).await;
+    });
+    let plan = a.plan(&req).await.unwrap();
+    assert!(
+        plan.summary.starts_with(
+            "evict pod etl/web-1 (Running); statefulset etl/web recreates it (3/3 ready)"
+        ),
+        "{}",
+        plan.summary
+    );
+    assert_eq!(plan.details["workload"]["replicas"], 3);
+    let out = a.apply(&req, &plan).await.unwrap();
+    assert_eq!(out.summary, "evicted pod etl/web-1");
+    server.await.unwrap();
+}
+
+#[tokio::test]
+async fn a_resource_version_conflict_on_a_memory_bump_is_a_retryable_failure_and_changes_nothing() {
+    let (c, mut h) = client();
+    let a = action(c, "kubernetes.workload.bump-memory");
+    let mut req = request(
+        "kubernetes.workload",
+        json!({"container": "app", "step": "50%", "ceiling": "2Gi", "bumpRequest": true}),
+    );
+    req.target.insert("workload".into(), "statefulset".into());
+    req.target.insert("name".into(), "web".into());
+    let server = tokio::spawn(async move {
+        expect(
+            &mut h,
+            Method::GET,
+            "/apis/apps/v1/namespaces/etl/statefulsets/web",
+            200,
+            statefulset(3),
+        )
+        .await;
+        let sent = expect(
+            &mut h,
+            Method::PATCH,
+            "/apis/apps/v1/namespaces/etl/statefulsets/web",
+            409,
+            status(409, "Conflict", "Operation cannot be fulfilled on statefulsets.apps \"web\": the object has been modified; please apply your changes to the latest version and try again"),
+        )
+        .await;
+        // The patch carries the version read in plan, and only the container's memory.
+        assert_eq!(sent["metadata"]["resourceVersion"], "41");
+        assert_eq!(
+            sent["spec"]["template"]["spec"]["containers"][0],
+            json!({"name": "app", "resources": {"limits": {"memory": "768Mi"}}})
+        );
+    });
+    let plan = a.plan(&req).await.unwrap();
+    assert!(
+        plan.summary.contains("from 512Mi to 768Mi (ceiling 2Gi)"),
+        "{}",
+        plan.summary
+    );
+    let err = a.apply(&req, &plan).await.unwrap_err();
+    assert!(err.retryable);
+    assert!(
+        err.message.contains("the object has been modified") && err.message.ends_with("(409)"),
+        "{}",
+        err.message
+    );
+    server.await.unwrap();
+}
+
+#[tokio::test]
+async fn a_server_error_on_a_read_is_retryable_and_a_missing_pod_is_not() {
+    let (c, mut h) = client();
+    let a = action(c, "kubernetes.pod.restart");
+    let req = request(
+        "kubernetes.pod",
+        json!({"mode": "delete", "allowBarePods": false, "gracePeriodSeconds": 5}),
+    );
+    let server = tokio::spawn(async move {
+        expect(
+            &mut h,
+            Method::GET,
+            "/api/v1/namespaces/etl/pods/web-1",
+            503,
+            status(503, "ServiceUnavailable", "etcdserver: leader changed"),
+        )
+        .await;
+        expect(
+            &mut h,
+            Method::GET,
+            "/api/v1/namespaces/etl/pods/web-1",
+            404,
+            status(404, "NotFound", "pods \"web-1\" not found"),
+        )
+        .await;
+    });
+    let err = a.plan(&req).await.unwrap_err();
+    assert!(err.retryable, "{err}");
+    assert_eq!(
+        err.message,
+        "pod etl/web-1: etcdserver: leader changed (503)"
+    );
+    let err = a.plan(&req).await.unwrap_err();
+    assert!(!err.retryable);
+    assert_eq!(err.message, "pod etl/web-1: pods \"web-1\" not found (404)");
+    server.await.unwrap();
+}
+
+#[tokio::test]
+async fn losing_the_race_for_a_lapsed_lease_leaves_the_action_to_the_winner() {
+    let (c, mut h) = client();
+    let coord = remediate::coord::kubernetes::LeaseCoordinator::new(c, "remediate", "agent-b");
+    let name = remediate::coord::claim_name("restart", "k");
+    let path = format!("/apis/coordination.k8s.io/v1/namespaces/remediate/leases/{name}");
+    let lapsed = json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+        "metadata": {"name": name, "namespace": "remediate", "resourceVersion": "5"},
+        "spec": {"holderIdentity": "agent-dead", "leaseDurationSeconds": 60, "renewTime": "2026-11-25T10:00:00.000000Z"}});
+    let won = json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+        "metadata": {"name": name, "namespace": "remediate", "resourceVersion": "6"},
+        "spec": {"holderIdentity": "agent-a", "leaseDurationSeconds": 300, "renewTime": "2026-11-25T12:00:00.000000Z"}});
+    let server = tokio::spawn({
+        let path = path.clone();
+        async move {
+            expect(&mut h, Method::GET, &path, 200, lapsed).await;
+            let sent = expect(&mut h, Method::PATCH, &path, 409,
+                status(409, "Conflict", "Operation cannot be fulfilled on leases.coordination.k8s.io: the object has been modified")).await;
+            assert_eq!(
+                sent["metadata"]["resourceVersion"], "5",
+                "the takeover is conditional on the version read"
+            );
+            assert_eq!(sent["spec"]["holderIdentity"], "agent-b");
+            assert_eq!(sent["spec"]["leaseDurationSeconds"], 300);
+            expect(&mut h, Method::GET, &path, 200, won).await;
+        }
+    });
+    let now = chrono::DateTime::parse_from_rfc3339("2026-11-25T12:00:01Z")
+        .unwrap()
+        .with_timezone(&chrono::Utc);
+    let refusal = coord
+        .claim(&ClaimRequest {
+            policy: "default",
+            limits: &[],
+            playbook: "restart",
+            target_key: "k",
+            ttl: std::time::Duration::from_secs(300),
+            now,
+        })
+        .await
+        .unwrap_err();
+    server.await.unwrap();
+    match refusal {
+        Refusal::Held { holder, until } => {
+            assert_eq!(holder, "agent-a");
+            assert_eq!(until.to_rfc3339(), "2026-11-25T12:05:00+00:00");
+        }
+        other => panic!("{other:?}"),
+    }
+}
