@@ -145,6 +145,14 @@ struct RunArgs {
     /// Node name recorded in the audit [default: the host name]
     #[arg(long, env = "REMEDIATE_NODE")]
     node: Option<String>,
+    /// Use this kubeconfig for Kubernetes actions: plans read the cluster
+    /// ("would evict pod etl/x (CrashLoopBackOff, 14 restarts)"), and without
+    /// --dry-run the actions execute. Without it, Kubernetes actions plan offline.
+    #[arg(long, value_name = "PATH")]
+    kubeconfig: Option<PathBuf>,
+    /// Kubeconfig context [default: the current one]
+    #[arg(long, value_name = "NAME", requires = "kubeconfig")]
+    context: Option<String>,
     #[command(flatten)]
     sources: Sources,
 }
@@ -757,12 +765,30 @@ fn run(args: RunArgs) -> Result<(), Fail> {
     let writer = std::sync::Mutex::new(
         audit::Writer::open(&args.audit).map_err(|e| Fail::Input(e.to_string()))?,
     );
-    let node = node_name(args.node);
-    let engine = Engine::new(
-        cfg,
-        remediate::drivers::command::builtin(&node),
-        node.clone(),
-    );
+    let node = node_name(args.node.clone());
+    let mut registry = remediate::drivers::command::builtin(&node);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Fail::Action(format!("cannot start runtime: {e}")))?;
+    if let Some(path) = &args.kubeconfig {
+        let backend = remediate::config::KubernetesBackend {
+            kubeconfig: Some(path.clone()),
+            context: args.context.clone(),
+            namespace: None,
+        };
+        let client = rt
+            .block_on(remediate::drivers::k8s::connect(&backend))
+            .map_err(|e| Fail::Input(format!("--kubeconfig: {e}")))?;
+        remediate::drivers::k8s::register(
+            &mut registry,
+            std::sync::Arc::new(remediate::drivers::k8s::Kube {
+                client,
+                holder: format!("remediate-cli@{node}"),
+            }),
+        );
+    }
+    let engine = Engine::new(cfg, registry, node.clone());
     if args.output == Output::Text {
         println!(
             "playbooks: {} from {pb_origin}; policies: {} from {pol_origin}; evaluated at {}{}",
@@ -777,10 +803,6 @@ fn run(args: RunArgs) -> Result<(), Fail> {
         );
     }
 
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| Fail::Action(format!("cannot start runtime: {e}")))?;
     let mut summary = Summary {
         events: events.len(),
         ..Summary::default()

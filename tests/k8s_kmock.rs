@@ -793,3 +793,57 @@ async fn a_claim_left_by_a_dead_agent_lapses_and_a_live_one_is_respected() {
         .await
         .is_none());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cli_dry_run_with_a_kubeconfig_plans_from_what_the_cluster_says_and_changes_nothing() {
+    let c = Cluster::new().await;
+    c.seed_web(2).await;
+    let dir = tempfile::tempdir().unwrap();
+    let kc = dir.path().join("kubeconfig");
+    std::fs::write(
+        &kc,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters: [{{name: kmock, cluster: {{server: \"{}\"}}}}]\nusers: [{{name: u, user: {{}}}}]\ncontexts: [{{name: kmock, context: {{cluster: kmock, user: u}}}}]\ncurrent-context: kmock\n",
+            c.base
+        ),
+    )
+    .unwrap();
+    let mut body: Value =
+        serde_json::from_str(include_str!("../examples/alerts/crashloop-firing.json")).unwrap();
+    body["alerts"][0]["labels"]["pod"] = json!("web-5d9-a");
+    body["alerts"][0]["fingerprint"] = json!("");
+    let alert_file = dir.path().join("alert.json");
+    std::fs::write(&alert_file, serde_json::to_vec(&body).unwrap()).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_remediate"))
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args([
+            "run",
+            "--dry-run",
+            "--at",
+            "2026-11-25T12:00:00Z",
+            "--alert",
+        ])
+        .arg(&alert_file)
+        .arg("--audit")
+        .arg(dir.path().join("audit.jsonl"))
+        .arg("--kubeconfig")
+        .arg(&kc)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("would evict pod etl/web-5d9-a (CrashLoopBackOff, 7 restarts); deployment etl/web recreates it (2/2 ready)"),
+        "{stdout}"
+    );
+    assert!(
+        c.get("/api/v1/namespaces/etl/pods/web-5d9-a")
+            .await
+            .is_some(),
+        "a dry-run changes nothing"
+    );
+}
