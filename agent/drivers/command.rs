@@ -213,6 +213,7 @@ pub fn builtin(node: &str) -> super::Registry {
     let mut r = super::Registry::new();
     // The catalogue lists host.command, so registering cannot fail.
     let _ = r.register(std::sync::Arc::new(HostCommand::new(node)));
+    let _ = r.register(std::sync::Arc::new(super::prune::HostDiskPrune::new(node)));
     r
 }
 

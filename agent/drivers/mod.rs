@@ -10,6 +10,7 @@ pub mod iceberg;
 pub mod k8s;
 pub mod kubernetes;
 pub mod postgres;
+pub mod prune;
 pub mod spark;
 
 use std::collections::{BTreeMap, HashMap};
