@@ -365,6 +365,17 @@ fn agent(args: AgentArgs, verbose: u8) -> Result<(), Fail> {
             std::sync::Arc::new(remediate::drivers::k8s::Kube { client, holder }),
         );
     }
+    if let Some(d) = &cfg.backends.docker {
+        let docker = remediate::drivers::dockerd::connect(d)
+            .map_err(|e| Fail::Input(format!("backends.docker: {e}")))?;
+        remediate::drivers::dockerd::register(
+            &mut registry,
+            std::sync::Arc::new(remediate::drivers::dockerd::Engine {
+                docker,
+                node: node.clone(),
+            }),
+        );
+    }
     let agent = Agent::prepare_coordinated(
         cfg,
         node.clone(),
@@ -619,9 +630,6 @@ fn backends_note(cfg: &remediate::config::AgentConfig) -> Vec<String> {
             "backends.{name} is configured, but this build has no {name} driver yet: its actions fail cleanly and are audited"
         ))
     };
-    if b.docker.is_some() {
-        say("docker");
-    }
     if !b.postgres.is_empty() {
         say("postgres");
     }

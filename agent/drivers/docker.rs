@@ -33,6 +33,10 @@ pub struct Prune {
     /// Objects carrying this label are never removed.
     #[serde(default = "keep_label")]
     pub protect_label: String,
+    /// Only objects carrying this label (`key` or `key=value`), e.g.
+    /// `com.docker.stack.namespace=etl`. Default: every object.
+    #[serde(default)]
+    pub only_label: Option<String>,
 }
 
 fn day() -> Duration {

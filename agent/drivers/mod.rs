@@ -5,6 +5,7 @@
 pub mod catalog;
 pub mod command;
 pub mod docker;
+pub mod dockerd;
 pub mod host;
 pub mod iceberg;
 pub mod k8s;

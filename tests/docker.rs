@@ -1,0 +1,400 @@
+//! The Docker and Swarm driver against the machine's Docker Engine. The test
+//! image is built locally with `docker import` from Debian's busybox-static
+//! (there is no registry). Everything the tests create is labelled
+//! `remediate-test=1` and removed; prune runs with `onlyLabel` so it never
+//! touches anything else on the engine. Swarm: `docker swarm init` on
+//! loopback if the engine is not in a swarm yet (left initialised).
+
+use std::process::Command;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use remediate::drivers::dockerd::{self, Engine};
+use remediate::drivers::{Action, Registry, Request, Verdict};
+use serde_json::json;
+
+const IMAGE: &str = "remediate-test/busybox:1";
+
+fn docker(args: &[&str]) -> String {
+    let out = Command::new("docker")
+        .args(args)
+        .output()
+        .expect("docker CLI");
+    assert!(
+        out.status.success(),
+        "docker {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn docker_ok(args: &[&str]) -> bool {
+    Command::new("docker")
+        .args(args)
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// The busybox image, built once per test binary.
+fn image() -> &'static str {
+    static DONE: OnceLock<()> = OnceLock::new();
+    DONE.get_or_init(|| {
+        assert!(
+            docker_ok(&["info"]),
+            "a running Docker Engine is required (the machine's; `docker info` failed)"
+        );
+        assert!(
+            std::path::Path::new("/bin/busybox").exists(),
+            "/bin/busybox is required: apt-get install busybox-static (.ci/run does)"
+        );
+        if docker_ok(&["image", "inspect", IMAGE]) {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let bin = dir.path().join("bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        std::fs::create_dir_all(dir.path().join("tmp")).unwrap();
+        std::fs::copy("/bin/busybox", bin.join("busybox")).unwrap();
+        for tool in [
+            "sh", "sleep", "head", "tail", "touch", "test", "true", "cat", "tr",
+        ] {
+            std::os::unix::fs::symlink("busybox", bin.join(tool)).unwrap();
+        }
+        let tar = dir.path().join("rootfs.tar");
+        let st = Command::new("tar")
+            .arg("-C")
+            .arg(dir.path())
+            .args(["-cf"])
+            .arg(&tar)
+            .args(["bin", "tmp"])
+            .status()
+            .unwrap();
+        assert!(st.success());
+        docker(&[
+            "import",
+            "--change",
+            "LABEL remediate-test=1",
+            "--change",
+            "CMD [\"/bin/sh\"]",
+            &tar.display().to_string(),
+            IMAGE,
+        ]);
+    });
+    IMAGE
+}
+
+fn actions() -> Registry {
+    let d = bollard::Docker::connect_with_local_defaults().unwrap();
+    let mut reg = Registry::new();
+    dockerd::register(
+        &mut reg,
+        Arc::new(Engine {
+            docker: d,
+            node: "n1".into(),
+        }),
+    );
+    reg
+}
+
+fn req(kind: &str, name: &str, params: serde_json::Value) -> Request {
+    Request {
+        target: [("kind", kind), ("node", "n1"), ("name", name)]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        params,
+        dry_run: false,
+    }
+}
+
+fn unique(prefix: &str) -> String {
+    format!("{prefix}-{:06x}", fastrand::u32(..) & 0xffffff)
+}
+
+/// Removes one test object when dropped.
+struct Cleanup(Vec<Vec<String>>);
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        for args in &self.0 {
+            let _ = Command::new("docker").args(args).output();
+        }
+    }
+}
+
+async fn verify_until(
+    a: &dyn Action,
+    r: &Request,
+    plan: &remediate::drivers::Plan,
+    secs: u64,
+) -> Verdict {
+    let mut last = Verdict::Pending("not polled".into());
+    for _ in 0..secs * 4 {
+        last = a.verify(r, plan).await.unwrap();
+        if !matches!(last, Verdict::Pending(_)) {
+            return last;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    last
+}
+
+#[tokio::test]
+async fn an_oom_killed_container_is_restarted_and_verified_running() {
+    let img = image();
+    let name = unique("rt-oom");
+    let _c = Cleanup(vec![vec!["rm".into(), "-f".into(), name.clone()]]);
+    // OOM-killed on its first run only (a marker in its own filesystem).
+    docker(&[
+        "run", "-d", "--name", &name, "--label", "remediate-test=1", "--memory", "8m", "--memory-swap", "8m", img,
+        "sh", "-c", "if [ ! -f /tmp/ran ]; then touch /tmp/ran; head -c 67108864 /dev/zero | tail; exit 137; fi; sleep 3600",
+    ]);
+    for _ in 0..100 {
+        if docker(&["inspect", "-f", "{{.State.Status}}", &name]) == "exited" {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        docker(&[
+            "inspect",
+            "-f",
+            "{{.State.OOMKilled}} {{.State.ExitCode}}",
+            &name
+        ]),
+        "true 137"
+    );
+    let reg = actions();
+    let a = reg.get("docker.container.restart").unwrap();
+    let r = req("docker.container", &name, json!({"stopTimeoutSeconds": 1}));
+    let plan = a.plan(&r).await.unwrap();
+    assert!(
+        plan.summary.starts_with(&format!(
+            "restart container {name} (exited, OOM-killed, exit 137;"
+        )),
+        "{}",
+        plan.summary
+    );
+    let out = a.apply(&r, &plan).await.unwrap();
+    assert_eq!(out.summary, format!("restarted container {name}"));
+    let v = verify_until(a.as_ref(), &r, &plan, 10).await;
+    assert!(
+        matches!(&v, Verdict::Verified(m) if m.starts_with(&format!("container {name} running again since"))),
+        "{v:?}"
+    );
+    // Applying the same plan again changes nothing (idempotent).
+    let again = a.apply(&r, &plan).await.unwrap();
+    assert!(
+        again.summary.contains("was restarted since the plan"),
+        "{}",
+        again.summary
+    );
+}
+
+#[tokio::test]
+async fn prune_removes_only_old_unprotected_labelled_objects_and_reports_bytes() {
+    let img = image();
+    let stopped = unique("rt-stopped");
+    let kept = unique("rt-kept");
+    let vol = unique("rt-vol");
+    let _c = Cleanup(vec![
+        vec!["rm".into(), "-f".into(), stopped.clone()],
+        vec!["rm".into(), "-f".into(), kept.clone()],
+        vec!["volume".into(), "rm".into(), "-f".into(), vol.clone()],
+    ]);
+    docker(&[
+        "run",
+        "--name",
+        &stopped,
+        "--label",
+        "remediate-test=1",
+        img,
+        "sh",
+        "-c",
+        "head -c 300000 /dev/zero > /tmp/junk",
+    ]);
+    docker(&[
+        "run",
+        "--name",
+        &kept,
+        "--label",
+        "remediate-test=1",
+        "--label",
+        "remediate.io/keep=1",
+        img,
+        "true",
+    ]);
+    docker(&["volume", "create", "--label", "remediate-test=1", &vol]);
+    let reg = actions();
+    let a = reg.get("docker.prune").unwrap();
+    let params = |volumes: bool| {
+        json!({"containers": true, "images": false, "volumes": volumes, "buildCache": true, "olderThan": "0s",
+               "protectLabel": "remediate.io/keep", "onlyLabel": "remediate-test=1"})
+    };
+    let r = req("host", "n1", params(false));
+    // Dry-run lists what would go, and nothing changes.
+    let plan = a.plan(&r).await.unwrap();
+    assert!(
+        plan.summary.contains(&format!("container {stopped}")),
+        "{}",
+        plan.summary
+    );
+    assert!(
+        !plan.summary.contains(&kept) && !plan.summary.contains(&vol),
+        "{}",
+        plan.summary
+    );
+    assert!(docker_ok(&["inspect", &stopped]));
+    let out = a.apply(&r, &plan).await.unwrap();
+    assert!(
+        out.details["bytesReclaimed"].as_u64().unwrap() >= 300_000,
+        "{}",
+        out.summary
+    );
+    assert!(
+        !docker_ok(&["inspect", &stopped]),
+        "the stopped container is gone"
+    );
+    assert!(docker_ok(&["inspect", &kept]), "the protected one is kept");
+    assert!(
+        docker_ok(&["volume", "inspect", &vol]),
+        "volumes only when the playbook says so"
+    );
+    assert!(matches!(
+        a.verify(&r, &plan).await.unwrap(),
+        Verdict::Verified(_)
+    ));
+    // Opted in: the unused volume goes too.
+    let r = req("host", "n1", params(true));
+    let plan = a.plan(&r).await.unwrap();
+    assert!(
+        plan.summary.contains(&format!("volume {vol}")),
+        "{}",
+        plan.summary
+    );
+    a.apply(&r, &plan).await.unwrap();
+    assert!(!docker_ok(&["volume", "inspect", &vol]));
+}
+
+fn swarm() {
+    let state = docker(&["info", "--format", "{{.Swarm.LocalNodeState}}"]);
+    if state != "active" {
+        docker(&[
+            "swarm",
+            "init",
+            "--advertise-addr",
+            "127.0.0.1",
+            "--listen-addr",
+            "127.0.0.1:2377",
+        ]);
+    }
+}
+
+#[tokio::test]
+async fn a_swarm_service_is_force_restarted_and_its_memory_raised_with_new_tasks_running() {
+    let img = image();
+    swarm();
+    let svc = unique("rt-svc");
+    let _c = Cleanup(vec![vec!["service".into(), "rm".into(), svc.clone()]]);
+    docker(&[
+        "service",
+        "create",
+        "--detach",
+        "--no-resolve-image",
+        "--name",
+        &svc,
+        "--label",
+        "remediate-test=1",
+        "--replicas",
+        "2",
+        "--limit-memory",
+        "16m",
+        "--reserve-memory",
+        "8m",
+        "--stop-grace-period",
+        "1s",
+        img,
+        "sleep",
+        "3600",
+    ]);
+    let reg = actions();
+    let restart = reg.get("swarm.service.restart").unwrap();
+    let r = req("swarm.service", &svc, json!({}));
+    // Wait for the service to run before acting on it.
+    let plan = restart.plan(&r).await.unwrap();
+    let baseline = verify_until(
+        reg.get("swarm.service.bump-memory").unwrap().as_ref(),
+        &req(
+            "swarm.service",
+            &svc,
+            json!({"step": "50%", "ceiling": "64Mi", "bumpReservation": false}),
+        ),
+        &remediate::drivers::Plan {
+            summary: String::new(),
+            details: json!({"to": 16 << 20}),
+        },
+        60,
+    )
+    .await;
+    assert!(
+        matches!(baseline, Verdict::Verified(_)),
+        "service never ran: {baseline:?}"
+    );
+    assert!(
+        plan.summary.contains("ForceUpdate 0 -> 1"),
+        "{}",
+        plan.summary
+    );
+    restart.apply(&r, &plan).await.unwrap();
+    let v = verify_until(restart.as_ref(), &r, &plan, 60).await;
+    assert!(
+        matches!(&v, Verdict::Verified(m) if m.contains("2/2 new tasks running")),
+        "{v:?}"
+    );
+    assert_eq!(
+        docker(&[
+            "service",
+            "inspect",
+            "-f",
+            "{{.Spec.TaskTemplate.ForceUpdate}}",
+            &svc
+        ]),
+        "1"
+    );
+
+    let bump = reg.get("swarm.service.bump-memory").unwrap();
+    let r = req(
+        "swarm.service",
+        &svc,
+        json!({"step": "50%", "ceiling": "64Mi", "bumpReservation": true}),
+    );
+    let plan = bump.plan(&r).await.unwrap();
+    assert!(
+        plan.summary.contains("from 16Mi to 24Mi (ceiling 64Mi)"),
+        "{}",
+        plan.summary
+    );
+    bump.apply(&r, &plan).await.unwrap();
+    let v = verify_until(bump.as_ref(), &r, &plan, 60).await;
+    assert!(matches!(&v, Verdict::Verified(_)), "{v:?}");
+    assert_eq!(
+        docker(&["service", "inspect", "-f", "{{.Spec.TaskTemplate.Resources.Limits.MemoryBytes}} {{.Spec.TaskTemplate.Resources.Reservations.MemoryBytes}}", &svc]),
+        format!("{} {}", 24 << 20, 24 << 20)
+    );
+    // A plan made before someone else changed the service is not applied.
+    let stale = bump.plan(&r).await.unwrap();
+    docker(&[
+        "service",
+        "update",
+        "--detach",
+        "--no-resolve-image",
+        "--label-add",
+        "touched=1",
+        &svc,
+    ]);
+    let err = bump.apply(&r, &stale).await.unwrap_err();
+    assert!(
+        err.retryable && err.message.contains("changed since the plan"),
+        "{err}"
+    );
+}
