@@ -149,7 +149,7 @@ async fn an_oom_killed_container_is_restarted_and_verified_running() {
         "run", "-d", "--name", &name, "--label", "remediate-test=1", "--memory", "8m", "--memory-swap", "8m", img,
         "sh", "-c", "if [ ! -f /tmp/ran ]; then touch /tmp/ran; head -c 67108864 /dev/zero | tail; exit 137; fi; sleep 3600",
     ]);
-    for _ in 0..100 {
+    for _ in 0..600 {
         if docker(&["inspect", "-f", "{{.State.Status}}", &name]) == "exited" {
             break;
         }
@@ -346,7 +346,7 @@ async fn a_swarm_service_is_force_restarted_and_its_memory_raised_with_new_tasks
         plan.summary
     );
     restart.apply(&r, &plan).await.unwrap();
-    let v = verify_until(restart.as_ref(), &r, &plan, 60).await;
+    let v = verify_until(restart.as_ref(), &r, &plan, 180).await;
     assert!(
         matches!(&v, Verdict::Verified(m) if m.contains("2/2 new tasks running")),
         "{v:?}"
@@ -375,7 +375,7 @@ async fn a_swarm_service_is_force_restarted_and_its_memory_raised_with_new_tasks
         plan.summary
     );
     bump.apply(&r, &plan).await.unwrap();
-    let v = verify_until(bump.as_ref(), &r, &plan, 60).await;
+    let v = verify_until(bump.as_ref(), &r, &plan, 180).await;
     assert!(matches!(&v, Verdict::Verified(_)), "{v:?}");
     assert_eq!(
         docker(&["service", "inspect", "-f", "{{.Spec.TaskTemplate.Resources.Limits.MemoryBytes}} {{.Spec.TaskTemplate.Resources.Reservations.MemoryBytes}}", &svc]),
