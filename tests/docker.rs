@@ -227,11 +227,22 @@ async fn prune_removes_only_old_unprotected_labelled_objects_and_reports_bytes()
     docker(&["volume", "create", "--label", "remediate-test=1", &vol]);
     let reg = actions();
     let a = reg.get("docker.prune").unwrap();
-    let params = |volumes: bool| {
-        json!({"containers": true, "images": false, "volumes": volumes, "buildCache": true, "olderThan": "0s",
+    let params = |volumes: bool, older: &str| {
+        json!({"containers": true, "images": false, "volumes": volumes, "buildCache": true, "olderThan": older,
                "protectLabel": "remediate.io/keep", "onlyLabel": "remediate-test=1"})
     };
-    let r = req("host", "n1", params(false));
+    // The age filter: nothing here is an hour old.
+    let young = req("host", "n1", params(false, "1h"));
+    let plan = a.plan(&young).await.unwrap();
+    assert_eq!(plan.summary, "nothing to prune");
+    a.apply(&young, &plan).await.unwrap();
+    assert!(
+        docker_ok(&["inspect", &stopped]),
+        "younger than olderThan: kept"
+    );
+    // Ages are in whole seconds: let them pass one.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let r = req("host", "n1", params(false, "1s"));
     // Dry-run lists what would go, and nothing changes.
     let plan = a.plan(&r).await.unwrap();
     assert!(
@@ -265,7 +276,7 @@ async fn prune_removes_only_old_unprotected_labelled_objects_and_reports_bytes()
         Verdict::Verified(_)
     ));
     // Opted in: the unused volume goes too.
-    let r = req("host", "n1", params(true));
+    let r = req("host", "n1", params(true, "1s"));
     let plan = a.plan(&r).await.unwrap();
     assert!(
         plan.summary.contains(&format!("volume {vol}")),
