@@ -368,6 +368,24 @@ fn agent(args: AgentArgs, verbose: u8) -> Result<(), Fail> {
     if let Some(d) = &cfg.backends.docker {
         let docker = remediate::drivers::dockerd::connect(d)
             .map_err(|e| Fail::Input(format!("backends.docker: {e}")))?;
+        // On a Swarm manager, claims go to the managers' raft store.
+        let info = rt
+            .block_on(docker.info())
+            .map_err(|e| Fail::Input(format!("backends.docker: cannot reach the engine: {e}")))?;
+        let manager = info
+            .swarm
+            .as_ref()
+            .and_then(|s| s.control_available)
+            .unwrap_or(false);
+        if coordinator.is_none() && manager {
+            let host = std::fs::read_to_string("/etc/hostname")
+                .map(|h| h.trim().to_string())
+                .unwrap_or_default();
+            let holder = std::env::var("REMEDIATE_AGENT_ID").unwrap_or(format!("{node}@{host}"));
+            coordinator = Some(std::sync::Arc::new(
+                remediate::coord::swarm::ConfigCoordinator::new(docker.clone(), &holder),
+            ));
+        }
         remediate::drivers::dockerd::register(
             &mut registry,
             std::sync::Arc::new(remediate::drivers::dockerd::Engine {
