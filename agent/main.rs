@@ -341,7 +341,7 @@ fn agent(args: AgentArgs, verbose: u8) -> Result<(), Fail> {
         .map_err(|e| Fail::Action(format!("cannot start runtime: {e}")))?;
     // Drivers: host.command always; Kubernetes when configured (connecting
     // reads the service account or kubeconfig, nothing is changed).
-    let mut registry = remediate::drivers::command::builtin(&node);
+    let mut registry = remediate::drivers::command::builtin_with(&node, cfg.backends.ssh.clone());
     let mut coordinator: Option<std::sync::Arc<dyn remediate::coord::Coordinator>> = None;
     if let Some(k) = &cfg.backends.kubernetes {
         let client = rt
@@ -650,9 +650,6 @@ fn backends_note(cfg: &remediate::config::AgentConfig) -> Vec<String> {
     };
     if !b.postgres.is_empty() {
         say("postgres");
-    }
-    if !b.ssh.is_empty() {
-        say("ssh");
     }
     out
 }

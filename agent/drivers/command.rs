@@ -87,32 +87,101 @@ fn shell_words(argv: &[String]) -> String {
         .join(" ")
 }
 
-/// The driver: runs commands locally, for targets on this agent's node.
+/// The driver: runs commands on this agent's node, or over SSH on hosts of
+/// the inventory (`backends.ssh`).
 #[derive(Debug, Clone)]
 pub struct HostCommand {
     node: String,
+    inventory: Vec<crate::config::SshHost>,
+}
+
+/// Where a command runs.
+enum Where<'a> {
+    Local,
+    Ssh(&'a crate::config::SshHost),
 }
 
 impl HostCommand {
     /// A driver for the agent on `node`.
     pub fn new(node: impl Into<String>) -> Self {
-        Self { node: node.into() }
+        Self {
+            node: node.into(),
+            inventory: Vec::new(),
+        }
+    }
+
+    /// With SSH hosts for other nodes.
+    pub fn with_inventory(mut self, inventory: Vec<crate::config::SshHost>) -> Self {
+        self.inventory = inventory;
+        self
+    }
+
+    fn place(&self, req: &Request) -> Result<Where<'_>, DriverError> {
+        match req.target.get("node") {
+            Some(n) if *n == self.node => Ok(Where::Local),
+            Some(n) => match self.inventory.iter().find(|h| h.node == *n) {
+                Some(h) => Ok(Where::Ssh(h)),
+                None => Err(DriverError::permanent(format!(
+                    "host.command targets node {n}, but this agent runs on {} and {n} is not in the SSH inventory (backends.ssh)",
+                    self.node
+                ))),
+            },
+            None => Err(DriverError::permanent("host.command needs target.node")),
+        }
     }
 
     fn params(req: &Request) -> Result<Command, DriverError> {
         serde_json::from_value(req.params.clone())
             .map_err(|e| DriverError::permanent(format!("host.command parameters: {e}")))
     }
+}
 
-    fn local(&self, req: &Request) -> Result<(), DriverError> {
-        match req.target.get("node") {
-            Some(n) if *n == self.node => Ok(()),
-            Some(n) => Err(DriverError::permanent(format!(
-                "host.command targets node {n}, but this agent runs on {}; running it on another node (its agent or SSH) is not available in this build",
-                self.node
-            ))),
-            None => Err(DriverError::permanent("host.command needs target.node")),
-        }
+/// Runs `argv` over SSH: each argument is shell-escaped for the remote
+/// shell, so it arrives as exactly one argument.
+async fn run_ssh(
+    h: &crate::config::SshHost,
+    argv: &[String],
+    workdir: Option<&str>,
+) -> Result<(Option<i32>, String), DriverError> {
+    if workdir.is_some() {
+        return Err(DriverError::permanent("workdir is not supported over SSH"));
+    }
+    let mut b = openssh::SessionBuilder::default();
+    b.user(h.user.clone())
+        .port(h.port)
+        .known_hosts_check(openssh::KnownHosts::Strict)
+        .connect_timeout(std::time::Duration::from_secs(10));
+    if let Some(k) = &h.key_file {
+        b.keyfile(k);
+    }
+    if let Some(kh) = &h.known_hosts {
+        b.user_known_hosts_file(kh);
+    }
+    let dest = format!("{}@{}", h.user, h.host);
+    let session = b
+        .connect(&dest)
+        .await
+        .map_err(|e| DriverError::retryable(format!("ssh {dest} (node {}): {e}", h.node)))?;
+    let out = session
+        .command(argv[0].as_str())
+        .args(argv[1..].iter().map(String::as_str))
+        .output()
+        .await;
+    let _ = session.close().await;
+    let out = out.map_err(|e| DriverError::retryable(format!("ssh {dest}: {e}")))?;
+    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&out.stderr));
+    Ok((out.status.code(), tail(text.trim(), 400)))
+}
+
+async fn run_at(
+    w: &Where<'_>,
+    argv: &[String],
+    workdir: Option<&str>,
+) -> Result<(Option<i32>, String), DriverError> {
+    match w {
+        Where::Local => run(argv, workdir).await,
+        Where::Ssh(h) => run_ssh(h, argv, workdir).await,
     }
 }
 
@@ -158,17 +227,20 @@ impl Action for HostCommand {
 
     async fn plan(&self, req: &Request) -> Result<Plan, DriverError> {
         let p = Self::params(req)?;
-        self.local(req)?;
+        let via = match self.place(req)? {
+            Where::Local => String::new(),
+            Where::Ssh(h) => format!(" over ssh {}@{}:{}", h.user, h.host, h.port),
+        };
         Ok(Plan {
-            summary: p.describe(&req.target),
+            summary: format!("{}{via}", p.describe(&req.target)),
             details: serde_json::json!({ "argv": p.argv }),
         })
     }
 
     async fn apply(&self, req: &Request, _: &Plan) -> Result<Outcome, DriverError> {
         let p = Self::params(req)?;
-        self.local(req)?;
-        let (code, output) = run(&p.argv, p.workdir.as_deref()).await?;
+        let w = self.place(req)?;
+        let (code, output) = run_at(&w, &p.argv, p.workdir.as_deref()).await?;
         match code {
             Some(c) if p.success_exit_codes.contains(&c) => Ok(Outcome {
                 summary: if output.is_empty() {
@@ -196,7 +268,8 @@ impl Action for HostCommand {
                 "command succeeded (no check given)".into(),
             ));
         };
-        let (code, output) = run(check, p.workdir.as_deref()).await?;
+        let w = self.place(req)?;
+        let (code, output) = run_at(&w, check, p.workdir.as_deref()).await?;
         Ok(match code {
             Some(0) => Verdict::Verified(format!("check {} passed", shell_words(check))),
             _ => Verdict::Pending(format!(
@@ -210,9 +283,16 @@ impl Action for HostCommand {
 
 /// The drivers this build has, for an agent on `node`.
 pub fn builtin(node: &str) -> super::Registry {
+    builtin_with(node, Vec::new())
+}
+
+/// [`builtin`], with SSH hosts for `host.command` on other nodes.
+pub fn builtin_with(node: &str, ssh: Vec<crate::config::SshHost>) -> super::Registry {
     let mut r = super::Registry::new();
     // The catalogue lists host.command, so registering cannot fail.
-    let _ = r.register(std::sync::Arc::new(HostCommand::new(node)));
+    let _ = r.register(std::sync::Arc::new(
+        HostCommand::new(node).with_inventory(ssh),
+    ));
     let _ = r.register(std::sync::Arc::new(super::prune::HostDiskPrune::new(node)));
     r
 }
