@@ -409,3 +409,99 @@ async fn a_swarm_service_is_force_restarted_and_its_memory_raised_with_new_tasks
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn spark_on_swarm_gets_a_new_spark_defaults_config_version_with_more_executor_memory() {
+    let img = image();
+    swarm();
+    let svc = unique("rt-spark");
+    let conf = format!("{svc}-conf");
+    let _c = Cleanup(vec![
+        vec!["service".into(), "rm".into(), svc.clone()],
+        vec!["config".into(), "rm".into(), conf.clone()],
+        vec!["config".into(), "rm".into(), format!("{conf}-v2")],
+    ]);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("spark-defaults.conf");
+    std::fs::write(&file, "# worker settings\nspark.executor.memory   1g\nspark.executor.cores 1\nspark.eventLog.enabled true\n").unwrap();
+    docker(&[
+        "config",
+        "create",
+        "--label",
+        "remediate-test=1",
+        &conf,
+        &file.display().to_string(),
+    ]);
+    docker(&[
+        "service",
+        "create",
+        "--detach",
+        "--no-resolve-image",
+        "--name",
+        &svc,
+        "--label",
+        "remediate-test=1",
+        "--config",
+        &format!("source={conf},target=/opt/spark/conf/spark-defaults.conf"),
+        "--stop-grace-period",
+        "1s",
+        img,
+        "sleep",
+        "3600",
+    ]);
+    let reg = actions();
+    let a = reg.get("spark.executor.bump-memory").unwrap();
+    let r = req(
+        "swarm.service",
+        &svc,
+        json!({"step": "50%", "ceiling": "4g", "bumpOverhead": false, "cores": {"step": 1, "ceiling": 2}}),
+    );
+    let plan = a.plan(&r).await.unwrap();
+    assert!(
+        plan.summary.starts_with(&format!("new config {conf}-v2 with spark.executor.memory 1536m (was 1g, ceiling 4Gi) in place of {conf}")),
+        "{}",
+        plan.summary
+    );
+    a.apply(&r, &plan).await.unwrap();
+    let v = verify_until(a.as_ref(), &r, &plan, 180).await;
+    assert!(matches!(&v, Verdict::Verified(_)), "{v:?}");
+    // The running task sees the new file; the rest of it is unchanged.
+    let task = docker(&[
+        "ps",
+        "-q",
+        "--filter",
+        &format!("label=com.docker.swarm.service.name={svc}"),
+    ]);
+    let text = docker(&[
+        "exec",
+        task.lines().next().unwrap(),
+        "cat",
+        "/opt/spark/conf/spark-defaults.conf",
+    ]);
+    assert_eq!(
+        text,
+        "# worker settings\nspark.executor.memory 1536m\nspark.executor.cores 2\nspark.eventLog.enabled true"
+    );
+    assert_eq!(
+        docker(&[
+            "config",
+            "inspect",
+            "-f",
+            "{{index .Spec.Labels \"remediate.io/previous\"}}",
+            &format!("{conf}-v2")
+        ]),
+        conf
+    );
+    // Spark on Kubernetes is another driver's: this build has no cluster here.
+    let k8s = req(
+        "spark.application",
+        &svc,
+        json!({"step": "50%", "ceiling": "4g", "bumpOverhead": false}),
+    );
+    let err = a.plan(&k8s).await.unwrap_err();
+    assert!(
+        err.message
+            .contains("this build drives it for swarm.service only"),
+        "{err}"
+    );
+}

@@ -59,17 +59,17 @@ pub async fn connect(cfg: &crate::config::KubernetesBackend) -> Result<Client, S
 
 /// Registers every Kubernetes action.
 pub fn register(reg: &mut Registry, kube: Arc<Kube>) {
-    let actions: [Arc<dyn Action>; 5] = [
+    let actions: [Arc<dyn Action>; 4] = [
         Arc::new(PodRestart(kube.clone())),
         Arc::new(RolloutRestart(kube.clone())),
         Arc::new(BumpMemory(kube.clone())),
         Arc::new(ScaleOut(kube.clone())),
-        Arc::new(SparkBumpMemory(kube)),
     ];
     for a in actions {
         // Every name is in the catalogue.
         let _ = reg.register(a);
     }
+    let _ = reg.register_for_kind("spark.application", Arc::new(SparkBumpMemory(kube)));
 }
 
 /// An API error as a driver error: 409, 429 and 5xx may pass; the rest do not.
@@ -931,11 +931,6 @@ impl Action for SparkBumpMemory {
         Scope::Cluster
     }
     async fn plan(&self, req: &Request) -> Result<Plan, DriverError> {
-        if req.target.get("kind").map(String::as_str) != Some("spark.application") {
-            return Err(DriverError::permanent(
-                "this driver bumps spark-operator SparkApplications (target kind spark.application); Spark on Swarm is the Swarm driver's",
-            ));
-        }
         let p: super::spark::BumpMemory = params(req)?;
         let (ns, name) = (field(req, "namespace")?, field(req, "name")?);
         let app = spark_api(&self.0.client, ns)

@@ -116,6 +116,64 @@ pub trait Action: Send + Sync {
     /// Leaves a trace on the target after the step ended (a Kubernetes
     /// Event, say). Best effort: failures are logged, never fail the run.
     async fn record(&self, _req: &Request, _ok: bool, _message: &str) {}
+    /// The routes, if this is a by-kind router (see [`Registry::register_for_kind`]).
+    fn by_kind(self: Arc<Self>) -> Option<ByKind> {
+        None
+    }
+}
+
+/// One action, dispatched on the target's `kind`.
+#[derive(Clone)]
+pub struct ByKind {
+    name: &'static str,
+    routes: Vec<(&'static str, Arc<dyn Action>)>,
+}
+
+impl ByKind {
+    fn pick(&self, req: &Request) -> Result<&Arc<dyn Action>, DriverError> {
+        let kind = req.target.get("kind").map(String::as_str).unwrap_or("");
+        self.routes
+            .iter()
+            .find(|(k, _)| *k == kind)
+            .map(|(_, a)| a)
+            .ok_or_else(|| {
+                let have: Vec<&str> = self.routes.iter().map(|(k, _)| *k).collect();
+                DriverError::permanent(format!(
+                    "{} for target kind {kind:?}: this build drives it for {} only",
+                    self.name,
+                    have.join(", ")
+                ))
+            })
+    }
+}
+
+#[async_trait]
+impl Action for ByKind {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+    fn scope(&self, req: &Request) -> Scope {
+        self.pick(req)
+            .map(|a| a.scope(req))
+            .unwrap_or(Scope::Cluster)
+    }
+    async fn plan(&self, req: &Request) -> Result<Plan, DriverError> {
+        self.pick(req)?.plan(req).await
+    }
+    async fn apply(&self, req: &Request, plan: &Plan) -> Result<Outcome, DriverError> {
+        self.pick(req)?.apply(req, plan).await
+    }
+    async fn verify(&self, req: &Request, plan: &Plan) -> Result<Verdict, DriverError> {
+        self.pick(req)?.verify(req, plan).await
+    }
+    async fn record(&self, req: &Request, ok: bool, message: &str) {
+        if let Ok(a) = self.pick(req) {
+            a.record(req, ok, message).await;
+        }
+    }
+    fn by_kind(self: Arc<Self>) -> Option<ByKind> {
+        Some((*self).clone())
+    }
 }
 
 /// The actions this build can execute, by name.
@@ -137,6 +195,37 @@ impl Registry {
             return Err(format!("action {name:?} is not in the catalogue"));
         }
         self.actions.insert(name, action);
+        Ok(())
+    }
+
+    /// Registers `action` for targets of one `kind` only, beside drivers of
+    /// the same action for other kinds (spark.executor.bump-memory is a
+    /// Kubernetes SparkApplication or a Swarm service).
+    pub fn register_for_kind(
+        &mut self,
+        kind: &'static str,
+        action: Arc<dyn Action>,
+    ) -> Result<(), String> {
+        let name = action.name();
+        if catalog::get(name).is_none() {
+            return Err(format!("action {name:?} is not in the catalogue"));
+        }
+        let mut router = match self.actions.get(name) {
+            Some(existing) => match existing.clone().by_kind() {
+                Some(r) => r,
+                None => ByKind {
+                    name,
+                    routes: Vec::new(),
+                },
+            },
+            None => ByKind {
+                name,
+                routes: Vec::new(),
+            },
+        };
+        router.routes.retain(|(k, _)| *k != kind);
+        router.routes.push((kind, action));
+        self.actions.insert(name, Arc::new(router));
         Ok(())
     }
 
