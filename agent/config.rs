@@ -440,6 +440,14 @@ pub struct SshHost {
     /// known_hosts file checked strictly.
     #[serde(default)]
     pub known_hosts: Option<PathBuf>,
+    /// The remediate binary on that host, run for node-scoped actions
+    /// (`remediate exec-step`).
+    #[serde(default = "default_remote_binary")]
+    pub remediate: String,
+}
+
+fn default_remote_binary() -> String {
+    "/usr/local/bin/remediate".into()
 }
 
 fn default_ssh_port() -> u16 {

@@ -85,6 +85,9 @@ enum Command {
     Deny(AnswerArgs),
     /// List the runs an agent holds for approval.
     Approvals(AgentClient),
+    /// Run one step of a node-scoped action on this host and print the result as JSON (used by an agent over SSH).
+    #[command(hide = true)]
+    ExecStep(ExecStepArgs),
     /// List every action playbooks may use, with its targets and whether this build can execute it.
     Actions,
     /// Print the JSON Schema of Playbook (default) or Policy documents or the agent config, or write all three.
@@ -180,6 +183,28 @@ struct ReplayArgs {
 }
 
 #[derive(Args, Debug)]
+struct ExecStepArgs {
+    /// Action name.
+    #[arg(long)]
+    action: String,
+    /// This host's node name (the target's node).
+    #[arg(long)]
+    node: String,
+    /// plan, apply or verify.
+    #[arg(long)]
+    phase: String,
+    /// Target fields as JSON.
+    #[arg(long)]
+    target: String,
+    /// Parameters as JSON.
+    #[arg(long)]
+    params: String,
+    /// The plan (apply, verify) as JSON.
+    #[arg(long)]
+    plan: Option<String>,
+}
+
+#[derive(Args, Debug)]
 struct AgentClient {
     /// The agent's URL.
     #[arg(
@@ -258,6 +283,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Agent(_) => Ok(()),
         Command::Replay(a) => replay(a),
+        Command::ExecStep(a) => exec_step(a),
         Command::Approve(a) => answer(a, true),
         Command::Deny(a) => answer(a, false),
         Command::Approvals(c) => list_approvals(c),
@@ -394,6 +420,8 @@ fn agent(args: AgentArgs, verbose: u8) -> Result<(), Fail> {
             }),
         );
     }
+    // Node-scoped actions on inventory hosts go over SSH.
+    remediate::drivers::remote::route(&mut registry, &node, &cfg.backends.ssh);
     let agent = Agent::prepare_coordinated(
         cfg,
         node.clone(),
@@ -516,6 +544,70 @@ fn replay(args: ReplayArgs) -> Result<(), Fail> {
             );
         }
     }
+    Ok(())
+}
+
+/// One step on this host for an agent elsewhere; always prints one JSON object.
+fn exec_step(a: ExecStepArgs) -> Result<(), Fail> {
+    use remediate::drivers::remote::StepResult;
+    let result = (|| -> Result<StepResult, (String, bool)> {
+        let target: std::collections::BTreeMap<String, String> =
+            serde_json::from_str(&a.target).map_err(|e| (format!("--target: {e}"), false))?;
+        let params: serde_json::Value =
+            serde_json::from_str(&a.params).map_err(|e| (format!("--params: {e}"), false))?;
+        let mut reg = remediate::drivers::command::builtin(&a.node);
+        if let Ok(docker) = remediate::drivers::dockerd::connect(&Default::default()) {
+            remediate::drivers::dockerd::register(
+                &mut reg,
+                std::sync::Arc::new(remediate::drivers::dockerd::Engine {
+                    docker,
+                    node: a.node.clone(),
+                }),
+            );
+        }
+        let driver = reg
+            .get(&a.action)
+            .ok_or_else(|| (format!("no driver for {} on this host", a.action), false))?;
+        let req = remediate::drivers::Request {
+            target,
+            params,
+            dry_run: a.phase == "plan",
+        };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| (e.to_string(), true))?;
+        let plan = || -> Result<remediate::drivers::Plan, (String, bool)> {
+            serde_json::from_str(a.plan.as_deref().unwrap_or("null"))
+                .map_err(|e| (format!("--plan: {e}"), false))
+        };
+        let mut r = StepResult {
+            plan: None,
+            outcome: None,
+            verdict: None,
+            error: None,
+            retryable: false,
+        };
+        let err = |e: remediate::drivers::DriverError| (e.message, e.retryable);
+        match a.phase.as_str() {
+            "plan" => r.plan = Some(rt.block_on(driver.plan(&req)).map_err(err)?),
+            "apply" => r.outcome = Some(rt.block_on(driver.apply(&req, &plan()?)).map_err(err)?),
+            "verify" => r.verdict = Some(rt.block_on(driver.verify(&req, &plan()?)).map_err(err)?),
+            other => return Err((format!("--phase {other:?}: plan, apply or verify"), false)),
+        }
+        Ok(r)
+    })();
+    let out = match result {
+        Ok(r) => r,
+        Err((message, retryable)) => StepResult {
+            plan: None,
+            outcome: None,
+            verdict: None,
+            error: Some(message),
+            retryable,
+        },
+    };
+    println!("{}", serde_json::to_string(&out).unwrap_or_default());
     Ok(())
 }
 

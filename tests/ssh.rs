@@ -90,6 +90,7 @@ fn inventory(s: &Sshd, known_hosts: PathBuf) -> Vec<SshHost> {
         user: std::env::var("USER").unwrap_or_else(|_| "root".into()),
         key_file: Some(s.dir.path().join("user_key")),
         known_hosts: Some(known_hosts),
+        remediate: env!("CARGO_BIN_EXE_remediate").to_string(),
     }]
 }
 
@@ -163,6 +164,86 @@ async fn an_unknown_host_key_is_refused_and_a_node_outside_the_inventory_too() {
     assert!(
         err.message
             .contains("elsewhere is not in the SSH inventory"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn a_node_scoped_action_for_an_inventory_host_runs_its_remote_binary_over_ssh() {
+    let s = start_sshd();
+    // The "remote" host's disk: a small tmpfs filled with old files.
+    let base = tempfile::tempdir().unwrap();
+    let root = base.path().join("fs");
+    std::fs::create_dir_all(&root).unwrap();
+    let st = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"])
+        .arg(&root)
+        .status()
+        .unwrap();
+    assert!(st.success(), "mounting a tmpfs needs root (as in CI)");
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+    let _u = Unmount(root.clone());
+    for i in 0..3 {
+        let f = root.join(format!("tmp/old-{i}.bin"));
+        std::fs::create_dir_all(f.parent().unwrap()).unwrap();
+        std::fs::write(&f, vec![7u8; 1 << 20]).unwrap();
+        let t = std::time::SystemTime::now() - Duration::from_secs(30 * 86400);
+        std::fs::File::options()
+            .write(true)
+            .open(&f)
+            .unwrap()
+            .set_modified(t)
+            .unwrap();
+    }
+    let mut reg = remediate::drivers::command::builtin("local-node");
+    remediate::drivers::remote::route(
+        &mut reg,
+        "local-node",
+        &inventory(&s, s.dir.path().join("known_hosts")),
+    );
+    let a = reg.get("host.disk.prune").unwrap();
+    let r = Request {
+        target: [
+            ("kind", "host"),
+            ("node", "remote-1"),
+            ("mountpoint", root.to_str().unwrap()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect(),
+        params: json!({"targetUsagePercent": 40, "rules": [
+            {"root": format!("{}/tmp", root.display()), "globs": ["*.bin"], "minAge": "7d", "keepNewest": 0, "action": "delete"}
+        ]}),
+        dry_run: false,
+    };
+    let plan = a.plan(&r).await.unwrap();
+    assert!(
+        plan.summary.ends_with("(on remote-1 over ssh)"),
+        "{}",
+        plan.summary
+    );
+    assert!(plan.summary.contains("old-0.bin"), "{}", plan.summary);
+    let out = a.apply(&r, &plan).await.unwrap();
+    assert!(out.summary.starts_with("freed "), "{}", out.summary);
+    assert!(matches!(
+        a.verify(&r, &plan).await.unwrap(),
+        Verdict::Verified(_)
+    ));
+    assert!(!root.join("tmp/old-0.bin").exists());
+    // A remote driver error comes back as the step's error.
+    let mut bad = r.clone();
+    bad.params = json!({"targetUsagePercent": 40, "rules": [{"root": "/nonexistent-root", "globs": ["*"], "minAge": "1d"}]});
+    bad.target
+        .insert("mountpoint".into(), "/nonexistent-mount".into());
+    let err = a.plan(&bad).await.unwrap_err();
+    assert!(
+        err.message
+            .starts_with("on remote-1 over ssh: /nonexistent-mount"),
         "{err}"
     );
 }

@@ -136,12 +136,29 @@ impl HostCommand {
     }
 }
 
+/// Runs `argv` on an inventory host over SSH; exit code and output.
+pub async fn ssh_output(
+    h: &crate::config::SshHost,
+    argv: &[String],
+) -> Result<(Option<i32>, String), DriverError> {
+    run_ssh_full(h, argv, None, usize::MAX).await
+}
+
 /// Runs `argv` over SSH: each argument is shell-escaped for the remote
 /// shell, so it arrives as exactly one argument.
 async fn run_ssh(
     h: &crate::config::SshHost,
     argv: &[String],
     workdir: Option<&str>,
+) -> Result<(Option<i32>, String), DriverError> {
+    run_ssh_full(h, argv, workdir, 400).await
+}
+
+async fn run_ssh_full(
+    h: &crate::config::SshHost,
+    argv: &[String],
+    workdir: Option<&str>,
+    keep: usize,
 ) -> Result<(Option<i32>, String), DriverError> {
     if workdir.is_some() {
         return Err(DriverError::permanent("workdir is not supported over SSH"));
@@ -169,9 +186,16 @@ async fn run_ssh(
         .await;
     let _ = session.close().await;
     let out = out.map_err(|e| DriverError::retryable(format!("ssh {dest}: {e}")))?;
+    if keep == usize::MAX {
+        // Machine-read output: stdout only, whole.
+        return Ok((
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        ));
+    }
     let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
     text.push_str(&String::from_utf8_lossy(&out.stderr));
-    Ok((out.status.code(), tail(text.trim(), 400)))
+    Ok((out.status.code(), tail(text.trim(), keep)))
 }
 
 async fn run_at(

@@ -12,6 +12,7 @@ pub mod k8s;
 pub mod kubernetes;
 pub mod postgres;
 pub mod prune;
+pub mod remote;
 pub mod spark;
 
 use std::collections::{BTreeMap, HashMap};
@@ -44,7 +45,7 @@ pub struct Request {
 }
 
 /// The result of `plan`: what would be done, read from the backend.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct Plan {
     /// A sentence a person reads: "evict pod etl/spark-driver-1 (CrashLoopBackOff, 14 restarts)".
     pub summary: String,
@@ -53,7 +54,7 @@ pub struct Plan {
 }
 
 /// The result of `apply`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct Outcome {
     /// What was done.
     pub summary: String,
@@ -62,7 +63,7 @@ pub struct Outcome {
 }
 
 /// The result of `verify`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub enum Verdict {
     /// The fix took.
     Verified(String),
