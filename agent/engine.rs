@@ -348,6 +348,31 @@ impl Engine {
         mut planned: Planned,
         audit: &dyn RecordSink,
     ) -> audit::Result<RunReport> {
+        // A node-scoped step for a node this agent cannot reach is that
+        // node's own agent's: recorded as such, not as a failure.
+        if planned.decision == Decision::Execute {
+            let req_for = |s: &PlannedStep| Request {
+                target: planned.target.clone(),
+                params: s.params.clone(),
+                dry_run: false,
+            };
+            let elsewhere = planned.steps.iter().find(|s| {
+                crate::drivers::catalog::get(s.action)
+                    .is_some_and(|a| a.scope == crate::drivers::ScopeKind::Node)
+                    && self
+                        .registry
+                        .get(s.action)
+                        .is_some_and(|d| !d.reaches(&req_for(s)))
+            });
+            if let Some(s) = elsewhere {
+                planned.decision = Decision::Suppressed(format!(
+                    "{} runs on node {}: that node's agent acts (this agent runs on {} and has no SSH route there)",
+                    s.action,
+                    planned.target.get("node").map(String::as_str).unwrap_or("?"),
+                    self.node
+                ));
+            }
+        }
         let mut claim = None;
         if let (Decision::Execute, Some(coord)) = (&planned.decision, &self.coordinator) {
             let cluster = planned.steps.iter().any(|s| {

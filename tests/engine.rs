@@ -337,3 +337,66 @@ async fn max_unavailable_fraction_blocks_a_restart_that_would_exceed_it_and_fail
         "{status:?}"
     );
 }
+
+#[tokio::test]
+async fn a_node_scoped_step_for_another_node_is_left_to_that_nodes_agent_not_failed() {
+    let pb = r#"apiVersion: remediate/v1
+kind: Playbook
+metadata: { name: rotate }
+spec:
+  triggers: [{ alert: ['alertname="DiskFull"'] }]
+  target: { kind: host, node: "{{ labels.node }}" }
+  steps: [{ action: host.command, with: { argv: ["true"] } }]
+"#;
+    let cfg = Config::load(
+        &[Source {
+            path: "pb.yaml".into(),
+            text: pb.into(),
+        }],
+        &[Source {
+            path: "default.yaml".into(),
+            text: POLICY.into(),
+        }],
+    )
+    .unwrap();
+    let e = Engine::new(
+        cfg,
+        remediate::drivers::command::builtin("node-a"),
+        "node-a",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let w = std::sync::Mutex::new(audit::Writer::open(&dir.path().join("a.jsonl")).unwrap());
+    let mut ledger = Ledger::default();
+    for (node, want) in [("node-b", "suppressed"), ("node-a", "execute")] {
+        let labels: remediate::event::Labels = [("alertname", "DiskFull"), ("node", node)]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let ev = remediate::event::Event {
+            trigger: remediate::event::TriggerKind::Alert,
+            status: remediate::event::Status::Firing,
+            fingerprint: remediate::event::fingerprint(&labels),
+            labels,
+            annotations: Default::default(),
+            values: Default::default(),
+            starts_at: None,
+            playbook: None,
+        };
+        let p = e
+            .decide(&ev, false, chrono::Utc::now(), &mut ledger)
+            .remove(0);
+        let rep = e.execute(p, &w, &mut ledger).await.unwrap();
+        assert_eq!(rep.records[0].decision, want, "{:#?}", rep.records);
+        if want == "suppressed" {
+            assert!(rep.records[0]
+                .reason
+                .contains("host.command runs on node node-b: that node's agent acts"));
+            assert_eq!(
+                rep.failed_at, None,
+                "not a failure: the breaker does not count it"
+            );
+        } else {
+            assert_eq!(rep.status, RunStatus::Verified);
+        }
+    }
+}

@@ -249,6 +249,10 @@ impl Action for HostCommand {
         Scope::Node(req.target.get("node").cloned().unwrap_or_default())
     }
 
+    fn reaches(&self, req: &Request) -> bool {
+        self.place(req).is_ok()
+    }
+
     async fn plan(&self, req: &Request) -> Result<Plan, DriverError> {
         let p = Self::params(req)?;
         let via = match self.place(req)? {

@@ -127,6 +127,9 @@ impl Action for ContainerRestart {
     fn scope(&self, req: &Request) -> Scope {
         Scope::Node(req.target.get("node").cloned().unwrap_or_default())
     }
+    fn reaches(&self, req: &Request) -> bool {
+        req.target.get("node") == Some(&self.0.node)
+    }
     async fn plan(&self, req: &Request) -> Result<Plan, DriverError> {
         local(&self.0, req, "docker.container.restart")?;
         let name = field(req, "name")?;
@@ -261,6 +264,9 @@ impl Action for Prune {
     }
     fn scope(&self, req: &Request) -> Scope {
         Scope::Node(req.target.get("node").cloned().unwrap_or_default())
+    }
+    fn reaches(&self, req: &Request) -> bool {
+        req.target.get("node") == Some(&self.0.node)
     }
     async fn plan(&self, req: &Request) -> Result<Plan, DriverError> {
         local(&self.0, req, "docker.prune")?;

@@ -117,6 +117,11 @@ pub trait Action: Send + Sync {
     /// Leaves a trace on the target after the step ended (a Kubernetes
     /// Event, say). Best effort: failures are logged, never fail the run.
     async fn record(&self, _req: &Request, _ok: bool, _message: &str) {}
+    /// Whether this agent can act on the request's target (a node-scoped
+    /// action for another node it cannot reach is that node's agent's).
+    fn reaches(&self, _req: &Request) -> bool {
+        true
+    }
     /// The routes, if this is a by-kind router (see [`Registry::register_for_kind`]).
     fn by_kind(self: Arc<Self>) -> Option<ByKind> {
         None
@@ -171,6 +176,9 @@ impl Action for ByKind {
         if let Ok(a) = self.pick(req) {
             a.record(req, ok, message).await;
         }
+    }
+    fn reaches(&self, req: &Request) -> bool {
+        self.pick(req).is_ok_and(|a| a.reaches(req))
     }
     fn by_kind(self: Arc<Self>) -> Option<ByKind> {
         Some((*self).clone())

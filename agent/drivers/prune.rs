@@ -280,6 +280,10 @@ impl Action for HostDiskPrune {
         Scope::Node(req.target.get("node").cloned().unwrap_or_default())
     }
 
+    fn reaches(&self, req: &Request) -> bool {
+        req.target.get("node") == Some(&self.node)
+    }
+
     async fn plan(&self, req: &Request) -> Result<Plan, DriverError> {
         match req.target.get("node") {
             Some(n) if *n == self.node => {}

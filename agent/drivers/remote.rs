@@ -155,6 +155,9 @@ impl Action for SshRoute {
     fn scope(&self, req: &Request) -> Scope {
         Scope::Node(req.target.get("node").cloned().unwrap_or_default())
     }
+    fn reaches(&self, req: &Request) -> bool {
+        self.place(req).is_ok()
+    }
     async fn plan(&self, req: &Request) -> Result<Plan, DriverError> {
         match self.place(req)? {
             Place::Local(a) => a.plan(req).await,
