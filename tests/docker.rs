@@ -84,6 +84,30 @@ fn image() -> &'static str {
     IMAGE
 }
 
+/// Imports a one-file image under `tag` (labelled), returning its id.
+fn import_tagged(tag: &str, content: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("f"), content).unwrap();
+    let tar = dir.path().join("i.tar");
+    assert!(Command::new("tar")
+        .arg("-C")
+        .arg(dir.path())
+        .arg("-cf")
+        .arg(&tar)
+        .arg("f")
+        .status()
+        .unwrap()
+        .success());
+    docker(&[
+        "import",
+        "--change",
+        "LABEL remediate-test=1",
+        &tar.display().to_string(),
+        tag,
+    ]);
+    docker(&["image", "inspect", "-f", "{{.Id}}", tag])
+}
+
 fn actions() -> Registry {
     let d = bollard::Docker::connect_with_local_defaults().unwrap();
     let mut reg = Registry::new();
@@ -225,10 +249,23 @@ async fn prune_removes_only_old_unprotected_labelled_objects_and_reports_bytes()
         "true",
     ]);
     docker(&["volume", "create", "--label", "remediate-test=1", &vol]);
+    // A dangling image: the same tag imported twice leaves the first untagged.
+    let dangling_tag = format!("remediate-test/dangling:{}", unique("t"));
+    let id_old = import_tagged(&dangling_tag, "one");
+    let _id_new = import_tagged(&dangling_tag, "two");
+    let _ci = Cleanup(vec![
+        vec!["rmi".into(), "-f".into(), dangling_tag.clone()],
+        vec!["rmi".into(), "-f".into(), id_old.clone()],
+    ]);
+    assert_eq!(
+        docker(&["image", "inspect", "-f", "{{len .RepoTags}}", &id_old]),
+        "0",
+        "the first import is dangling"
+    );
     let reg = actions();
     let a = reg.get("docker.prune").unwrap();
     let params = |volumes: bool, older: &str| {
-        json!({"containers": true, "images": false, "volumes": volumes, "buildCache": true, "olderThan": older,
+        json!({"containers": true, "images": true, "volumes": volumes, "buildCache": true, "olderThan": older,
                "protectLabel": "remediate.io/keep", "onlyLabel": "remediate-test=1"})
     };
     // The age filter: nothing here is an hour old.
@@ -265,6 +302,14 @@ async fn prune_removes_only_old_unprotected_labelled_objects_and_reports_bytes()
     assert!(
         !docker_ok(&["inspect", &stopped]),
         "the stopped container is gone"
+    );
+    assert!(
+        !docker_ok(&["image", "inspect", &id_old]),
+        "the dangling image is gone"
+    );
+    assert!(
+        docker_ok(&["image", "inspect", &dangling_tag]),
+        "the tagged one stays"
     );
     assert!(docker_ok(&["inspect", &kept]), "the protected one is kept");
     assert!(
@@ -503,5 +548,40 @@ async fn spark_on_swarm_gets_a_new_spark_defaults_config_version_with_more_execu
         err.message
             .contains("this build drives it for swarm.service only"),
         "{err}"
+    );
+}
+
+#[tokio::test]
+async fn restarting_a_service_whose_tasks_crash_is_not_verified() {
+    let img = image();
+    swarm();
+    let svc = unique("rt-crash");
+    let _c = Cleanup(vec![vec!["service".into(), "rm".into(), svc.clone()]]);
+    docker(&[
+        "service",
+        "create",
+        "--detach",
+        "--no-resolve-image",
+        "--name",
+        &svc,
+        "--label",
+        "remediate-test=1",
+        "--restart-delay",
+        "1s",
+        img,
+        "sh",
+        "-c",
+        "sleep 1; exit 3",
+    ]);
+    let reg = actions();
+    let a = reg.get("swarm.service.restart").unwrap();
+    let r = req("swarm.service", &svc, json!({}));
+    let plan = a.plan(&r).await.unwrap();
+    a.apply(&r, &plan).await.unwrap();
+    // Its new tasks crash a second after they start: not verified, failed.
+    let v = verify_until(a.as_ref(), &r, &plan, 30).await;
+    assert!(
+        matches!(&v, Verdict::Failed(m) if m.starts_with(&format!("a new task of service {svc} failed: task: non-zero exit (3)"))),
+        "{v:?}"
     );
 }

@@ -205,6 +205,18 @@ impl Action for ContainerRestart {
                 describe_state(&st)
             )));
         }
+        // Running for a while, not just started: a crash loop is no fix.
+        let since = st
+            .started_at
+            .as_deref()
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+            .map(|t| chrono::Utc::now() - t.with_timezone(&chrono::Utc));
+        if since.is_none_or(|d| d < STABLE) {
+            return Ok(Verdict::Pending(format!(
+                "container {name} restarted; running for less than {}s",
+                STABLE.num_seconds()
+            )));
+        }
         match st.health.as_ref().and_then(|h| h.status) {
             Some(bollard::models::HealthStatusEnum::HEALTHY)
             | Some(bollard::models::HealthStatusEnum::NONE)
@@ -492,13 +504,27 @@ async fn update(
     .map_err(|e| derr(&format!("update service {name}"), e))
 }
 
-/// Verified when every task the service wants running runs the new spec
-/// (its ForceUpdate counter, or its memory limit).
+/// How long a new task must have been running to count: a task that
+/// starts and crashes a second later is not a fix.
+const STABLE: chrono::Duration = chrono::Duration::seconds(5);
+
+fn task_time(t: &bollard::models::Task) -> Option<chrono::DateTime<chrono::Utc>> {
+    let ts = t.status.as_ref()?.timestamp.clone()?;
+    let s = ts.to_string();
+    chrono::DateTime::parse_from_rfc3339(&s)
+        .ok()
+        .map(|d| d.with_timezone(&chrono::Utc))
+}
+
+/// Verified when every task the service wants runs the new spec (its
+/// ForceUpdate counter, its memory limit, its config) and has been running
+/// for a while; failed when a task of the new spec fails.
 async fn tasks_converged(
     d: &Docker,
     name: &str,
     matches: impl Fn(&bollard::models::TaskSpec) -> bool,
 ) -> Result<Verdict, DriverError> {
+    use bollard::models::TaskState as S;
     let svc = service(d, name).await?;
     let want = svc
         .spec
@@ -509,29 +535,47 @@ async fn tasks_converged(
         .unwrap_or(1);
     let mut f = HashMap::new();
     f.insert("service".to_string(), vec![name.to_string()]);
-    f.insert("desired-state".to_string(), vec!["running".to_string()]);
     let tasks = d
         .list_tasks(Some(qp::ListTasksOptions { filters: Some(f) }))
         .await
         .map_err(|e| derr(&format!("tasks of {name}"), e))?;
-    let new_running = tasks
+    let now = chrono::Utc::now();
+    let new: Vec<&bollard::models::Task> = tasks
         .iter()
         .filter(|t| t.spec.as_ref().is_some_and(&matches))
-        .filter(|t| {
-            t.status.as_ref().and_then(|s| s.state) == Some(bollard::models::TaskState::RUNNING)
-        })
+        .collect();
+    if let Some(failed) = new.iter().find(|t| {
+        matches!(
+            t.status.as_ref().and_then(|s| s.state),
+            Some(S::FAILED) | Some(S::REJECTED)
+        )
+    }) {
+        let st = failed.status.clone().unwrap_or_default();
+        return Ok(Verdict::Failed(format!(
+            "a new task of service {name} failed: {}",
+            st.err
+                .or(st.message)
+                .unwrap_or_else(|| "no reason given".into())
+        )));
+    }
+    let stable = new
+        .iter()
+        .filter(|t| t.desired_state == Some(S::RUNNING))
+        .filter(|t| t.status.as_ref().and_then(|s| s.state) == Some(S::RUNNING))
+        .filter(|t| task_time(t).is_some_and(|at| now - at >= STABLE))
         .count() as i64;
     let old = tasks
         .iter()
-        .filter(|t| !t.spec.as_ref().is_some_and(&matches))
+        .filter(|t| t.desired_state == Some(S::RUNNING) && !t.spec.as_ref().is_some_and(&matches))
         .count();
-    if new_running >= want && old == 0 {
+    if stable >= want && old == 0 {
         Ok(Verdict::Verified(format!(
-            "service {name}: {new_running}/{want} new tasks running"
+            "service {name}: {stable}/{want} new tasks running for {}s or more",
+            STABLE.num_seconds()
         )))
     } else {
         Ok(Verdict::Pending(format!(
-            "service {name}: {new_running}/{want} new tasks running, {old} old"
+            "service {name}: {stable}/{want} new tasks running stably, {old} old"
         )))
     }
 }
