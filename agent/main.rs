@@ -148,6 +148,11 @@ struct RunArgs {
     /// Node name recorded in the audit [default: the host name]
     #[arg(long, env = "REMEDIATE_NODE")]
     node: Option<String>,
+    /// Agent config whose `backends` (Kubernetes, Docker, Postgres, SSH) the
+    /// drivers use: plans read the real systems, and without --dry-run the
+    /// actions execute. Without it, actions plan offline.
+    #[arg(long, value_name = "FILE", env = "REMEDIATE_CONFIG")]
+    config: Option<PathBuf>,
     /// Use this kubeconfig for Kubernetes actions: plans read the cluster
     /// ("would evict pod etl/x (CrashLoopBackOff, 14 restarts)"), and without
     /// --dry-run the actions execute. Without it, Kubernetes actions plan offline.
@@ -359,69 +364,12 @@ fn agent(args: AgentArgs, verbose: u8) -> Result<(), Fail> {
     let (pb_src, pol_src) = daemon::describe_sources(&cfg);
     let state_dir = cfg.state_dir.clone();
     let check = args.check;
-    let backends = backends_note(&cfg);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .map_err(|e| Fail::Action(format!("cannot start runtime: {e}")))?;
-    // Drivers: host.command always; Kubernetes when configured (connecting
-    // reads the service account or kubeconfig, nothing is changed).
-    let mut registry = remediate::drivers::command::builtin_with(&node, cfg.backends.ssh.clone());
-    let mut coordinator: Option<std::sync::Arc<dyn remediate::coord::Coordinator>> = None;
-    if let Some(k) = &cfg.backends.kubernetes {
-        let client = rt
-            .block_on(remediate::drivers::k8s::connect(k))
-            .map_err(|e| Fail::Input(format!("backends.kubernetes: {e}")))?;
-        let holder = std::env::var("POD_NAME").unwrap_or_else(|_| node.clone());
-        let namespace = k
-            .namespace
-            .clone()
-            .or_else(|| std::env::var("POD_NAMESPACE").ok())
-            .unwrap_or_else(|| "remediate".into());
-        coordinator = Some(std::sync::Arc::new(
-            remediate::coord::kubernetes::LeaseCoordinator::new(
-                client.clone(),
-                &namespace,
-                &holder,
-            ),
-        ));
-        remediate::drivers::k8s::register(
-            &mut registry,
-            std::sync::Arc::new(remediate::drivers::k8s::Kube { client, holder }),
-        );
-    }
-    if let Some(d) = &cfg.backends.docker {
-        let docker = remediate::drivers::dockerd::connect(d)
-            .map_err(|e| Fail::Input(format!("backends.docker: {e}")))?;
-        // On a Swarm manager, claims go to the managers' raft store.
-        let info = rt
-            .block_on(docker.info())
-            .map_err(|e| Fail::Input(format!("backends.docker: cannot reach the engine: {e}")))?;
-        let manager = info
-            .swarm
-            .as_ref()
-            .and_then(|s| s.control_available)
-            .unwrap_or(false);
-        if coordinator.is_none() && manager {
-            let host = std::fs::read_to_string("/etc/hostname")
-                .map(|h| h.trim().to_string())
-                .unwrap_or_default();
-            let holder = std::env::var("REMEDIATE_AGENT_ID").unwrap_or(format!("{node}@{host}"));
-            coordinator = Some(std::sync::Arc::new(
-                remediate::coord::swarm::ConfigCoordinator::new(docker.clone(), &holder),
-            ));
-        }
-        remediate::drivers::dockerd::register(
-            &mut registry,
-            std::sync::Arc::new(remediate::drivers::dockerd::Engine {
-                docker,
-                node: node.clone(),
-            }),
-        );
-    }
-    // Node-scoped actions on inventory hosts go over SSH.
-    remediate::drivers::remote::route(&mut registry, &node, &cfg.backends.ssh);
+    let (registry, coordinator) = build_drivers(&cfg, &node, &rt)?;
     let agent = Agent::prepare_coordinated(
         cfg,
         node.clone(),
@@ -440,13 +388,7 @@ fn agent(args: AgentArgs, verbose: u8) -> Result<(), Fail> {
             state_dir.display(),
             if dry { ", DRY RUN" } else { "" }
         );
-        for b in backends {
-            println!("note: {b}");
-        }
         return Ok(());
-    }
-    for b in backends {
-        tracing::warn!("{b}");
     }
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(listen)
@@ -706,6 +648,77 @@ fn list_approvals(c: AgentClient) -> Result<(), Fail> {
     Ok(())
 }
 
+type Coordinator = Option<std::sync::Arc<dyn remediate::coord::Coordinator>>;
+
+/// The drivers the config's backends enable (connecting reads, changes
+/// nothing), and the coordinator for exactly-once across agents.
+fn build_drivers(
+    cfg: &remediate::config::AgentConfig,
+    node: &str,
+    rt: &tokio::runtime::Runtime,
+) -> Result<(Registry, Coordinator), Fail> {
+    let node = node.to_string();
+    // Drivers: host.command always; Kubernetes when configured (connecting
+    // reads the service account or kubeconfig, nothing is changed).
+    let mut registry = remediate::drivers::command::builtin_with(&node, cfg.backends.ssh.clone());
+    let mut coordinator: Option<std::sync::Arc<dyn remediate::coord::Coordinator>> = None;
+    if let Some(k) = &cfg.backends.kubernetes {
+        let client = rt
+            .block_on(remediate::drivers::k8s::connect(k))
+            .map_err(|e| Fail::Input(format!("backends.kubernetes: {e}")))?;
+        let holder = std::env::var("POD_NAME").unwrap_or_else(|_| node.clone());
+        let namespace = k
+            .namespace
+            .clone()
+            .or_else(|| std::env::var("POD_NAMESPACE").ok())
+            .unwrap_or_else(|| "remediate".into());
+        coordinator = Some(std::sync::Arc::new(
+            remediate::coord::kubernetes::LeaseCoordinator::new(
+                client.clone(),
+                &namespace,
+                &holder,
+            ),
+        ));
+        remediate::drivers::k8s::register(
+            &mut registry,
+            std::sync::Arc::new(remediate::drivers::k8s::Kube { client, holder }),
+        );
+    }
+    if let Some(d) = &cfg.backends.docker {
+        let docker = remediate::drivers::dockerd::connect(d)
+            .map_err(|e| Fail::Input(format!("backends.docker: {e}")))?;
+        // On a Swarm manager, claims go to the managers' raft store.
+        let info = rt
+            .block_on(docker.info())
+            .map_err(|e| Fail::Input(format!("backends.docker: cannot reach the engine: {e}")))?;
+        let manager = info
+            .swarm
+            .as_ref()
+            .and_then(|s| s.control_available)
+            .unwrap_or(false);
+        if coordinator.is_none() && manager {
+            let host = std::fs::read_to_string("/etc/hostname")
+                .map(|h| h.trim().to_string())
+                .unwrap_or_default();
+            let holder = std::env::var("REMEDIATE_AGENT_ID").unwrap_or(format!("{node}@{host}"));
+            coordinator = Some(std::sync::Arc::new(
+                remediate::coord::swarm::ConfigCoordinator::new(docker.clone(), &holder),
+            ));
+        }
+        remediate::drivers::dockerd::register(
+            &mut registry,
+            std::sync::Arc::new(remediate::drivers::dockerd::Engine {
+                docker,
+                node: node.clone(),
+            }),
+        );
+    }
+    remediate::drivers::pg::register(&mut registry, &cfg.backends.postgres);
+    // Node-scoped actions on inventory hosts go over SSH.
+    remediate::drivers::remote::route(&mut registry, &node, &cfg.backends.ssh);
+    Ok((registry, coordinator))
+}
+
 async fn wait_for_stop() -> &'static str {
     #[cfg(unix)]
     {
@@ -729,21 +742,6 @@ async fn wait_for_stop() -> &'static str {
         let _ = tokio::signal::ctrl_c().await;
         "SIGINT"
     }
-}
-
-/// Backends configured for which this build has no driver yet.
-fn backends_note(cfg: &remediate::config::AgentConfig) -> Vec<String> {
-    let b = &cfg.backends;
-    let mut out = Vec::new();
-    let mut say = |name: &str| {
-        out.push(format!(
-            "backends.{name} is configured, but this build has no {name} driver yet: its actions fail cleanly and are audited"
-        ))
-    };
-    if !b.postgres.is_empty() {
-        say("postgres");
-    }
-    out
 }
 
 fn init_tracing(verbose: u8) {
@@ -881,11 +879,17 @@ fn run(args: RunArgs) -> Result<(), Fail> {
         audit::Writer::open(&args.audit).map_err(|e| Fail::Input(e.to_string()))?,
     );
     let node = node_name(args.node.clone());
-    let mut registry = remediate::drivers::command::builtin(&node);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| Fail::Action(format!("cannot start runtime: {e}")))?;
+    let mut registry = match &args.config {
+        Some(path) => {
+            let cfg = remediate::config::AgentConfig::load(path)?;
+            build_drivers(&cfg, &node, &rt)?.0
+        }
+        None => remediate::drivers::command::builtin(&node),
+    };
     if let Some(path) = &args.kubeconfig {
         let backend = remediate::config::KubernetesBackend {
             kubeconfig: Some(path.clone()),

@@ -10,6 +10,7 @@ pub mod host;
 pub mod iceberg;
 pub mod k8s;
 pub mod kubernetes;
+pub mod pg;
 pub mod postgres;
 pub mod prune;
 pub mod remote;

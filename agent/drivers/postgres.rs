@@ -38,7 +38,8 @@ pub struct SessionFilter {
 }
 
 impl SessionFilter {
-    fn is_empty(&self) -> bool {
+    /// True when no list is given.
+    pub fn is_empty(&self) -> bool {
         self.usenames.is_empty()
             && self.application_names.is_empty()
             && self.datnames.is_empty()

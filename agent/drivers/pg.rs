@@ -1,0 +1,370 @@
+//! `postgres.connections.recycle`: terminate leaked idle sessions.
+//!
+//! Never touched: superusers, replication roles and walsenders, backends
+//! that are not client backends, and the agent's own session. Selection
+//! and termination both re-check the state in the server, so a session that
+//! became active between plan and apply is left alone. Query text is never
+//! read, logged or audited.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::postgres::{Recycle, SessionFilter, SessionState};
+use super::{Action, DriverError, Outcome, Plan, Registry, Request, Scope, Verdict};
+use crate::config::PostgresBackend;
+
+/// One session as the plan saw it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Session {
+    /// Backend pid.
+    pub pid: i32,
+    /// Role.
+    pub user: String,
+    /// application_name.
+    pub application: String,
+    /// Database.
+    pub database: String,
+    /// Client address ("" for a unix socket).
+    pub client: String,
+    /// State.
+    pub state: String,
+    /// Seconds in that state.
+    pub age_seconds: f64,
+}
+
+/// The driver: servers by name from `backends.postgres`.
+pub struct PgRecycle {
+    servers: BTreeMap<String, PostgresBackend>,
+}
+
+impl std::fmt::Debug for PgRecycle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print DSNs (they may hold hosts and users people consider private).
+        f.debug_struct("PgRecycle")
+            .field("servers", &self.servers.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+/// Registers the Postgres action when servers are configured.
+pub fn register(reg: &mut Registry, servers: &BTreeMap<String, PostgresBackend>) {
+    if servers.is_empty() {
+        return;
+    }
+    let _ = reg.register(Arc::new(PgRecycle {
+        servers: servers.clone(),
+    }));
+}
+
+fn state_name(s: SessionState) -> &'static str {
+    match s {
+        SessionState::Idle => "idle",
+        SessionState::IdleInTransaction => "idle in transaction",
+        SessionState::IdleInTransactionAborted => "idle in transaction (aborted)",
+    }
+}
+
+fn pg_err(what: &str, e: tokio_postgres::Error) -> DriverError {
+    // Connection problems pass; SQL errors (permissions) do not.
+    let msg = match e.as_db_error() {
+        Some(db) => format!("{what}: {} ({})", db.message(), db.code().code()),
+        None => format!("{what}: {e}"),
+    };
+    if e.as_db_error().is_some() {
+        DriverError::permanent(msg)
+    } else {
+        DriverError::retryable(msg)
+    }
+}
+
+impl PgRecycle {
+    async fn connect(&self, name: &str) -> Result<tokio_postgres::Client, DriverError> {
+        let b = self.servers.get(name).ok_or_else(|| {
+            DriverError::permanent(format!(
+                "no backends.postgres entry named {name:?} (configured: {})",
+                self.servers.keys().cloned().collect::<Vec<_>>().join(", ")
+            ))
+        })?;
+        let mut cfg: tokio_postgres::Config = b
+            .dsn
+            .parse()
+            .map_err(|e| DriverError::permanent(format!("backends.postgres.{name}.dsn: {e}")))?;
+        let password =
+            crate::config::read_secret(b.password_file.as_deref(), b.password_env.as_deref())
+                .map_err(|e| DriverError::permanent(format!("backends.postgres.{name}: {e}")))?;
+        if let Some(p) = password {
+            cfg.password(p);
+        }
+        cfg.application_name("remediate")
+            .connect_timeout(std::time::Duration::from_secs(5))
+            // Bounded on the server too: no statement or lock wait outlives the step.
+            .options("-c statement_timeout=5000 -c lock_timeout=2000 -c idle_in_transaction_session_timeout=10000");
+        let client = if cfg.get_ssl_mode() == tokio_postgres::config::SslMode::Disable {
+            let (client, conn) = cfg
+                .connect(tokio_postgres::NoTls)
+                .await
+                .map_err(|e| pg_err(&format!("connect to {name}"), e))?;
+            tokio::spawn(async move {
+                let _ = conn.await;
+            });
+            client
+        } else {
+            let mut roots = rustls::RootCertStore::empty();
+            roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+            let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| DriverError::permanent(format!("tls: {e}")))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+            let (client, conn) = cfg
+                .connect(tokio_postgres_rustls::MakeRustlsConnect::new(tls))
+                .await
+                .map_err(|e| pg_err(&format!("connect to {name}"), e))?;
+            tokio::spawn(async move {
+                let _ = conn.await;
+            });
+            client
+        };
+        Ok(client)
+    }
+}
+
+fn matches(f: &SessionFilter, s: &Session) -> (bool, bool) {
+    // (listed in some non-empty list, all non-empty lists agree)
+    let check = |list: &[String], v: &str| list.is_empty() || list.iter().any(|x| x == v);
+    let any = |list: &[String], v: &str| !list.is_empty() && list.iter().any(|x| x == v);
+    (
+        any(&f.usenames, &s.user)
+            || any(&f.application_names, &s.application)
+            || any(&f.datnames, &s.database)
+            || any(&f.client_addrs, &s.client),
+        check(&f.usenames, &s.user)
+            && check(&f.application_names, &s.application)
+            && check(&f.datnames, &s.database)
+            && check(&f.client_addrs, &s.client),
+    )
+}
+
+/// Applies include/exclude, keep-newest and the cap to the eligible sessions
+/// (newest first within an application by backend start).
+pub fn select(p: &Recycle, mut sessions: Vec<(Session, i64)>) -> Vec<Session> {
+    sessions.retain(|(s, _)| matches(&p.include, s).1 && !matches(&p.exclude, s).0);
+    let mut out = Vec::new();
+    if let Some(keep) = p.keep_newest_per_application {
+        let mut by_app: BTreeMap<String, Vec<(Session, i64)>> = BTreeMap::new();
+        for s in sessions {
+            by_app.entry(s.0.application.clone()).or_default().push(s);
+        }
+        for (_, mut v) in by_app {
+            v.sort_by(|a, b| b.1.cmp(&a.1));
+            out.extend(v.into_iter().skip(keep as usize).map(|(s, _)| s));
+        }
+    } else {
+        out = sessions.into_iter().map(|(s, _)| s).collect();
+    }
+    out.sort_by(|a, b| b.age_seconds.total_cmp(&a.age_seconds));
+    out.truncate(p.max_sessions as usize);
+    out
+}
+
+const ELIGIBLE: &str = "
+    SELECT a.pid, coalesce(a.usename, ''), coalesce(a.application_name, ''), coalesce(a.datname, ''),
+           coalesce(host(a.client_addr), ''), a.state,
+           extract(epoch FROM now() - a.state_change)::float8,
+           extract(epoch FROM a.backend_start)::bigint
+      FROM pg_stat_activity a
+      JOIN pg_roles r ON r.oid = a.usesysid
+     WHERE a.backend_type = 'client backend'
+       AND a.pid <> pg_backend_pid()
+       AND NOT r.rolsuper AND NOT r.rolreplication
+       AND a.state = ANY($1)
+       AND now() - a.state_change >= make_interval(secs => $2)";
+
+// Re-checks every condition at termination time, in one round trip.
+const TERMINATE: &str = "
+    SELECT a.pid, pg_terminate_backend(a.pid)
+      FROM pg_stat_activity a
+      JOIN pg_roles r ON r.oid = a.usesysid
+     WHERE a.pid = ANY($1)
+       AND a.backend_type = 'client backend'
+       AND a.pid <> pg_backend_pid()
+       AND NOT r.rolsuper AND NOT r.rolreplication
+       AND a.state = ANY($2)
+       AND now() - a.state_change >= make_interval(secs => $3)";
+
+fn params(req: &Request) -> Result<Recycle, DriverError> {
+    serde_json::from_value(req.params.clone()).map_err(|e| {
+        DriverError::permanent(format!("postgres.connections.recycle parameters: {e}"))
+    })
+}
+
+fn describe(sessions: &[Session]) -> String {
+    sessions
+        .iter()
+        .map(|s| {
+            format!(
+                "{} {}/{} {}s",
+                s.pid,
+                s.user,
+                if s.application.is_empty() {
+                    "-"
+                } else {
+                    &s.application
+                },
+                s.age_seconds.round()
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+#[async_trait]
+impl Action for PgRecycle {
+    fn name(&self) -> &'static str {
+        "postgres.connections.recycle"
+    }
+    fn scope(&self, _: &Request) -> Scope {
+        Scope::Cluster
+    }
+    async fn plan(&self, req: &Request) -> Result<Plan, DriverError> {
+        let p = params(req)?;
+        let c = self.connect(&p.connection).await?;
+        let states: Vec<String> = p
+            .states
+            .iter()
+            .map(|s| state_name(*s).to_string())
+            .collect();
+        let rows = c
+            .query(ELIGIBLE, &[&states, &p.min_state_age.std().as_secs_f64()])
+            .await
+            .map_err(|e| pg_err("pg_stat_activity", e))?;
+        let sessions: Vec<(Session, i64)> = rows
+            .iter()
+            .map(|r| {
+                (
+                    Session {
+                        pid: r.get(0),
+                        user: r.get(1),
+                        application: r.get(2),
+                        database: r.get(3),
+                        client: r.get(4),
+                        state: r.get(5),
+                        age_seconds: r.get(6),
+                    },
+                    r.get(7),
+                )
+            })
+            .collect();
+        let (used, max): (i64, String) = {
+            let row = c
+                .query_one("SELECT count(*), current_setting('max_connections') FROM pg_stat_activity WHERE backend_type = 'client backend'", &[])
+                .await
+                .map_err(|e| pg_err("pg_stat_activity", e))?;
+            (row.get(0), row.get(1))
+        };
+        let chosen = select(&p, sessions);
+        Ok(Plan {
+            summary: if chosen.is_empty() {
+                format!("{used}/{max} connections; no session matches: nothing to terminate")
+            } else {
+                format!(
+                    "{used}/{max} connections; terminate {} session(s): {}",
+                    chosen.len(),
+                    describe(&chosen)
+                )
+            },
+            details: json!({"sessions": chosen, "used": used}),
+        })
+    }
+    async fn apply(&self, req: &Request, plan: &Plan) -> Result<Outcome, DriverError> {
+        let p = params(req)?;
+        let sessions: Vec<Session> =
+            serde_json::from_value(plan.details["sessions"].clone()).unwrap_or_default();
+        if sessions.is_empty() {
+            return Ok(Outcome {
+                summary: "nothing to terminate".into(),
+                details: json!({"terminated": []}),
+            });
+        }
+        let c = self.connect(&p.connection).await?;
+        let pids: Vec<i32> = sessions.iter().map(|s| s.pid).collect();
+        let states: Vec<String> = p
+            .states
+            .iter()
+            .map(|s| state_name(*s).to_string())
+            .collect();
+        let rows = c
+            .query(
+                TERMINATE,
+                &[&pids, &states, &p.min_state_age.std().as_secs_f64()],
+            )
+            .await
+            .map_err(|e| pg_err("pg_terminate_backend", e))?;
+        let done: Vec<i32> = rows
+            .iter()
+            .filter(|r| r.get::<_, bool>(1))
+            .map(|r| r.get(0))
+            .collect();
+        let gone: Vec<&Session> = sessions.iter().filter(|s| done.contains(&s.pid)).collect();
+        let mut whose: BTreeMap<String, usize> = BTreeMap::new();
+        for s in &gone {
+            *whose
+                .entry(format!(
+                    "{}/{}",
+                    s.user,
+                    if s.application.is_empty() {
+                        "-"
+                    } else {
+                        &s.application
+                    }
+                ))
+                .or_default() += 1;
+        }
+        Ok(Outcome {
+            summary: format!(
+                "terminated {} of {} planned session(s) ({}); {} left alone (became active or gone)",
+                done.len(),
+                sessions.len(),
+                whose.iter().map(|(k, v)| format!("{v} {k}")).collect::<Vec<_>>().join(", "),
+                sessions.len() - done.len()
+            ),
+            details: json!({"terminated": gone}),
+        })
+    }
+    async fn verify(&self, req: &Request, plan: &Plan) -> Result<Verdict, DriverError> {
+        let p = params(req)?;
+        let sessions: Vec<Session> =
+            serde_json::from_value(plan.details["sessions"].clone()).unwrap_or_default();
+        let pids: Vec<i32> = sessions.iter().map(|s| s.pid).collect();
+        let c = self.connect(&p.connection).await?;
+        let row = c
+            .query_one(
+                "SELECT count(*) FILTER (WHERE pid = ANY($1) AND state = ANY($2)),
+                        count(*) FILTER (WHERE backend_type = 'client backend'),
+                        current_setting('max_connections')
+                   FROM pg_stat_activity",
+                &[
+                    &pids,
+                    &p.states
+                        .iter()
+                        .map(|s| state_name(*s).to_string())
+                        .collect::<Vec<_>>(),
+                ],
+            )
+            .await
+            .map_err(|e| pg_err("pg_stat_activity", e))?;
+        let (left, used, max): (i64, i64, String) = (row.get(0), row.get(1), row.get(2));
+        let before = plan.details["used"].as_i64().unwrap_or(0);
+        Ok(if left == 0 {
+            Verdict::Verified(format!("connections {before} -> {used} of {max}; none of the terminated sessions is left idle"))
+        } else {
+            Verdict::Pending(format!("{left} of the planned sessions still idle"))
+        })
+    }
+}

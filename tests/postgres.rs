@@ -1,0 +1,370 @@
+//! postgres.connections.recycle against a real PostgreSQL server (Debian
+//! `postgresql`), initialised in a temp dir and run as the non-root
+//! `postgres` user on a random loopback port with a small max_connections.
+//! The incident is reproduced: leaked idle sessions hold every slot and a
+//! new connection fails with "too many clients"; the playbook runs through
+//! the CLI; a new connection then succeeds.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use tokio_postgres::{Client, NoTls};
+
+fn pg_bin(name: &str) -> PathBuf {
+    let found = std::fs::read_dir("/usr/lib/postgresql").ok().and_then(|d| {
+        d.filter_map(Result::ok)
+            .map(|e| e.path().join("bin").join(name))
+            .find(|p| p.exists())
+    });
+    found.unwrap_or_else(|| {
+        panic!("PostgreSQL server binaries are required: apt-get install postgresql (.ci/run does)")
+    })
+}
+
+struct Server {
+    dir: tempfile::TempDir,
+    port: u16,
+}
+
+impl Server {
+    fn start(max_connections: u32) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        std::fs::create_dir_all(&data).unwrap();
+        let st = Command::new("chown")
+            .args(["-R", "postgres:postgres"])
+            .arg(dir.path())
+            .status()
+            .unwrap();
+        assert!(
+            st.success(),
+            "chown to the postgres user needs root (as in CI)"
+        );
+        let out = Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(pg_bin("initdb"))
+            .args(["-A", "trust", "-U", "postgres", "-D"])
+            .arg(&data)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "initdb: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let s = Self { dir, port };
+        std::fs::write(
+            data.join("postgresql.auto.conf"),
+            format!(
+                "listen_addresses = '127.0.0.1'\nport = {port}\nmax_connections = {max_connections}\nsuperuser_reserved_connections = 2\nunix_socket_directories = '{}'\nfsync = off\n",
+                data.display()
+            ),
+        )
+        .unwrap();
+        s.ctl("start");
+        s
+    }
+
+    fn data(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    fn ctl(&self, what: &str) {
+        let out = Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(pg_bin("pg_ctl"))
+            .args(["-w", "-t", "30", "-m", "fast", "-D"])
+            .arg(self.data())
+            .arg("-l")
+            .arg(self.dir.path().join("log"))
+            .arg(what)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "pg_ctl {what}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    async fn connect(&self, user: &str, app: &str) -> Result<Client, tokio_postgres::Error> {
+        let (c, conn) = tokio_postgres::connect(
+            &format!(
+                "host=127.0.0.1 port={} user={user} dbname=postgres application_name={app}",
+                self.port
+            ),
+            NoTls,
+        )
+        .await?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(c)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(pg_bin("pg_ctl"))
+            .args(["-m", "immediate", "-D"])
+            .arg(self.data())
+            .arg("stop")
+            .output();
+    }
+}
+
+fn write_setup(dir: &Path, port: u16) -> PathBuf {
+    std::fs::create_dir_all(dir.join("playbooks")).unwrap();
+    std::fs::create_dir_all(dir.join("policies")).unwrap();
+    std::fs::write(
+        dir.join("playbooks/recycle.yaml"),
+        r#"apiVersion: remediate/v1
+kind: Playbook
+metadata: { name: recycle }
+spec:
+  triggers: [{ alert: ['alertname="PostgresTooManyConnections"'] }]
+  target: { kind: postgres.instance, name: "{{ labels.instance }}" }
+  steps:
+    - action: postgres.connections.recycle
+      with:
+        connection: main
+        states: [idle]
+        minStateAge: 1s
+        keepNewestPerApplication: 1
+        exclude: { applicationNames: [keep-me] }
+  verify: { timeout: 10s }
+"#,
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("policies/default.yaml"),
+        "apiVersion: remediate/v1\nkind: Policy\nmetadata: { name: default }\nspec: {}\n",
+    )
+    .unwrap();
+    let cfg = dir.join("agent.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "backends:\n  postgres:\n    main: {{ dsn: \"host=127.0.0.1 port={port} user=remediate dbname=postgres sslmode=disable\", passwordEnv: REMEDIATE_TEST_PG_PASSWORD }}\n"
+        ),
+    )
+    .unwrap();
+    cfg
+}
+
+fn alert(dir: &Path) -> PathBuf {
+    let p = dir.join("alert.json");
+    std::fs::write(
+        &p,
+        serde_json::to_vec(&serde_json::json!({
+            "version": "4", "status": "firing", "receiver": "r", "groupLabels": {}, "commonLabels": {},
+            "commonAnnotations": {}, "externalURL": "", "groupKey": "{}", "truncatedAlerts": 0,
+            "alerts": [{"status": "firing", "labels": {"alertname": "PostgresTooManyConnections", "instance": "db-1"},
+                "annotations": {}, "startsAt": "2026-11-25T12:00:00Z", "endsAt": "0001-01-01T00:00:00Z",
+                "generatorURL": "", "fingerprint": ""}]
+        }))
+        .unwrap(),
+    )
+    .unwrap();
+    p
+}
+
+fn cli(dir: &Path, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_remediate"))
+        .current_dir(dir)
+        .args(args)
+        .env("REMEDIATE_TEST_PG_PASSWORD", "not-needed-with-trust")
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leaked_idle_sessions_are_recycled_through_the_cli_and_protected_ones_survive() {
+    let s = Server::start(14);
+    let admin = s.connect("postgres", "admin").await.unwrap();
+    admin
+        .batch_execute("CREATE ROLE app LOGIN; CREATE ROLE remediate LOGIN; GRANT pg_signal_backend TO remediate; GRANT pg_read_all_stats TO remediate;")
+        .await
+        .unwrap();
+    // Protected: an idle superuser session and an excluded application.
+    let su = s.connect("postgres", "psql").await.unwrap();
+    let keep = s.connect("app", "keep-me").await.unwrap();
+    // The leak: Airflow workers that exited without closing their pool.
+    let mut leaked = Vec::new();
+    let err = loop {
+        match s.connect("app", "airflow-worker").await {
+            Ok(c) => leaked.push(c),
+            Err(e) => {
+                break e
+                    .as_db_error()
+                    .map(|d| d.message().to_string())
+                    .unwrap_or_else(|| e.to_string())
+            }
+        }
+        assert!(leaked.len() < 50, "max_connections did not bite");
+    };
+    assert!(
+        err.contains("too many clients already")
+            || err.contains("remaining connection slots are reserved"),
+        "{err}"
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Free one slot for the agent's own session (an operator would reserve
+    // one for it with a connection limit or a reserved role).
+    drop(leaked.pop());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_setup(dir.path(), s.port);
+    let alert = alert(dir.path());
+    let a = alert.display().to_string();
+    let c = cfg.display().to_string();
+    // Dry-run: lists exactly the sessions it would terminate.
+    let (code, out, err) = cli(
+        dir.path(),
+        &[
+            "run",
+            "--dry-run",
+            "--config",
+            &c,
+            "--alert",
+            &a,
+            "--audit",
+            "dry.jsonl",
+        ],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let expected = leaked.len() - 1; // keepNewestPerApplication: 1
+    assert!(
+        out.contains(&format!("terminate {expected} session(s):")),
+        "{out}"
+    );
+    assert!(
+        !out.contains("keep-me") && !out.contains("postgres/psql"),
+        "{out}"
+    );
+    let count = su
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'airflow-worker'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get::<_, i64>(0);
+    assert_eq!(count as usize, leaked.len(), "the dry-run changed nothing");
+
+    let (code, out, err) = cli(
+        dir.path(),
+        &[
+            "run",
+            "--config",
+            &c,
+            "--alert",
+            &a,
+            "--audit",
+            "audit.jsonl",
+        ],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let recs = remediate::audit::read(&dir.path().join("audit.jsonl"))
+        .unwrap()
+        .records;
+    let applied = recs
+        .iter()
+        .find(|r| r.phase == remediate::audit::Phase::Applied)
+        .expect("applied");
+    assert!(
+        applied.outcome.starts_with(&format!("terminated {expected} of {expected} planned session(s) ({expected} app/airflow-worker)")),
+        "{}",
+        applied.outcome
+    );
+    assert!(recs
+        .iter()
+        .any(|r| r.phase == remediate::audit::Phase::Verified));
+    // The audit names pids, users, applications and ages, never query text.
+    let line = std::fs::read_to_string(dir.path().join("audit.jsonl")).unwrap();
+    assert!(
+        !line.contains("SELECT") && !line.contains("query"),
+        "no query text in the audit"
+    );
+    // The platform breathes again; the protected sessions are alive.
+    let probe = s
+        .connect("app", "probe")
+        .await
+        .expect("a new connection succeeds");
+    probe.simple_query("SELECT 1").await.unwrap();
+    su.simple_query("SELECT 1")
+        .await
+        .expect("the superuser session survived");
+    keep.simple_query("SELECT 1")
+        .await
+        .expect("the excluded application survived");
+    let count = su
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'airflow-worker'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get::<_, i64>(0);
+    assert_eq!(count, 1, "the newest airflow-worker session is kept");
+    drop(admin);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_goes_away_fails_the_run_cleanly_and_it_is_audited() {
+    let s = Server::start(20);
+    let admin = s.connect("postgres", "admin").await.unwrap();
+    admin
+        .batch_execute("CREATE ROLE remediate LOGIN; GRANT pg_signal_backend TO remediate;")
+        .await
+        .unwrap();
+    drop(admin);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_setup(dir.path(), s.port);
+    let alert = alert(dir.path());
+    s.ctl("stop");
+    let (code, out, err) = cli(
+        dir.path(),
+        &[
+            "run",
+            "--config",
+            &cfg.display().to_string(),
+            "--alert",
+            &alert.display().to_string(),
+            "--audit",
+            "audit.jsonl",
+        ],
+    );
+    assert_eq!(code, 1, "{out}{err}");
+    let recs = remediate::audit::read(&dir.path().join("audit.jsonl"))
+        .unwrap()
+        .records;
+    let failed = recs
+        .iter()
+        .find(|r| r.phase == remediate::audit::Phase::Failed)
+        .expect("a failed record");
+    assert!(
+        failed.outcome.starts_with("plan failed: connect to main:"),
+        "{}",
+        failed.outcome
+    );
+    assert!(
+        !failed.outcome.contains("not-needed-with-trust"),
+        "the password is never audited"
+    );
+    s.ctl("start");
+}
