@@ -162,7 +162,7 @@ pub fn select(p: &Recycle, mut sessions: Vec<(Session, i64)>) -> Vec<Session> {
             by_app.entry(s.0.application.clone()).or_default().push(s);
         }
         for (_, mut v) in by_app {
-            v.sort_by(|a, b| b.1.cmp(&a.1));
+            v.sort_by_key(|s| std::cmp::Reverse(s.1));
             out.extend(v.into_iter().skip(keep as usize).map(|(s, _)| s));
         }
     } else {
