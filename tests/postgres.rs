@@ -368,3 +368,109 @@ async fn a_server_that_goes_away_fails_the_run_cleanly_and_it_is_audited() {
     );
     s.ctl("start");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_role_that_cannot_see_other_sessions_is_told_what_to_grant() {
+    let s = Server::start(20);
+    let admin = s.connect("postgres", "admin").await.unwrap();
+    admin.batch_execute("CREATE ROLE app LOGIN; CREATE ROLE remediate LOGIN; GRANT pg_signal_backend TO remediate;").await.unwrap();
+    let _idle = s.connect("app", "airflow-worker").await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_setup(dir.path(), s.port);
+    let alert = alert(dir.path());
+    let (code, out, err) = cli(
+        dir.path(),
+        &[
+            "run",
+            "--config",
+            &cfg.display().to_string(),
+            "--alert",
+            &alert.display().to_string(),
+            "--audit",
+            "audit.jsonl",
+        ],
+    );
+    assert_eq!(code, 1, "{out}{err}");
+    let recs = remediate::audit::read(&dir.path().join("audit.jsonl"))
+        .unwrap()
+        .records;
+    let failed = recs
+        .iter()
+        .find(|r| r.phase == remediate::audit::Phase::Failed)
+        .unwrap();
+    assert!(
+        failed
+            .outcome
+            .contains("GRANT pg_monitor (or pg_read_all_stats) and pg_signal_backend"),
+        "{}",
+        failed.outcome
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_between_plan_and_apply_terminates_nothing_twice_and_a_stop_fails_retryably() {
+    use remediate::drivers::{Action, Registry, Request, Verdict};
+    let s = Server::start(20);
+    let admin = s.connect("postgres", "admin").await.unwrap();
+    admin
+        .batch_execute("CREATE ROLE app LOGIN; CREATE ROLE remediate LOGIN; GRANT pg_signal_backend TO remediate; GRANT pg_read_all_stats TO remediate;")
+        .await
+        .unwrap();
+    drop(admin);
+    let mut idle = Vec::new();
+    for _ in 0..3 {
+        idle.push(s.connect("app", "airflow-worker").await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let mut servers = std::collections::BTreeMap::new();
+    servers.insert(
+        "main".to_string(),
+        remediate::config::PostgresBackend {
+            dsn: format!(
+                "host=127.0.0.1 port={} user=remediate dbname=postgres sslmode=disable",
+                s.port
+            ),
+            password_file: None,
+            password_env: None,
+        },
+    );
+    let mut reg = Registry::new();
+    remediate::drivers::pg::register(&mut reg, &servers);
+    let a = reg.get("postgres.connections.recycle").unwrap();
+    let req = Request {
+        target: [
+            ("kind".to_string(), "postgres.instance".to_string()),
+            ("name".to_string(), "db".to_string()),
+        ]
+        .into_iter()
+        .collect(),
+        params: serde_json::json!({"connection": "main", "states": ["idle"], "minStateAge": "1s", "maxSessions": 10}),
+        dry_run: false,
+    };
+    let plan = a.plan(&req).await.unwrap();
+    assert!(
+        plan.summary.contains("terminate 3 session(s)"),
+        "{}",
+        plan.summary
+    );
+    // The server restarts under the action: the planned sessions are gone,
+    // and the pids are not reused blindly (every condition is re-checked).
+    s.ctl("restart");
+    let out = a.apply(&req, &plan).await.unwrap();
+    assert!(
+        out.summary
+            .starts_with("terminated 0 of 3 planned session(s)"),
+        "{}",
+        out.summary
+    );
+    assert!(matches!(
+        a.verify(&req, &plan).await.unwrap(),
+        Verdict::Verified(_)
+    ));
+    // Stopped under the action: a clear, retryable failure.
+    s.ctl("stop");
+    let err = a.apply(&req, &plan).await.unwrap_err();
+    assert!(err.retryable, "{err}");
+    assert!(err.message.starts_with("connect to main:"), "{err}");
+    s.ctl("start");
+}

@@ -235,6 +235,24 @@ impl Action for PgRecycle {
     async fn plan(&self, req: &Request) -> Result<Plan, DriverError> {
         let p = params(req)?;
         let c = self.connect(&p.connection).await?;
+        // Without pg_read_all_stats other roles' sessions have no visible
+        // state: the selection would silently find nothing. Say so instead.
+        let (sees, signals): (bool, bool) = {
+            let r = c
+                .query_one(
+                    "SELECT pg_has_role(current_user, 'pg_read_all_stats', 'USAGE'),
+                            pg_has_role(current_user, 'pg_signal_backend', 'USAGE')",
+                    &[],
+                )
+                .await
+                .map_err(|e| pg_err("role check", e))?;
+            (r.get(0), r.get(1))
+        };
+        if !sees || !signals {
+            return Err(DriverError::permanent(
+                "the agent's role cannot see other sessions' state or signal them: GRANT pg_monitor (or pg_read_all_stats) and pg_signal_backend to it",
+            ));
+        }
         let states: Vec<String> = p
             .states
             .iter()
@@ -366,5 +384,70 @@ impl Action for PgRecycle {
         } else {
             Verdict::Pending(format!("{left} of the planned sessions still idle"))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(
+        pid: i32,
+        user: &str,
+        app: &str,
+        db: &str,
+        client: &str,
+        age: f64,
+        start: i64,
+    ) -> (Session, i64) {
+        (
+            Session {
+                pid,
+                user: user.into(),
+                application: app.into(),
+                database: db.into(),
+                client: client.into(),
+                state: "idle".into(),
+                age_seconds: age,
+            },
+            start,
+        )
+    }
+
+    fn recycle(v: serde_json::Value) -> Recycle {
+        serde_json::from_value(v).unwrap()
+    }
+
+    fn pids(v: Vec<Session>) -> Vec<i32> {
+        let mut p: Vec<i32> = v.into_iter().map(|s| s.pid).collect();
+        p.sort_unstable();
+        p
+    }
+
+    #[test]
+    fn include_exclude_keep_newest_and_the_cap_hold() {
+        let all = || {
+            vec![
+                s(1, "airflow", "worker", "meta", "10.0.0.1", 900.0, 100),
+                s(2, "airflow", "worker", "meta", "10.0.0.2", 800.0, 200),
+                s(3, "airflow", "worker", "meta", "10.0.0.3", 700.0, 300),
+                s(4, "airflow", "scheduler", "meta", "10.0.0.4", 600.0, 400),
+                s(5, "bi", "tableau", "dw", "10.0.1.1", 500.0, 500),
+            ]
+        };
+        // Include: only airflow's sessions on the meta database.
+        let p = recycle(json!({"include": {"usenames": ["airflow"], "datnames": ["meta"]}}));
+        assert_eq!(pids(select(&p, all())), vec![1, 2, 3, 4]);
+        // Exclude: any listed value spares a session.
+        let p = recycle(
+            json!({"exclude": {"applicationNames": ["scheduler"], "clientAddrs": ["10.0.0.1"]}}),
+        );
+        assert_eq!(pids(select(&p, all())), vec![2, 3, 5]);
+        // Keep the newest 1 per application (by backend start).
+        let p = recycle(json!({"keepNewestPerApplication": 1}));
+        assert_eq!(pids(select(&p, all())), vec![1, 2]);
+        // The cap takes the oldest first.
+        let p = recycle(json!({"maxSessions": 2}));
+        assert_eq!(pids(select(&p, all())), vec![1, 2]);
     }
 }
