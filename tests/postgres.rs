@@ -409,7 +409,7 @@ async fn a_role_that_cannot_see_other_sessions_is_told_what_to_grant() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_between_plan_and_apply_terminates_nothing_twice_and_a_stop_fails_retryably() {
-    use remediate::drivers::{Action, Registry, Request, Verdict};
+    use remediate::drivers::{Registry, Request, Verdict};
     let s = Server::start(20);
     let admin = s.connect("postgres", "admin").await.unwrap();
     admin
