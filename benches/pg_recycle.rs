@@ -8,7 +8,7 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use remediate::drivers::{Action, Registry, Request, Verdict};
+use remediate::drivers::{Registry, Request, Verdict};
 
 fn bin(name: &str) -> std::path::PathBuf {
     std::fs::read_dir("/usr/lib/postgresql")
