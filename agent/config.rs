@@ -380,6 +380,22 @@ pub struct Backends {
     /// Hosts reached over SSH for node-scoped actions.
     #[serde(default)]
     pub ssh: Vec<SshHost>,
+    /// Iceberg catalogs by name (the playbook target's `catalog`).
+    #[serde(default)]
+    pub iceberg: std::collections::BTreeMap<String, IcebergCatalog>,
+}
+
+/// An Iceberg catalog (SQL catalog: SQLite or Postgres through sqlx).
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct IcebergCatalog {
+    /// The catalog's database, e.g. `sqlite:/var/lib/lake/catalog.db`.
+    pub uri: String,
+    /// Warehouse location, e.g. `file:///var/lib/lake`.
+    pub warehouse: String,
+    /// Catalog name as stored in the catalog tables (pyiceberg's and Java's `catalog_name`); default the key.
+    #[serde(default)]
+    pub name: Option<String>,
 }
 
 /// Kubernetes API access.

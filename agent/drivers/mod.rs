@@ -7,6 +7,7 @@ pub mod command;
 pub mod docker;
 pub mod dockerd;
 pub mod host;
+pub mod ice;
 pub mod iceberg;
 pub mod k8s;
 pub mod kubernetes;
