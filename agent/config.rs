@@ -396,6 +396,23 @@ pub struct IcebergCatalog {
     /// Catalog name as stored in the catalog tables (pyiceberg's and Java's `catalog_name`); default the key.
     #[serde(default)]
     pub name: Option<String>,
+    /// Tables (`namespace.table`) whose small-file ratio the agent exports
+    /// on /metrics, so the bundled alert needs no separate exporter.
+    #[serde(default)]
+    pub tables: Vec<String>,
+    /// Files under this size count as small in the exported ratio.
+    #[serde(default = "default_small_file")]
+    pub small_file_threshold: crate::units::ByteSize,
+    /// How often the exported figures are refreshed.
+    #[serde(default = "default_iceberg_interval")]
+    pub scrape_interval: Duration,
+}
+
+fn default_small_file() -> crate::units::ByteSize {
+    crate::units::ByteSize(32 << 20)
+}
+fn default_iceberg_interval() -> Duration {
+    Duration::from_secs(300)
 }
 
 /// Kubernetes API access.

@@ -434,6 +434,7 @@ impl Agent {
             sched.start(&shared, shutdown.clone());
         }
         shared.ready.store(true, Ordering::SeqCst);
+        let exporter = tokio::spawn(iceberg_exporter(shared.clone(), shutdown.clone()));
         let reloader = tokio::spawn(reload_loop(
             shared.clone(),
             shutdown.clone(),
@@ -443,6 +444,8 @@ impl Agent {
         dispatch(shared.clone(), rx, shutdown).await;
         reloader.abort();
         let _ = reloader.await;
+        exporter.abort();
+        let _ = exporter.await;
         shared.inbox.close().await;
         tracing::info!("agent stopped; audit and inbox flushed");
     }
@@ -473,6 +476,58 @@ pub async fn serve(
     match server.await {
         Ok(r) => r,
         Err(e) => Err(std::io::Error::other(e)),
+    }
+}
+
+/// Exports the small-file ratio of every configured Iceberg table.
+async fn iceberg_exporter(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
+    let catalogs = shared.cfg.backends.iceberg.clone();
+    if catalogs.values().all(|c| c.tables.is_empty()) {
+        return;
+    }
+    let interval = catalogs
+        .values()
+        .map(|c| c.scrape_interval.std())
+        .min()
+        .unwrap_or(std::time::Duration::from_secs(300));
+    loop {
+        for (key, c) in &catalogs {
+            for table in &c.tables {
+                let (namespace, name) = table.rsplit_once('.').unwrap_or(("", table.as_str()));
+                let labels = crate::metrics::TableLabels {
+                    catalog: key.clone(),
+                    namespace: namespace.to_string(),
+                    table: name.to_string(),
+                };
+                match crate::drivers::ice::stats(c, key, table, c.small_file_threshold.0).await {
+                    Ok(parts) => {
+                        let total: usize = parts.iter().map(|p| p.files).sum();
+                        let small: usize = parts.iter().map(|p| p.small_files).sum();
+                        let m = &shared.metrics;
+                        m.iceberg_total_files
+                            .get_or_create(&labels)
+                            .set(total as i64);
+                        m.iceberg_small_files
+                            .get_or_create(&labels)
+                            .set(small as i64);
+                        m.iceberg_small_files_ratio
+                            .get_or_create(&labels)
+                            .set(if total == 0 {
+                                0.0
+                            } else {
+                                small as f64 / total as f64
+                            });
+                    }
+                    Err(e) => {
+                        tracing::warn!(catalog = %key, %table, error = %e, "cannot read an Iceberg table for /metrics")
+                    }
+                }
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = shutdown.changed() => return,
+        }
     }
 }
 

@@ -65,6 +65,17 @@ pub struct ResultLabels {
     pub result: &'static str,
 }
 
+/// `catalog`, `namespace`, `table` (from the agent config, so bounded).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TableLabels {
+    /// Catalog key in `backends.iceberg`.
+    pub catalog: String,
+    /// Namespace.
+    pub namespace: String,
+    /// Table.
+    pub table: String,
+}
+
 /// `sink`, `result`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct NotifyLabels {
@@ -104,6 +115,12 @@ pub struct Metrics {
     pub notifications: Family<NotifyLabels, Counter>,
     /// Audit or inbox writes that failed.
     pub storage_errors: Counter,
+    /// Data files of the current snapshot, per configured Iceberg table.
+    pub iceberg_total_files: Family<TableLabels, Gauge>,
+    /// Of which under the small-file threshold.
+    pub iceberg_small_files: Family<TableLabels, Gauge>,
+    /// small / total.
+    pub iceberg_small_files_ratio: Family<TableLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
 }
 
 impl Metrics {
@@ -131,6 +148,9 @@ impl Metrics {
             playbooks: Gauge::default(),
             notifications: Family::default(),
             storage_errors: Counter::default(),
+            iceberg_total_files: Family::default(),
+            iceberg_small_files: Family::default(),
+            iceberg_small_files_ratio: Family::default(),
             registry,
         };
         m.register()
@@ -202,6 +222,21 @@ impl Metrics {
             "storage_errors",
             "Audit or inbox writes that failed",
             self.storage_errors.clone(),
+        );
+        r.register(
+            "iceberg_table_total_files",
+            "Data files in the current snapshot of a configured Iceberg table",
+            self.iceberg_total_files.clone(),
+        );
+        r.register(
+            "iceberg_table_small_files",
+            "Data files under the small-file threshold in the current snapshot",
+            self.iceberg_small_files.clone(),
+        );
+        r.register(
+            "iceberg_table_small_files_ratio",
+            "Small data files / all data files of the current snapshot",
+            self.iceberg_small_files_ratio.clone(),
         );
         self.config_ok.set(1);
         self

@@ -4,6 +4,8 @@
 //! dry-run reports them per partition. The rewrite itself is not in this
 //! build: executing refuses and the table is unchanged (pyiceberg checks).
 
+mod common;
+
 use std::path::Path;
 use std::process::Command;
 
@@ -131,4 +133,32 @@ fn the_dry_run_reports_small_files_per_partition_of_a_pyiceberg_table() {
     assert_eq!(after["files"], 200);
     assert_eq!(after["checksum"], made["checksum"]);
     assert_eq!(after["snapshots"], made["snapshots"]);
+}
+
+#[tokio::test]
+async fn the_agent_exports_the_small_files_ratio_of_configured_tables() {
+    let dir = tempfile::tempdir().unwrap();
+    setup(dir.path());
+    let wh = dir.path().join("warehouse");
+    pyice(&["make", &wh.display().to_string(), "events", "12", "10"]);
+    let cfg = format!(
+        "listen: 127.0.0.1:0\nplaybooks: playbooks\npolicies: policies\nstateDir: state\nschedule: {{ enabled: false }}\nbackends:\n  iceberg:\n    lake: {{ uri: \"sqlite:{wh}/catalog.db\", warehouse: \"file://{wh}\", tables: [db.events], smallFileThreshold: 1Mi, scrapeInterval: 1s }}\n",
+        wh = wh.display()
+    );
+    let a = common::start_agent(dir.path(), &cfg);
+    let series = "remediate_iceberg_table_small_files_ratio{catalog=\"lake\",namespace=\"db\",table=\"events\"}";
+    let mut got = None;
+    for _ in 0..100 {
+        got = a.metric(series).await;
+        if got.is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(got, Some(1.0), "{}", a.log_text());
+    assert_eq!(
+        a.metric("remediate_iceberg_table_total_files{catalog=\"lake\",namespace=\"db\",table=\"events\"}").await,
+        Some(48.0),
+        "12 appends over 4 partitions"
+    );
 }

@@ -1,7 +1,7 @@
 //! `iceberg.table.compact`, planning half: reads a table's current snapshot
 //! (SQL catalog, manifests) and reports, per partition, data files, bytes,
 //! the small-files ratio (files under the threshold / all data files, as
-//! iceberg_table_small_files_count / iceberg_table_total_files_count) and
+//! remediate_iceberg_table_small_files / remediate_iceberg_table_total_files) and
 //! the output files a bin-pack to the target size would write. Partitions
 //! with delete files are skipped with the reason.
 //!
