@@ -368,7 +368,11 @@ async fn a_replacement_that_never_gets_ready_fails_the_run_and_leaves_a_warning_
     .await;
     ctl.await.unwrap();
     assert!(
-        matches!(&status, RunStatus::Failed(m) if m.contains("not verified within 1s: no Ready replacement for pod etl/web-5d9-a from web-5d9")),
+        // The last poll either reports what it saw or is itself cut off by
+        // the deadline (on a loaded machine); both are the same failure.
+        matches!(&status, RunStatus::Failed(m) if m.contains("applied (deleted pod etl/web-5d9-a) but")
+            && (m.contains("not verified within 1s: no Ready replacement for pod etl/web-5d9-a from web-5d9")
+                || m.contains("verify timed out after 1s"))),
         "{status:?}"
     );
     let evs = events_for(&c, "web-5d9-a").await;
