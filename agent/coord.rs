@@ -161,6 +161,8 @@ pub mod kubernetes {
     use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
     use serde_json::json;
 
+    use crate::drivers::k8s::code;
+
     /// Leases and counters in `namespace`, held as `holder`.
     pub struct LeaseCoordinator {
         client: kube::Client,
@@ -174,13 +176,6 @@ pub mod kubernetes {
                 .field("namespace", &self.namespace)
                 .field("holder", &self.holder)
                 .finish()
-        }
-    }
-
-    fn code(e: &kube::Error) -> Option<u16> {
-        match e {
-            kube::Error::Api(s) => Some(s.code),
-            _ => None,
         }
     }
 

@@ -70,13 +70,6 @@ fn derr(what: &str, e: bollard::errors::Error) -> DriverError {
     }
 }
 
-fn field<'a>(req: &'a Request, f: &str) -> Result<&'a str, DriverError> {
-    req.target
-        .get(f)
-        .map(String::as_str)
-        .ok_or_else(|| DriverError::permanent(format!("target has no {f}")))
-}
-
 fn local(e: &Engine, req: &Request, action: &str) -> Result<(), DriverError> {
     match req.target.get("node") {
         Some(n) if *n == e.node => Ok(()),
@@ -86,11 +79,6 @@ fn local(e: &Engine, req: &Request, action: &str) -> Result<(), DriverError> {
         ))),
         None => Err(DriverError::permanent(format!("{action} needs target.node"))),
     }
-}
-
-fn params<T: serde::de::DeserializeOwned>(req: &Request) -> Result<T, DriverError> {
-    serde_json::from_value(req.params.clone())
-        .map_err(|e| DriverError::permanent(format!("parameters: {e}")))
 }
 
 // --------------------------------------------------------------------------
@@ -132,7 +120,7 @@ impl Action for ContainerRestart {
     }
     async fn plan(&self, req: &Request) -> Result<Plan, DriverError> {
         local(&self.0, req, "docker.container.restart")?;
-        let name = field(req, "name")?;
+        let name = req.field("name")?;
         let c = self
             .0
             .docker
@@ -150,8 +138,8 @@ impl Action for ContainerRestart {
         })
     }
     async fn apply(&self, req: &Request, plan: &Plan) -> Result<Outcome, DriverError> {
-        let p: super::docker::ContainerRestart = params(req)?;
-        let name = field(req, "name")?;
+        let p: super::docker::ContainerRestart = req.parsed()?;
+        let name = req.field("name")?;
         let id = plan.details["id"].as_str().unwrap_or(name);
         // Idempotent: if it restarted since the plan, leave it.
         let c = self
@@ -189,7 +177,7 @@ impl Action for ContainerRestart {
         })
     }
     async fn verify(&self, req: &Request, plan: &Plan) -> Result<Verdict, DriverError> {
-        let name = field(req, "name")?;
+        let name = req.field("name")?;
         let id = plan.details["id"].as_str().unwrap_or(name);
         let c = self
             .0
@@ -282,7 +270,7 @@ impl Action for Prune {
     }
     async fn plan(&self, req: &Request) -> Result<Plan, DriverError> {
         local(&self.0, req, "docker.prune")?;
-        let p: super::docker::Prune = params(req)?;
+        let p: super::docker::Prune = req.parsed()?;
         let d = &self.0.docker;
         let cutoff = chrono::Utc::now().timestamp() - p.older_than.std().as_secs() as i64;
         let mut items = Vec::new();
@@ -384,7 +372,7 @@ impl Action for Prune {
         })
     }
     async fn apply(&self, req: &Request, _plan: &Plan) -> Result<Outcome, DriverError> {
-        let p: super::docker::Prune = params(req)?;
+        let p: super::docker::Prune = req.parsed()?;
         let d = &self.0.docker;
         let mut reclaimed = 0u64;
         let mut removed = Vec::new();
@@ -593,7 +581,7 @@ impl Action for ServiceRestart {
         Scope::Cluster
     }
     async fn plan(&self, req: &Request) -> Result<Plan, DriverError> {
-        let name = field(req, "name")?;
+        let name = req.field("name")?;
         let s = service(&self.0.docker, name).await?;
         let force = s
             .spec
@@ -610,7 +598,7 @@ impl Action for ServiceRestart {
         })
     }
     async fn apply(&self, req: &Request, plan: &Plan) -> Result<Outcome, DriverError> {
-        let name = field(req, "name")?;
+        let name = req.field("name")?;
         let s = service(&self.0.docker, name).await?;
         let mut spec = s.spec.unwrap_or_default();
         let force = plan.details["force"].as_u64().unwrap_or(1);
@@ -635,7 +623,7 @@ impl Action for ServiceRestart {
         })
     }
     async fn verify(&self, req: &Request, plan: &Plan) -> Result<Verdict, DriverError> {
-        let name = field(req, "name")?;
+        let name = req.field("name")?;
         let force = plan.details["force"].as_u64().unwrap_or(1);
         tasks_converged(&self.0.docker, name, |t| {
             t.force_update.unwrap_or(0) >= force
@@ -657,8 +645,8 @@ impl Action for ServiceBumpMemory {
         Scope::Cluster
     }
     async fn plan(&self, req: &Request) -> Result<Plan, DriverError> {
-        let p: super::docker::ServiceBumpMemory = params(req)?;
-        let name = field(req, "name")?;
+        let p: super::docker::ServiceBumpMemory = req.parsed()?;
+        let name = req.field("name")?;
         let s = service(&self.0.docker, name).await?;
         let cur = s
             .spec
@@ -689,8 +677,8 @@ impl Action for ServiceBumpMemory {
         })
     }
     async fn apply(&self, req: &Request, plan: &Plan) -> Result<Outcome, DriverError> {
-        let p: super::docker::ServiceBumpMemory = params(req)?;
-        let name = field(req, "name")?;
+        let p: super::docker::ServiceBumpMemory = req.parsed()?;
+        let name = req.field("name")?;
         let s = service(&self.0.docker, name).await?;
         let version = s.version.and_then(|v| v.index).unwrap_or(0);
         if Some(version) != plan.details["version"].as_u64() {
@@ -727,7 +715,7 @@ impl Action for ServiceBumpMemory {
         })
     }
     async fn verify(&self, req: &Request, plan: &Plan) -> Result<Verdict, DriverError> {
-        let name = field(req, "name")?;
+        let name = req.field("name")?;
         let new = plan.details["to"].as_u64().unwrap_or_default() as i64;
         tasks_converged(&self.0.docker, name, |t| {
             t.resources
@@ -806,8 +794,8 @@ impl Action for SparkConfBump {
     }
     async fn plan(&self, req: &Request) -> Result<Plan, DriverError> {
         use base64::Engine as _;
-        let p: super::spark::BumpMemory = params(req)?;
-        let name = field(req, "name")?;
+        let p: super::spark::BumpMemory = req.parsed()?;
+        let name = req.field("name")?;
         let d = &self.0.docker;
         let svc = service(d, name).await?;
         let configs = svc
@@ -885,7 +873,7 @@ impl Action for SparkConfBump {
     }
     async fn apply(&self, req: &Request, plan: &Plan) -> Result<Outcome, DriverError> {
         use base64::Engine as _;
-        let name = field(req, "name")?;
+        let name = req.field("name")?;
         let d = &self.0.docker;
         let new_name = plan.details["newName"]
             .as_str()
@@ -957,7 +945,7 @@ impl Action for SparkConfBump {
         })
     }
     async fn verify(&self, req: &Request, plan: &Plan) -> Result<Verdict, DriverError> {
-        let name = field(req, "name")?;
+        let name = req.field("name")?;
         let new_name = plan.details["newName"]
             .as_str()
             .unwrap_or_default()

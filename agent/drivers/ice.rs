@@ -164,11 +164,6 @@ fn partition_text(p: &iceberg::spec::Struct) -> String {
     }
 }
 
-fn params(req: &Request) -> Result<Compact, DriverError> {
-    serde_json::from_value(req.params.clone())
-        .map_err(|e| DriverError::permanent(format!("iceberg.table.compact parameters: {e}")))
-}
-
 #[async_trait]
 impl Action for IcebergCompact {
     fn name(&self) -> &'static str {
@@ -178,7 +173,7 @@ impl Action for IcebergCompact {
         Scope::Cluster
     }
     async fn plan(&self, req: &Request) -> Result<Plan, DriverError> {
-        let p = params(req)?;
+        let p: Compact = req.parsed()?;
         let key = req.target.get("catalog").cloned().unwrap_or_default();
         let table = req.target.get("name").cloned().unwrap_or_default();
         let cfg = self.catalogs.get(&key).ok_or_else(|| {

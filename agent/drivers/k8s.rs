@@ -85,7 +85,8 @@ fn api_err(what: &str, e: kube::Error) -> DriverError {
     }
 }
 
-fn code(e: &kube::Error) -> Option<u16> {
+/// The HTTP status of an API error.
+pub(crate) fn code(e: &kube::Error) -> Option<u16> {
     match e {
         kube::Error::Api(s) => Some(s.code),
         _ => None,
@@ -104,13 +105,6 @@ where
     }
 }
 
-fn field<'a>(req: &'a Request, f: &str) -> Result<&'a str, DriverError> {
-    req.target
-        .get(f)
-        .map(String::as_str)
-        .ok_or_else(|| DriverError::permanent(format!("target has no {f}")))
-}
-
 /// A controller of pods.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Workload {
@@ -123,6 +117,16 @@ pub struct Workload {
 }
 
 impl Workload {
+    /// The workload a plan recorded (see `workload_details`).
+    fn from_details(d: &serde_json::Value) -> Self {
+        let text = |k: &str| d[k].as_str().unwrap_or_default().to_string();
+        Self {
+            kind: text("kind"),
+            namespace: text("namespace"),
+            name: text("name"),
+        }
+    }
+
     fn display(&self) -> String {
         format!(
             "{} {}/{}",
@@ -277,8 +281,8 @@ impl Action for PodRestart {
     }
 
     async fn plan(&self, req: &Request) -> Result<Plan, DriverError> {
-        let p: super::kubernetes::PodRestart = params(req)?;
-        let (ns, name) = (field(req, "namespace")?, field(req, "name")?);
+        let p: super::kubernetes::PodRestart = req.parsed()?;
+        let (ns, name) = (req.field("namespace")?, req.field("name")?);
         let pods = Api::<Pod>::namespaced(self.0.client.clone(), ns);
         let pod = pods
             .get(name)
@@ -322,8 +326,8 @@ impl Action for PodRestart {
     }
 
     async fn apply(&self, req: &Request, plan: &Plan) -> Result<Outcome, DriverError> {
-        let p: super::kubernetes::PodRestart = params(req)?;
-        let (ns, name) = (field(req, "namespace")?, field(req, "name")?);
+        let p: super::kubernetes::PodRestart = req.parsed()?;
+        let (ns, name) = (req.field("namespace")?, req.field("name")?);
         let pods = Api::<Pod>::namespaced(self.0.client.clone(), ns);
         let uid = plan.details["uid"].as_str().map(str::to_string);
         // Idempotent: the pod we planned for may already be gone.
@@ -393,7 +397,7 @@ impl Action for PodRestart {
     }
 
     async fn verify(&self, req: &Request, plan: &Plan) -> Result<Verdict, DriverError> {
-        let (ns, name) = (field(req, "namespace")?, field(req, "name")?);
+        let (ns, name) = (req.field("namespace")?, req.field("name")?);
         let uid = plan.details["uid"].as_str();
         let pods = Api::<Pod>::namespaced(self.0.client.clone(), ns);
         let cur = get_opt(&pods, name, &format!("pod {ns}/{name}")).await?;
@@ -502,16 +506,11 @@ fn verb(p: &super::kubernetes::PodRestart) -> &'static str {
     }
 }
 
-fn params<T: serde::de::DeserializeOwned>(req: &Request) -> Result<T, DriverError> {
-    serde_json::from_value(req.params.clone())
-        .map_err(|e| DriverError::permanent(format!("parameters: {e}")))
-}
-
 /// The workload a target names: `kubernetes.workload` with an optional
 /// `workload` field (deployment, statefulset, daemonset; default
 /// deployment), or the owner of a `kubernetes.pod`.
 async fn target_workload(k: &Kube, req: &Request) -> Result<Workload, DriverError> {
-    let (ns, name) = (field(req, "namespace")?, field(req, "name")?);
+    let (ns, name) = (req.field("namespace")?, req.field("name")?);
     if req.target.get("kind").map(String::as_str) == Some("kubernetes.pod") {
         let pod = Api::<Pod>::namespaced(k.client.clone(), ns)
             .get(name)
@@ -544,14 +543,7 @@ async fn target_workload(k: &Kube, req: &Request) -> Result<Workload, DriverErro
 }
 
 async fn verify_rollout(k: &Kube, plan: &Plan) -> Result<Verdict, DriverError> {
-    let w = Workload {
-        kind: plan.details["kind"].as_str().unwrap_or_default().into(),
-        namespace: plan.details["namespace"]
-            .as_str()
-            .unwrap_or_default()
-            .into(),
-        name: plan.details["name"].as_str().unwrap_or_default().into(),
-    };
+    let w = Workload::from_details(&plan.details);
     let obj = get_workload(&k.client, &w).await?;
     let r = rollout_of(&obj, &w.kind);
     let applied_gen = plan.details["appliedGeneration"].as_i64().unwrap_or(0);
@@ -617,14 +609,7 @@ impl Action for RolloutRestart {
         })
     }
     async fn apply(&self, _: &Request, plan: &Plan) -> Result<Outcome, DriverError> {
-        let w = Workload {
-            kind: plan.details["kind"].as_str().unwrap_or_default().into(),
-            namespace: plan.details["namespace"]
-                .as_str()
-                .unwrap_or_default()
-                .into(),
-            name: plan.details["name"].as_str().unwrap_or_default().into(),
-        };
+        let w = Workload::from_details(&plan.details);
         let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
         let patch = json!({"spec": {"template": {"metadata": {"annotations": {
             "kubectl.kubernetes.io/restartedAt": now
@@ -700,8 +685,8 @@ impl Action for BumpMemory {
         Scope::Cluster
     }
     async fn plan(&self, req: &Request) -> Result<Plan, DriverError> {
-        let p: super::kubernetes::BumpMemory = params(req)?;
-        let (ns, name) = (field(req, "namespace")?, field(req, "name")?);
+        let p: super::kubernetes::BumpMemory = req.parsed()?;
+        let (ns, name) = (req.field("namespace")?, req.field("name")?);
         let (w, container) = if req.target.get("kind").map(String::as_str) == Some("kubernetes.pod")
         {
             let pod = Api::<Pod>::namespaced(self.0.client.clone(), ns)
@@ -775,11 +760,7 @@ impl Action for BumpMemory {
     }
     async fn apply(&self, _: &Request, plan: &Plan) -> Result<Outcome, DriverError> {
         let d = &plan.details;
-        let w = Workload {
-            kind: d["kind"].as_str().unwrap_or_default().into(),
-            namespace: d["namespace"].as_str().unwrap_or_default().into(),
-            name: d["name"].as_str().unwrap_or_default().into(),
-        };
+        let w = Workload::from_details(d);
         let container = d["container"].as_str().unwrap_or_default();
         let new = d["to"].as_u64().unwrap_or_default();
         let q = ByteSize(new).to_string();
@@ -840,7 +821,7 @@ impl Action for ScaleOut {
         Scope::Cluster
     }
     async fn plan(&self, req: &Request) -> Result<Plan, DriverError> {
-        let p: super::kubernetes::Scale = params(req)?;
+        let p: super::kubernetes::Scale = req.parsed()?;
         let w = target_workload(&self.0, req).await?;
         if w.kind == "DaemonSet" {
             return Err(DriverError::permanent(format!(
@@ -872,11 +853,7 @@ impl Action for ScaleOut {
     }
     async fn apply(&self, _: &Request, plan: &Plan) -> Result<Outcome, DriverError> {
         let d = &plan.details;
-        let w = Workload {
-            kind: d["kind"].as_str().unwrap_or_default().into(),
-            namespace: d["namespace"].as_str().unwrap_or_default().into(),
-            name: d["name"].as_str().unwrap_or_default().into(),
-        };
+        let w = Workload::from_details(d);
         let to = d["to"].as_i64().unwrap_or_default();
         let patch = json!({"metadata": {"resourceVersion": d["resourceVersion"]}, "spec": {"replicas": to}});
         let obj = dynamic_api(&self.0.client, &w)?
@@ -931,8 +908,8 @@ impl Action for SparkBumpMemory {
         Scope::Cluster
     }
     async fn plan(&self, req: &Request) -> Result<Plan, DriverError> {
-        let p: super::spark::BumpMemory = params(req)?;
-        let (ns, name) = (field(req, "namespace")?, field(req, "name")?);
+        let p: super::spark::BumpMemory = req.parsed()?;
+        let (ns, name) = (req.field("namespace")?, req.field("name")?);
         let app = spark_api(&self.0.client, ns)
             .get(name)
             .await
@@ -975,7 +952,7 @@ impl Action for SparkBumpMemory {
         })
     }
     async fn apply(&self, req: &Request, plan: &Plan) -> Result<Outcome, DriverError> {
-        let (ns, name) = (field(req, "namespace")?, field(req, "name")?);
+        let (ns, name) = (req.field("namespace")?, req.field("name")?);
         let mut patch = plan.details["patch"].clone();
         patch["metadata"] = json!({"resourceVersion": plan.details["resourceVersion"]});
         spark_api(&self.0.client, ns)
@@ -991,7 +968,7 @@ impl Action for SparkBumpMemory {
         })
     }
     async fn verify(&self, req: &Request, plan: &Plan) -> Result<Verdict, DriverError> {
-        let (ns, name) = (field(req, "namespace")?, field(req, "name")?);
+        let (ns, name) = (req.field("namespace")?, req.field("name")?);
         let app = spark_api(&self.0.client, ns)
             .get(name)
             .await

@@ -46,6 +46,23 @@ pub struct Request {
     pub dry_run: bool,
 }
 
+impl Request {
+    /// A target field, or a permanent error naming the missing one.
+    pub fn field(&self, f: &str) -> Result<&str, DriverError> {
+        self.target
+            .get(f)
+            .map(String::as_str)
+            .ok_or_else(|| DriverError::permanent(format!("target has no {f}")))
+    }
+
+    /// The parameters as the action's own type (the engine has validated
+    /// them; this only fails for a request built by hand).
+    pub fn parsed<T: serde::de::DeserializeOwned>(&self) -> Result<T, DriverError> {
+        serde_json::from_value(self.params.clone())
+            .map_err(|e| DriverError::permanent(format!("parameters: {e}")))
+    }
+}
+
 /// The result of `plan`: what would be done, read from the backend.
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct Plan {

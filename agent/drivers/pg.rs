@@ -198,12 +198,6 @@ const TERMINATE: &str = "
        AND a.state = ANY($2)
        AND now() - a.state_change >= make_interval(secs => $3)";
 
-fn params(req: &Request) -> Result<Recycle, DriverError> {
-    serde_json::from_value(req.params.clone()).map_err(|e| {
-        DriverError::permanent(format!("postgres.connections.recycle parameters: {e}"))
-    })
-}
-
 fn describe(sessions: &[Session]) -> String {
     sessions
         .iter()
@@ -233,7 +227,7 @@ impl Action for PgRecycle {
         Scope::Cluster
     }
     async fn plan(&self, req: &Request) -> Result<Plan, DriverError> {
-        let p = params(req)?;
+        let p: Recycle = req.parsed()?;
         let c = self.connect(&p.connection).await?;
         // Without pg_read_all_stats other roles' sessions have no visible
         // state: the selection would silently find nothing. Say so instead.
@@ -301,7 +295,7 @@ impl Action for PgRecycle {
         })
     }
     async fn apply(&self, req: &Request, plan: &Plan) -> Result<Outcome, DriverError> {
-        let p = params(req)?;
+        let p: Recycle = req.parsed()?;
         let sessions: Vec<Session> =
             serde_json::from_value(plan.details["sessions"].clone()).unwrap_or_default();
         if sessions.is_empty() {
@@ -356,7 +350,7 @@ impl Action for PgRecycle {
         })
     }
     async fn verify(&self, req: &Request, plan: &Plan) -> Result<Verdict, DriverError> {
-        let p = params(req)?;
+        let p: Recycle = req.parsed()?;
         let sessions: Vec<Session> =
             serde_json::from_value(plan.details["sessions"].clone()).unwrap_or_default();
         let pids: Vec<i32> = sessions.iter().map(|s| s.pid).collect();

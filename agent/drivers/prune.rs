@@ -253,11 +253,6 @@ impl HostDiskPrune {
     }
 }
 
-fn params(req: &Request) -> Result<DiskPrune, DriverError> {
-    serde_json::from_value(req.params.clone())
-        .map_err(|e| DriverError::permanent(format!("host.disk.prune parameters: {e}")))
-}
-
 /// The filesystem the target names: `target.mountpoint`, else the first root.
 fn mountpoint(req: &Request, p: &DiskPrune) -> PathBuf {
     req.target
@@ -295,7 +290,7 @@ impl Action for HostDiskPrune {
             }
             None => return Err(DriverError::permanent("host.disk.prune needs target.node")),
         }
-        let p = params(req)?;
+        let p: DiskPrune = req.parsed()?;
         let mp = mountpoint(req, &p);
         let p2 = p.clone();
         let (u, all) = tokio::task::spawn_blocking(move || {
@@ -339,7 +334,7 @@ impl Action for HostDiskPrune {
     }
 
     async fn apply(&self, req: &Request, plan: &Plan) -> Result<Outcome, DriverError> {
-        let p = params(req)?;
+        let p: DiskPrune = req.parsed()?;
         let files: Vec<Candidate> =
             serde_json::from_value::<Vec<serde_json::Value>>(plan.details["files"].clone())
                 .unwrap_or_default()
@@ -412,7 +407,7 @@ impl Action for HostDiskPrune {
     }
 
     async fn verify(&self, req: &Request, _plan: &Plan) -> Result<Verdict, DriverError> {
-        let p = params(req)?;
+        let p: DiskPrune = req.parsed()?;
         let mp = mountpoint(req, &p);
         let u = usage(&mp).map_err(|e| DriverError::permanent(format!("{}: {e}", mp.display())))?;
         Ok(if u.percent() <= u64::from(p.target_usage_percent) {
