@@ -5,6 +5,8 @@
 //! touches anything else on the engine. Swarm: `docker swarm init` on
 //! loopback if the engine is not in a swarm yet (left initialised).
 
+mod common;
+
 use std::process::Command;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -13,28 +15,9 @@ use remediate::drivers::dockerd::{self, Engine};
 use remediate::drivers::{Action, Registry, Request, Verdict};
 use serde_json::json;
 
+use common::docker::{docker, docker_ok, swarm, unique, Cleanup};
+
 const IMAGE: &str = "remediate-test/busybox:1";
-
-fn docker(args: &[&str]) -> String {
-    let out = Command::new("docker")
-        .args(args)
-        .output()
-        .expect("docker CLI");
-    assert!(
-        out.status.success(),
-        "docker {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
-fn docker_ok(args: &[&str]) -> bool {
-    Command::new("docker")
-        .args(args)
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
 
 /// The busybox image, built once per test binary.
 fn image() -> &'static str {
@@ -129,20 +112,6 @@ fn req(kind: &str, name: &str, params: serde_json::Value) -> Request {
             .collect(),
         params,
         dry_run: false,
-    }
-}
-
-fn unique(prefix: &str) -> String {
-    format!("{prefix}-{:06x}", fastrand::u32(..) & 0xffffff)
-}
-
-/// Removes one test object when dropped.
-struct Cleanup(Vec<Vec<String>>);
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        for args in &self.0 {
-            let _ = Command::new("docker").args(args).output();
-        }
     }
 }
 
@@ -330,20 +299,6 @@ async fn prune_removes_only_old_unprotected_labelled_objects_and_reports_bytes()
     );
     a.apply(&r, &plan).await.unwrap();
     assert!(!docker_ok(&["volume", "inspect", &vol]));
-}
-
-fn swarm() {
-    let state = docker(&["info", "--format", "{{.Swarm.LocalNodeState}}"]);
-    if state != "active" {
-        docker(&[
-            "swarm",
-            "init",
-            "--advertise-addr",
-            "127.0.0.1",
-            "--listen-addr",
-            "127.0.0.1:2377",
-        ]);
-    }
 }
 
 #[tokio::test]

@@ -10,72 +10,13 @@
 //!
 //! Everything is labelled `remediate-test=1` and removed at the end.
 
+mod common;
+
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-fn docker(args: &[&str]) -> String {
-    let out = Command::new("docker")
-        .args(args)
-        .output()
-        .expect("docker CLI");
-    assert!(
-        out.status.success(),
-        "docker {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
-fn docker_ok(args: &[&str]) -> bool {
-    Command::new("docker")
-        .args(args)
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
-
-fn unique(prefix: &str) -> String {
-    format!("{prefix}-{:06x}", fastrand::u32(..) & 0xffffff)
-}
-
-struct Cleanup(Vec<Vec<String>>);
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        for args in &self.0 {
-            if args[0] == "rmi" {
-                // Stack and service removal is asynchronous: wait for their
-                // containers to go before removing the image they use.
-                for _ in 0..60 {
-                    let left = Command::new("docker")
-                        .args(["ps", "-aq", "--filter", &format!("ancestor={}", args[1])])
-                        .output()
-                        .map(|o| !o.stdout.is_empty())
-                        .unwrap_or(false);
-                    if !left {
-                        break;
-                    }
-                    std::thread::sleep(Duration::from_millis(500));
-                }
-            }
-            let _ = Command::new("docker").args(args).output();
-        }
-    }
-}
-
-fn swarm() {
-    assert!(docker_ok(&["info"]), "a running Docker Engine is required");
-    if docker(&["info", "--format", "{{.Swarm.LocalNodeState}}"]) != "active" {
-        docker(&[
-            "swarm",
-            "init",
-            "--advertise-addr",
-            "127.0.0.1",
-            "--listen-addr",
-            "127.0.0.1:2377",
-        ]);
-    }
-}
+use common::docker::{docker, swarm, unique, Cleanup};
 
 /// `remediate-test/agent:<tag>`: the binary, its libraries, busybox.
 fn agent_image(tag: &str) -> String {
