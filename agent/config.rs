@@ -385,14 +385,26 @@ pub struct Backends {
     pub iceberg: std::collections::BTreeMap<String, IcebergCatalog>,
 }
 
-/// An Iceberg catalog (SQL catalog: SQLite or Postgres through sqlx).
+/// An Iceberg catalog. The `uri` scheme picks the kind: `sqlite:` or
+/// `postgres://` is a SQL catalog (the JDBC/pyiceberg `iceberg_tables`
+/// layout), `http://` or `https://` an Iceberg REST catalog.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct IcebergCatalog {
-    /// The catalog's database, e.g. `sqlite:/var/lib/lake/catalog.db`.
+    /// `sqlite:/var/lib/lake/catalog.db`, `postgres://user@host/db` or
+    /// `https://catalog.example:8181` (REST).
     pub uri: String,
-    /// Warehouse location, e.g. `file:///var/lib/lake`.
+    /// Warehouse location, e.g. `file:///var/lib/lake` (for REST catalogs,
+    /// the warehouse name the server expects, if any).
+    #[serde(default)]
     pub warehouse: String,
+    /// A file holding the password of a Postgres catalog (kept out of
+    /// `uri`) or the bearer token of a REST catalog.
+    #[serde(default)]
+    pub secret_file: Option<PathBuf>,
+    /// Environment variable holding that secret instead.
+    #[serde(default)]
+    pub secret_env: Option<String>,
     /// Catalog name as stored in the catalog tables (pyiceberg's and Java's `catalog_name`); default the key.
     #[serde(default)]
     pub name: Option<String>,
@@ -573,6 +585,11 @@ impl AgentConfig {
             }
             for s in &mut cfg.notify {
                 if let Some(p) = s.url_file.as_mut() {
+                    fix(p);
+                }
+            }
+            for c in cfg.backends.iceberg.values_mut() {
+                if let Some(p) = c.secret_file.as_mut() {
                     fix(p);
                 }
             }

@@ -129,6 +129,21 @@ impl fmt::Display for ByteSize {
     }
 }
 
+/// A size for people: `274.3 KiB`, `1.2 GiB`, `512 B`.
+pub fn human_bytes(b: u64) -> String {
+    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
+    if b < 1024 {
+        return format!("{b} B");
+    }
+    let mut v = b as f64 / 1024.0;
+    let mut i = 0;
+    while v >= 1024.0 && i + 1 < UNITS.len() {
+        v /= 1024.0;
+        i += 1;
+    }
+    format!("{v:.1} {}", UNITS[i])
+}
+
 impl Serialize for ByteSize {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.collect_str(self)
@@ -245,6 +260,9 @@ mod tests {
         assert_eq!("500M".parse::<ByteSize>().unwrap().0, 500_000_000);
         assert_eq!("4g".parse::<ByteSize>().unwrap().0, 4 << 30);
         assert_eq!("128MiB".parse::<ByteSize>().unwrap().0, 128 << 20);
+        assert_eq!(human_bytes(512), "512 B");
+        assert_eq!(human_bytes(280_872), "274.3 KiB");
+        assert_eq!(human_bytes(3 << 30), "3.0 GiB");
         assert!("12 parsecs".parse::<ByteSize>().is_err());
         assert_eq!(ByteSize(3 << 30).to_string(), "3Gi");
     }

@@ -1,28 +1,34 @@
-//! Iceberg planning against tables made by an independent implementation:
-//! pyiceberg (PyPI) with its SQL catalog on SQLite and a local warehouse
-//! creates a table with hundreds of small files across partitions; the
-//! dry-run reports them per partition. The rewrite itself is not in this
-//! build: executing refuses and the table is unchanged (pyiceberg checks).
+//! Iceberg compaction against tables made and read by an independent
+//! implementation: pyiceberg (PyPI) with its SQL catalog on SQLite (and on a
+//! real PostgreSQL, and behind a REST catalog server built on pyiceberg,
+//! `tests/iceberg/rest_catalog.py`) and a local warehouse. pyiceberg makes
+//! tables with hundreds of small files across partitions; after compaction
+//! pyiceberg reads the same rows (an order-free checksum of every row), sees
+//! fewer files and a current snapshot whose operation is `replace`, and
+//! appends or rewrites made by pyiceberg during compaction survive.
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Arc;
 
-fn pyice(args: &[&str]) -> serde_json::Value {
+use remediate::config::IcebergCatalog;
+use remediate::drivers::ice::{compact, lake, Lake, Params};
+use serde_json::Value;
+
+fn pyice_env(env: &[(&str, &str)], args: &[&str]) -> Value {
     let probe = Command::new("python3")
         .args(["-c", "import pyiceberg, pyarrow, sqlalchemy"])
         .output();
     assert!(
         probe.is_ok_and(|o| o.status.success()),
-        "pyiceberg is required: pip install 'pyiceberg[sql-sqlite,pyarrow]' (.ci/run does)"
+        "pyiceberg is required: pip install 'pyiceberg[sql-sqlite,sql-postgres,pyarrow]' (.ci/run does)"
     );
     let out = Command::new("python3")
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/iceberg/pyice.py"
-        ))
+        .arg(common::repo("tests/iceberg/pyice.py"))
         .args(args)
+        .envs(env.iter().copied())
         .output()
         .unwrap();
     assert!(
@@ -33,22 +39,28 @@ fn pyice(args: &[&str]) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
-fn setup(dir: &Path) -> std::path::PathBuf {
+fn pyice(args: &[&str]) -> Value {
+    pyice_env(&[], args)
+}
+
+fn setup(dir: &Path, with: &str) -> PathBuf {
     let wh = dir.join("warehouse");
     std::fs::create_dir_all(dir.join("playbooks")).unwrap();
     std::fs::create_dir_all(dir.join("policies")).unwrap();
     std::fs::write(
         dir.join("playbooks/compact.yaml"),
-        r#"apiVersion: remediate/v1
+        format!(
+            r#"apiVersion: remediate/v1
 kind: Playbook
-metadata: { name: compact }
+metadata: {{ name: compact }}
 spec:
-  triggers: [{ alert: ['alertname="IcebergTableSmallFilesRatioHigh"'] }]
-  target: { kind: iceberg.table, catalog: lake, name: "{{ labels.table }}" }
+  triggers: [{{ alert: ['alertname="IcebergTableSmallFilesRatioHigh"'] }}]
+  target: {{ kind: iceberg.table, catalog: lake, name: "{{{{ labels.table }}}}" }}
   steps:
     - action: iceberg.table.compact
-      with: { smallFileThreshold: 1Mi, targetFileSize: 64Mi, minSmallFilesRatio: 0.3 }
-"#,
+      with: {{ smallFileThreshold: 1Mi, targetFileSize: 64Mi, minSmallFilesRatio: 0.3{with} }}
+"#
+        ),
     )
     .unwrap();
     std::fs::write(
@@ -80,35 +92,86 @@ spec:
     cfg
 }
 
+fn run_cli(dir: &Path, cfg: &Path, extra: &[&str]) -> (Option<i32>, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_remediate"))
+        .current_dir(dir)
+        .args([
+            "run",
+            "--config",
+            &cfg.display().to_string(),
+            "--alert",
+            "alert.json",
+            "--audit",
+            "audit.jsonl",
+        ])
+        .args(extra)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn sqlite_lake(wh: &Path) -> IcebergCatalog {
+    serde_json::from_value(serde_json::json!({
+        "uri": format!("sqlite:{}/catalog.db", wh.display()),
+        "warehouse": format!("file://{}", wh.display()),
+    }))
+    .unwrap()
+}
+
+fn params(retries: u32) -> Params {
+    Params {
+        small: 1 << 20,
+        target: 64 << 20,
+        min_ratio: 0.3,
+        max_partitions: None,
+        commit_retries: retries,
+    }
+}
+
+/// Files the compaction wrote (`compact-…` under the table's data dir).
+fn compact_files(wh: &Path, table: &str) -> Vec<PathBuf> {
+    walk(&wh.join("db").join(table).join("data"))
+        .into_iter()
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("compact-"))
+        })
+        .collect()
+}
+
+fn walk(d: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(d) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+fn unchanged_shape(before: &Value, after: &Value) {
+    for k in ["schema", "spec", "sort_order", "format_version"] {
+        assert_eq!(before[k], after[k], "{k} changed");
+    }
+}
+
 #[test]
-fn the_dry_run_reports_small_files_per_partition_of_a_pyiceberg_table() {
+fn the_cli_compacts_a_pyiceberg_table_and_pyiceberg_reads_the_same_rows() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = setup(dir.path());
+    let cfg = setup(dir.path(), "");
     let wh = dir.path().join("warehouse");
     let made = pyice(&["make", &wh.display().to_string(), "events", "50", "40"]);
     assert_eq!(made["files"], 200);
-    let run = |extra: &[&str]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_remediate"))
-            .current_dir(dir.path())
-            .args([
-                "run",
-                "--config",
-                &cfg.display().to_string(),
-                "--alert",
-                "alert.json",
-                "--audit",
-                "audit.jsonl",
-            ])
-            .args(extra)
-            .output()
-            .unwrap();
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    };
-    let (code, out, err) = run(&["--dry-run"]);
+    let (code, out, err) = run_cli(dir.path(), &cfg, &["--dry-run"]);
     assert_eq!(code, Some(0), "{out}{err}");
     assert!(
         out.contains("table lake.db.events: 200 data files, 200 small; compact 4 partition(s):"),
@@ -121,24 +184,249 @@ fn the_dry_run_reports_small_files_per_partition_of_a_pyiceberg_table() {
         );
     }
     assert!(out.contains("-> 1 file(s)"), "{out}");
-    // Executing is refused in this build; the table is untouched.
-    let (code, _, _) = run(&[]);
-    assert_eq!(code, Some(1));
+    assert_eq!(
+        pyice(&["inspect", &wh.display().to_string(), "events"])["snapshots"],
+        50,
+        "a dry-run commits nothing"
+    );
+
+    let (code, out, err) = run_cli(dir.path(), &cfg, &[]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    let after = pyice(&["inspect", &wh.display().to_string(), "events"]);
+    assert_eq!(after["checksum"], made["checksum"], "same rows");
+    assert_eq!(after["rows"], 2000);
+    assert_eq!(after["files"], 4, "one file per partition");
+    assert_eq!(after["operation"], "replace");
+    assert_eq!(after["snapshots"], 51);
+    unchanged_shape(&made, &after);
     let recs = remediate::audit::read(&dir.path().join("audit.jsonl"))
         .unwrap()
         .records;
-    assert!(recs.iter().any(|r| r.phase == remediate::audit::Phase::Failed
-        && r.outcome.contains("the Iceberg rewrite and its replace commit are not in this build yet; nothing was changed")));
-    let after = pyice(&["inspect", &wh.display().to_string(), "events"]);
-    assert_eq!(after["files"], 200);
-    assert_eq!(after["checksum"], made["checksum"]);
-    assert_eq!(after["snapshots"], made["snapshots"]);
+    let applied = recs
+        .iter()
+        .find(|r| r.phase == remediate::audit::Phase::Applied)
+        .expect("applied record");
+    assert!(
+        applied.outcome.contains("replaced 200 small files")
+            && applied.outcome.contains("with 4 ("),
+        "{}",
+        applied.outcome
+    );
+    assert!(recs
+        .iter()
+        .any(|r| r.phase == remediate::audit::Phase::Verified
+            && r.outcome
+                .contains("none of the 200 picked small files is live")));
+
+    // Idempotent: a second run finds nothing to do and commits nothing.
+    let (code, out, err) = run_cli(dir.path(), &cfg, &[]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(
+        out.contains("none over the threshold") || err.contains("none over the threshold") || {
+            let recs = remediate::audit::read(&dir.path().join("audit.jsonl"))
+                .unwrap()
+                .records;
+            recs.iter()
+                .any(|r| r.outcome.contains("nothing to compact"))
+        },
+        "{out}"
+    );
+    assert_eq!(
+        pyice(&["inspect", &wh.display().to_string(), "events"])["snapshots"],
+        51
+    );
+}
+
+/// Runs `pyice` on a blocking thread (the hook runs inside the runtime).
+async fn pyice_async(args: Vec<String>) -> Value {
+    tokio::task::spawn_blocking(move || {
+        let a: Vec<&str> = args.iter().map(String::as_str).collect();
+        pyice(&a)
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn an_append_committed_during_compaction_survives() {
+    let dir = tempfile::tempdir().unwrap();
+    let wh = dir.path().join("warehouse");
+    let w = wh.display().to_string();
+    pyice(&["make", &w, "events", "30", "20"]);
+    let lake = Lake::open("lake", &sqlite_lake(&wh)).await.unwrap();
+    let t = lake.load(&lake::ident("db.events").unwrap()).await.unwrap();
+    let appended = Arc::new(std::sync::Mutex::new(None));
+    let seen = appended.clone();
+    let w2 = w.clone();
+    let hook: compact::BeforeCommit = Arc::new(move |attempt| {
+        let seen = seen.clone();
+        let w = w2.clone();
+        Box::pin(async move {
+            if attempt == 0 {
+                let v = pyice_async(vec!["append".into(), w, "events".into(), "8".into()]).await;
+                *seen.lock().unwrap() = Some(v);
+            }
+        })
+    });
+    let r = compact::compact(&lake, &t, None, &params(4), Some(hook))
+        .await
+        .unwrap();
+    assert_eq!(r.attempts, 2, "the first commit conflicts with the append");
+    assert_eq!(r.files_removed, 120);
+    let appended = appended.lock().unwrap().clone().unwrap();
+    let after = pyice(&["inspect", &w, "events"]);
+    assert_eq!(after["rows"], 608);
+    assert_eq!(
+        after["checksum"], appended["checksum"],
+        "every row, the appended ones too"
+    );
+    assert_eq!(after["operation"], "replace");
+    assert_eq!(
+        after["files"],
+        4 + 4,
+        "four compacted files and the append's four"
+    );
+}
+
+#[tokio::test]
+async fn conflicts_past_the_retry_budget_fail_cleanly_and_leave_no_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let wh = dir.path().join("warehouse");
+    let w = wh.display().to_string();
+    pyice(&["make", &w, "events", "10", "20"]);
+    let lake = Lake::open("lake", &sqlite_lake(&wh)).await.unwrap();
+    let t = lake.load(&lake::ident("db.events").unwrap()).await.unwrap();
+    let last = Arc::new(std::sync::Mutex::new(None));
+    let seen = last.clone();
+    let w2 = w.clone();
+    let hook: compact::BeforeCommit = Arc::new(move |attempt| {
+        let seen = seen.clone();
+        let w = w2.clone();
+        Box::pin(async move {
+            // A different batch each time, so no two appends cancel out
+            // in the order-free checksum.
+            let start = (20_000_000 + attempt * 100).to_string();
+            let v = pyice_async(vec!["append".into(), w, "events".into(), "4".into(), start]).await;
+            *seen.lock().unwrap() = Some(v);
+        })
+    });
+    let e = compact::compact(&lake, &t, None, &params(2), Some(hook))
+        .await
+        .unwrap_err();
+    assert!(
+        e.message.contains("commit conflicted 3 time(s)")
+            && e.message
+                .contains("nothing was committed and the rewritten files were removed"),
+        "{}",
+        e.message
+    );
+    let after = pyice(&["inspect", &w, "events"]);
+    let last = last.lock().unwrap().clone().unwrap();
+    assert_eq!(after["checksum"], last["checksum"]);
+    assert_eq!(after["rows"], 200 + 3 * 4);
+    assert_eq!(after["operation"], "append");
+    assert!(
+        compact_files(&wh, "events").is_empty(),
+        "{:?}",
+        compact_files(&wh, "events")
+    );
+}
+
+#[tokio::test]
+async fn a_concurrent_rewrite_of_a_picked_file_aborts_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let wh = dir.path().join("warehouse");
+    let w = wh.display().to_string();
+    pyice(&["make", &w, "events", "10", "20"]);
+    let lake = Lake::open("lake", &sqlite_lake(&wh)).await.unwrap();
+    let t = lake.load(&lake::ident("db.events").unwrap()).await.unwrap();
+    let after_delete = Arc::new(std::sync::Mutex::new(None));
+    let seen = after_delete.clone();
+    let w2 = w.clone();
+    let hook: compact::BeforeCommit = Arc::new(move |attempt| {
+        let seen = seen.clone();
+        let w = w2.clone();
+        Box::pin(async move {
+            if attempt == 0 {
+                // id 4 is in category alpha: pyiceberg rewrites that file
+                // (copy-on-write), one of the files being compacted.
+                let v = pyice_async(vec![
+                    "delete".into(),
+                    w,
+                    "events".into(),
+                    "alpha".into(),
+                    "4".into(),
+                ])
+                .await;
+                *seen.lock().unwrap() = Some(v);
+            }
+        })
+    });
+    let e = compact::compact(&lake, &t, None, &params(4), Some(hook))
+        .await
+        .unwrap_err();
+    assert!(
+        e.message.contains("a concurrent commit removed or replaced 1 of the 40 files being compacted; nothing was committed"),
+        "{}",
+        e.message
+    );
+    let after = pyice(&["inspect", &w, "events"]);
+    let deleted = after_delete.lock().unwrap().clone().unwrap();
+    assert_eq!(after["checksum"], deleted["checksum"]);
+    assert_eq!(after["rows"], 199);
+    assert_eq!(after["operation"], "overwrite");
+    assert!(compact_files(&wh, "events").is_empty());
+}
+
+#[tokio::test]
+async fn v1_sorted_and_evolved_tables_keep_schema_spec_sort_order_and_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let wh = dir.path().join("warehouse");
+    let w = wh.display().to_string();
+    let lake_cfg = sqlite_lake(&wh);
+    for (make, table) in [
+        ("make-v1", "v1"),
+        ("make-sorted", "sorted"),
+        ("make-evolved", "evolved"),
+    ] {
+        let made = pyice(&[make, &w, table, "12", "25"]);
+        assert_eq!(made["files"], 48, "{table}");
+        let lake = Lake::open("lake", &lake_cfg).await.unwrap();
+        let t = lake
+            .load(&lake::ident(&format!("db.{table}")).unwrap())
+            .await
+            .unwrap();
+        let r = compact::compact(&lake, &t, None, &params(4), None)
+            .await
+            .unwrap();
+        assert_eq!(
+            (r.files_removed, r.files_added, r.rows),
+            (48, 4, 300),
+            "{table}"
+        );
+        let after = pyice(&["inspect", &w, table]);
+        assert_eq!(after["checksum"], made["checksum"], "{table}");
+        assert_eq!(after["files"], 4, "{table}");
+        assert_eq!(after["operation"], "replace", "{table}");
+        unchanged_shape(&made, &after);
+        if table == "sorted" {
+            assert!(r.sorted);
+            assert_eq!(
+                made["files_sorted_desc_by_id"], false,
+                "pyiceberg wrote ascending files"
+            );
+            assert_eq!(
+                after["files_sorted_desc_by_id"], true,
+                "the output follows the sort order"
+            );
+        }
+    }
 }
 
 #[tokio::test]
 async fn the_agent_exports_the_small_files_ratio_of_configured_tables() {
     let dir = tempfile::tempdir().unwrap();
-    setup(dir.path());
+    setup(dir.path(), "");
     let wh = dir.path().join("warehouse");
     pyice(&["make", &wh.display().to_string(), "events", "12", "10"]);
     let cfg = format!(

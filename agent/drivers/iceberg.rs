@@ -26,9 +26,23 @@ pub struct Compact {
     /// Optionally expire snapshots older than this after compacting.
     #[serde(default)]
     pub expire_snapshots_older_than: Option<Duration>,
-    /// Optionally remove files no snapshot references.
+    /// Optionally remove files under the table's location that nothing
+    /// references (local tables only).
     #[serde(default)]
     pub remove_orphan_files: bool,
+    /// Orphans younger than this are kept: a writer's uncommitted files.
+    #[serde(default = "default_orphan_age")]
+    pub orphan_min_age: Duration,
+    /// Commit attempts after the first when another writer commits first.
+    #[serde(default = "default_retries")]
+    pub commit_retries: u32,
+}
+
+fn default_orphan_age() -> Duration {
+    Duration(std::time::Duration::from_secs(72 * 3600))
+}
+fn default_retries() -> u32 {
+    4
 }
 
 fn default_small() -> ByteSize {

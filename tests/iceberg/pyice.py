@@ -3,8 +3,23 @@
 (pyiceberg, SQL catalog on SQLite, local warehouse).
 
   pyice.py make    WAREHOUSE TABLE APPENDS ROWS   -> JSON summary
+  pyice.py make-v1 WAREHOUSE TABLE APPENDS ROWS   -> same, format-version 1
   pyice.py inspect WAREHOUSE TABLE               -> JSON summary
-  pyice.py append  WAREHOUSE TABLE ROWS           -> JSON summary
+  pyice.py make-sorted  ...                      -> same, sort order id DESC
+  pyice.py make-evolved ...                      -> same; column `note` added
+                                                    halfway (files of two schemas)
+  pyice.py append  WAREHOUSE TABLE ROWS [START]   -> JSON summary (ids from START)
+  pyice.py delete  WAREHOUSE TABLE CATEGORY ID    -> JSON summary
+
+The catalog is SQLite at WAREHOUSE/catalog.db unless env PYICE_CATALOG_URI
+gives another SQLAlchemy URI (e.g. postgresql+psycopg2://user@127.0.0.1:5432/db);
+the warehouse is file://WAREHOUSE either way.
+
+`delete` removes the rows with category == CATEGORY and id == ID. pyiceberg
+(0.12) only deletes copy-on-write: whole data files that match are dropped
+(a "delete" snapshot) and partly matching files are rewritten (an "overwrite"
+snapshot); it writes no positional or equality delete files, even with
+write.delete.mode=merge-on-read (it warns and falls back).
 
 The summary: data files (total and per partition), rows, an order-free
 checksum of every row, and the current snapshot's summary operation.
@@ -15,9 +30,12 @@ import os
 import sys
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 from pyiceberg.catalog.sql import SqlCatalog
+from pyiceberg.expressions import And, EqualTo
 from pyiceberg.partitioning import PartitionField, PartitionSpec
 from pyiceberg.schema import Schema
+from pyiceberg.table.sorting import UNSORTED_SORT_ORDER, SortDirection, SortField, SortOrder
 from pyiceberg.transforms import IdentityTransform
 from pyiceberg.types import DoubleType, LongType, NestedField, StringType
 
@@ -28,7 +46,7 @@ def catalog(warehouse):
     os.makedirs(warehouse, exist_ok=True)
     return SqlCatalog(
         "lake",
-        uri=f"sqlite:///{warehouse}/catalog.db",
+        uri=os.environ.get("PYICE_CATALOG_URI") or f"sqlite:///{warehouse}/catalog.db",
         warehouse=f"file://{warehouse}",
     )
 
@@ -57,7 +75,17 @@ def summary(table):
         key = json.dumps(f.get("partition"), sort_keys=True, default=str)
         per[key] = per.get(key, 0) + 1
     snap = table.current_snapshot()
+    sorted_desc = True
+    for f in files:
+        ids = pq.read_table(f["file_path"].removeprefix("file://"), columns=["id"]).column("id").to_pylist()
+        if any(a is not None and b is not None and a < b for a, b in zip(ids, ids[1:])):
+            sorted_desc = False
     return {
+        "schema": str(table.schema()),
+        "spec": str(table.spec()),
+        "sort_order": str(table.sort_order()),
+        "format_version": table.format_version,
+        "files_sorted_desc_by_id": sorted_desc,
         "files": len(files),
         "per_partition": per,
         "rows": arrow.num_rows,
@@ -71,7 +99,7 @@ def summary(table):
 def main():
     cmd, warehouse, name = sys.argv[1], sys.argv[2], sys.argv[3]
     cat = catalog(warehouse)
-    if cmd == "make":
+    if cmd in ("make", "make-v1", "make-sorted", "make-evolved"):
         appends, rows = int(sys.argv[4]), int(sys.argv[5])
         try:
             cat.create_namespace("db")
@@ -83,16 +111,32 @@ def main():
             NestedField(3, "value", DoubleType(), required=False),
         )
         spec = PartitionSpec(PartitionField(source_id=2, field_id=1000, transform=IdentityTransform(), name="category"))
-        table = cat.create_table(f"db.{name}", schema=schema, partition_spec=spec)
+        props = {"format-version": "1"} if cmd == "make-v1" else {}
+        order = UNSORTED_SORT_ORDER
+        if cmd == "make-sorted":
+            order = SortOrder(SortField(source_id=1, transform=IdentityTransform(), direction=SortDirection.DESC))
+        table = cat.create_table(f"db.{name}", schema=schema, partition_spec=spec, properties=props, sort_order=order)
         for a in range(appends):
-            table.append(batch(a * rows, rows))
+            if cmd == "make-evolved" and a == appends // 2:
+                with table.update_schema() as u:
+                    u.add_column("note", StringType())
+            b = batch(a * rows, rows)
+            if cmd == "make-evolved" and a >= appends // 2:
+                b = b.append_column("note", pa.array([f"n{i}" for i in range(a * rows, a * rows + rows)], type=pa.string()))
+            table.append(b)
         print(json.dumps(summary(table)))
     elif cmd == "inspect":
         print(json.dumps(summary(cat.load_table(f"db.{name}"))))
     elif cmd == "append":
         rows = int(sys.argv[4])
+        start = int(sys.argv[5]) if len(sys.argv) > 5 else 10_000_000
         table = cat.load_table(f"db.{name}")
-        table.append(batch(10_000_000, rows))
+        table.append(batch(start, rows))
+        print(json.dumps(summary(table)))
+    elif cmd == "delete":
+        category, ident = sys.argv[4], int(sys.argv[5])
+        table = cat.load_table(f"db.{name}")
+        table.delete(And(EqualTo("category", category), EqualTo("id", ident)))
         print(json.dumps(summary(table)))
     else:
         sys.exit(f"unknown command {cmd}")

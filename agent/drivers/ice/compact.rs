@@ -1,0 +1,932 @@
+//! Small-file compaction of one Iceberg table: pick, rewrite, commit.
+//!
+//! - **Pick.** From one snapshot, per partition of the default spec: the
+//!   data files under the small-file threshold, bin-packed (first fit,
+//!   largest first) into bins near the target size. A partition is picked
+//!   when its small-file ratio exceeds the threshold, it has two or more
+//!   small files and no delete files. The pick is a pure function of the
+//!   snapshot and the parameters, so the plan names a snapshot id and apply
+//!   and verify pick exactly the same files again.
+//! - **Rewrite.** Each bin is read with the crate's Arrow reader (field-id
+//!   projection onto the current schema) and written with its Parquet
+//!   writer (the table's write properties), rolling at the target size;
+//!   bins run in parallel. When the table has a sort order of identity
+//!   fields, each output file is sorted by it.
+//! - **Commit.** One snapshot with operation `replace`: the picked files are
+//!   marked deleted in rewrites of the manifests that list them, every other
+//!   manifest of the current snapshot is carried over, and a new manifest
+//!   adds the output files. On a conflict the table is reloaded and the
+//!   manifests rebuilt on the new state (a concurrent append is kept); a
+//!   picked file that someone else removed, or a new delete file in a
+//!   compacted partition, aborts. Row counts are checked before committing.
+//!   Whatever is not committed is deleted again, unless the commit's outcome
+//!   is unknown and cannot be settled by reloading.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures::{StreamExt, TryStreamExt};
+use iceberg::scan::FileScanTask;
+use iceberg::spec::{
+    DataContentType, DataFile, DataFileFormat, FormatVersion, ManifestContentType, ManifestFile,
+    ManifestListWriter, ManifestWriterBuilder, Operation, PartitionKey, Snapshot,
+    SnapshotReference, SnapshotRetention, SnapshotSummaryCollector, Struct, Summary, Transform,
+    MAIN_BRANCH,
+};
+use iceberg::table::Table;
+use iceberg::writer::file_writer::location_generator::{
+    DefaultFileNameGenerator, DefaultLocationGenerator,
+};
+use iceberg::writer::file_writer::rolling_writer::RollingFileWriterBuilder;
+use iceberg::writer::file_writer::ParquetWriterBuilder;
+use iceberg::{TableRequirement, TableUpdate};
+use serde::Serialize;
+
+use super::lake::{CommitError, Lake};
+use super::PartitionStats;
+use crate::drivers::DriverError;
+
+/// What to compact.
+#[derive(Debug, Clone)]
+pub struct Params {
+    /// A data file under this many bytes is small.
+    pub small: u64,
+    /// Output files aim for this size.
+    pub target: u64,
+    /// Compact a partition whose small-file ratio exceeds this.
+    pub min_ratio: f64,
+    /// At most this many partitions (the worst first).
+    pub max_partitions: Option<usize>,
+    /// Commit attempts after the first, on conflicts.
+    pub commit_retries: u32,
+}
+
+/// A data file as listed by a manifest.
+#[derive(Debug, Clone)]
+struct Listed {
+    file: DataFile,
+    spec_id: i32,
+}
+
+/// One partition chosen for compaction.
+#[derive(Debug, Clone)]
+pub struct Group {
+    /// Its figures before.
+    pub stats: PartitionStats,
+    partition: Struct,
+    /// Bins of files to merge, each into ~one output file.
+    bins: Vec<Vec<DataFile>>,
+}
+
+impl Group {
+    /// Files this group rewrites.
+    pub fn input_files(&self) -> usize {
+        self.bins.iter().map(Vec::len).sum()
+    }
+    /// Output files the bins should make.
+    pub fn planned_outputs(&self) -> usize {
+        self.bins.len()
+    }
+}
+
+/// The pick from one snapshot.
+#[derive(Debug, Clone, Default)]
+pub struct Selection {
+    /// The snapshot picked from (`None`: empty table).
+    pub snapshot_id: Option<i64>,
+    /// Every partition's figures.
+    pub partitions: Vec<PartitionStats>,
+    /// The partitions to compact, worst ratio first.
+    pub groups: Vec<Group>,
+    /// Partitions over the threshold that are left alone, and why.
+    pub skipped: Vec<(String, String)>,
+}
+
+impl Selection {
+    /// Paths of every picked file.
+    pub fn picked(&self) -> HashSet<String> {
+        self.groups
+            .iter()
+            .flat_map(|g| g.bins.iter().flatten())
+            .map(|f| f.file_path().to_string())
+            .collect()
+    }
+}
+
+/// A partition's value as text: `alpha`, `2026-11-25/7`, `(unpartitioned)`.
+pub fn partition_text(p: &Struct) -> String {
+    let parts: Vec<String> = p
+        .iter()
+        .map(|f| match f {
+            Some(iceberg::spec::Literal::Primitive(v)) => match v {
+                iceberg::spec::PrimitiveLiteral::String(s) => s.clone(),
+                iceberg::spec::PrimitiveLiteral::Int(i) => i.to_string(),
+                iceberg::spec::PrimitiveLiteral::Long(i) => i.to_string(),
+                iceberg::spec::PrimitiveLiteral::Boolean(b) => b.to_string(),
+                other => format!("{other:?}"),
+            },
+            Some(other) => format!("{other:?}"),
+            None => "null".into(),
+        })
+        .collect();
+    if parts.is_empty() {
+        "(unpartitioned)".into()
+    } else {
+        parts.join("/")
+    }
+}
+
+fn ice(what: impl std::fmt::Display, e: iceberg::Error) -> DriverError {
+    DriverError::retryable(format!("{what}: {e}"))
+}
+
+/// Every live entry of a snapshot, with the spec of its manifest.
+async fn live_files(
+    table: &Table,
+    snapshot: &iceberg::spec::SnapshotRef,
+) -> Result<(Vec<Listed>, Vec<Listed>), DriverError> {
+    let list = table
+        .manifest_list_reader(snapshot)
+        .load()
+        .await
+        .map_err(|e| ice("manifest list", e))?;
+    let io = table.file_io().clone();
+    let loaded: Vec<_> = futures::stream::iter(list.entries().iter().cloned())
+        .map(|mf| {
+            let io = io.clone();
+            async move {
+                let m = mf
+                    .load_manifest(&io)
+                    .await
+                    .map_err(|e| ice(format!("manifest {}", mf.manifest_path), e))?;
+                Ok::<_, DriverError>((mf.partition_spec_id, m))
+            }
+        })
+        .buffered(16)
+        .try_collect()
+        .await?;
+    let (mut data, mut deletes) = (Vec::new(), Vec::new());
+    for (spec_id, m) in loaded {
+        for e in m.entries() {
+            if !e.is_alive() {
+                continue;
+            }
+            let l = Listed {
+                file: e.data_file().clone(),
+                spec_id,
+            };
+            if e.content_type() == DataContentType::Data {
+                data.push(l);
+            } else {
+                deletes.push(l);
+            }
+        }
+    }
+    Ok((data, deletes))
+}
+
+/// Picks from `snapshot_id` (default: the current snapshot).
+pub async fn select(
+    table: &Table,
+    snapshot_id: Option<i64>,
+    p: &Params,
+) -> Result<Selection, DriverError> {
+    let md = table.metadata();
+    let snapshot = match snapshot_id {
+        Some(id) => Some(md.snapshot_by_id(id).cloned().ok_or_else(|| {
+            DriverError::permanent(format!(
+                "snapshot {id} is no longer in the table (expired?); plan again"
+            ))
+        })?),
+        None => md.current_snapshot().cloned(),
+    };
+    let Some(snapshot) = snapshot else {
+        return Ok(Selection::default());
+    };
+    let (data, deletes) = live_files(table, &snapshot).await?;
+    let default_spec = md.default_partition_spec_id();
+    let key = |l: &Listed| {
+        let t = partition_text(l.file.partition());
+        if l.spec_id == default_spec {
+            t
+        } else {
+            format!("spec {}: {t}", l.spec_id)
+        }
+    };
+    let mut per: BTreeMap<String, (PartitionStats, Struct, i32, Vec<DataFile>)> = BTreeMap::new();
+    for l in &data {
+        let k = key(l);
+        let e = per.entry(k.clone()).or_insert_with(|| {
+            (
+                PartitionStats {
+                    partition: k,
+                    ..Default::default()
+                },
+                l.file.partition().clone(),
+                l.spec_id,
+                Vec::new(),
+            )
+        });
+        let size = l.file.file_size_in_bytes();
+        e.0.files += 1;
+        e.0.bytes += size;
+        e.0.rows += l.file.record_count();
+        if size < p.small {
+            e.0.small_files += 1;
+            e.0.small_bytes += size;
+            e.3.push(l.file.clone());
+        }
+    }
+    for l in &deletes {
+        if let Some(e) = per.get_mut(&key(l)) {
+            e.0.delete_files += 1;
+        }
+    }
+    let mut sel = Selection {
+        snapshot_id: Some(snapshot.snapshot_id()),
+        ..Default::default()
+    };
+    let mut over = Vec::new();
+    for (_, (stats, partition, spec_id, mut small)) in per {
+        sel.partitions.push(stats.clone());
+        if stats.ratio() <= p.min_ratio || stats.small_files < 2 {
+            continue;
+        }
+        if stats.delete_files > 0 {
+            sel.skipped.push((
+                stats.partition.clone(),
+                format!(
+                    "{} delete file(s): format v2 deletes are not rewritten; compact it after the deletes are merged",
+                    stats.delete_files
+                ),
+            ));
+            continue;
+        }
+        if spec_id != default_spec {
+            sel.skipped.push((
+                stats.partition.clone(),
+                format!("written under partition spec {spec_id}, not the table's current spec {default_spec}"),
+            ));
+            continue;
+        }
+        // First fit, largest first; ties broken by path so a pick is
+        // reproducible from the snapshot.
+        small.sort_by(|a, b| {
+            b.file_size_in_bytes()
+                .cmp(&a.file_size_in_bytes())
+                .then_with(|| a.file_path().cmp(b.file_path()))
+        });
+        let mut bins: Vec<(u64, Vec<DataFile>)> = Vec::new();
+        for f in small {
+            let size = f.file_size_in_bytes();
+            match bins.iter_mut().find(|(used, _)| used + size <= p.target) {
+                Some(b) => {
+                    b.0 += size;
+                    b.1.push(f);
+                }
+                None => bins.push((size, vec![f])),
+            }
+        }
+        let bins: Vec<Vec<DataFile>> = bins
+            .into_iter()
+            .map(|(_, b)| b)
+            .filter(|b| b.len() > 1)
+            .collect();
+        if bins.is_empty() {
+            continue;
+        }
+        over.push(Group {
+            stats,
+            partition,
+            bins,
+        });
+    }
+    over.sort_by(|a, b| {
+        b.stats
+            .ratio()
+            .total_cmp(&a.stats.ratio())
+            .then_with(|| a.stats.partition.cmp(&b.stats.partition))
+    });
+    if let Some(max) = p.max_partitions {
+        for g in over.drain(max.min(over.len())..) {
+            sel.skipped.push((
+                g.stats.partition.clone(),
+                format!("over maxPartitions ({max}); left for the next run"),
+            ));
+        }
+    }
+    sel.groups = over;
+    Ok(sel)
+}
+
+/// What a compaction did.
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Report {
+    /// The committed snapshot (`None`: nothing to do).
+    pub snapshot_id: Option<i64>,
+    /// Partitions compacted.
+    pub partitions: usize,
+    /// Data files replaced.
+    pub files_removed: usize,
+    /// Data files written.
+    pub files_added: usize,
+    /// Bytes replaced / written.
+    pub bytes_removed: u64,
+    /// Bytes written.
+    pub bytes_added: u64,
+    /// Rows rewritten (equal in and out).
+    pub rows: u64,
+    /// Commit attempts (1 without conflicts).
+    pub attempts: u32,
+    /// Whether output files are sorted by the table's sort order.
+    pub sorted: bool,
+    /// Milliseconds reading and writing / committing.
+    pub rewrite_ms: u64,
+    /// Milliseconds committing.
+    pub commit_ms: u64,
+}
+
+/// Test seam: runs before each commit attempt (0, 1, …). Tests use it to
+/// make a real concurrent commit through another implementation.
+pub type BeforeCommit = Arc<dyn Fn(u32) -> futures::future::BoxFuture<'static, ()> + Send + Sync>;
+
+/// A sort column: name, descending, nulls first.
+type SortKey = (String, bool, bool);
+
+/// The table's sort order as Arrow sort keys, with its order id.
+type SortSpec = (i64, Vec<SortKey>);
+
+/// Sort keys usable on Arrow batches: identity transforms of top-level
+/// columns. `None` when the table is unsorted or sorts by something else.
+fn sort_keys(table: &Table) -> Option<SortSpec> {
+    let md = table.metadata();
+    let order = md.default_sort_order();
+    if order.is_unsorted() {
+        return None;
+    }
+    let schema = md.current_schema();
+    let mut keys = Vec::new();
+    for f in &order.fields {
+        if f.transform != Transform::Identity {
+            return None;
+        }
+        let field = schema.as_struct().field_by_id(f.source_id)?;
+        keys.push((
+            field.name.clone(),
+            f.direction == iceberg::spec::SortDirection::Descending,
+            f.null_order == iceberg::spec::NullOrder::First,
+        ));
+    }
+    Some((order.order_id, keys))
+}
+
+fn sort_batch(
+    batch: &arrow_array::RecordBatch,
+    keys: &[SortKey],
+) -> Result<arrow_array::RecordBatch, String> {
+    let cols = keys
+        .iter()
+        .map(|(name, desc, nulls_first)| {
+            let values = batch
+                .column_by_name(name)
+                .ok_or_else(|| format!("sort column {name} missing"))?
+                .clone();
+            Ok(arrow_ord::sort::SortColumn {
+                values,
+                options: Some(arrow_schema::SortOptions {
+                    descending: *desc,
+                    nulls_first: *nulls_first,
+                }),
+            })
+        })
+        .collect::<Result<Vec<_>, String>>()?;
+    let idx = arrow_ord::sort::lexsort_to_indices(&cols, None).map_err(|e| e.to_string())?;
+    let columns = batch
+        .columns()
+        .iter()
+        .map(|c| arrow_select::take::take(c.as_ref(), &idx, None))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| e.to_string())?;
+    arrow_array::RecordBatch::try_new(batch.schema(), columns).map_err(|e| e.to_string())
+}
+
+/// Reads one bin and writes it back as files near the target size.
+async fn rewrite_bin(
+    table: &Table,
+    tasks: Vec<FileScanTask>,
+    key: PartitionKey,
+    target: u64,
+    prefix: String,
+    sort: Option<SortSpec>,
+) -> Result<Vec<DataFile>, DriverError> {
+    let md = table.metadata();
+    let props = md
+        .table_properties()
+        .map_err(|e| ice("table properties", e))?;
+    let writer = ParquetWriterBuilder::from_table_properties(&props, md.current_schema().clone());
+    let loc = DefaultLocationGenerator::new(md).map_err(|e| ice("data location", e))?;
+    let names = DefaultFileNameGenerator::new(prefix, None, DataFileFormat::Parquet);
+    let mut out =
+        RollingFileWriterBuilder::new(writer, target as usize, table.file_io().clone(), loc, names)
+            .build();
+    let reader = table
+        .reader_builder()
+        .with_data_file_concurrency_limit(4)
+        .build();
+    let mut stream = reader
+        .read(Box::pin(futures::stream::iter(tasks.into_iter().map(Ok))))
+        .map_err(|e| ice("read", e))?
+        .stream();
+    let pk = Some(key.clone());
+    if let Some((_, keys)) = &sort {
+        let mut batches = Vec::new();
+        while let Some(b) = stream.next().await {
+            batches.push(b.map_err(|e| ice("read", e))?);
+        }
+        if let Some(first) = batches.first() {
+            let all = arrow_select::concat::concat_batches(&first.schema(), &batches)
+                .map_err(|e| DriverError::retryable(format!("concat: {e}")))?;
+            drop(batches);
+            let sorted = sort_batch(&all, keys).map_err(DriverError::permanent)?;
+            out.write(&pk, &sorted).await.map_err(|e| ice("write", e))?;
+        }
+    } else {
+        while let Some(b) = stream.next().await {
+            let b = b.map_err(|e| ice("read", e))?;
+            out.write(&pk, &b).await.map_err(|e| ice("write", e))?;
+        }
+    }
+    out.close()
+        .await
+        .map_err(|e| ice("close", e))?
+        .into_iter()
+        .map(|mut b| {
+            b.content(DataContentType::Data)
+                .partition(key.data().clone())
+                .partition_spec_id(key.spec().spec_id());
+            if let Some((id, _)) = &sort {
+                b.sort_order_id(*id as i32);
+            }
+            b.build()
+                .map_err(|e| DriverError::permanent(format!("data file: {e}")))
+        })
+        .collect()
+}
+
+fn paths(files: &[DataFile]) -> Vec<String> {
+    files.iter().map(|f| f.file_path().to_string()).collect()
+}
+
+async fn delete_all(table: &Table, paths: Vec<String>) {
+    for p in paths {
+        if let Err(e) = table.file_io().delete(&p).await {
+            tracing::warn!(path = %p, error = %e, "could not remove an uncommitted file");
+        }
+    }
+}
+
+/// Compacts what `select` picks from `snapshot_id` (default: current).
+pub async fn compact(
+    lake: &Lake,
+    table: &Table,
+    snapshot_id: Option<i64>,
+    p: &Params,
+    before_commit: Option<BeforeCommit>,
+) -> Result<Report, DriverError> {
+    let md = table.metadata();
+    let version = md.format_version();
+    if version > FormatVersion::V2 {
+        return Err(DriverError::permanent(format!(
+            "format version {version} (row lineage) is not rewritten by this build; nothing was changed"
+        )));
+    }
+    let sel = select(table, snapshot_id, p).await?;
+    if sel.groups.is_empty() {
+        return Ok(Report::default());
+    }
+    let started = Instant::now();
+    // Tasks for the picked files, from a scan of the picked snapshot.
+    let picked = sel.picked();
+    let scan = table
+        .scan()
+        .snapshot_id(sel.snapshot_id.expect("groups come from a snapshot"))
+        .select_all()
+        .build()
+        .map_err(|e| ice("scan", e))?;
+    let mut tasks: HashMap<String, Vec<FileScanTask>> = HashMap::new();
+    let mut planned = scan.plan_files().await.map_err(|e| ice("plan files", e))?;
+    while let Some(t) = planned.next().await {
+        let t = t.map_err(|e| ice("plan files", e))?;
+        if picked.contains(&t.data_file_path) {
+            tasks.entry(t.data_file_path.clone()).or_default().push(t);
+        }
+    }
+    let spec = md.default_partition_spec().as_ref().clone();
+    let schema = md.current_schema().clone();
+    let sort = sort_keys(table);
+    let run = uuid::Uuid::now_v7();
+    let mut jobs = Vec::new();
+    for (gi, g) in sel.groups.iter().enumerate() {
+        for (bi, bin) in g.bins.iter().enumerate() {
+            let mut ts = Vec::new();
+            for f in bin {
+                let t = tasks.remove(f.file_path()).ok_or_else(|| {
+                    DriverError::permanent(format!(
+                        "{}: not in the scan of snapshot {:?}",
+                        f.file_path(),
+                        sel.snapshot_id
+                    ))
+                })?;
+                ts.extend(t);
+            }
+            let key = PartitionKey::new(spec.clone(), schema.clone(), g.partition.clone());
+            jobs.push(rewrite_bin(
+                table,
+                ts,
+                key,
+                p.target,
+                format!("compact-{run}-{gi}-{bi}"),
+                sort.clone(),
+            ));
+        }
+    }
+    let parallel = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let results: Vec<Result<Vec<DataFile>, DriverError>> = futures::stream::iter(jobs)
+        .buffer_unordered(parallel)
+        .collect()
+        .await;
+    let mut added = Vec::new();
+    let mut first_err = None;
+    for r in results {
+        match r {
+            Ok(files) => added.extend(files),
+            Err(e) => {
+                first_err.get_or_insert(e);
+            }
+        }
+    }
+    if let Some(e) = first_err {
+        delete_all(table, paths(&added)).await;
+        // Files of a failed bin may be half written under the run's prefix.
+        return Err(DriverError {
+            message: format!("rewrite failed, nothing was committed: {}", e.message),
+            retryable: e.retryable,
+        });
+    }
+    let removed: Vec<DataFile> = sel
+        .groups
+        .iter()
+        .flat_map(|g| g.bins.iter().flatten().cloned())
+        .collect();
+    let rows_in: u64 = removed.iter().map(DataFile::record_count).sum();
+    let rows_out: u64 = added.iter().map(DataFile::record_count).sum();
+    if rows_in != rows_out {
+        delete_all(table, paths(&added)).await;
+        return Err(DriverError::permanent(format!(
+            "row count check failed: read {rows_in} rows from {} files but wrote {rows_out}; nothing was committed",
+            removed.len()
+        )));
+    }
+    let rewrite_ms = started.elapsed().as_millis() as u64;
+    let started = Instant::now();
+    let partitions: HashSet<String> = sel
+        .groups
+        .iter()
+        .map(|g| g.stats.partition.clone())
+        .collect();
+    let mut report = Report {
+        partitions: sel.groups.len(),
+        files_removed: removed.len(),
+        files_added: added.len(),
+        bytes_removed: removed.iter().map(DataFile::file_size_in_bytes).sum(),
+        bytes_added: added.iter().map(DataFile::file_size_in_bytes).sum(),
+        rows: rows_in,
+        sorted: sort.is_some(),
+        rewrite_ms,
+        ..Default::default()
+    };
+    let base_snapshot = sel.snapshot_id.expect("groups come from a snapshot");
+    let mut current = table.clone();
+    let mut last = String::new();
+    for attempt in 0..=p.commit_retries {
+        if attempt > 0 {
+            current = lake.load(current.identifier()).await?;
+        }
+        if let Some(h) = &before_commit {
+            h(attempt).await;
+        }
+        report.attempts = attempt + 1;
+        let staged = stage(&current, base_snapshot, &removed, &added, &partitions).await;
+        let staged = match staged {
+            Ok(s) => s,
+            Err(e) => {
+                delete_all(table, paths(&added)).await;
+                return Err(e);
+            }
+        };
+        let id = staged.snapshot_id;
+        match lake
+            .commit(&current, staged.requirements, staged.updates)
+            .await
+        {
+            Ok(_) => {
+                report.snapshot_id = Some(id);
+                report.commit_ms = started.elapsed().as_millis() as u64;
+                return Ok(report);
+            }
+            Err(CommitError::Conflict(m)) => {
+                delete_all(table, staged.metadata_files).await;
+                last = m;
+                let back = 50u64 << attempt.min(6);
+                tokio::time::sleep(std::time::Duration::from_millis(back)).await;
+            }
+            Err(CommitError::Unknown(m)) => {
+                // Look: is our snapshot in the table now?
+                match lake.load(current.identifier()).await {
+                    Ok(t) if t.metadata().snapshot_by_id(id).is_some() => {
+                        report.snapshot_id = Some(id);
+                        report.commit_ms = started.elapsed().as_millis() as u64;
+                        return Ok(report);
+                    }
+                    Ok(_) => {
+                        delete_all(table, staged.metadata_files).await;
+                        last = m;
+                    }
+                    Err(e) => {
+                        return Err(DriverError::retryable(format!(
+                            "{m}; the table could not be reloaded to settle it ({}). The rewritten files are kept: if snapshot {id} is not in the table, they are orphans",
+                            e.message
+                        )));
+                    }
+                }
+            }
+            Err(CommitError::Failed(m)) => {
+                delete_all(table, staged.metadata_files).await;
+                delete_all(table, paths(&added)).await;
+                return Err(DriverError::retryable(format!(
+                    "{m}; nothing was committed and the rewritten files were removed"
+                )));
+            }
+        }
+    }
+    delete_all(table, paths(&added)).await;
+    Err(DriverError::retryable(format!(
+        "commit conflicted {} time(s) (last: {last}); nothing was committed and the rewritten files were removed",
+        p.commit_retries + 1
+    )))
+}
+
+struct Staged {
+    snapshot_id: i64,
+    requirements: Vec<TableRequirement>,
+    updates: Vec<TableUpdate>,
+    /// Manifests and the manifest list written for this attempt.
+    metadata_files: Vec<String>,
+}
+
+/// Writes the manifests and manifest list of a `replace` snapshot on top of
+/// `table`'s current snapshot, and returns the catalog updates.
+async fn stage(
+    table: &Table,
+    base_snapshot: i64,
+    removed: &[DataFile],
+    added: &[DataFile],
+    partitions: &HashSet<String>,
+) -> Result<Staged, DriverError> {
+    let md = table.metadata();
+    let current = md.current_snapshot().cloned().ok_or_else(|| {
+        DriverError::permanent("the table has no current snapshot any more; nothing was committed")
+    })?;
+    let io = table.file_io();
+    let list = table
+        .manifest_list_reader(&current)
+        .load()
+        .await
+        .map_err(|e| ice("manifest list", e))?;
+    let gone: HashSet<&str> = removed.iter().map(DataFile::file_path).collect();
+    let snapshot_id = loop {
+        let (a, b) = uuid::Uuid::new_v4().as_u64_pair();
+        let id = ((a ^ b) & (i64::MAX as u64)) as i64;
+        if id != 0 && md.snapshot_by_id(id).is_none() {
+            break id;
+        }
+    };
+    let seq = md.next_sequence_number();
+    let version = md.format_version();
+    let base_manifests: HashSet<String> = match md.snapshot_by_id(base_snapshot) {
+        Some(s) => table
+            .manifest_list_reader(s)
+            .load()
+            .await
+            .map_err(|e| ice("manifest list", e))?
+            .entries()
+            .iter()
+            .map(|m| m.manifest_path.clone())
+            .collect(),
+        None => HashSet::new(),
+    };
+    let commit = uuid::Uuid::now_v7();
+    let meta_dir = format!("{}/metadata", md.location());
+    let mut written = Vec::new();
+    let mut manifests: Vec<ManifestFile> = Vec::new();
+    let mut found = 0usize;
+    let mut collector = SnapshotSummaryCollector::default();
+    let loaded: Vec<_> = futures::stream::iter(list.entries().iter().cloned())
+        .map(|mf| async move {
+            let m = mf
+                .load_manifest(io)
+                .await
+                .map_err(|e| ice(format!("manifest {}", mf.manifest_path), e))?;
+            Ok::<_, DriverError>((mf, m))
+        })
+        .buffered(16)
+        .try_collect()
+        .await?;
+    for (n, (mf, m)) in loaded.into_iter().enumerate() {
+        let alive_here: Vec<_> = m
+            .entries()
+            .iter()
+            .filter(|e| e.is_alive() && gone.contains(e.file_path()))
+            .collect();
+        if mf.content == ManifestContentType::Deletes && !base_manifests.contains(&mf.manifest_path)
+        {
+            // A delete manifest committed since the pick: it may delete
+            // rows of files being replaced.
+            if let Some(e) = m.entries().iter().find(|e| {
+                e.is_alive() && partitions.contains(&partition_text(e.data_file().partition()))
+            }) {
+                delete_all(table, written).await;
+                return Err(DriverError::permanent(format!(
+                    "a concurrent commit added delete file {} to compacted partition {}; nothing was committed",
+                    e.file_path(),
+                    partition_text(e.data_file().partition())
+                )));
+            }
+        }
+        if alive_here.is_empty() {
+            manifests.push(mf);
+            continue;
+        }
+        let meta = m.metadata();
+        let path = format!("{meta_dir}/{commit}-r{n}.avro");
+        let out = io.new_output(&path).map_err(|e| ice(&path, e))?;
+        let b = ManifestWriterBuilder::new(
+            out,
+            Some(snapshot_id),
+            meta.schema().clone(),
+            meta.partition_spec().clone(),
+        );
+        let mut w = match version {
+            FormatVersion::V1 => b.build_v1(),
+            _ => b.build_v2_data(),
+        };
+        for e in m.entries() {
+            if !e.is_alive() {
+                continue;
+            }
+            let seq_n = e.sequence_number().unwrap_or(0);
+            let res = if gone.contains(e.file_path()) {
+                found += 1;
+                collector.remove_file(
+                    e.data_file(),
+                    meta.schema().clone(),
+                    Arc::new(meta.partition_spec().clone()),
+                );
+                w.add_delete_file(
+                    e.data_file().clone(),
+                    seq_n,
+                    e.file_sequence_number.or(Some(seq_n)),
+                )
+            } else {
+                w.add_existing_file(
+                    e.data_file().clone(),
+                    e.snapshot_id().unwrap_or(mf.added_snapshot_id),
+                    seq_n,
+                    e.file_sequence_number.or(Some(seq_n)),
+                )
+            };
+            res.map_err(|e| ice("manifest entry", e))?;
+        }
+        written.push(path.clone());
+        manifests.push(w.write_manifest_file().await.map_err(|e| ice(&path, e))?);
+    }
+    if found != gone.len() {
+        delete_all(table, written).await;
+        return Err(DriverError::permanent(format!(
+            "a concurrent commit removed or replaced {} of the {} files being compacted; nothing was committed",
+            gone.len() - found,
+            gone.len()
+        )));
+    }
+    // The new files.
+    let path = format!("{meta_dir}/{commit}-a.avro");
+    let out = io.new_output(&path).map_err(|e| ice(&path, e))?;
+    let b = ManifestWriterBuilder::new(
+        out,
+        Some(snapshot_id),
+        md.current_schema().clone(),
+        md.default_partition_spec().as_ref().clone(),
+    );
+    let mut w = match version {
+        FormatVersion::V1 => b.build_v1(),
+        _ => b.build_v2_data(),
+    };
+    for f in added {
+        collector.add_file(
+            f,
+            md.current_schema().clone(),
+            md.default_partition_spec().clone(),
+        );
+        w.add_file(f.clone(), -1)
+            .map_err(|e| ice("manifest entry", e))?;
+    }
+    written.push(path.clone());
+    manifests.insert(0, w.write_manifest_file().await.map_err(|e| ice(&path, e))?);
+    // The manifest list.
+    let list_path = format!("{meta_dir}/snap-{snapshot_id}-1-{commit}.avro");
+    let writer = io
+        .new_output(&list_path)
+        .map_err(|e| ice(&list_path, e))?
+        .writer()
+        .await
+        .map_err(|e| ice(&list_path, e))?;
+    let parent = Some(current.snapshot_id());
+    let mut lw = match version {
+        FormatVersion::V1 => ManifestListWriter::v1(writer, snapshot_id, parent),
+        _ => ManifestListWriter::v2(writer, snapshot_id, parent, seq),
+    };
+    written.push(list_path.clone());
+    lw.add_manifests(manifests.into_iter())
+        .map_err(|e| ice(&list_path, e))?;
+    lw.close().await.map_err(|e| ice(&list_path, e))?;
+    // Summary: this commit's changes plus the table totals.
+    let mut props = collector.build();
+    let prev = current.summary().additional_properties.clone();
+    let num = |m: &HashMap<String, String>, k: &str| m.get(k).and_then(|v| v.parse::<i64>().ok());
+    for (total, add, del) in [
+        ("total-data-files", "added-data-files", "deleted-data-files"),
+        ("total-records", "added-records", "deleted-records"),
+        ("total-files-size", "added-files-size", "removed-files-size"),
+    ] {
+        if let Some(before) = num(&prev, total) {
+            let v = before + num(&props, add).unwrap_or(0) - num(&props, del).unwrap_or(0);
+            props.insert(total.to_string(), v.to_string());
+        }
+    }
+    for k in [
+        "total-delete-files",
+        "total-position-deletes",
+        "total-equality-deletes",
+    ] {
+        if let Some(v) = prev.get(k) {
+            props.insert(k.to_string(), v.clone());
+        }
+    }
+    let snapshot = Snapshot::builder()
+        .with_snapshot_id(snapshot_id)
+        .with_parent_snapshot_id(parent)
+        .with_sequence_number(seq)
+        .with_timestamp_ms(chrono::Utc::now().timestamp_millis())
+        .with_manifest_list(list_path)
+        .with_summary(Summary {
+            operation: Operation::Replace,
+            additional_properties: props,
+        })
+        .with_schema_id(md.current_schema_id())
+        .build();
+    Ok(Staged {
+        snapshot_id,
+        requirements: vec![
+            TableRequirement::UuidMatch { uuid: md.uuid() },
+            TableRequirement::RefSnapshotIdMatch {
+                r#ref: MAIN_BRANCH.to_string(),
+                snapshot_id: parent,
+            },
+        ],
+        updates: vec![
+            TableUpdate::AddSnapshot { snapshot },
+            TableUpdate::SetSnapshotRef {
+                ref_name: MAIN_BRANCH.to_string(),
+                reference: SnapshotReference::new(
+                    snapshot_id,
+                    SnapshotRetention::branch(None, None, None),
+                ),
+            },
+        ],
+        metadata_files: written,
+    })
+}
+
+/// Paths of the live data files of the table's current snapshot.
+pub async fn live_paths(table: &Table) -> Result<HashSet<String>, DriverError> {
+    let Some(s) = table.metadata().current_snapshot().cloned() else {
+        return Ok(HashSet::new());
+    };
+    let (data, _) = live_files(table, &s).await?;
+    Ok(data
+        .into_iter()
+        .map(|l| l.file.file_path().to_string())
+        .collect())
+}

@@ -1,0 +1,258 @@
+//! `iceberg.table.compact`: native small-file compaction of an Iceberg
+//! table in a SQL (SQLite, Postgres) or REST catalog.
+//!
+//! `plan` reads the current snapshot and reports, per partition, data
+//! files, bytes, the small-files ratio (files under the threshold / all data
+//! files, as remediate_iceberg_table_small_files /
+//! remediate_iceberg_table_total_files) and the output files the bin-pack
+//! will write; it records the snapshot it picked from. `apply` rewrites
+//! exactly that pick and commits one `replace` snapshot (see
+//! [`compact`]); `verify` checks none of the picked files is live any more.
+
+pub mod compact;
+pub mod lake;
+mod maintain;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde::Serialize;
+use serde_json::json;
+
+use super::iceberg::Compact;
+use super::{Action, DriverError, Outcome, Plan, Registry, Request, Scope, Verdict};
+use crate::config::IcebergCatalog;
+pub use compact::{partition_text, BeforeCommit, Params, Report, Selection};
+pub use lake::Lake;
+
+/// One partition's files.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct PartitionStats {
+    /// Partition value, as text.
+    pub partition: String,
+    /// Data files.
+    pub files: usize,
+    /// Of which under the small-file threshold.
+    pub small_files: usize,
+    /// Bytes of all data files.
+    pub bytes: u64,
+    /// Bytes of the small files.
+    pub small_bytes: u64,
+    /// Rows.
+    pub rows: u64,
+    /// Delete files (format v2): the partition is skipped.
+    pub delete_files: usize,
+}
+
+impl PartitionStats {
+    /// small files / all data files.
+    pub fn ratio(&self) -> f64 {
+        if self.files == 0 {
+            0.0
+        } else {
+            self.small_files as f64 / self.files as f64
+        }
+    }
+}
+
+/// The driver: catalogs by name from `backends.iceberg`.
+#[derive(Debug)]
+pub struct IcebergCompact {
+    catalogs: BTreeMap<String, IcebergCatalog>,
+}
+
+/// Registers the Iceberg action when catalogs are configured.
+pub fn register(reg: &mut Registry, catalogs: &BTreeMap<String, IcebergCatalog>) {
+    if !catalogs.is_empty() {
+        let _ = reg.register(Arc::new(IcebergCompact {
+            catalogs: catalogs.clone(),
+        }));
+    }
+}
+
+impl From<&Compact> for Params {
+    fn from(c: &Compact) -> Self {
+        Params {
+            small: c.small_file_threshold.0,
+            target: c.target_file_size.0,
+            min_ratio: c.min_small_files_ratio,
+            max_partitions: c.max_partitions.map(|n| n as usize),
+            commit_retries: c.commit_retries,
+        }
+    }
+}
+
+/// Per-partition statistics of a table's current snapshot (for /metrics).
+pub async fn stats(
+    cfg: &IcebergCatalog,
+    catalog_key: &str,
+    table: &str,
+    small: u64,
+) -> Result<Vec<PartitionStats>, DriverError> {
+    let lake = Lake::open(catalog_key, cfg).await?;
+    let t = lake.load(&lake::ident(table)?).await?;
+    let p = Params {
+        small,
+        target: u64::MAX,
+        min_ratio: 1.0,
+        max_partitions: None,
+        commit_retries: 0,
+    };
+    Ok(compact::select(&t, None, &p).await?.partitions)
+}
+
+impl IcebergCompact {
+    async fn open(&self, req: &Request) -> Result<(Lake, iceberg::table::Table), DriverError> {
+        let key = req.target.get("catalog").cloned().unwrap_or_default();
+        let table = req.target.get("name").cloned().unwrap_or_default();
+        let cfg = self.catalogs.get(&key).ok_or_else(|| {
+            DriverError::permanent(format!(
+                "no backends.iceberg catalog named {key:?} (configured: {})",
+                self.catalogs.keys().cloned().collect::<Vec<_>>().join(", ")
+            ))
+        })?;
+        let lake = Lake::open(&key, cfg).await?;
+        let t = lake.load(&lake::ident(&table)?).await?;
+        Ok((lake, t))
+    }
+}
+
+fn planned_snapshot(plan: &Plan) -> Option<i64> {
+    plan.details["snapshotId"].as_i64()
+}
+
+#[async_trait]
+impl Action for IcebergCompact {
+    fn name(&self) -> &'static str {
+        "iceberg.table.compact"
+    }
+    fn scope(&self, _: &Request) -> Scope {
+        Scope::Cluster
+    }
+    async fn plan(&self, req: &Request) -> Result<Plan, DriverError> {
+        let c: Compact = req.parsed()?;
+        let (lake, t) = self.open(req).await?;
+        let sel = compact::select(&t, None, &Params::from(&c)).await?;
+        let mut lines = Vec::new();
+        let mut chosen = Vec::new();
+        for g in &sel.groups {
+            let s = &g.stats;
+            lines.push(format!(
+                "{}: {} files, {} small ({:.0}%), {} -> {} file(s)",
+                s.partition,
+                s.files,
+                s.small_files,
+                s.ratio() * 100.0,
+                crate::units::human_bytes(s.small_bytes),
+                g.planned_outputs()
+            ));
+            chosen.push(
+                json!({"partition": s.partition, "files": s.files, "smallFiles": s.small_files,
+                "bytes": s.bytes, "smallBytes": s.small_bytes, "ratio": s.ratio(),
+                "inputFiles": g.input_files(), "outputFiles": g.planned_outputs()}),
+            );
+        }
+        for (p, why) in &sel.skipped {
+            lines.push(format!("{p}: skipped, {why}"));
+        }
+        let files: usize = sel.partitions.iter().map(|s| s.files).sum();
+        let small: usize = sel.partitions.iter().map(|s| s.small_files).sum();
+        let name = t.identifier().to_string();
+        let extra = match (&c.expire_snapshots_older_than, c.remove_orphan_files) {
+            (Some(d), true) => format!(
+                "; then expire snapshots older than {d} and remove orphan files older than {}",
+                c.orphan_min_age
+            ),
+            (Some(d), false) => format!("; then expire snapshots older than {d}"),
+            (None, true) => format!("; then remove orphan files older than {}", c.orphan_min_age),
+            (None, false) => String::new(),
+        };
+        Ok(Plan {
+            summary: format!(
+                "table {}.{name}: {files} data files, {small} small; compact {} partition(s): {}{extra}",
+                lake.key,
+                sel.groups.len(),
+                if lines.is_empty() { "none over the threshold".into() } else { lines.join("; ") }
+            ),
+            details: json!({
+                "snapshotId": sel.snapshot_id,
+                "partitions": chosen,
+                "skipped": sel.skipped.iter().map(|(p, w)| json!({"partition": p, "reason": w})).collect::<Vec<_>>(),
+            }),
+        })
+    }
+    async fn apply(&self, req: &Request, plan: &Plan) -> Result<Outcome, DriverError> {
+        let c: Compact = req.parsed()?;
+        let (lake, t) = self.open(req).await?;
+        let mut details = serde_json::Map::new();
+        let mut summary = Vec::new();
+        match planned_snapshot(plan) {
+            Some(snap)
+                if plan.details["partitions"]
+                    .as_array()
+                    .is_some_and(|a| !a.is_empty()) =>
+            {
+                let r = compact::compact(&lake, &t, Some(snap), &Params::from(&c), None).await?;
+                summary.push(match r.snapshot_id {
+                    Some(id) => format!(
+                        "replaced {} small files ({}) in {} partition(s) with {} ({}), {} rows, snapshot {id} (operation replace, {} attempt(s))",
+                        r.files_removed,
+                        crate::units::human_bytes(r.bytes_removed),
+                        r.partitions,
+                        r.files_added,
+                        crate::units::human_bytes(r.bytes_added),
+                        r.rows,
+                        r.attempts
+                    ),
+                    None => "the planned files are no longer live: nothing to do".to_string(),
+                });
+                details.insert(
+                    "compaction".into(),
+                    serde_json::to_value(&r).unwrap_or_default(),
+                );
+            }
+            _ => summary.push("no partition over the threshold: nothing to compact".into()),
+        }
+        let m = maintain::run(&lake, &t, &c).await?;
+        if let Some(s) = m.summary() {
+            summary.push(s);
+        }
+        details.insert(
+            "maintenance".into(),
+            serde_json::to_value(&m).unwrap_or_default(),
+        );
+        Ok(Outcome {
+            summary: summary.join("; "),
+            details: serde_json::Value::Object(details),
+        })
+    }
+    async fn verify(&self, req: &Request, plan: &Plan) -> Result<Verdict, DriverError> {
+        let c: Compact = req.parsed()?;
+        let (_, t) = self.open(req).await?;
+        let now = compact::select(&t, None, &Params::from(&c)).await?;
+        let files: usize = now.partitions.iter().map(|s| s.files).sum();
+        let small: usize = now.partitions.iter().map(|s| s.small_files).sum();
+        let Some(snap) = planned_snapshot(plan) else {
+            return Ok(Verdict::Verified(format!(
+                "nothing was due; {files} data files, {small} small"
+            )));
+        };
+        let picked = compact::select(&t, Some(snap), &Params::from(&c))
+            .await?
+            .picked();
+        let live = compact::live_paths(&t).await?;
+        let left = picked.iter().filter(|p| live.contains(*p)).count();
+        Ok(if left == 0 {
+            Verdict::Verified(format!(
+                "none of the {} picked small files is live; the table has {files} data files, {small} small",
+                picked.len()
+            ))
+        } else {
+            Verdict::Failed(format!(
+                "{left} of the {} picked small files are still live",
+                picked.len()
+            ))
+        })
+    }
+}
