@@ -346,6 +346,9 @@ pub struct Report {
     pub rewrite_ms: u64,
     /// Milliseconds committing.
     pub commit_ms: u64,
+    /// Paths of the picked files (for verify).
+    #[serde(skip)]
+    pub picked: HashSet<String>,
 }
 
 /// Test seam: runs before each commit attempt (0, 1, …). Tests use it to
@@ -507,8 +510,26 @@ pub async fn compact(
         return Ok(Report::default());
     }
     let started = Instant::now();
-    // Tasks for the picked files, from a scan of the picked snapshot.
     let picked = sel.picked();
+    // Before the expensive part: are the picked files still live? None
+    // live means this pick was compacted (or dropped) already: done. Some
+    // gone means the table moved on under the plan.
+    let live = live_paths(table).await?;
+    let still = picked.iter().filter(|p| live.contains(*p)).count();
+    if still == 0 {
+        return Ok(Report {
+            picked,
+            ..Default::default()
+        });
+    }
+    if still < picked.len() {
+        return Err(DriverError::permanent(format!(
+            "{} of the {} planned files are no longer live (a concurrent commit); nothing was changed, plan again",
+            picked.len() - still,
+            picked.len()
+        )));
+    }
+    // Tasks for the picked files, from a scan of the picked snapshot.
     let scan = table
         .scan()
         .snapshot_id(sel.snapshot_id.expect("groups come from a snapshot"))
@@ -597,6 +618,7 @@ pub async fn compact(
         .map(|g| g.stats.partition.clone())
         .collect();
     let mut report = Report {
+        picked: picked.clone(),
         partitions: sel.groups.len(),
         files_removed: removed.len(),
         files_added: added.len(),

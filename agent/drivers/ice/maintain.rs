@@ -105,9 +105,11 @@ async fn snapshot_files(
             .await
             .map_err(|e| ice(format!("manifest {}", mf.manifest_path), e))?;
         for e in m.entries() {
-            // Deleted entries too: the file is still live in the snapshot
-            // that added it, which may be retained.
-            out.insert(local(e.file_path()).to_string());
+            // Live entries only: a file a snapshot lists as deleted is live
+            // in its parent, which counts on its own if it is retained.
+            if e.is_alive() {
+                out.insert(local(e.file_path()).to_string());
+            }
         }
     }
     Ok(out)

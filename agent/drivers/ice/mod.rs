@@ -13,7 +13,7 @@ pub mod compact;
 pub mod lake;
 mod maintain;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -60,6 +60,9 @@ impl PartitionStats {
 #[derive(Debug)]
 pub struct IcebergCompact {
     catalogs: BTreeMap<String, IcebergCatalog>,
+    /// What `apply` picked, by table and planned snapshot, for `verify`:
+    /// the planned snapshot may be expired by then.
+    picked: std::sync::Mutex<HashMap<(String, i64), HashSet<String>>>,
 }
 
 /// Registers the Iceberg action when catalogs are configured.
@@ -67,6 +70,7 @@ pub fn register(reg: &mut Registry, catalogs: &BTreeMap<String, IcebergCatalog>)
     if !catalogs.is_empty() {
         let _ = reg.register(Arc::new(IcebergCompact {
             catalogs: catalogs.clone(),
+            picked: Default::default(),
         }));
     }
 }
@@ -116,6 +120,14 @@ impl IcebergCompact {
         let t = lake.load(&lake::ident(&table)?).await?;
         Ok((lake, t))
     }
+}
+
+fn table_key(req: &Request) -> String {
+    format!(
+        "{}.{}",
+        req.target.get("catalog").map_or("", String::as_str),
+        req.target.get("name").map_or("", String::as_str)
+    )
 }
 
 fn planned_snapshot(plan: &Plan) -> Option<i64> {
@@ -194,6 +206,13 @@ impl Action for IcebergCompact {
                     .is_some_and(|a| !a.is_empty()) =>
             {
                 let r = compact::compact(&lake, &t, Some(snap), &Params::from(&c), None).await?;
+                {
+                    let mut m = self.picked.lock().unwrap_or_else(|e| e.into_inner());
+                    if m.len() >= 64 {
+                        m.clear();
+                    }
+                    m.insert((table_key(req), snap), r.picked.clone());
+                }
                 summary.push(match r.snapshot_id {
                     Some(id) => format!(
                         "replaced {} small files ({}) in {} partition(s) with {} ({}), {} rows, snapshot {id} (operation replace, {} attempt(s))",
@@ -238,9 +257,19 @@ impl Action for IcebergCompact {
                 "nothing was due; {files} data files, {small} small"
             )));
         };
-        let picked = compact::select(&t, Some(snap), &Params::from(&c))
-            .await?
-            .picked();
+        let stashed = self
+            .picked
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&(table_key(req), snap))
+            .cloned();
+        let picked = match stashed {
+            Some(p) => p,
+            // Applied by another process: pick again from the snapshot.
+            None => compact::select(&t, Some(snap), &Params::from(&c))
+                .await?
+                .picked(),
+        };
         let live = compact::live_paths(&t).await?;
         let left = picked.iter().filter(|p| live.contains(*p)).count();
         Ok(if left == 0 {

@@ -1,0 +1,483 @@
+//! Iceberg small-file compaction of a pyiceberg table (200 files of 500
+//! rows over 4 partitions, 100,000 rows), timed three ways on fresh copies
+//! of the same table:
+//!
+//! - **ours**: `compact::compact` end to end (pick, read, write, commit of a
+//!   `replace` snapshot); afterwards pyiceberg must read the same rows (an
+//!   order-free checksum) from a `replace` snapshot, or the bench fails.
+//! - **pyiceberg**: its own whole-table rewrite, `table.scan().to_arrow()`
+//!   then `table.overwrite(arrow)`, timed inside Python
+//!   (`benches/iceberg/pyiceberg_rewrite.py`).
+//! - **raw Parquet**: no Iceberg at all: the same data files read into Arrow
+//!   batches and written as one file per partition directory with the
+//!   parquet crate, with the input files' compression, one thread per
+//!   partition up to the available cores.
+//!
+//! Budgets: pyiceberg's time / ours >= 3, raw's time / ours >= 0.5 (our
+//! rate as a fraction of the raw rate). A missed budget is reported, not
+//! failed; a failed correctness check exits non-zero.
+//!
+//! `cargo bench --bench iceberg_compact` (needs python3 with
+//! `pyiceberg[sql-sqlite,pyarrow]`, as tests/iceberg.rs does). Env:
+//! `ICEBERG_BENCH_FILES` (200, rounded up to a multiple of 4) and
+//! `ICEBERG_BENCH_ROWS` (rows per file, 500) change the table's shape.
+//!
+//! The table is made once with `tests/iceberg/pyice.py make` and copied
+//! back (`cp -a`, same paths) before every measured run, since each run
+//! rewrites it.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::ArrowWriter;
+use parquet::basic::Compression;
+use parquet::file::properties::WriterProperties;
+use remediate::config::IcebergCatalog;
+use remediate::drivers::ice::{compact, lake, Lake, Params};
+use serde_json::Value;
+
+const OURS_RUNS: usize = 5;
+const PYICEBERG_RUNS: usize = 3;
+const RAW_RUNS: usize = 5;
+const TABLE: &str = "events";
+
+fn repo(p: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(p)
+}
+
+fn python(script: &str, args: &[&str]) -> (Value, Duration) {
+    let t = Instant::now();
+    let out = Command::new("python3")
+        .arg(repo(script))
+        .args(args)
+        .output()
+        .expect("python3");
+    let wall = t.elapsed();
+    assert!(
+        out.status.success(),
+        "{script} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (serde_json::from_slice(&out.stdout).unwrap(), wall)
+}
+
+fn pyice(args: &[&str]) -> Value {
+    python("tests/iceberg/pyice.py", args).0
+}
+
+/// Replaces the warehouse with a copy of the pristine one (same paths, so
+/// the catalog's and manifests' absolute locations stay valid).
+fn fresh(template: &Path, wh: &Path) {
+    if wh.exists() {
+        std::fs::remove_dir_all(wh).unwrap();
+    }
+    let ok = Command::new("cp")
+        .arg("-a")
+        .arg(template)
+        .arg(wh)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "cp -a {} {}", template.display(), wh.display());
+}
+
+fn secs(d: Duration) -> f64 {
+    d.as_secs_f64()
+}
+
+/// (median, min) in seconds.
+fn stats(v: &[f64]) -> (f64, f64) {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    let n = s.len();
+    let median = if n % 2 == 1 {
+        s[n / 2]
+    } else {
+        (s[n / 2 - 1] + s[n / 2]) / 2.0
+    };
+    (median, s[0])
+}
+
+fn ms(v: &[f64]) -> String {
+    v.iter()
+        .map(|s| format!("{:.0}", s * 1e3))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn parquet_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            parquet_files(&p, out);
+        } else if p.extension().is_some_and(|x| x == "parquet") {
+            out.push(p);
+        }
+    }
+}
+
+/// The table's data files by partition directory.
+fn data_files(wh: &Path) -> BTreeMap<PathBuf, Vec<PathBuf>> {
+    let mut all = Vec::new();
+    parquet_files(&wh.join("db").join(TABLE).join("data"), &mut all);
+    let mut per: BTreeMap<PathBuf, Vec<PathBuf>> = BTreeMap::new();
+    for f in all {
+        per.entry(f.parent().unwrap().to_path_buf())
+            .or_default()
+            .push(f);
+    }
+    for v in per.values_mut() {
+        v.sort();
+    }
+    per
+}
+
+/// The compression of the first column chunk of `file`.
+fn compression_of(file: &Path) -> Compression {
+    let b = ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(file).unwrap()).unwrap();
+    b.metadata().row_group(0).column(0).compression()
+}
+
+/// What one raw run did.
+struct Raw {
+    elapsed: Duration,
+    rows: usize,
+    files_in: usize,
+    files_out: usize,
+    bytes_out: u64,
+}
+
+/// Reads every data file of each partition and writes the batches into one
+/// file in the partition's directory, `threads` partitions at a time.
+fn raw_rewrite(wh: &Path, compression: Compression, threads: usize) -> Raw {
+    let parts: Vec<(PathBuf, Vec<PathBuf>)> = data_files(wh).into_iter().collect();
+    let files_in = parts.iter().map(|(_, f)| f.len()).sum();
+    let props = WriterProperties::builder()
+        .set_compression(compression)
+        .build();
+    let next = AtomicUsize::new(0);
+    let t = Instant::now();
+    let per_thread: Vec<(usize, usize, u64)> = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..threads.min(parts.len()))
+            .map(|_| {
+                s.spawn(|| {
+                    let (mut rows, mut files, mut bytes) = (0usize, 0usize, 0u64);
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        let Some((dir, inputs)) = parts.get(i) else {
+                            break;
+                        };
+                        let out = dir.join("raw-rewrite.parquet");
+                        let mut w: Option<ArrowWriter<std::fs::File>> = None;
+                        for f in inputs {
+                            let reader = ParquetRecordBatchReaderBuilder::try_new(
+                                std::fs::File::open(f).unwrap(),
+                            )
+                            .unwrap()
+                            .build()
+                            .unwrap();
+                            for b in reader {
+                                let b = b.unwrap();
+                                rows += b.num_rows();
+                                let w = w.get_or_insert_with(|| {
+                                    ArrowWriter::try_new(
+                                        std::fs::File::create(&out).unwrap(),
+                                        b.schema(),
+                                        Some(props.clone()),
+                                    )
+                                    .unwrap()
+                                });
+                                w.write(&b).unwrap();
+                            }
+                        }
+                        if let Some(w) = w {
+                            w.close().unwrap();
+                            files += 1;
+                            bytes += std::fs::metadata(&out).unwrap().len();
+                        }
+                    }
+                    (rows, files, bytes)
+                })
+            })
+            .collect();
+        workers.into_iter().map(|w| w.join().unwrap()).collect()
+    });
+    let elapsed = t.elapsed();
+    Raw {
+        elapsed,
+        rows: per_thread.iter().map(|r| r.0).sum(),
+        files_in,
+        files_out: per_thread.iter().map(|r| r.1).sum(),
+        bytes_out: per_thread.iter().map(|r| r.2).sum(),
+    }
+}
+
+fn catalog(wh: &Path) -> IcebergCatalog {
+    serde_json::from_value(serde_json::json!({
+        "uri": format!("sqlite:{}/catalog.db", wh.display()),
+        "warehouse": format!("file://{}", wh.display()),
+    }))
+    .unwrap()
+}
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// One run of ours: (end to end, pick alone, scan planning alone, report).
+struct Ours {
+    total: Duration,
+    pick: Duration,
+    plan: Duration,
+    report: compact::Report,
+}
+
+async fn ours_once(wh: &Path, params: &Params) -> Ours {
+    let lake = Lake::open("lake", &catalog(wh)).await.unwrap();
+    let t = lake
+        .load(&lake::ident(&format!("db.{TABLE}")).unwrap())
+        .await
+        .unwrap();
+    // The phases compact() runs first, timed alone on the same snapshot
+    // (for the breakdown; not part of the end-to-end figure).
+    let s = Instant::now();
+    let sel = compact::select(&t, None, params).await.unwrap();
+    let pick = s.elapsed();
+    assert!(!sel.groups.is_empty(), "nothing picked");
+    let s = Instant::now();
+    let mut planned = t
+        .scan()
+        .select_all()
+        .build()
+        .unwrap()
+        .plan_files()
+        .await
+        .unwrap();
+    let mut tasks = 0usize;
+    while let Some(task) = futures::StreamExt::next(&mut planned).await {
+        task.unwrap();
+        tasks += 1;
+    }
+    let plan = s.elapsed();
+    assert!(tasks > 0);
+    let s = Instant::now();
+    let report = compact::compact(&lake, &t, None, params, None)
+        .await
+        .unwrap_or_else(|e| panic!("compaction failed: {}", e.message));
+    Ours {
+        total: s.elapsed(),
+        pick,
+        plan,
+        report,
+    }
+}
+
+fn main() {
+    if !std::env::args().any(|a| a == "--bench") {
+        return;
+    }
+    let probe = Command::new("python3")
+        .args(["-c", "import pyiceberg, pyarrow, sqlalchemy"])
+        .output();
+    assert!(
+        probe.is_ok_and(|o| o.status.success()),
+        "pyiceberg is required: pip install 'pyiceberg[sql-sqlite,pyarrow]'"
+    );
+    let files = env_usize("ICEBERG_BENCH_FILES", 200).max(4);
+    let rows_per_file = env_usize("ICEBERG_BENCH_ROWS", 500).max(1);
+    let appends = files.div_ceil(4);
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+
+    let dir = tempfile::tempdir().unwrap();
+    let wh = dir.path().join("warehouse");
+    let template = dir.path().join("template");
+    let w = wh.display().to_string();
+    let made = pyice(&[
+        "make",
+        &w,
+        TABLE,
+        &appends.to_string(),
+        &(rows_per_file * 4).to_string(),
+    ]);
+    let rows = made["rows"].as_u64().unwrap();
+    let checksum = made["checksum"].as_str().unwrap().to_string();
+    let files_in = made["files"].as_u64().unwrap() as usize;
+    let bytes_in: u64 = data_files(&wh)
+        .values()
+        .flatten()
+        .map(|f| std::fs::metadata(f).unwrap().len())
+        .sum();
+    fresh(&wh, &template);
+    let first = data_files(&wh).into_values().flatten().next().unwrap();
+    let compression = compression_of(&first);
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let params = Params {
+        small: 1 << 20,
+        target: 64 << 20,
+        min_ratio: 0.3,
+        max_partitions: None,
+        commit_retries: 4,
+    };
+
+    // Ours.
+    let mut ours = Vec::new();
+    let mut files_out = 0;
+    let mut bytes_out_ours = 0;
+    for _ in 0..OURS_RUNS {
+        fresh(&template, &wh);
+        let o = rt.block_on(ours_once(&wh, &params));
+        let r = &o.report;
+        let after = pyice(&["inspect", &w, TABLE]);
+        let check = [
+            ("checksum", after["checksum"] == checksum.as_str()),
+            ("rows", after["rows"].as_u64() == Some(rows)),
+            ("operation replace", after["operation"] == "replace"),
+            ("files removed", r.files_removed == files_in),
+            (
+                "files",
+                after["files"].as_u64() == Some(r.files_added as u64),
+            ),
+        ];
+        for (what, ok) in check {
+            if !ok {
+                eprintln!(
+                    "CORRECTNESS FAILURE ({what}): before rows {rows} checksum {checksum}; after {after}; report {r:?}"
+                );
+                drop(dir);
+                std::process::exit(1);
+            }
+        }
+        files_out = r.files_added;
+        bytes_out_ours = r.bytes_added;
+        ours.push(o);
+    }
+
+    // pyiceberg.
+    let mut py = Vec::new();
+    let mut py_wall = Vec::new();
+    let mut py_files_out = 0;
+    for _ in 0..PYICEBERG_RUNS {
+        fresh(&template, &wh);
+        let (v, wall) = python("benches/iceberg/pyiceberg_rewrite.py", &[&w, TABLE]);
+        assert_eq!(v["rows"].as_u64(), Some(rows), "pyiceberg read {v}");
+        py.push(v["seconds"].as_f64().unwrap());
+        py_wall.push(secs(wall));
+        py_files_out = v["files_after"].as_u64().unwrap();
+    }
+
+    // Raw Parquet: as compared (parallel, the input's compression), then
+    // on one thread, and uncompressed.
+    let raw_variants = [
+        ("raw", compression, cores),
+        ("raw, 1 thread", compression, 1),
+        ("raw, uncompressed", Compression::UNCOMPRESSED, cores),
+    ];
+    let mut raws: Vec<(&str, Vec<f64>, u64, usize)> = Vec::new();
+    for (name, c, threads) in raw_variants {
+        let mut times = Vec::new();
+        let (mut bytes, mut outs) = (0, 0);
+        for _ in 0..RAW_RUNS {
+            fresh(&template, &wh);
+            let r = raw_rewrite(&wh, c, threads);
+            assert_eq!(r.rows as u64, rows, "raw read");
+            assert_eq!(r.files_in, files_in);
+            times.push(secs(r.elapsed));
+            bytes = r.bytes_out;
+            outs = r.files_out;
+        }
+        raws.push((name, times, bytes, outs));
+    }
+    drop(dir);
+
+    let ours_t: Vec<f64> = ours.iter().map(|o| secs(o.total)).collect();
+    let (ours_med, ours_min) = stats(&ours_t);
+    let (py_med, py_min) = stats(&py);
+    let (py_wall_med, _) = stats(&py_wall);
+    let (raw_med, raw_min) = stats(&raws[0].1);
+    let rate = |s: f64| rows as f64 / s;
+    println!(
+        "iceberg compaction: {rows} rows, {files_in} files ({:.0} KiB, {compression}) -> {files_out} files; {cores} core(s)",
+        bytes_in as f64 / 1024.0
+    );
+    println!(
+        "  {:<34} {:>9} {:>9} {:>12}  runs (ms)",
+        "", "median", "min", "rows/s"
+    );
+    let line = |name: &str, med: f64, min: f64, runs: &[f64]| {
+        println!(
+            "  {name:<34} {:>7.1}ms {:>7.1}ms {:>12.0}  {}",
+            med * 1e3,
+            min * 1e3,
+            rate(med),
+            ms(runs)
+        )
+    };
+    line(
+        &format!("ours (compact, -> {files_out} files)"),
+        ours_med,
+        ours_min,
+        &ours_t,
+    );
+    line(
+        &format!("pyiceberg (scan+overwrite, -> {py_files_out})"),
+        py_med,
+        py_min,
+        &py,
+    );
+    line(
+        "pyiceberg, whole process",
+        py_wall_med,
+        stats(&py_wall).1,
+        &py_wall,
+    );
+    for (name, times, _, outs) in &raws {
+        let (m, n) = stats(times);
+        line(&format!("{name} (-> {outs} files)"), m, n, times);
+    }
+    println!(
+        "  output bytes: ours {:.0} KiB, raw {:.0} KiB, raw uncompressed {:.0} KiB (input {:.0} KiB)",
+        bytes_out_ours as f64 / 1024.0,
+        raws[0].2 as f64 / 1024.0,
+        raws[2].2 as f64 / 1024.0,
+        bytes_in as f64 / 1024.0
+    );
+    // Where ours spends its time (medians of the runs).
+    let med = |f: &dyn Fn(&Ours) -> f64| stats(&ours.iter().map(f).collect::<Vec<_>>()).0;
+    let rewrite = med(&|o| o.report.rewrite_ms as f64 / 1e3);
+    let commit = med(&|o| o.report.commit_ms as f64 / 1e3);
+    let pick_in = med(&|o| {
+        (secs(o.total) - (o.report.rewrite_ms + o.report.commit_ms) as f64 / 1e3).max(0.0)
+    });
+    println!(
+        "  ours by phase (medians): pick {:.1} ms (select() alone {:.1} ms), rewrite {:.1} ms (of which scan planning alone {:.1} ms), commit {:.1} ms",
+        pick_in * 1e3,
+        med(&|o| secs(o.pick)) * 1e3,
+        rewrite * 1e3,
+        med(&|o| secs(o.plan)) * 1e3,
+        commit * 1e3
+    );
+    let vs_py = py_med / ours_med;
+    let vs_raw = raw_med / ours_med;
+    let verdict = |ok: bool| if ok { "met" } else { "MISSED" };
+    println!(
+        "  pyiceberg / ours = {vs_py:.2}x (budget >= 3: {}); whole pyiceberg process / ours = {:.2}x",
+        verdict(vs_py >= 3.0),
+        py_wall_med / ours_med
+    );
+    println!(
+        "  raw / ours = {vs_raw:.2} (our rate as a fraction of raw; budget >= 0.5: {}); raw min {:.1} ms",
+        verdict(vs_raw >= 0.5),
+        raw_min * 1e3
+    );
+}
