@@ -671,3 +671,192 @@ async fn bad_catalog_settings_and_missing_tables_fail_with_a_clear_message() {
     assert!(e.retryable, "{}", e.message);
     assert!(e.message.starts_with("catalog lake"), "{}", e.message);
 }
+
+/// Commits a format-v2 positional delete file (deleting row `pos` of
+/// `data_file`) with the iceberg crate's public writers: pyiceberg writes
+/// no delete files (copy-on-write only), so the test makes one itself.
+async fn commit_position_delete(lake: &Lake, table: &str, data_file: &str, pos: i64) {
+    use iceberg::spec::{
+        DataContentType, DataFileBuilder, DataFileFormat, ManifestListWriter,
+        ManifestWriterBuilder, Operation, Snapshot, SnapshotReference, SnapshotRetention, Summary,
+    };
+    use iceberg::{TableRequirement, TableUpdate};
+    let t = lake.load(&lake::ident(table).unwrap()).await.unwrap();
+    let md = t.metadata();
+    let cur = md.current_snapshot().unwrap().clone();
+    // Find the data file's partition.
+    let list = t.manifest_list_reader(&cur).load().await.unwrap();
+    let mut partition = None;
+    for mf in list.entries() {
+        let m = mf.load_manifest(t.file_io()).await.unwrap();
+        for e in m.entries() {
+            if e.file_path() == data_file {
+                partition = Some(e.data_file().partition().clone());
+            }
+        }
+    }
+    let partition = partition.expect("data file in the table");
+    // The delete file: (file_path, pos) with the spec's reserved field ids.
+    let field = |name: &str, t: arrow_schema::DataType, id: &str| {
+        arrow_schema::Field::new(name, t, false)
+            .with_metadata([("PARQUET:field_id".to_string(), id.to_string())].into())
+    };
+    let schema = Arc::new(arrow_schema::Schema::new(vec![
+        field("file_path", arrow_schema::DataType::Utf8, "2147483546"),
+        field("pos", arrow_schema::DataType::Int64, "2147483545"),
+    ]));
+    let batch = arrow_array::RecordBatch::try_new(
+        schema.clone(),
+        vec![
+            Arc::new(arrow_array::StringArray::from(vec![data_file])),
+            Arc::new(arrow_array::Int64Array::from(vec![pos])),
+        ],
+    )
+    .unwrap();
+    let dir = std::path::Path::new(data_file.strip_prefix("file://").unwrap())
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let path = dir.join("pos-delete-1.parquet");
+    let mut w =
+        parquet::arrow::ArrowWriter::try_new(std::fs::File::create(&path).unwrap(), schema, None)
+            .unwrap();
+    w.write(&batch).unwrap();
+    w.close().unwrap();
+    let size = std::fs::metadata(&path).unwrap().len();
+    let df = DataFileBuilder::default()
+        .content(DataContentType::PositionDeletes)
+        .file_path(format!("file://{}", path.display()))
+        .file_format(DataFileFormat::Parquet)
+        .partition(partition)
+        .partition_spec_id(md.default_partition_spec_id())
+        .record_count(1)
+        .file_size_in_bytes(size)
+        .referenced_data_file(Some(data_file.to_string()))
+        .build()
+        .unwrap();
+    let snap_id = 424_242_424_242;
+    let seq = md.next_sequence_number();
+    let meta = format!("{}/metadata", md.location());
+    let out = t
+        .file_io()
+        .new_output(format!("{meta}/test-deletes-m0.avro"))
+        .unwrap();
+    let mut mw = ManifestWriterBuilder::new(
+        out,
+        Some(snap_id),
+        md.current_schema().clone(),
+        md.default_partition_spec().as_ref().clone(),
+    )
+    .build_v2_deletes();
+    mw.add_file(df, -1).unwrap();
+    let mut manifests: Vec<_> = list.entries().to_vec();
+    manifests.push(mw.write_manifest_file().await.unwrap());
+    let list_path = format!("{meta}/snap-{snap_id}-test.avro");
+    let writer = t
+        .file_io()
+        .new_output(&list_path)
+        .unwrap()
+        .writer()
+        .await
+        .unwrap();
+    let mut lw = ManifestListWriter::v2(writer, snap_id, Some(cur.snapshot_id()), seq);
+    lw.add_manifests(manifests.into_iter()).unwrap();
+    lw.close().await.unwrap();
+    let mut props = cur.summary().additional_properties.clone();
+    props.insert("added-delete-files".into(), "1".into());
+    props.insert("added-position-deletes".into(), "1".into());
+    props.insert("total-delete-files".into(), "1".into());
+    props.insert("total-position-deletes".into(), "1".into());
+    let snapshot = Snapshot::builder()
+        .with_snapshot_id(snap_id)
+        .with_parent_snapshot_id(Some(cur.snapshot_id()))
+        .with_sequence_number(seq)
+        .with_timestamp_ms(chrono::Utc::now().timestamp_millis())
+        .with_manifest_list(list_path)
+        .with_summary(Summary {
+            operation: Operation::Delete,
+            additional_properties: props,
+        })
+        .with_schema_id(md.current_schema_id())
+        .build();
+    lake.commit(
+        &t,
+        vec![TableRequirement::RefSnapshotIdMatch {
+            r#ref: "main".into(),
+            snapshot_id: Some(cur.snapshot_id()),
+        }],
+        vec![
+            TableUpdate::AddSnapshot { snapshot },
+            TableUpdate::SetSnapshotRef {
+                ref_name: "main".into(),
+                reference: SnapshotReference::new(
+                    snap_id,
+                    SnapshotRetention::branch(None, None, None),
+                ),
+            },
+        ],
+    )
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn a_partition_with_v2_delete_files_is_skipped_with_the_reason_and_keeps_its_deletes() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = setup(dir.path(), "");
+    let wh = dir.path().join("warehouse");
+    let w = wh.display().to_string();
+    pyice(&["make", &w, "events", "10", "20"]);
+    let lake = Lake::open("lake", &sqlite_lake(&wh)).await.unwrap();
+    let t = lake.load(&lake::ident("db.events").unwrap()).await.unwrap();
+    let alpha = compact::live_paths(&t)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|p| p.contains("category=alpha"))
+        .min()
+        .unwrap();
+    commit_position_delete(&lake, "db.events", &alpha, 2).await;
+    let deleted = pyice(&["inspect", &w, "events"]);
+    assert_eq!(
+        deleted["rows"], 199,
+        "pyiceberg applies the positional delete"
+    );
+    assert_eq!(deleted["delete_files"], 1);
+
+    let cfg_path = cfg.clone();
+    let (code, out, err) =
+        tokio::task::spawn_blocking(move || run_cli(cfg_path.parent().unwrap(), &cfg_path, &[]))
+            .await
+            .unwrap();
+    assert_eq!(code, Some(0), "{out}{err}");
+    let recs = remediate::audit::read(&dir.path().join("audit.jsonl"))
+        .unwrap()
+        .records;
+    let planned = recs
+        .iter()
+        .find(|r| r.phase == remediate::audit::Phase::Planned)
+        .unwrap();
+    assert!(
+        planned.outcome.contains("compact 3 partition(s)")
+            && planned
+                .outcome
+                .contains("alpha: skipped, 1 delete file(s): format v2 deletes are not rewritten"),
+        "{}",
+        planned.outcome
+    );
+    let after = pyice(&["inspect", &w, "events"]);
+    assert_eq!(
+        after["checksum"], deleted["checksum"],
+        "the deleted row stays deleted"
+    );
+    assert_eq!(after["rows"], 199);
+    assert_eq!(after["operation"], "replace");
+    assert_eq!(
+        after["files"],
+        10 + 3,
+        "alpha untouched, three partitions compacted"
+    );
+    assert_eq!(after["delete_files"], 1);
+}

@@ -69,7 +69,9 @@ def summary(table):
     for r in arrow.to_pylist():
         h = hashlib.sha256(json.dumps(r, sort_keys=True).encode()).digest()
         digest ^= int.from_bytes(h[:8], "little")
-    files = list(table.inspect.files().to_pylist())
+    # Data files only (content 0); delete files are counted apart.
+    every = list(table.inspect.files().to_pylist())
+    files = [f for f in every if f["content"] == 0]
     per = {}
     for f in files:
         key = json.dumps(f.get("partition"), sort_keys=True, default=str)
@@ -87,6 +89,7 @@ def summary(table):
         "format_version": table.format_version,
         "files_sorted_desc_by_id": sorted_desc,
         "files": len(files),
+        "delete_files": len(every) - len(files),
         "per_partition": per,
         "rows": arrow.num_rows,
         "checksum": f"{digest:016x}",
