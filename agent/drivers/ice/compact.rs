@@ -574,8 +574,24 @@ pub async fn compact(
         }
     }
     let parallel = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let bins = jobs.len();
+    tracing::info!(
+        table = %table.identifier(),
+        partitions = sel.groups.len(),
+        files = picked.len(),
+        bins,
+        "compaction: rewriting"
+    );
+    let mut done = 0usize;
     let results: Vec<Result<Vec<DataFile>, DriverError>> = futures::stream::iter(jobs)
         .buffer_unordered(parallel)
+        .inspect(|r| {
+            done += 1;
+            // Progress on long rewrites: every tenth of the bins.
+            if bins >= 10 && done.is_multiple_of(bins / 10) {
+                tracing::info!(done, bins, ok = r.is_ok(), "compaction: bins written");
+            }
+        })
         .collect()
         .await;
     let mut added = Vec::new();
@@ -659,6 +675,7 @@ pub async fn compact(
                 return Ok(report);
             }
             Err(CommitError::Conflict(m)) => {
+                tracing::info!(attempt, conflict = %m, "compaction: commit conflicted; rebuilding on the new state");
                 delete_all(table, staged.metadata_files).await;
                 last = m;
                 let back = 50u64 << attempt.min(6);
