@@ -650,7 +650,16 @@ pub async fn compact(
     let mut last = String::new();
     for attempt in 0..=p.commit_retries {
         if attempt > 0 {
-            current = lake.load(current.identifier()).await?;
+            current = match lake.load(current.identifier()).await {
+                Ok(t) => t,
+                Err(e) => {
+                    delete_all(table, paths(&added)).await;
+                    return Err(DriverError::retryable(format!(
+                        "{}; nothing was committed and the rewritten files were removed",
+                        e.message
+                    )));
+                }
+            };
         }
         if let Some(h) = &before_commit {
             h(attempt).await;
