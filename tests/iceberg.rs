@@ -197,6 +197,12 @@ fn the_cli_compacts_a_pyiceberg_table_and_pyiceberg_reads_the_same_rows() {
     assert_eq!(after["rows"], 2000);
     assert_eq!(after["files"], 4, "one file per partition");
     assert_eq!(after["operation"], "replace");
+    assert_eq!(made["codecs"], serde_json::json!(["ZSTD"]));
+    assert_eq!(
+        after["codecs"],
+        serde_json::json!(["ZSTD"]),
+        "the table's codec (Iceberg's default)"
+    );
     assert_eq!(after["snapshots"], 51);
     unchanged_shape(&made, &after);
     let recs = remediate::audit::read(&dir.path().join("audit.jsonl"))

@@ -78,7 +78,11 @@ def summary(table):
         per[key] = per.get(key, 0) + 1
     snap = table.current_snapshot()
     sorted_desc = True
+    codecs = set()
     for f in files:
+        meta = pq.ParquetFile(f["file_path"].removeprefix("file://")).metadata
+        if meta.num_row_groups:
+            codecs.add(meta.row_group(0).column(0).compression)
         ids = pq.read_table(f["file_path"].removeprefix("file://"), columns=["id"]).column("id").to_pylist()
         if any(a is not None and b is not None and a < b for a, b in zip(ids, ids[1:])):
             sorted_desc = False
@@ -88,6 +92,7 @@ def summary(table):
         "sort_order": str(table.sort_order()),
         "format_version": table.format_version,
         "files_sorted_desc_by_id": sorted_desc,
+        "codecs": sorted(codecs),
         "files": len(files),
         "delete_files": len(every) - len(files),
         "per_partition": per,

@@ -29,8 +29,8 @@ use std::time::Instant;
 use futures::{StreamExt, TryStreamExt};
 use iceberg::scan::FileScanTask;
 use iceberg::spec::{
-    DataContentType, DataFile, DataFileFormat, FormatVersion, ManifestContentType, ManifestFile,
-    ManifestListWriter, ManifestWriterBuilder, Operation, PartitionKey, Snapshot,
+    DataContentType, DataFile, DataFileFormat, FormatVersion, Manifest, ManifestContentType,
+    ManifestFile, ManifestListWriter, ManifestWriterBuilder, Operation, PartitionKey, Snapshot,
     SnapshotReference, SnapshotRetention, SnapshotSummaryCollector, Struct, Summary, Transform,
     MAIN_BRANCH,
 };
@@ -141,40 +141,78 @@ fn ice(what: impl std::fmt::Display, e: iceberg::Error) -> DriverError {
     DriverError::retryable(format!("{what}: {e}"))
 }
 
-/// Every live entry of a snapshot, with the spec of its manifest.
-async fn live_files(
+/// Manifests by path. A manifest is immutable, so one loaded for the pick
+/// serves the liveness check and every commit attempt.
+pub type Manifests = HashMap<String, Arc<Manifest>>;
+
+/// Loads the manifests of `list` that `cache` lacks, in parallel tasks
+/// (parsing a manifest's Avro is CPU work; this spreads it over the cores).
+async fn load_manifests(
+    table: &Table,
+    list: &[ManifestFile],
+    cache: &mut Manifests,
+) -> Result<(), DriverError> {
+    let io = table.file_io().clone();
+    let missing: Vec<ManifestFile> = list
+        .iter()
+        .filter(|m| !cache.contains_key(&m.manifest_path))
+        .cloned()
+        .collect();
+    let parallel = std::thread::available_parallelism().map_or(2, |n| n.get()) * 4;
+    let loaded: Vec<(String, Manifest)> = futures::stream::iter(missing)
+        .map(|mf| {
+            let io = io.clone();
+            tokio::spawn(async move {
+                let m = mf
+                    .load_manifest(&io)
+                    .await
+                    .map_err(|e| ice(format!("manifest {}", mf.manifest_path), e))?;
+                Ok::<_, DriverError>((mf.manifest_path, m))
+            })
+        })
+        .buffer_unordered(parallel)
+        .map(|j| j.map_err(|e| DriverError::retryable(format!("manifest load task: {e}")))?)
+        .try_collect()
+        .await?;
+    for (path, m) in loaded {
+        cache.insert(path, Arc::new(m));
+    }
+    Ok(())
+}
+
+/// The manifest list of a snapshot, its manifests loaded into `cache`.
+async fn manifests_of(
     table: &Table,
     snapshot: &iceberg::spec::SnapshotRef,
-) -> Result<(Vec<Listed>, Vec<Listed>), DriverError> {
+    cache: &mut Manifests,
+) -> Result<Vec<ManifestFile>, DriverError> {
     let list = table
         .manifest_list_reader(snapshot)
         .load()
         .await
         .map_err(|e| ice("manifest list", e))?;
-    let io = table.file_io().clone();
-    let loaded: Vec<_> = futures::stream::iter(list.entries().iter().cloned())
-        .map(|mf| {
-            let io = io.clone();
-            async move {
-                let m = mf
-                    .load_manifest(&io)
-                    .await
-                    .map_err(|e| ice(format!("manifest {}", mf.manifest_path), e))?;
-                Ok::<_, DriverError>((mf.partition_spec_id, m))
-            }
-        })
-        .buffered(16)
-        .try_collect()
-        .await?;
+    let list = list.entries().to_vec();
+    load_manifests(table, &list, cache).await?;
+    Ok(list)
+}
+
+/// Every live entry of a snapshot, with the spec of its manifest.
+async fn live_files(
+    table: &Table,
+    snapshot: &iceberg::spec::SnapshotRef,
+    cache: &mut Manifests,
+) -> Result<(Vec<Listed>, Vec<Listed>), DriverError> {
+    let list = manifests_of(table, snapshot, cache).await?;
     let (mut data, mut deletes) = (Vec::new(), Vec::new());
-    for (spec_id, m) in loaded {
+    for mf in &list {
+        let m = &cache[&mf.manifest_path];
         for e in m.entries() {
             if !e.is_alive() {
                 continue;
             }
             let l = Listed {
                 file: e.data_file().clone(),
-                spec_id,
+                spec_id: mf.partition_spec_id,
             };
             if e.content_type() == DataContentType::Data {
                 data.push(l);
@@ -192,6 +230,15 @@ pub async fn select(
     snapshot_id: Option<i64>,
     p: &Params,
 ) -> Result<Selection, DriverError> {
+    select_cached(table, snapshot_id, p, &mut Manifests::new()).await
+}
+
+async fn select_cached(
+    table: &Table,
+    snapshot_id: Option<i64>,
+    p: &Params,
+    cache: &mut Manifests,
+) -> Result<Selection, DriverError> {
     let md = table.metadata();
     let snapshot = match snapshot_id {
         Some(id) => Some(md.snapshot_by_id(id).cloned().ok_or_else(|| {
@@ -204,7 +251,7 @@ pub async fn select(
     let Some(snapshot) = snapshot else {
         return Ok(Selection::default());
     };
-    let (data, deletes) = live_files(table, &snapshot).await?;
+    let (data, deletes) = live_files(table, &snapshot, cache).await?;
     let default_spec = md.default_partition_spec_id();
     let key = |l: &Listed| {
         let t = partition_text(l.file.partition());
@@ -415,20 +462,96 @@ fn sort_batch(
     arrow_array::RecordBatch::try_new(batch.schema(), columns).map_err(|e| e.to_string())
 }
 
+/// Parquet writer settings from the table's properties: the codec
+/// (`write.parquet.compression-codec`, Iceberg's default zstd) and level
+/// (`write.parquet.compression-level`). iceberg 0.10's own
+/// `ParquetWriterBuilder::from_table_properties` ignores the codec and
+/// writes uncompressed files.
+fn writer_properties(
+    md: &iceberg::spec::TableMetadata,
+) -> Result<parquet::file::properties::WriterProperties, DriverError> {
+    use parquet::basic::{BrotliLevel, Compression, GzipLevel, ZstdLevel};
+    let props = md.properties();
+    let codec = props
+        .get("write.parquet.compression-codec")
+        .map(|c| c.to_ascii_lowercase())
+        .unwrap_or_else(|| "zstd".into());
+    let level: Option<u32> = props
+        .get("write.parquet.compression-level")
+        .and_then(|l| l.parse().ok());
+    let bad = |e: parquet::errors::ParquetError| {
+        DriverError::permanent(format!("write.parquet.compression-level: {e}"))
+    };
+    let compression = match codec.as_str() {
+        "zstd" => Compression::ZSTD(match level {
+            Some(l) => ZstdLevel::try_new(l as i32).map_err(bad)?,
+            None => ZstdLevel::default(),
+        }),
+        "gzip" => Compression::GZIP(match level {
+            Some(l) => GzipLevel::try_new(l).map_err(bad)?,
+            None => GzipLevel::default(),
+        }),
+        "brotli" => Compression::BROTLI(match level {
+            Some(l) => BrotliLevel::try_new(l).map_err(bad)?,
+            None => BrotliLevel::default(),
+        }),
+        "snappy" => Compression::SNAPPY,
+        "lz4" => Compression::LZ4_RAW,
+        "uncompressed" | "none" => Compression::UNCOMPRESSED,
+        other => {
+            return Err(DriverError::permanent(format!(
+                "write.parquet.compression-codec {other:?}: expected zstd, gzip, brotli, snappy, lz4 or uncompressed"
+            )))
+        }
+    };
+    Ok(parquet::file::properties::WriterProperties::builder()
+        .set_compression(compression)
+        .build())
+}
+
+/// A scan task reading the whole of `f` projected onto the current schema
+/// (columns added since read as null), built from the manifest entry the
+/// pick already holds instead of planning a scan again.
+fn task_for(
+    md: &iceberg::spec::TableMetadata,
+    f: &DataFile,
+    name_mapping: Option<Arc<iceberg::spec::NameMapping>>,
+) -> FileScanTask {
+    let schema = md.current_schema().clone();
+    let ids: Vec<i32> = schema.as_struct().fields().iter().map(|f| f.id).collect();
+    FileScanTask::builder()
+        .with_file_size_in_bytes(f.file_size_in_bytes())
+        .with_start(0)
+        .with_length(f.file_size_in_bytes())
+        .with_record_count(Some(f.record_count()))
+        .with_data_file_path(f.file_path().to_string())
+        .with_data_file_format(f.file_format())
+        .with_schema(schema)
+        .with_project_field_ids(ids)
+        .with_predicate(None)
+        .with_deletes(Vec::new())
+        .with_partition(Some(f.partition().clone()))
+        // As the crate's own scan planning does: with a spec the reader
+        // would fill identity columns from the partition as run-end
+        // encoded constants, which its Parquet writer then refuses.
+        .with_partition_spec(None)
+        .with_name_mapping(name_mapping)
+        .with_case_sensitive(true)
+        .build()
+}
+
 /// Reads one bin and writes it back as files near the target size.
 async fn rewrite_bin(
-    table: &Table,
+    table: Table,
     tasks: Vec<FileScanTask>,
     key: PartitionKey,
     target: u64,
     prefix: String,
     sort: Option<SortSpec>,
 ) -> Result<Vec<DataFile>, DriverError> {
+    let table = &table;
     let md = table.metadata();
-    let props = md
-        .table_properties()
-        .map_err(|e| ice("table properties", e))?;
-    let writer = ParquetWriterBuilder::from_table_properties(&props, md.current_schema().clone());
+    let writer = ParquetWriterBuilder::new(writer_properties(md)?, md.current_schema().clone());
     let loc = DefaultLocationGenerator::new(md).map_err(|e| ice("data location", e))?;
     let names = DefaultFileNameGenerator::new(prefix, None, DataFileFormat::Parquet);
     let mut out =
@@ -478,6 +601,25 @@ async fn rewrite_bin(
         .collect()
 }
 
+/// Best effort, local tables: files a failed bin wrote before failing.
+fn remove_run_files(table: &Table, prefix: &str) {
+    let root = table.metadata().location();
+    let Some(root) = root
+        .strip_prefix("file://")
+        .or(root.starts_with('/').then_some(root))
+    else {
+        return;
+    };
+    for e in walkdir::WalkDir::new(format!("{root}/data"))
+        .into_iter()
+        .flatten()
+    {
+        if e.file_type().is_file() && e.file_name().to_string_lossy().starts_with(prefix) {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
 fn paths(files: &[DataFile]) -> Vec<String> {
     files.iter().map(|f| f.file_path().to_string()).collect()
 }
@@ -505,7 +647,8 @@ pub async fn compact(
             "format version {version} (row lineage) is not rewritten by this build; nothing was changed"
         )));
     }
-    let sel = select(table, snapshot_id, p).await?;
+    let mut cache = Manifests::new();
+    let sel = select_cached(table, snapshot_id, p, &mut cache).await?;
     if sel.groups.is_empty() {
         return Ok(Report::default());
     }
@@ -513,37 +656,36 @@ pub async fn compact(
     let picked = sel.picked();
     // Before the expensive part: are the picked files still live? None
     // live means this pick was compacted (or dropped) already: done. Some
-    // gone means the table moved on under the plan.
-    let live = live_paths(table).await?;
-    let still = picked.iter().filter(|p| live.contains(*p)).count();
-    if still == 0 {
-        return Ok(Report {
-            picked,
-            ..Default::default()
-        });
-    }
-    if still < picked.len() {
-        return Err(DriverError::permanent(format!(
-            "{} of the {} planned files are no longer live (a concurrent commit); nothing was changed, plan again",
-            picked.len() - still,
-            picked.len()
-        )));
-    }
-    // Tasks for the picked files, from a scan of the picked snapshot.
-    let scan = table
-        .scan()
-        .snapshot_id(sel.snapshot_id.expect("groups come from a snapshot"))
-        .select_all()
-        .build()
-        .map_err(|e| ice("scan", e))?;
-    let mut tasks: HashMap<String, Vec<FileScanTask>> = HashMap::new();
-    let mut planned = scan.plan_files().await.map_err(|e| ice("plan files", e))?;
-    while let Some(t) = planned.next().await {
-        let t = t.map_err(|e| ice("plan files", e))?;
-        if picked.contains(&t.data_file_path) {
-            tasks.entry(t.data_file_path.clone()).or_default().push(t);
+    // gone means the table moved on under the plan. (A pick from the
+    // current snapshot is live by construction.)
+    if let Some(current) = md.current_snapshot() {
+        if Some(current.snapshot_id()) != sel.snapshot_id {
+            let (live, _) = live_files(table, current, &mut cache).await?;
+            let live: HashSet<&str> = live.iter().map(|l| l.file.file_path()).collect();
+            let still = picked.iter().filter(|p| live.contains(p.as_str())).count();
+            if still == 0 {
+                return Ok(Report {
+                    picked,
+                    ..Default::default()
+                });
+            }
+            if still < picked.len() {
+                return Err(DriverError::permanent(format!(
+                    "{} of the {} planned files are no longer live (a concurrent commit); nothing was changed, plan again",
+                    picked.len() - still,
+                    picked.len()
+                )));
+            }
         }
     }
+    let name_mapping = match md.properties().get("schema.name-mapping.default") {
+        Some(raw) => Some(Arc::new(
+            serde_json::from_str::<iceberg::spec::NameMapping>(raw).map_err(|e| {
+                DriverError::permanent(format!("table property schema.name-mapping.default: {e}"))
+            })?,
+        )),
+        None => None,
+    };
     let spec = md.default_partition_spec().as_ref().clone();
     let schema = md.current_schema().clone();
     let sort = sort_keys(table);
@@ -551,20 +693,13 @@ pub async fn compact(
     let mut jobs = Vec::new();
     for (gi, g) in sel.groups.iter().enumerate() {
         for (bi, bin) in g.bins.iter().enumerate() {
-            let mut ts = Vec::new();
-            for f in bin {
-                let t = tasks.remove(f.file_path()).ok_or_else(|| {
-                    DriverError::permanent(format!(
-                        "{}: not in the scan of snapshot {:?}",
-                        f.file_path(),
-                        sel.snapshot_id
-                    ))
-                })?;
-                ts.extend(t);
-            }
+            let ts = bin
+                .iter()
+                .map(|f| task_for(md, f, name_mapping.clone()))
+                .collect();
             let key = PartitionKey::new(spec.clone(), schema.clone(), g.partition.clone());
             jobs.push(rewrite_bin(
-                table,
+                table.clone(),
                 ts,
                 key,
                 p.target,
@@ -583,7 +718,13 @@ pub async fn compact(
         "compaction: rewriting"
     );
     let mut done = 0usize;
+    // Each bin in its own task, so bins decode and encode on every core.
     let results: Vec<Result<Vec<DataFile>, DriverError>> = futures::stream::iter(jobs)
+        .map(|job| async move {
+            tokio::spawn(job)
+                .await
+                .unwrap_or_else(|e| Err(DriverError::retryable(format!("rewrite task: {e}"))))
+        })
         .buffer_unordered(parallel)
         .inspect(|r| {
             done += 1;
@@ -606,7 +747,8 @@ pub async fn compact(
     }
     if let Some(e) = first_err {
         delete_all(table, paths(&added)).await;
-        // Files of a failed bin may be half written under the run's prefix.
+        // A failed bin may have left files under the run's prefix.
+        remove_run_files(table, &format!("compact-{run}-"));
         return Err(DriverError {
             message: format!("rewrite failed, nothing was committed: {}", e.message),
             retryable: e.retryable,
@@ -665,7 +807,15 @@ pub async fn compact(
             h(attempt).await;
         }
         report.attempts = attempt + 1;
-        let staged = stage(&current, base_snapshot, &removed, &added, &partitions).await;
+        let staged = stage(
+            &current,
+            base_snapshot,
+            &removed,
+            &added,
+            &partitions,
+            &mut cache,
+        )
+        .await;
         let staged = match staged {
             Ok(s) => s,
             Err(e) => {
@@ -726,6 +876,9 @@ pub async fn compact(
     )))
 }
 
+/// A manifest as listed (path, counts) and its content.
+type Listing = (ManifestFile, Arc<Manifest>);
+
 struct Staged {
     snapshot_id: i64,
     requirements: Vec<TableRequirement>,
@@ -742,17 +895,14 @@ async fn stage(
     removed: &[DataFile],
     added: &[DataFile],
     partitions: &HashSet<String>,
+    cache: &mut Manifests,
 ) -> Result<Staged, DriverError> {
     let md = table.metadata();
     let current = md.current_snapshot().cloned().ok_or_else(|| {
         DriverError::permanent("the table has no current snapshot any more; nothing was committed")
     })?;
     let io = table.file_io();
-    let list = table
-        .manifest_list_reader(&current)
-        .load()
-        .await
-        .map_err(|e| ice("manifest list", e))?;
+    let list = manifests_of(table, &current, cache).await?;
     let gone: HashSet<&str> = removed.iter().map(DataFile::file_path).collect();
     let snapshot_id = loop {
         let (a, b) = uuid::Uuid::new_v4().as_u64_pair();
@@ -764,6 +914,9 @@ async fn stage(
     let seq = md.next_sequence_number();
     let version = md.format_version();
     let base_manifests: HashSet<String> = match md.snapshot_by_id(base_snapshot) {
+        Some(s) if s.snapshot_id() == current.snapshot_id() => {
+            list.iter().map(|m| m.manifest_path.clone()).collect()
+        }
         Some(s) => table
             .manifest_list_reader(s)
             .load()
@@ -781,23 +934,12 @@ async fn stage(
     let mut manifests: Vec<ManifestFile> = Vec::new();
     let mut found = 0usize;
     let mut collector = SnapshotSummaryCollector::default();
-    let loaded: Vec<_> = futures::stream::iter(list.entries().iter().cloned())
-        .map(|mf| async move {
-            let m = mf
-                .load_manifest(io)
-                .await
-                .map_err(|e| ice(format!("manifest {}", mf.manifest_path), e))?;
-            Ok::<_, DriverError>((mf, m))
-        })
-        .buffered(16)
-        .try_collect()
-        .await?;
-    for (n, (mf, m)) in loaded.into_iter().enumerate() {
-        let alive_here: Vec<_> = m
-            .entries()
-            .iter()
-            .filter(|e| e.is_alive() && gone.contains(e.file_path()))
-            .collect();
+    // Manifests listing picked files, by (spec, schema): each group is
+    // rewritten into one manifest (the picked entries deleted, the rest
+    // existing) instead of one rewrite per manifest.
+    let mut affected: BTreeMap<(i32, i32), Vec<Listing>> = BTreeMap::new();
+    for mf in list {
+        let m = cache[&mf.manifest_path].clone();
         if mf.content == ManifestContentType::Deletes && !base_manifests.contains(&mf.manifest_path)
         {
             // A delete manifest committed since the pick: it may delete
@@ -805,7 +947,6 @@ async fn stage(
             if let Some(e) = m.entries().iter().find(|e| {
                 e.is_alive() && partitions.contains(&partition_text(e.data_file().partition()))
             }) {
-                delete_all(table, written).await;
                 return Err(DriverError::permanent(format!(
                     "a concurrent commit added delete file {} to compacted partition {}; nothing was committed",
                     e.file_path(),
@@ -813,11 +954,19 @@ async fn stage(
                 )));
             }
         }
-        if alive_here.is_empty() {
+        let hit = mf.content == ManifestContentType::Data
+            && m.entries()
+                .iter()
+                .any(|e| e.is_alive() && gone.contains(e.file_path()));
+        if hit {
+            let key = (mf.partition_spec_id, m.metadata().schema_id());
+            affected.entry(key).or_default().push((mf, m));
+        } else {
             manifests.push(mf);
-            continue;
         }
-        let meta = m.metadata();
+    }
+    for (n, group) in affected.into_values().enumerate() {
+        let meta = group[0].1.metadata().clone();
         let path = format!("{meta_dir}/{commit}-r{n}.avro");
         let out = io.new_output(&path).map_err(|e| ice(&path, e))?;
         let b = ManifestWriterBuilder::new(
@@ -830,35 +979,40 @@ async fn stage(
             FormatVersion::V1 => b.build_v1(),
             _ => b.build_v2_data(),
         };
-        for e in m.entries() {
-            if !e.is_alive() {
-                continue;
+        let spec = Arc::new(meta.partition_spec().clone());
+        for (mf, m) in &group {
+            for e in m.entries() {
+                if !e.is_alive() {
+                    continue;
+                }
+                let seq_n = e.sequence_number().unwrap_or(0);
+                let res = if gone.contains(e.file_path()) {
+                    found += 1;
+                    collector.remove_file(e.data_file(), meta.schema().clone(), spec.clone());
+                    w.add_delete_file(
+                        e.data_file().clone(),
+                        seq_n,
+                        e.file_sequence_number.or(Some(seq_n)),
+                    )
+                } else {
+                    w.add_existing_file(
+                        e.data_file().clone(),
+                        e.snapshot_id().unwrap_or(mf.added_snapshot_id),
+                        seq_n,
+                        e.file_sequence_number.or(Some(seq_n)),
+                    )
+                };
+                res.map_err(|e| ice("manifest entry", e))?;
             }
-            let seq_n = e.sequence_number().unwrap_or(0);
-            let res = if gone.contains(e.file_path()) {
-                found += 1;
-                collector.remove_file(
-                    e.data_file(),
-                    meta.schema().clone(),
-                    Arc::new(meta.partition_spec().clone()),
-                );
-                w.add_delete_file(
-                    e.data_file().clone(),
-                    seq_n,
-                    e.file_sequence_number.or(Some(seq_n)),
-                )
-            } else {
-                w.add_existing_file(
-                    e.data_file().clone(),
-                    e.snapshot_id().unwrap_or(mf.added_snapshot_id),
-                    seq_n,
-                    e.file_sequence_number.or(Some(seq_n)),
-                )
-            };
-            res.map_err(|e| ice("manifest entry", e))?;
         }
         written.push(path.clone());
-        manifests.push(w.write_manifest_file().await.map_err(|e| ice(&path, e))?);
+        match w.write_manifest_file().await {
+            Ok(m) => manifests.push(m),
+            Err(e) => {
+                delete_all(table, written).await;
+                return Err(ice(&path, e));
+            }
+        }
     }
     if found != gone.len() {
         delete_all(table, written).await;
@@ -972,7 +1126,7 @@ pub async fn live_paths(table: &Table) -> Result<HashSet<String>, DriverError> {
     let Some(s) = table.metadata().current_snapshot().cloned() else {
         return Ok(HashSet::new());
     };
-    let (data, _) = live_files(table, &s).await?;
+    let (data, _) = live_files(table, &s, &mut Manifests::new()).await?;
     Ok(data
         .into_iter()
         .map(|l| l.file.file_path().to_string())
