@@ -242,14 +242,36 @@ fn the_cli_compacts_a_pyiceberg_table_and_pyiceberg_reads_the_same_rows() {
     );
 }
 
-/// Runs `pyice` on a blocking thread (the hook runs inside the runtime).
-async fn pyice_async(args: Vec<String>) -> Value {
-    tokio::task::spawn_blocking(move || {
-        let a: Vec<&str> = args.iter().map(String::as_str).collect();
-        pyice(&a)
-    })
-    .await
-    .unwrap()
+/// A before-commit hook that runs `pyice` with `args(attempt)` (when it
+/// gives some) against the table, as a concurrent writer would, and keeps
+/// the summary of its last run.
+fn pyice_hook(
+    env: Vec<(String, String)>,
+    args: impl Fn(u32) -> Option<Vec<String>> + Send + Sync + 'static,
+) -> (compact::BeforeCommit, Arc<std::sync::Mutex<Option<Value>>>) {
+    let last = Arc::new(std::sync::Mutex::new(None));
+    let seen = last.clone();
+    let args = Arc::new(args);
+    let hook: compact::BeforeCommit = Arc::new(move |attempt| {
+        let (seen, env, args) = (seen.clone(), env.clone(), args.clone());
+        Box::pin(async move {
+            let Some(a) = args(attempt) else { return };
+            let v = tokio::task::spawn_blocking(move || {
+                let a: Vec<&str> = a.iter().map(String::as_str).collect();
+                let e: Vec<(&str, &str)> =
+                    env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+                pyice_env(&e, &a)
+            })
+            .await
+            .unwrap();
+            *seen.lock().unwrap() = Some(v);
+        })
+    });
+    (hook, last)
+}
+
+fn strings(a: &[&str]) -> Vec<String> {
+    a.iter().map(|s| s.to_string()).collect()
 }
 
 #[tokio::test]
@@ -260,18 +282,9 @@ async fn an_append_committed_during_compaction_survives() {
     pyice(&["make", &w, "events", "30", "20"]);
     let lake = Lake::open("lake", &sqlite_lake(&wh)).await.unwrap();
     let t = lake.load(&lake::ident("db.events").unwrap()).await.unwrap();
-    let appended = Arc::new(std::sync::Mutex::new(None));
-    let seen = appended.clone();
     let w2 = w.clone();
-    let hook: compact::BeforeCommit = Arc::new(move |attempt| {
-        let seen = seen.clone();
-        let w = w2.clone();
-        Box::pin(async move {
-            if attempt == 0 {
-                let v = pyice_async(vec!["append".into(), w, "events".into(), "8".into()]).await;
-                *seen.lock().unwrap() = Some(v);
-            }
-        })
+    let (hook, appended) = pyice_hook(vec![], move |attempt| {
+        (attempt == 0).then(|| strings(&["append", &w2, "events", "8"]))
     });
     let r = compact::compact(&lake, &t, None, &params(4), Some(hook))
         .await
@@ -301,19 +314,12 @@ async fn conflicts_past_the_retry_budget_fail_cleanly_and_leave_no_files() {
     pyice(&["make", &w, "events", "10", "20"]);
     let lake = Lake::open("lake", &sqlite_lake(&wh)).await.unwrap();
     let t = lake.load(&lake::ident("db.events").unwrap()).await.unwrap();
-    let last = Arc::new(std::sync::Mutex::new(None));
-    let seen = last.clone();
     let w2 = w.clone();
-    let hook: compact::BeforeCommit = Arc::new(move |attempt| {
-        let seen = seen.clone();
-        let w = w2.clone();
-        Box::pin(async move {
-            // A different batch each time, so no two appends cancel out
-            // in the order-free checksum.
-            let start = (20_000_000 + attempt * 100).to_string();
-            let v = pyice_async(vec!["append".into(), w, "events".into(), "4".into(), start]).await;
-            *seen.lock().unwrap() = Some(v);
-        })
+    // A different batch each time, so no two appends cancel out in the
+    // order-free checksum.
+    let (hook, last) = pyice_hook(vec![], move |attempt| {
+        let start = (20_000_000 + attempt * 100).to_string();
+        Some(strings(&["append", &w2, "events", "4", &start]))
     });
     let e = compact::compact(&lake, &t, None, &params(2), Some(hook))
         .await
@@ -345,27 +351,11 @@ async fn a_concurrent_rewrite_of_a_picked_file_aborts_and_loses_nothing() {
     pyice(&["make", &w, "events", "10", "20"]);
     let lake = Lake::open("lake", &sqlite_lake(&wh)).await.unwrap();
     let t = lake.load(&lake::ident("db.events").unwrap()).await.unwrap();
-    let after_delete = Arc::new(std::sync::Mutex::new(None));
-    let seen = after_delete.clone();
     let w2 = w.clone();
-    let hook: compact::BeforeCommit = Arc::new(move |attempt| {
-        let seen = seen.clone();
-        let w = w2.clone();
-        Box::pin(async move {
-            if attempt == 0 {
-                // id 4 is in category alpha: pyiceberg rewrites that file
-                // (copy-on-write), one of the files being compacted.
-                let v = pyice_async(vec![
-                    "delete".into(),
-                    w,
-                    "events".into(),
-                    "alpha".into(),
-                    "4".into(),
-                ])
-                .await;
-                *seen.lock().unwrap() = Some(v);
-            }
-        })
+    // id 4 is in category alpha: pyiceberg rewrites that file
+    // (copy-on-write), one of the files being compacted.
+    let (hook, after_delete) = pyice_hook(vec![], move |attempt| {
+        (attempt == 0).then(|| strings(&["delete", &w2, "events", "alpha", "4"]))
     });
     let e = compact::compact(&lake, &t, None, &params(4), Some(hook))
         .await
@@ -553,22 +543,11 @@ async fn the_postgres_catalog_path_keeps_a_concurrent_append() {
     .unwrap();
     let lake = Lake::open("lake", &cfg).await.unwrap();
     let t = lake.load(&lake::ident("db.events").unwrap()).await.unwrap();
-    let appended = Arc::new(std::sync::Mutex::new(None));
-    let seen = appended.clone();
-    let (w2, u2) = (w.clone(), py_uri.clone());
-    let hook: compact::BeforeCommit = Arc::new(move |attempt| {
-        let (seen, w, u) = (seen.clone(), w2.clone(), u2.clone());
-        Box::pin(async move {
-            if attempt == 0 {
-                let v = tokio::task::spawn_blocking(move || {
-                    pyice_env(&[("PYICE_CATALOG_URI", &u)], &["append", &w, "events", "8"])
-                })
-                .await
-                .unwrap();
-                *seen.lock().unwrap() = Some(v);
-            }
-        })
-    });
+    let w2 = w.clone();
+    let (hook, appended) = pyice_hook(
+        vec![("PYICE_CATALOG_URI".into(), py_uri.clone())],
+        move |attempt| (attempt == 0).then(|| strings(&["append", &w2, "events", "8"])),
+    );
     let r = compact::compact(&lake, &t, None, &params(4), Some(hook))
         .await
         .unwrap();

@@ -17,17 +17,9 @@ import os
 import sys
 import time
 
-from pyiceberg.catalog.sql import SqlCatalog
-
-
-def catalog(warehouse):
-    # The same settings as tests/iceberg/pyice.py's catalog().
-    os.makedirs(warehouse, exist_ok=True)
-    return SqlCatalog(
-        "lake",
-        uri=os.environ.get("PYICE_CATALOG_URI") or f"sqlite:///{warehouse}/catalog.db",
-        warehouse=f"file://{warehouse}",
-    )
+# The catalog settings of the test tables: tests/iceberg/pyice.py's own.
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "tests", "iceberg"))
+from pyice import catalog  # noqa: E402
 
 
 def data_files(table):
