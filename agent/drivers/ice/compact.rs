@@ -43,6 +43,7 @@ use iceberg::writer::file_writer::ParquetWriterBuilder;
 use iceberg::{TableRequirement, TableUpdate};
 use serde::Serialize;
 
+use super::ice;
 use super::lake::{CommitError, Lake};
 use super::PartitionStats;
 use crate::drivers::DriverError;
@@ -137,10 +138,6 @@ pub fn partition_text(p: &Struct) -> String {
     }
 }
 
-fn ice(what: impl std::fmt::Display, e: iceberg::Error) -> DriverError {
-    DriverError::retryable(format!("{what}: {e}"))
-}
-
 /// Manifests by path. A manifest is immutable, so one loaded for the pick
 /// serves the liveness check and every commit attempt.
 pub type Manifests = HashMap<String, Arc<Manifest>>;
@@ -181,7 +178,7 @@ async fn load_manifests(
 }
 
 /// The manifest list of a snapshot, its manifests loaded into `cache`.
-async fn manifests_of(
+pub(super) async fn manifests_of(
     table: &Table,
     snapshot: &iceberg::spec::SnapshotRef,
     cache: &mut Manifests,
@@ -233,7 +230,7 @@ pub async fn select(
     select_cached(table, snapshot_id, p, &mut Manifests::new()).await
 }
 
-async fn select_cached(
+pub(super) async fn select_cached(
     table: &Table,
     snapshot_id: Option<i64>,
     p: &Params,
@@ -1123,10 +1120,18 @@ async fn stage(
 
 /// Paths of the live data files of the table's current snapshot.
 pub async fn live_paths(table: &Table) -> Result<HashSet<String>, DriverError> {
+    live_paths_cached(table, &mut Manifests::new()).await
+}
+
+/// [`live_paths`], reading manifests through `cache`.
+pub(super) async fn live_paths_cached(
+    table: &Table,
+    cache: &mut Manifests,
+) -> Result<HashSet<String>, DriverError> {
     let Some(s) = table.metadata().current_snapshot().cloned() else {
         return Ok(HashSet::new());
     };
-    let (data, _) = live_files(table, &s, &mut Manifests::new()).await?;
+    let (data, _) = live_files(table, &s, cache).await?;
     Ok(data
         .into_iter()
         .map(|l| l.file.file_path().to_string())

@@ -52,7 +52,10 @@ impl std::fmt::Display for CommitError {
 
 enum Committer {
     Sql {
-        pool: sqlx::AnyPool,
+        /// Connected on the first commit: plan, verify and the /metrics
+        /// export only read, through the catalog's own connection.
+        pool: tokio::sync::OnceCell<sqlx::AnyPool>,
+        uri: String,
         catalog_name: String,
         dollar: bool,
     },
@@ -75,17 +78,6 @@ pub struct Lake {
 impl std::fmt::Debug for Lake {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Lake").field("key", &self.key).finish()
-    }
-}
-
-fn ice_err(what: &str, e: iceberg::Error) -> DriverError {
-    let msg = format!("{what}: {e}");
-    if e.retryable() {
-        DriverError::retryable(msg)
-    } else {
-        // Catalog and storage errors are mostly transient from where we
-        // stand (a locked SQLite file, a restarting server).
-        DriverError::retryable(msg)
     }
 }
 
@@ -144,7 +136,7 @@ impl Lake {
                 .with_storage_factory(storage)
                 .load(name, props)
                 .await
-                .map_err(|e| ice_err(&format!("catalog {key} ({})", cfg.uri), e))?;
+                .map_err(|e| super::ice(format!("catalog {key} ({})", cfg.uri), e))?;
             let http = reqwest::Client::builder()
                 .timeout(std::time::Duration::from_secs(60))
                 .build()
@@ -224,19 +216,13 @@ impl Lake {
             .with_storage_factory(storage)
             .load(name.clone(), props)
             .await
-            .map_err(|e| ice_err(&format!("catalog {key}"), e))?;
-        sqlx::any::install_default_drivers();
-        let pool = sqlx::any::AnyPoolOptions::new()
-            .max_connections(2)
-            .acquire_timeout(std::time::Duration::from_secs(30))
-            .connect(&uri)
-            .await
-            .map_err(|e| DriverError::retryable(format!("catalog {key}: connect: {e}")))?;
+            .map_err(|e| super::ice(format!("catalog {key}"), e))?;
         Ok(Lake {
             key: key.to_string(),
             catalog: Arc::new(catalog),
             committer: Committer::Sql {
-                pool,
+                pool: tokio::sync::OnceCell::new(),
+                uri,
                 catalog_name: name,
                 dollar,
             },
@@ -248,7 +234,7 @@ impl Lake {
         self.catalog
             .load_table(ident)
             .await
-            .map_err(|e| ice_err(&format!("table {}.{ident}", self.key), e))
+            .map_err(|e| super::ice(format!("table {}.{ident}", self.key), e))
     }
 
     /// The underlying catalog (for the crate's own transactions).
@@ -268,9 +254,23 @@ impl Lake {
         match &self.committer {
             Committer::Sql {
                 pool,
+                uri,
                 catalog_name,
                 dollar,
             } => {
+                let pool = pool
+                    .get_or_try_init(|| async {
+                        sqlx::any::install_default_drivers();
+                        sqlx::any::AnyPoolOptions::new()
+                            .max_connections(1)
+                            .acquire_timeout(std::time::Duration::from_secs(30))
+                            .connect(uri)
+                            .await
+                    })
+                    .await
+                    .map_err(|e| {
+                        CommitError::Failed(format!("catalog {}: connect: {e}", self.key))
+                    })?;
                 let current = self
                     .catalog
                     .load_table(&ident)

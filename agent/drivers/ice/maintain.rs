@@ -18,6 +18,8 @@ use iceberg::table::Table;
 use iceberg::transaction::{ApplyTransactionAction, Transaction};
 use serde::Serialize;
 
+use super::compact::{manifests_of, Manifests};
+use super::ice;
 use super::lake::Lake;
 use crate::drivers::iceberg::Compact;
 use crate::drivers::DriverError;
@@ -56,16 +58,13 @@ impl Maintenance {
     }
 }
 
-fn ice(what: impl std::fmt::Display, e: iceberg::Error) -> DriverError {
-    DriverError::retryable(format!("{what}: {e}"))
-}
-
 fn local(path: &str) -> &str {
     path.strip_prefix("file://").unwrap_or(path)
 }
 
-/// Every file the table's metadata references, as local paths.
-async fn referenced(table: &Table) -> Result<HashSet<String>, DriverError> {
+/// Every file the table's metadata references, as local paths. Snapshots
+/// share most manifests: each is read once, through `cache`.
+async fn referenced(table: &Table, cache: &mut Manifests) -> Result<HashSet<String>, DriverError> {
     let md = table.metadata();
     let mut out = HashSet::new();
     if let Some(l) = table.metadata_location() {
@@ -81,30 +80,22 @@ async fn referenced(table: &Table) -> Result<HashSet<String>, DriverError> {
         out.insert(local(&s.statistics_path).to_string());
     }
     for s in md.snapshots() {
-        out.extend(snapshot_files(table, s).await?);
+        out.extend(snapshot_files(table, s, cache).await?);
     }
     Ok(out)
 }
 
-/// The manifest list, manifests and content files of one snapshot.
+/// The manifest list, manifests and live content files of one snapshot.
 async fn snapshot_files(
     table: &Table,
     s: &iceberg::spec::SnapshotRef,
+    cache: &mut Manifests,
 ) -> Result<HashSet<String>, DriverError> {
     let mut out = HashSet::new();
     out.insert(local(s.manifest_list()).to_string());
-    let list = table
-        .manifest_list_reader(s)
-        .load()
-        .await
-        .map_err(|e| ice(format!("manifest list {}", s.manifest_list()), e))?;
-    for mf in list.entries() {
+    for mf in manifests_of(table, s, cache).await? {
         out.insert(local(&mf.manifest_path).to_string());
-        let m = mf
-            .load_manifest(table.file_io())
-            .await
-            .map_err(|e| ice(format!("manifest {}", mf.manifest_path), e))?;
-        for e in m.entries() {
+        for e in cache[&mf.manifest_path].entries() {
             // Live entries only: a file a snapshot lists as deleted is live
             // in its parent, which counts on its own if it is retained.
             if e.is_alive() {
@@ -118,6 +109,7 @@ async fn snapshot_files(
 /// Runs what `c` asks for.
 pub async fn run(lake: &Lake, table: &Table, c: &Compact) -> Result<Maintenance, DriverError> {
     let mut m = Maintenance::default();
+    let mut cache = Manifests::new();
     let mut table = table.clone();
     if c.expire_snapshots_older_than.is_none() && !c.remove_orphan_files {
         return Ok(m);
@@ -149,11 +141,11 @@ pub async fn run(lake: &Lake, table: &Table, c: &Compact) -> Result<Maintenance,
         let gone: Vec<i64> = before.difference(&kept).copied().collect();
         m.snapshots_expired = Some(gone.len());
         if !gone.is_empty() {
-            let still = referenced(&after).await?;
+            let still = referenced(&after, &mut cache).await?;
             let mut candidates = HashSet::new();
             for id in &gone {
                 if let Some(s) = table.metadata().snapshot_by_id(*id) {
-                    candidates.extend(snapshot_files(&table, s).await?);
+                    candidates.extend(snapshot_files(&table, s, &mut cache).await?);
                 }
             }
             for f in candidates.difference(&still) {
@@ -176,7 +168,7 @@ pub async fn run(lake: &Lake, table: &Table, c: &Compact) -> Result<Maintenance,
             )));
         }
         let root = local(root).to_string();
-        let keep = referenced(&table).await?;
+        let keep = referenced(&table, &mut cache).await?;
         let min_age = c.orphan_min_age.0;
         let now = SystemTime::now();
         let (mut n, mut bytes) = (0usize, 0u64);

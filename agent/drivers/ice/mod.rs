@@ -26,6 +26,20 @@ use crate::config::IcebergCatalog;
 pub use compact::{partition_text, BeforeCommit, Params, Report, Selection};
 pub use lake::Lake;
 
+/// An iceberg crate error as a driver error naming `what`. A missing table
+/// or namespace, invalid data and unsupported features are permanent;
+/// the rest (a locked SQLite file, a restarting catalog, storage) may pass.
+pub(crate) fn ice(what: impl std::fmt::Display, e: iceberg::Error) -> DriverError {
+    use iceberg::ErrorKind as K;
+    let msg = format!("{what}: {e}");
+    match e.kind() {
+        K::TableNotFound | K::NamespaceNotFound | K::DataInvalid | K::FeatureUnsupported => {
+            DriverError::permanent(msg)
+        }
+        _ => DriverError::retryable(msg),
+    }
+}
+
 /// One partition's files.
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
 pub struct PartitionStats {
@@ -249,7 +263,10 @@ impl Action for IcebergCompact {
     async fn verify(&self, req: &Request, plan: &Plan) -> Result<Verdict, DriverError> {
         let c: Compact = req.parsed()?;
         let (_, t) = self.open(req).await?;
-        let now = compact::select(&t, None, &Params::from(&c)).await?;
+        // One read of each manifest serves the figures, the live files and
+        // (without apply's pick at hand) the pick from the planned snapshot.
+        let mut cache = compact::Manifests::new();
+        let now = compact::select_cached(&t, None, &Params::from(&c), &mut cache).await?;
         let files: usize = now.partitions.iter().map(|s| s.files).sum();
         let small: usize = now.partitions.iter().map(|s| s.small_files).sum();
         let Some(snap) = planned_snapshot(plan) else {
@@ -266,11 +283,11 @@ impl Action for IcebergCompact {
         let picked = match stashed {
             Some(p) => p,
             // Applied by another process: pick again from the snapshot.
-            None => compact::select(&t, Some(snap), &Params::from(&c))
+            None => compact::select_cached(&t, Some(snap), &Params::from(&c), &mut cache)
                 .await?
                 .picked(),
         };
-        let live = compact::live_paths(&t).await?;
+        let live = compact::live_paths_cached(&t, &mut cache).await?;
         let left = picked.iter().filter(|p| live.contains(*p)).count();
         Ok(if left == 0 {
             Verdict::Verified(format!(
