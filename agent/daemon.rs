@@ -485,13 +485,23 @@ async fn iceberg_exporter(shared: Arc<Shared>, mut shutdown: watch::Receiver<boo
     if catalogs.values().all(|c| c.tables.is_empty()) {
         return;
     }
-    let interval = catalogs
+    let tick = catalogs
         .values()
+        .filter(|c| !c.tables.is_empty())
         .map(|c| c.scrape_interval.std())
         .min()
         .unwrap_or(std::time::Duration::from_secs(300));
+    let mut survey = crate::drivers::ice::Survey::default();
+    let mut last: HashMap<String, std::time::Instant> = HashMap::new();
     loop {
         for (key, c) in &catalogs {
+            // Each catalog at its own scrapeInterval.
+            if last.get(key).is_some_and(|t| {
+                t.elapsed() + std::time::Duration::from_millis(50) < c.scrape_interval.std()
+            }) {
+                continue;
+            }
+            last.insert(key.clone(), std::time::Instant::now());
             for table in &c.tables {
                 let (namespace, name) = table.rsplit_once('.').unwrap_or(("", table.as_str()));
                 let labels = crate::metrics::TableLabels {
@@ -499,7 +509,7 @@ async fn iceberg_exporter(shared: Arc<Shared>, mut shutdown: watch::Receiver<boo
                     namespace: namespace.to_string(),
                     table: name.to_string(),
                 };
-                match crate::drivers::ice::stats(c, key, table, c.small_file_threshold.0).await {
+                match survey.stats(key, c, table, c.small_file_threshold.0).await {
                     Ok(parts) => {
                         let total: usize = parts.iter().map(|p| p.files).sum();
                         let small: usize = parts.iter().map(|p| p.small_files).sum();
@@ -525,7 +535,7 @@ async fn iceberg_exporter(shared: Arc<Shared>, mut shutdown: watch::Receiver<boo
             }
         }
         tokio::select! {
-            _ = tokio::time::sleep(interval) => {}
+            _ = tokio::time::sleep(tick) => {}
             _ = shutdown.changed() => return,
         }
     }

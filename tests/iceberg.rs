@@ -444,6 +444,23 @@ async fn the_agent_exports_the_small_files_ratio_of_configured_tables() {
         Some(48.0),
         "12 appends over 4 partitions"
     );
+    // A later append shows at the next refresh (the agent keeps the
+    // manifests it read and reads only the new one).
+    let w = dir.path().join("warehouse").display().to_string();
+    tokio::task::spawn_blocking(move || pyice(&["append", &w, "events", "8"]))
+        .await
+        .unwrap();
+    let total =
+        "remediate_iceberg_table_total_files{catalog=\"lake\",namespace=\"db\",table=\"events\"}";
+    let mut now = None;
+    for _ in 0..100 {
+        now = a.metric(total).await;
+        if now == Some(52.0) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(now, Some(52.0), "{}", a.log_text());
 }
 
 /// The test REST catalog server (`tests/iceberg/rest_catalog.py`, on

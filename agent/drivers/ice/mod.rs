@@ -101,23 +101,62 @@ impl From<&Compact> for Params {
     }
 }
 
-/// Per-partition statistics of a table's current snapshot (for /metrics).
-pub async fn stats(
-    cfg: &IcebergCatalog,
-    catalog_key: &str,
-    table: &str,
-    small: u64,
-) -> Result<Vec<PartitionStats>, DriverError> {
-    let lake = Lake::open(catalog_key, cfg).await?;
-    let t = lake.load(&lake::ident(table)?).await?;
-    let p = Params {
-        small,
-        target: u64::MAX,
-        min_ratio: 1.0,
-        max_partitions: None,
-        commit_retries: 0,
-    };
-    Ok(compact::select(&t, None, &p).await?.partitions)
+/// Keeps catalogs open and manifests read between /metrics refreshes: a
+/// manifest never changes, so a refresh reads only the manifests committed
+/// since the last one.
+#[derive(Default)]
+pub struct Survey {
+    lakes: HashMap<String, Lake>,
+    manifests: HashMap<String, compact::Manifests>,
+}
+
+impl Survey {
+    /// Per-partition statistics of `table`'s current snapshot.
+    pub async fn stats(
+        &mut self,
+        key: &str,
+        cfg: &IcebergCatalog,
+        table: &str,
+        small: u64,
+    ) -> Result<Vec<PartitionStats>, DriverError> {
+        let ident = lake::ident(table)?;
+        if !self.lakes.contains_key(key) {
+            self.lakes
+                .insert(key.to_string(), Lake::open(key, cfg).await?);
+        }
+        let t = match self.lakes[key].load(&ident).await {
+            Ok(t) => t,
+            Err(e) => {
+                // Reopen next time: the catalog may have moved or restarted.
+                self.lakes.remove(key);
+                return Err(e);
+            }
+        };
+        let cache = self.manifests.entry(format!("{key}.{table}")).or_default();
+        let p = Params {
+            small,
+            target: u64::MAX,
+            min_ratio: 1.0,
+            max_partitions: None,
+            commit_retries: 0,
+        };
+        let partitions = compact::select_cached(&t, None, &p, cache)
+            .await?
+            .partitions;
+        // Keep only what the current snapshot lists.
+        match t.metadata().current_snapshot() {
+            Some(s) => {
+                let now: HashSet<String> = compact::manifests_of(&t, s, cache)
+                    .await?
+                    .into_iter()
+                    .map(|m| m.manifest_path)
+                    .collect();
+                cache.retain(|path, _| now.contains(path));
+            }
+            None => cache.clear(),
+        }
+        Ok(partitions)
+    }
 }
 
 impl IcebergCompact {
