@@ -376,7 +376,7 @@ pub struct Report {
     pub files_removed: usize,
     /// Data files written.
     pub files_added: usize,
-    /// Bytes replaced / written.
+    /// Bytes replaced.
     pub bytes_removed: u64,
     /// Bytes written.
     pub bytes_added: u64,
@@ -386,7 +386,7 @@ pub struct Report {
     pub attempts: u32,
     /// Whether output files are sorted by the table's sort order.
     pub sorted: bool,
-    /// Milliseconds reading and writing / committing.
+    /// Milliseconds reading and writing.
     pub rewrite_ms: u64,
     /// Milliseconds committing.
     pub commit_ms: u64,
