@@ -20,7 +20,9 @@
 //! `cargo bench --bench iceberg_compact` (needs python3 with
 //! `pyiceberg[sql-sqlite,pyarrow]`, as tests/iceberg.rs does). Env:
 //! `ICEBERG_BENCH_FILES` (200, rounded up to a multiple of 4) and
-//! `ICEBERG_BENCH_ROWS` (rows per file, 500) change the table's shape.
+//! `ICEBERG_BENCH_ROWS` (rows per file, 500) change the table's shape;
+//! `ICEBERG_BENCH_PROFILE=N` runs only ours, N times, and prints each run's
+//! phases (for `perf record`).
 //!
 //! The table is made once with `tests/iceberg/pyice.py make` and copied
 //! back (`cp -a`, same paths) before every measured run, since each run
@@ -273,6 +275,18 @@ fn main() {
         probe.is_ok_and(|o| o.status.success()),
         "pyiceberg is required: pip install 'pyiceberg[sql-sqlite,pyarrow]'"
     );
+    // std captures a backtrace in every error created when these say so,
+    // and iceberg 0.10's Arrow reader creates (and drops) errors for every
+    // data file it reads: with RUST_BACKTRACE=1 that is measurable. The
+    // agent's deploy manifests leave it unset.
+    let lib_bt = std::env::var("RUST_LIB_BACKTRACE")
+        .or_else(|_| std::env::var("RUST_BACKTRACE"))
+        .is_ok_and(|v| v != "0");
+    if lib_bt {
+        println!(
+            "note: RUST_BACKTRACE/RUST_LIB_BACKTRACE enable backtrace capture; the iceberg crate's reader then unwinds once per file read (set RUST_LIB_BACKTRACE=0 or unset RUST_BACKTRACE to measure as deployed)"
+        );
+    }
     let files = env_usize("ICEBERG_BENCH_FILES", 200).max(4);
     let rows_per_file = env_usize("ICEBERG_BENCH_ROWS", 500).max(1);
     let appends = files.div_ceil(4);
@@ -312,6 +326,21 @@ fn main() {
         max_partitions: None,
         commit_retries: 4,
     };
+
+    if let Ok(n) = std::env::var("ICEBERG_BENCH_PROFILE") {
+        for _ in 0..n.parse::<usize>().expect("ICEBERG_BENCH_PROFILE=N") {
+            fresh(&template, &wh);
+            let o = rt.block_on(ours_once(&wh, &params));
+            println!(
+                "ours {:.1} ms: pick {:.1} ms, rewrite {} ms, commit {} ms",
+                secs(o.total) * 1e3,
+                secs(o.pick) * 1e3,
+                o.report.rewrite_ms,
+                o.report.commit_ms
+            );
+        }
+        return;
+    }
 
     // Ours.
     let mut ours = Vec::new();

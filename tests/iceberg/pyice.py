@@ -8,6 +8,9 @@
   pyice.py make-sorted  ...                      -> same, sort order id DESC
   pyice.py make-evolved ...                      -> same; column `note` added
                                                     halfway (files of two schemas)
+  pyice.py make-types WAREHOUSE TABLE APPENDS ROWS -> same; columns of many types,
+                                                    partitioned by identity, bucket,
+                                                    truncate, day and hour transforms
   pyice.py append  WAREHOUSE TABLE ROWS [START]   -> JSON summary (ids from START)
   pyice.py delete  WAREHOUSE TABLE CATEGORY ID    -> JSON summary
 
@@ -67,7 +70,7 @@ def summary(table):
     arrow = table.scan().to_arrow()
     digest = 0
     for r in arrow.to_pylist():
-        h = hashlib.sha256(json.dumps(r, sort_keys=True).encode()).digest()
+        h = hashlib.sha256(json.dumps(r, sort_keys=True, default=str).encode()).digest()
         digest ^= int.from_bytes(h[:8], "little")
     # Data files only (content 0); delete files are counted apart.
     every = list(table.inspect.files().to_pylist())
@@ -104,6 +107,65 @@ def summary(table):
     }
 
 
+def make_types(cat, name, appends, rows):
+    """A table partitioned on int (with nulls), bool, float, double, date,
+    timestamp and string columns by identity, bucket, truncate, day and hour
+    transforms, so its manifests carry partition values of every common type."""
+    import datetime
+
+    from pyiceberg.transforms import BucketTransform, DayTransform, HourTransform, TruncateTransform
+    from pyiceberg.types import BooleanType, DateType, FloatType, IntegerType, TimestampType, TimestamptzType
+
+    try:
+        cat.create_namespace("db")
+    except Exception:
+        pass
+    schema = Schema(
+        NestedField(1, "id", LongType(), required=False),
+        NestedField(2, "n", IntegerType(), required=False),
+        NestedField(3, "flag", BooleanType(), required=False),
+        NestedField(4, "f", FloatType(), required=False),
+        NestedField(5, "d", DoubleType(), required=False),
+        NestedField(6, "day", DateType(), required=False),
+        NestedField(7, "ts", TimestampType(), required=False),
+        NestedField(8, "tstz", TimestamptzType(), required=False),
+        NestedField(9, "s", StringType(), required=False),
+    )
+    spec = PartitionSpec(
+        PartitionField(source_id=2, field_id=1000, transform=IdentityTransform(), name="n"),
+        PartitionField(source_id=3, field_id=1001, transform=IdentityTransform(), name="flag"),
+        PartitionField(source_id=4, field_id=1002, transform=IdentityTransform(), name="f"),
+        PartitionField(source_id=5, field_id=1003, transform=IdentityTransform(), name="d"),
+        PartitionField(source_id=6, field_id=1004, transform=IdentityTransform(), name="day"),
+        PartitionField(source_id=7, field_id=1005, transform=DayTransform(), name="ts_day"),
+        PartitionField(source_id=8, field_id=1006, transform=HourTransform(), name="tstz_hour"),
+        PartitionField(source_id=9, field_id=1007, transform=TruncateTransform(2), name="s_trunc"),
+        PartitionField(source_id=1, field_id=1008, transform=BucketTransform(2), name="id_bucket"),
+    )
+    table = cat.create_table(f"db.{name}", schema=schema, partition_spec=spec)
+    base = datetime.datetime(2026, 11, 25, 10, 30)
+    for a in range(appends):
+        ids = list(range(a * rows, a * rows + rows))
+        table.append(
+            pa.table(
+                {
+                    "id": pa.array(ids, type=pa.int64()),
+                    "n": pa.array([None if i % 2 else 7 for i in ids], type=pa.int32()),
+                    "flag": pa.array([True] * rows, type=pa.bool_()),
+                    "f": pa.array([1.5] * rows, type=pa.float32()),
+                    "d": pa.array([2.25] * rows, type=pa.float64()),
+                    "day": pa.array([base.date()] * rows, type=pa.date32()),
+                    "ts": pa.array([base + datetime.timedelta(seconds=i) for i in ids], type=pa.timestamp("us")),
+                    "tstz": pa.array(
+                        [base.replace(tzinfo=datetime.timezone.utc)] * rows, type=pa.timestamp("us", tz="UTC")
+                    ),
+                    "s": pa.array([f"s{i % 3}x" for i in ids], type=pa.string()),
+                }
+            )
+        )
+    print(json.dumps(summary(table)))
+
+
 def main():
     cmd, warehouse, name = sys.argv[1], sys.argv[2], sys.argv[3]
     cat = catalog(warehouse)
@@ -133,6 +195,8 @@ def main():
                 b = b.append_column("note", pa.array([f"n{i}" for i in range(a * rows, a * rows + rows)], type=pa.string()))
             table.append(b)
         print(json.dumps(summary(table)))
+    elif cmd == "make-types":
+        make_types(cat, name, int(sys.argv[4]), int(sys.argv[5]))
     elif cmd == "inspect":
         print(json.dumps(summary(cat.load_table(f"db.{name}"))))
     elif cmd == "append":

@@ -160,8 +160,7 @@ async fn load_manifests(
         .map(|mf| {
             let io = io.clone();
             tokio::spawn(async move {
-                let m = mf
-                    .load_manifest(&io)
+                let m = super::manifest::load(&io, &mf)
                     .await
                     .map_err(|e| ice(format!("manifest {}", mf.manifest_path), e))?;
                 Ok::<_, DriverError>((mf.manifest_path, m))
@@ -716,7 +715,7 @@ pub async fn compact(
     );
     let mut done = 0usize;
     // Each bin in its own task, so bins decode and encode on every core.
-    let results: Vec<Result<Vec<DataFile>, DriverError>> = futures::stream::iter(jobs)
+    let rewrite = futures::stream::iter(jobs)
         .map(|job| async move {
             tokio::spawn(job)
                 .await
@@ -730,8 +729,9 @@ pub async fn compact(
                 tracing::info!(done, bins, ok = r.is_ok(), "compaction: bins written");
             }
         })
-        .collect()
-        .await;
+        .collect::<Vec<Result<Vec<DataFile>, DriverError>>>();
+    // The commit's connection opens while the bins are written.
+    let (results, ()) = tokio::join!(rewrite, lake.prepare_commit());
     let mut added = Vec::new();
     let mut first_err = None;
     for r in results {

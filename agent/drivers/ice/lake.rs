@@ -242,8 +242,22 @@ impl Lake {
         self.catalog.as_ref()
     }
 
+    /// Opens what a commit needs ahead of it (the SQL catalog's commit
+    /// connection), so a caller can overlap that with its own work. A
+    /// failure here is reported again by the commit itself.
+    pub async fn prepare_commit(&self) {
+        if let Committer::Sql { pool, uri, .. } = &self.committer {
+            let _ = sql_pool(pool, uri).await;
+        }
+    }
+
     /// Commits `updates` to the table if `requirements` hold on the
     /// catalog's current state, atomically.
+    ///
+    /// SQL catalogs: first optimistically on `base` (the state the caller
+    /// built the updates on), with a compare-and-swap of its metadata
+    /// location; if the table moved on, once more on a fresh load, where
+    /// the requirements decide whether the change still applies.
     pub async fn commit(
         &self,
         base: &Table,
@@ -258,81 +272,27 @@ impl Lake {
                 catalog_name,
                 dollar,
             } => {
-                let pool = pool
-                    .get_or_try_init(|| async {
-                        sqlx::any::install_default_drivers();
-                        sqlx::any::AnyPoolOptions::new()
-                            .max_connections(1)
-                            .acquire_timeout(std::time::Duration::from_secs(30))
-                            .connect(uri)
-                            .await
-                    })
-                    .await
-                    .map_err(|e| {
-                        CommitError::Failed(format!("catalog {}: connect: {e}", self.key))
-                    })?;
+                let pool = sql_pool(pool, uri).await.map_err(|e| {
+                    CommitError::Failed(format!("catalog {}: connect: {e}", self.key))
+                })?;
+                let sql = SqlCommit {
+                    pool,
+                    catalog_name,
+                    dollar: *dollar,
+                };
+                match sql.attempt(base, &requirements, updates.clone()).await? {
+                    Swapped::Yes => return Ok(()),
+                    Swapped::MovedOn(_) => {}
+                }
                 let current = self
                     .catalog
                     .load_table(&ident)
                     .await
                     .map_err(|e| CommitError::Failed(format!("reload {ident}: {e}")))?;
-                for r in &requirements {
-                    if let Err(e) = r.check(Some(current.metadata())) {
-                        return Err(CommitError::Conflict(e.to_string()));
-                    }
-                }
-                let current_loc = current
-                    .metadata_location()
-                    .ok_or_else(|| CommitError::Failed(format!("{ident}: no metadata location")))?
-                    .to_string();
-                let mut b = current
-                    .metadata()
-                    .clone()
-                    .into_builder(Some(current_loc.clone()));
-                for u in updates {
-                    b = u
-                        .apply(b)
-                        .map_err(|e| CommitError::Failed(format!("{ident}: apply update: {e}")))?;
-                }
-                let md: TableMetadata = b
-                    .build()
-                    .map_err(|e| CommitError::Failed(format!("{ident}: build metadata: {e}")))?
-                    .metadata;
-                let loc = MetadataLocation::from_str(&current_loc)
-                    .map_err(|e| CommitError::Failed(format!("{ident}: {e}")))?
-                    .with_next_version()
-                    .with_new_metadata(&md);
-                md.write_to(current.file_io(), &loc)
-                    .await
-                    .map_err(|e| CommitError::Failed(format!("{ident}: write metadata: {e}")))?;
-                let new_loc = loc.to_string();
-                let ns = ident.namespace().clone().inner().join(".");
-                let sql = if *dollar {
-                    "UPDATE iceberg_tables SET metadata_location = $1, previous_metadata_location = $2 \
-                     WHERE catalog_name = $3 AND table_namespace = $4 AND table_name = $5 AND metadata_location = $6"
-                } else {
-                    "UPDATE iceberg_tables SET metadata_location = ?, previous_metadata_location = ? \
-                     WHERE catalog_name = ? AND table_namespace = ? AND table_name = ? AND metadata_location = ?"
-                };
-                let res = sqlx::query(sql)
-                    .bind(&new_loc)
-                    .bind(&current_loc)
-                    .bind(catalog_name)
-                    .bind(&ns)
-                    .bind(ident.name())
-                    .bind(&current_loc)
-                    .execute(pool)
-                    .await;
-                match res {
-                    Ok(r) if r.rows_affected() == 1 => Ok(()),
-                    Ok(_) => {
-                        let _ = current.file_io().delete(&new_loc).await;
-                        Err(CommitError::Conflict(format!(
-                            "{ident}: metadata moved on from {current_loc}"
-                        )))
-                    }
-                    Err(e) => Err(CommitError::Unknown(format!(
-                        "{ident}: UPDATE iceberg_tables: {e}"
+                match sql.attempt(&current, &requirements, updates).await? {
+                    Swapped::Yes => Ok(()),
+                    Swapped::MovedOn(from) => Err(CommitError::Conflict(format!(
+                        "{ident}: metadata moved on from {from}"
                     ))),
                 }
             }
@@ -413,6 +373,105 @@ mod tests {
                     .contains("expected namespace.table"),
                 "{bad}"
             );
+        }
+    }
+}
+
+/// The SQL catalog's commit connection, opened on first use.
+async fn sql_pool<'a>(
+    cell: &'a tokio::sync::OnceCell<sqlx::AnyPool>,
+    uri: &str,
+) -> Result<&'a sqlx::AnyPool, sqlx::Error> {
+    cell.get_or_try_init(|| async {
+        sqlx::any::install_default_drivers();
+        sqlx::any::AnyPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(std::time::Duration::from_secs(30))
+            .connect(uri)
+            .await
+    })
+    .await
+}
+
+/// Whether a compare-and-swap of the metadata location took.
+enum Swapped {
+    Yes,
+    /// The row no longer held this location.
+    MovedOn(String),
+}
+
+struct SqlCommit<'a> {
+    pool: &'a sqlx::AnyPool,
+    catalog_name: &'a str,
+    dollar: bool,
+}
+
+impl SqlCommit<'_> {
+    /// Checks `requirements` on `on`, writes the updated metadata as the
+    /// next version, and swaps the catalog row from `on`'s location to it.
+    async fn attempt(
+        &self,
+        on: &Table,
+        requirements: &[TableRequirement],
+        updates: Vec<TableUpdate>,
+    ) -> Result<Swapped, CommitError> {
+        let ident = on.identifier();
+        for r in requirements {
+            if let Err(e) = r.check(Some(on.metadata())) {
+                return Err(CommitError::Conflict(e.to_string()));
+            }
+        }
+        let current_loc = on
+            .metadata_location()
+            .ok_or_else(|| CommitError::Failed(format!("{ident}: no metadata location")))?
+            .to_string();
+        let mut b = on
+            .metadata()
+            .clone()
+            .into_builder(Some(current_loc.clone()));
+        for u in updates {
+            b = u
+                .apply(b)
+                .map_err(|e| CommitError::Failed(format!("{ident}: apply update: {e}")))?;
+        }
+        let md: TableMetadata = b
+            .build()
+            .map_err(|e| CommitError::Failed(format!("{ident}: build metadata: {e}")))?
+            .metadata;
+        let loc = MetadataLocation::from_str(&current_loc)
+            .map_err(|e| CommitError::Failed(format!("{ident}: {e}")))?
+            .with_next_version()
+            .with_new_metadata(&md);
+        md.write_to(on.file_io(), &loc)
+            .await
+            .map_err(|e| CommitError::Failed(format!("{ident}: write metadata: {e}")))?;
+        let new_loc = loc.to_string();
+        let ns = ident.namespace().clone().inner().join(".");
+        let sql = if self.dollar {
+            "UPDATE iceberg_tables SET metadata_location = $1, previous_metadata_location = $2 \
+             WHERE catalog_name = $3 AND table_namespace = $4 AND table_name = $5 AND metadata_location = $6"
+        } else {
+            "UPDATE iceberg_tables SET metadata_location = ?, previous_metadata_location = ? \
+             WHERE catalog_name = ? AND table_namespace = ? AND table_name = ? AND metadata_location = ?"
+        };
+        let res = sqlx::query(sql)
+            .bind(&new_loc)
+            .bind(&current_loc)
+            .bind(self.catalog_name)
+            .bind(&ns)
+            .bind(ident.name())
+            .bind(&current_loc)
+            .execute(self.pool)
+            .await;
+        match res {
+            Ok(r) if r.rows_affected() == 1 => Ok(Swapped::Yes),
+            Ok(_) => {
+                let _ = on.file_io().delete(&new_loc).await;
+                Ok(Swapped::MovedOn(current_loc))
+            }
+            Err(e) => Err(CommitError::Unknown(format!(
+                "{ident}: UPDATE iceberg_tables: {e}"
+            ))),
         }
     }
 }

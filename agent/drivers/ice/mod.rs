@@ -12,6 +12,7 @@
 pub mod compact;
 pub mod lake;
 mod maintain;
+pub mod manifest;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
