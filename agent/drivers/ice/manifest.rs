@@ -441,3 +441,106 @@ fn data_file(df: &[(String, Value)], l: &Layout, v1: bool) -> Option<DataFile> {
     }
     b.build().ok()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use iceberg::io::{FileIOBuilder, LocalFsStorageFactory};
+    use iceberg::spec::{ManifestWriterBuilder, NestedField, PartitionSpec, Transform};
+
+    fn schema() -> Arc<Schema> {
+        Arc::new(
+            Schema::builder()
+                .with_fields(vec![
+                    Arc::new(NestedField::optional(
+                        1,
+                        "n",
+                        Type::Primitive(PrimitiveType::Long),
+                    )),
+                    Arc::new(NestedField::optional(
+                        2,
+                        "b",
+                        Type::Primitive(PrimitiveType::Binary),
+                    )),
+                ])
+                .build()
+                .unwrap(),
+        )
+    }
+
+    /// Writes a v2 data manifest of two files partitioned by identity of
+    /// `column`, with the crate's writer, and returns its listing.
+    async fn write(io: &FileIO, path: &str, column: &str, value: Literal) -> ManifestFile {
+        let schema = schema();
+        let spec = PartitionSpec::builder(schema.clone())
+            .add_partition_field(column, column, Transform::Identity)
+            .unwrap()
+            .build()
+            .unwrap();
+        let mut w =
+            ManifestWriterBuilder::new(io.new_output(path).unwrap(), Some(7), schema, spec.clone())
+                .build_v2_data();
+        for i in 0..2 {
+            let f = DataFileBuilder::default()
+                .content(DataContentType::Data)
+                .file_path(format!("/data/{column}-{i}.parquet"))
+                .file_format(DataFileFormat::Parquet)
+                .partition(Struct::from_iter([Some(value.clone())]))
+                .record_count(10 + i)
+                .file_size_in_bytes(1000 + i)
+                .partition_spec_id(spec.spec_id())
+                .build()
+                .unwrap();
+            w.add_file(f, 3).unwrap();
+        }
+        w.write_manifest_file().await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_long_partition_is_decoded_here_and_a_binary_one_by_the_crate_both_alike() {
+        let dir = tempfile::tempdir().unwrap();
+        let io = FileIOBuilder::new(Arc::new(LocalFsStorageFactory)).build();
+        let long = format!("{}/long.avro", dir.path().display());
+        let binary = format!("{}/binary.avro", dir.path().display());
+        let cases = [
+            (write(&io, &long, "n", Literal::long(5)).await, true),
+            (
+                write(&io, &binary, "b", Literal::binary(vec![1, 2, 3])).await,
+                false,
+            ),
+        ];
+        for (mf, here) in cases {
+            let bytes = io
+                .new_input(&mf.manifest_path)
+                .unwrap()
+                .read()
+                .await
+                .unwrap();
+            assert_eq!(decode(&bytes).is_some(), here, "{}", mf.manifest_path);
+            let ours = load(&io, &mf).await.unwrap();
+            assert_eq!(ours, mf.load_manifest(&io).await.unwrap());
+            assert_eq!(ours.entries().len(), 2);
+            assert_eq!(ours.entries()[1].data_file().record_count(), 11);
+            assert_eq!(ours.entries()[0].snapshot_id(), Some(7), "inherited");
+        }
+    }
+
+    #[tokio::test]
+    async fn broken_bytes_are_left_to_the_crate_which_names_the_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let io = FileIOBuilder::new(Arc::new(LocalFsStorageFactory)).build();
+        let path = format!("{}/m.avro", dir.path().display());
+        let mf = write(&io, &path, "n", Literal::long(1)).await;
+        let good = std::fs::read(&path).unwrap();
+        assert!(decode(&good).is_some());
+        assert!(decode(b"not an avro file").is_none());
+        assert!(decode(&good[..good.len() - 20]).is_none(), "truncated");
+        let mut bad_sync = good.clone();
+        let n = bad_sync.len();
+        bad_sync[n - 1] ^= 0xff;
+        assert!(decode(&bad_sync).is_none(), "sync marker mismatch");
+        std::fs::write(&path, &good[..good.len() - 20]).unwrap();
+        let err = load(&io, &mf).await.unwrap_err();
+        assert!(!err.to_string().is_empty());
+    }
+}
