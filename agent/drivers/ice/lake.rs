@@ -356,27 +356,6 @@ fn rest_message(body: &str) -> String {
         .unwrap_or_else(|| body.chars().take(300).collect())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn table_names_need_a_namespace() {
-        assert_eq!(ident("db.events").unwrap().name(), "events");
-        let t = ident("a.b.events").unwrap();
-        assert_eq!(t.namespace().clone().inner(), vec!["a", "b"]);
-        for bad in ["events", ".events", "db."] {
-            assert!(
-                ident(bad)
-                    .unwrap_err()
-                    .message
-                    .contains("expected namespace.table"),
-                "{bad}"
-            );
-        }
-    }
-}
-
 /// The SQL catalog's commit connection, opened on first use.
 async fn sql_pool<'a>(
     cell: &'a tokio::sync::OnceCell<sqlx::AnyPool>,
@@ -472,6 +451,27 @@ impl SqlCommit<'_> {
             Err(e) => Err(CommitError::Unknown(format!(
                 "{ident}: UPDATE iceberg_tables: {e}"
             ))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_names_need_a_namespace() {
+        assert_eq!(ident("db.events").unwrap().name(), "events");
+        let t = ident("a.b.events").unwrap();
+        assert_eq!(t.namespace().clone().inner(), vec!["a", "b"]);
+        for bad in ["events", ".events", "db."] {
+            assert!(
+                ident(bad)
+                    .unwrap_err()
+                    .message
+                    .contains("expected namespace.table"),
+                "{bad}"
+            );
         }
     }
 }
