@@ -92,7 +92,7 @@ pub fn decode(bytes: &[u8]) -> Option<(ManifestMetadata, Vec<ManifestEntry>)> {
     while !r.is_empty() {
         let count = usize::try_from(read_long(&mut r)?).ok()?;
         let size = usize::try_from(read_long(&mut r)?).ok()?;
-        if r.len() < size + 16 {
+        if r.len() < size.checked_add(16)? {
             return None;
         }
         let (block, tail) = r.split_at(size);
@@ -539,6 +539,14 @@ mod tests {
         let n = bad_sync.len();
         bad_sync[n - 1] ^= 0xff;
         assert!(decode(&bad_sync).is_none(), "sync marker mismatch");
+        // A block claiming i64::MAX bytes: refused.
+        let mut r = &good[4..];
+        read_header_map(&mut r).unwrap();
+        let header_end = good.len() - r.len() + 16;
+        let mut huge = good[..header_end].to_vec();
+        huge.extend_from_slice(&[2]); // one entry
+        huge.extend_from_slice(&[0xfe, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01]);
+        assert!(decode(&huge).is_none(), "oversized block");
         std::fs::write(&path, &good[..good.len() - 20]).unwrap();
         let err = load(&io, &mf).await.unwrap_err();
         assert!(!err.to_string().is_empty());
