@@ -35,6 +35,7 @@ import sys
 import pyarrow as pa
 import pyarrow.parquet as pq
 from pyiceberg.catalog.sql import SqlCatalog
+from pyiceberg.exceptions import NamespaceAlreadyExistsError
 from pyiceberg.expressions import And, EqualTo
 from pyiceberg.partitioning import PartitionField, PartitionSpec
 from pyiceberg.schema import Schema
@@ -107,6 +108,13 @@ def summary(table):
     }
 
 
+def ensure_namespace(cat):
+    try:
+        cat.create_namespace("db")
+    except NamespaceAlreadyExistsError:
+        pass  # a second table in the same warehouse
+
+
 def make_types(cat, name, appends, rows):
     """A table partitioned on int (with nulls), bool, float, double, date,
     timestamp and string columns by identity, bucket, truncate, day and hour
@@ -116,10 +124,7 @@ def make_types(cat, name, appends, rows):
     from pyiceberg.transforms import BucketTransform, DayTransform, HourTransform, TruncateTransform
     from pyiceberg.types import BooleanType, DateType, FloatType, IntegerType, TimestampType, TimestamptzType
 
-    try:
-        cat.create_namespace("db")
-    except Exception:
-        pass
+    ensure_namespace(cat)
     schema = Schema(
         NestedField(1, "id", LongType(), required=False),
         NestedField(2, "n", IntegerType(), required=False),
@@ -171,10 +176,7 @@ def main():
     cat = catalog(warehouse)
     if cmd in ("make", "make-v1", "make-sorted", "make-evolved"):
         appends, rows = int(sys.argv[4]), int(sys.argv[5])
-        try:
-            cat.create_namespace("db")
-        except Exception:
-            pass
+        ensure_namespace(cat)
         schema = Schema(
             NestedField(1, "id", LongType(), required=False),
             NestedField(2, "category", StringType(), required=False),

@@ -52,8 +52,14 @@ pub async fn load(io: &FileIO, mf: &ManifestFile) -> iceberg::Result<Manifest> {
         return mf.load_manifest(io).await;
     }
     let bytes = io.new_input(&mf.manifest_path)?.read().await?;
-    let Some((metadata, mut entries)) = decode(&bytes) else {
-        return mf.load_manifest(io).await;
+    let (metadata, mut entries) = match decode(&bytes) {
+        Some(m) => m,
+        // The crate's reader, on the bytes already read.
+        None => {
+            let (entries, metadata) = Manifest::parse_avro(&bytes)?.into_parts();
+            let entries = entries.into_iter().map(Arc::unwrap_or_clone).collect();
+            (metadata, entries)
+        }
     };
     for e in &mut entries {
         inherit(e, mf);
@@ -288,42 +294,43 @@ fn as_record(v: &Value) -> Option<&[(String, Value)]> {
     }
 }
 
-/// `array<record{key: int, value: long}>` as the crate reads it: negative
-/// counts are dropped.
-fn counts(rec: &[(String, Value)], name: &str) -> Option<HashMap<i32, u64>> {
+/// An `array<record{key: int, value: …}>` map field as (key, value) pairs;
+/// empty when absent or null, `None` when shaped otherwise.
+fn key_values<'a>(rec: &'a [(String, Value)], name: &str) -> Option<Vec<(i32, &'a Value)>> {
     let Some(v) = field(rec, name) else {
-        return Some(HashMap::new());
+        return Some(Vec::new());
     };
+    as_array(v)?
+        .iter()
+        .map(|kv| {
+            let kv = as_record(kv)?;
+            Some((as_int(field(kv, "key")?)?, field(kv, "value")?))
+        })
+        .collect()
+}
+
+/// Counts as the crate reads them: negative ones are dropped.
+fn counts(rec: &[(String, Value)], name: &str) -> Option<HashMap<i32, u64>> {
     let mut m = HashMap::new();
-    for kv in as_array(v)? {
-        let kv = as_record(kv)?;
-        let k = as_int(field(kv, "key")?)?;
-        if let Ok(n) = u64::try_from(as_long(field(kv, "value")?)?) {
+    for (k, v) in key_values(rec, name)? {
+        if let Ok(n) = u64::try_from(as_long(v)?) {
             m.insert(k, n);
         }
     }
     Some(m)
 }
 
-/// `array<record{key: int, value: bytes}>` bounds, typed by the table
-/// schema; fields no longer in it are dropped, as the crate does.
+/// Bounds typed by the table schema; fields no longer in it are dropped,
+/// as the crate does.
 fn bounds(rec: &[(String, Value)], name: &str, schema: &Schema) -> Option<HashMap<i32, Datum>> {
-    let Some(v) = field(rec, name) else {
-        return Some(HashMap::new());
-    };
     let mut m = HashMap::new();
-    for kv in as_array(v)? {
-        let kv = as_record(kv)?;
-        let k = as_int(field(kv, "key")?)?;
+    for (k, v) in key_values(rec, name)? {
         let f = schema
             .field_by_id(k)
             .or_else(|| iceberg::metadata_columns::get_metadata_field(k).ok());
         if let Some(f) = f {
             let t = f.field_type.as_primitive_type()?.clone();
-            m.insert(
-                k,
-                Datum::try_from_bytes(as_bytes(field(kv, "value")?)?, t).ok()?,
-            );
+            m.insert(k, Datum::try_from_bytes(as_bytes(v)?, t).ok()?);
         }
     }
     Some(m)
