@@ -103,15 +103,8 @@ impl PgRecycle {
             .connect_timeout(std::time::Duration::from_secs(5))
             // Bounded on the server too: no statement or lock wait outlives the step.
             .options("-c statement_timeout=5000 -c lock_timeout=2000 -c idle_in_transaction_session_timeout=10000");
-        let client = if cfg.get_ssl_mode() == tokio_postgres::config::SslMode::Disable {
-            let (client, conn) = cfg
-                .connect(tokio_postgres::NoTls)
-                .await
-                .map_err(|e| pg_err(&format!("connect to {name}"), e))?;
-            tokio::spawn(async move {
-                let _ = conn.await;
-            });
-            client
+        let tls = if cfg.get_ssl_mode() == tokio_postgres::config::SslMode::Disable {
+            None
         } else {
             let mut roots = rustls::RootCertStore::empty();
             roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
@@ -122,14 +115,45 @@ impl PgRecycle {
             .map_err(|e| DriverError::permanent(format!("tls: {e}")))?
             .with_root_certificates(roots)
             .with_no_client_auth();
-            let (client, conn) = cfg
-                .connect(tokio_postgres_rustls::MakeRustlsConnect::new(tls))
-                .await
-                .map_err(|e| pg_err(&format!("connect to {name}"), e))?;
-            tokio::spawn(async move {
-                let _ = conn.await;
-            });
-            client
+            Some(tokio_postgres_rustls::MakeRustlsConnect::new(tls))
+        };
+        // This action runs when the server is out of connection slots. A
+        // slot freed by a session that just ended (this agent's own plan
+        // session, or the ones apply terminated, before verify) frees only
+        // once its backend has exited, so "too many connections" is
+        // retried briefly (0.1 + 0.2 + 0.4 + 0.8 s) before it fails.
+        let mut wait = std::time::Duration::from_millis(100);
+        let mut retries = 4;
+        let client = loop {
+            let attempt = match &tls {
+                None => cfg
+                    .connect(tokio_postgres::NoTls)
+                    .await
+                    .map(|(client, conn)| {
+                        tokio::spawn(async move {
+                            let _ = conn.await;
+                        });
+                        client
+                    }),
+                Some(tls) => cfg.connect(tls.clone()).await.map(|(client, conn)| {
+                    tokio::spawn(async move {
+                        let _ = conn.await;
+                    });
+                    client
+                }),
+            };
+            match attempt {
+                Err(e)
+                    if retries > 0
+                        && e.code()
+                            == Some(&tokio_postgres::error::SqlState::TOO_MANY_CONNECTIONS) =>
+                {
+                    retries -= 1;
+                    tokio::time::sleep(wait).await;
+                    wait *= 2;
+                }
+                other => break other.map_err(|e| pg_err(&format!("connect to {name}"), e))?,
+            }
         };
         Ok(client)
     }
