@@ -83,6 +83,33 @@ fn cli(dir: &Path, args: &[&str]) -> (i32, String, String) {
     )
 }
 
+/// Client sessions the server has now.
+async fn client_sessions(su: &tokio_postgres::Client) -> i64 {
+    su.query_one(
+        "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'",
+        &[],
+    )
+    .await
+    .unwrap()
+    .get(0)
+}
+
+/// Waits (up to 10 s) until at most `n` client sessions remain: a closed
+/// session's slot frees only once its backend process has exited, which
+/// lags the client's disconnect on a loaded machine.
+async fn settle(su: &tokio_postgres::Client, n: i64) {
+    for _ in 0..100 {
+        if client_sessions(su).await <= n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!(
+        "sessions did not drop to {n}: {}",
+        client_sessions(su).await
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leaked_idle_sessions_are_recycled_through_the_cli_and_protected_ones_survive() {
     let s = Server::start(14);
@@ -116,8 +143,9 @@ async fn leaked_idle_sessions_are_recycled_through_the_cli_and_protected_ones_su
     tokio::time::sleep(Duration::from_millis(1500)).await;
     // Free one slot for the agent's own session (an operator would reserve
     // one for it with a connection limit or a reserved role).
+    let before = client_sessions(&su).await;
     drop(leaked.pop());
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    settle(&su, before - 1).await;
 
     let dir = tempfile::tempdir().unwrap();
     let cfg = write_setup(dir.path(), s.port);
@@ -157,6 +185,9 @@ async fn leaked_idle_sessions_are_recycled_through_the_cli_and_protected_ones_su
         .unwrap()
         .get::<_, i64>(0);
     assert_eq!(count as usize, leaked.len(), "the dry-run changed nothing");
+    // The dry-run's own session must be gone before the real run needs
+    // the one free slot.
+    settle(&su, before - 1).await;
 
     let (code, out, err) = cli(
         dir.path(),
