@@ -186,6 +186,17 @@ pub enum Step {
     Bytes(ByteSize),
 }
 
+impl Step {
+    /// The value `self` above `current`, at most `ceiling`: a raised limit.
+    pub fn bumped(self, current: u64, ceiling: ByteSize) -> u64 {
+        let next = match self {
+            Step::Percent(f) => current + ((current as f64) * f).ceil() as u64,
+            Step::Bytes(b) => current + b.0,
+        };
+        next.min(ceiling.0)
+    }
+}
+
 impl FromStr for Step {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {

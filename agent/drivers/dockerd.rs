@@ -665,7 +665,7 @@ impl Action for ServiceBumpMemory {
                 p.ceiling
             )));
         }
-        let new = super::k8s::bumped(cur, p.step, p.ceiling);
+        let new = p.step.bumped(cur, p.ceiling);
         Ok(Plan {
             summary: format!(
                 "raise the memory limit of service {name} from {} to {} (ceiling {})",
@@ -845,11 +845,11 @@ impl Action for SparkConfBump {
                 p.ceiling
             )));
         }
-        let new = super::k8s::bumped(current.0, p.step, p.ceiling);
+        let new = p.step.bumped(current.0, p.ceiling);
         let mut new_text = conf_set(
             &text,
             "spark.executor.memory",
-            &super::k8s::spark_memory(new),
+            &super::spark::spark_memory(new),
         );
         if let Some(c) = &p.cores {
             let cores: u32 = conf_get(&text, "spark.executor.cores")
@@ -862,7 +862,7 @@ impl Action for SparkConfBump {
         Ok(Plan {
             summary: format!(
                 "new config {new_name} with spark.executor.memory {} (was {mem}, ceiling {}) in place of {old_name} on service {name}",
-                super::k8s::spark_memory(new),
+                super::spark::spark_memory(new),
                 p.ceiling
             ),
             details: json!({

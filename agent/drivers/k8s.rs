@@ -17,8 +17,9 @@ use kube::core::{ApiResource, DynamicObject, GroupVersionKind};
 use kube::Client;
 use serde_json::json;
 
+use super::spark::spark_memory;
 use super::{Action, DriverError, Outcome, Plan, Registry, Request, Scope, Verdict};
-use crate::units::{ByteSize, Step};
+use crate::units::ByteSize;
 
 /// What every Kubernetes action shares.
 pub struct Kube {
@@ -667,15 +668,6 @@ fn oom_container(pod: &Pod, named: Option<&str>) -> Option<String> {
         })
 }
 
-/// The new limit: `step` above `current`, at most `ceiling`.
-pub fn bumped(current: u64, step: Step, ceiling: ByteSize) -> u64 {
-    let next = match step {
-        Step::Percent(f) => current + ((current as f64) * f).ceil() as u64,
-        Step::Bytes(b) => current + b.0,
-    };
-    next.min(ceiling.0)
-}
-
 #[async_trait]
 impl Action for BumpMemory {
     fn name(&self) -> &'static str {
@@ -738,7 +730,7 @@ impl Action for BumpMemory {
                 p.ceiling
             )));
         }
-        let new = bumped(current.0, p.step, p.ceiling);
+        let new = p.step.bumped(current.0, p.ceiling);
         let request = c["resources"]["requests"]["memory"]
             .as_str()
             .map(str::to_string);
@@ -888,17 +880,6 @@ fn spark_api(client: &Client, ns: &str) -> Api<DynamicObject> {
     Api::namespaced_with(client.clone(), ns, &ar)
 }
 
-/// Spark's memory notation: `512m`, `4g` (binary).
-pub fn spark_memory(bytes: u64) -> String {
-    const MI: u64 = 1 << 20;
-    const GI: u64 = 1 << 30;
-    if bytes.is_multiple_of(GI) {
-        format!("{}g", bytes / GI)
-    } else {
-        format!("{}m", bytes.div_ceil(MI))
-    }
-}
-
 #[async_trait]
 impl Action for SparkBumpMemory {
     fn name(&self) -> &'static str {
@@ -925,7 +906,7 @@ impl Action for SparkBumpMemory {
                 p.ceiling
             )));
         }
-        let new = bumped(current.0, p.step, p.ceiling);
+        let new = p.step.bumped(current.0, p.ceiling);
         let mut patch = json!({"spec": {"executor": {"memory": spark_memory(new)}}});
         if p.bump_overhead {
             if let Some(o) = ex["memoryOverhead"].as_str() {

@@ -63,3 +63,14 @@ impl Params for BumpMemory {
         )
     }
 }
+
+/// Spark's memory notation: `512m`, `4g` (binary).
+pub fn spark_memory(bytes: u64) -> String {
+    const MI: u64 = 1 << 20;
+    const GI: u64 = 1 << 30;
+    if bytes.is_multiple_of(GI) {
+        format!("{}g", bytes / GI)
+    } else {
+        format!("{}m", bytes.div_ceil(MI))
+    }
+}
