@@ -331,7 +331,7 @@ impl Agent {
         if !lost.is_empty() {
             writer.append_batch(&lost)?;
             for r in &lost {
-                tracing::warn!(id = %r.id, playbook = %r.playbook, action = %r.action, target_ref = %crate::drivers::catalog::target_display(&r.target), "step was interrupted by the previous stop; recorded as failed, not retried");
+                tracing::warn!(id = %r.id, playbook = %r.playbook, action = %r.action, target_ref = %crate::drivers::target_display(&r.target), "step was interrupted by the previous stop; recorded as failed, not retried");
             }
             history.records.extend(lost);
         }

@@ -12,7 +12,7 @@ use serde::Serialize;
 use tracing::{info_span, Instrument};
 
 use crate::audit::{self, Phase, Record, TriggerRef};
-use crate::drivers::catalog::{target_display, Target};
+use crate::drivers::{target_display, Target};
 use crate::drivers::{Registry, Request, Verdict};
 use crate::event::{Event, Labels, TriggerKind};
 use crate::playbook::load::{render_json, Config, LoadedPlaybook};

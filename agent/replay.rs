@@ -160,7 +160,7 @@ pub fn audit(engine: &Engine, records: &[Record]) -> (Vec<Row>, Summary) {
                 trigger: trigger.clone(),
                 fingerprint: ev.fingerprint.clone(),
                 playbook: pb.clone(),
-                target: crate::drivers::catalog::target_display(&r.target),
+                target: crate::drivers::target_display(&r.target),
                 then: r.decision.clone(),
                 then_reason: r.reason.clone(),
                 now: "no-match".into(),

@@ -1,155 +1,187 @@
 //! The catalogue of every action a playbook may name, with its target kinds
-//! and parameter schema. Playbooks validate against it whether or not this
-//! build has a driver for the action.
+//! and parameter schema: the union of the actions the backends list.
+//! Playbooks validate against it whether or not this build has a driver
+//! for the action.
 
-use std::collections::BTreeMap;
-
-use schemars::{JsonSchema, Schema, SchemaGenerator};
-use serde::de::DeserializeOwned;
-use serde::Serialize;
-
+use super::action::{ActionSpec, Entry, ScopeKind};
 use super::{command, docker, host, iceberg, kubernetes, postgres, spark};
 
-/// Where an action runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ScopeKind {
-    /// Once per cluster.
-    Cluster,
-    /// On the node named by the target's `node` field.
-    Node,
-}
-
-/// Parameters of one action.
-pub trait Params: DeserializeOwned + Serialize + JsonSchema {
-    /// Checks beyond types (ranges, absolute paths).
-    fn check(&self) -> Result<(), String> {
-        Ok(())
-    }
-    /// What the action would do, for offline dry-run and plans.
-    fn describe(&self, target: &Target) -> String;
-}
-
-/// Rendered target fields.
-pub type Target = BTreeMap<String, String>;
-
-/// One catalogue entry.
-pub struct ActionSpec {
-    /// Name, e.g. `kubernetes.pod.restart`.
-    pub name: &'static str,
-    /// One line for listings.
-    pub summary: &'static str,
-    /// The backend whose driver executes it.
-    pub backend: &'static str,
-    /// Accepted target kinds, each with the fields it requires.
-    pub targets: &'static [(&'static str, &'static [&'static str])],
-    /// Cluster or node scoped.
-    pub scope: ScopeKind,
-    /// Upper bound on apply when the step sets none.
-    pub default_timeout_secs: u64,
-    /// Validates parameters and returns them with defaults filled in.
-    pub normalize: fn(serde_json::Value) -> Result<serde_json::Value, String>,
-    /// The parameters' JSON Schema.
-    pub schema: fn(&mut SchemaGenerator) -> Schema,
-    /// Offline description of the effect.
-    pub describe: fn(&Target, &serde_json::Value) -> String,
-}
-
-impl std::fmt::Debug for ActionSpec {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ActionSpec")
-            .field("name", &self.name)
-            .finish()
-    }
-}
-
-fn normalize<P: Params>(v: serde_json::Value) -> Result<serde_json::Value, String> {
-    let p: P = serde_json::from_value(v).map_err(|e| e.to_string())?;
-    p.check()?;
-    serde_json::to_value(&p).map_err(|e| e.to_string())
-}
-
-fn schema<P: Params>(g: &mut SchemaGenerator) -> Schema {
-    g.subschema_for::<P>()
-}
-
-fn describe<P: Params>(t: &Target, v: &serde_json::Value) -> String {
-    match serde_json::from_value::<P>(v.clone()) {
-        Ok(p) => p.describe(t),
-        Err(e) => format!("(parameters do not validate: {e})"),
-    }
-}
-
-macro_rules! action {
-    ($name:literal, $backend:literal, $summary:literal, $scope:ident, $timeout:literal, $p:ty, [$(($kind:literal, [$($f:literal),*])),+]) => {
-        ActionSpec {
-            name: $name,
-            summary: $summary,
-            backend: $backend,
-            targets: &[$(($kind, &[$($f),*])),+],
-            scope: ScopeKind::$scope,
-            default_timeout_secs: $timeout,
-            normalize: normalize::<$p>,
-            schema: schema::<$p>,
-            describe: describe::<$p>,
-        }
-    };
-}
-
-/// Every action, in the order of DESIGN.md's incident table.
-pub static CATALOG: &[ActionSpec] = &[
-    action!("kubernetes.pod.restart", "kubernetes", "Evict (honouring PodDisruptionBudgets) or delete a pod so its controller recreates it.",
-        Cluster, 300, kubernetes::PodRestart, [("kubernetes.pod", ["namespace", "name"])]),
-    action!("kubernetes.workload.rollout-restart", "kubernetes", "Restart a Deployment, StatefulSet or DaemonSet the way `kubectl rollout restart` does.",
-        Cluster, 600, kubernetes::RolloutRestart, [("kubernetes.workload", ["namespace", "name"]), ("kubernetes.pod", ["namespace", "name"])]),
-    action!("kubernetes.workload.bump-memory", "kubernetes", "Raise an OOM-killed container's memory limit in its owning workload, by a step up to a ceiling.",
-        Cluster, 600, kubernetes::BumpMemory, [("kubernetes.pod", ["namespace", "name"]), ("kubernetes.workload", ["namespace", "name"])]),
-    action!("kubernetes.workload.scale", "kubernetes", "Scale a workload out by a bounded step.",
-        Cluster, 600, kubernetes::Scale, [("kubernetes.workload", ["namespace", "name"])]),
-    action!("postgres.connections.recycle", "postgres", "Terminate leaked idle Postgres sessions, never superusers, replication or non-client backends.",
-        Cluster, 60, postgres::Recycle, [("postgres.instance", ["name"])]),
-    action!("iceberg.table.compact", "iceberg", "Bin-pack small data files of an Iceberg table into files near a target size.",
-        Cluster, 3600, iceberg::Compact, [("iceberg.table", ["catalog", "name"])]),
-    action!("host.disk.prune", "host", "Delete or compress old files under allowlisted roots until disk usage is under a target.",
-        Node, 600, host::DiskPrune, [("host", ["node"])]),
-    action!("docker.prune", "docker", "Remove stopped containers, dangling images, build cache and (opt-in) unused volumes.",
-        Node, 600, docker::Prune, [("host", ["node"])]),
-    action!("spark.executor.bump-memory", "spark", "Raise spark.executor.memory of a Spark application within a ceiling, for its next run.",
-        Cluster, 300, spark::BumpMemory, [("spark.application", ["namespace", "name"]), ("swarm.service", ["name"])]),
-    action!("swarm.service.restart", "swarm", "Force a rolling restart of a Swarm service's tasks (docker service update --force).",
-        Cluster, 600, docker::ServiceRestart, [("swarm.service", ["name"])]),
-    action!("swarm.service.bump-memory", "swarm", "Raise a Swarm service's memory limit (and reservation) by a step up to a ceiling.",
-        Cluster, 600, docker::ServiceBumpMemory, [("swarm.service", ["name"])]),
-    action!("docker.container.restart", "docker", "Restart an unhealthy or OOM-killed container on its node.",
-        Node, 120, docker::ContainerRestart, [("docker.container", ["node", "name"])]),
-    action!("host.command", "host", "Run a program (argv, no shell) on the target node; a check program verifies the fix.",
-        Node, 60, command::Command, [("host", ["node"])]),
+/// Actions not in a backend's table yet.
+const UNSORTED: [&ActionSpec; 13] = [
+    &ActionSpec::of::<kubernetes::PodRestart>(
+        "kubernetes.pod.restart",
+        "kubernetes",
+        "Evict (honouring PodDisruptionBudgets) or delete a pod so its controller recreates it.",
+        ScopeKind::Cluster,
+        300,
+        &[("kubernetes.pod", &["namespace", "name"])],
+    ),
+    &ActionSpec::of::<kubernetes::RolloutRestart>(
+        "kubernetes.workload.rollout-restart",
+        "kubernetes",
+        "Restart a Deployment, StatefulSet or DaemonSet the way `kubectl rollout restart` does.",
+        ScopeKind::Cluster,
+        600,
+        &[("kubernetes.workload", &["namespace", "name"]), ("kubernetes.pod", &["namespace", "name"])],
+    ),
+    &ActionSpec::of::<kubernetes::BumpMemory>(
+        "kubernetes.workload.bump-memory",
+        "kubernetes",
+        "Raise an OOM-killed container's memory limit in its owning workload, by a step up to a ceiling.",
+        ScopeKind::Cluster,
+        600,
+        &[("kubernetes.pod", &["namespace", "name"]), ("kubernetes.workload", &["namespace", "name"])],
+    ),
+    &ActionSpec::of::<kubernetes::Scale>(
+        "kubernetes.workload.scale",
+        "kubernetes",
+        "Scale a workload out by a bounded step.",
+        ScopeKind::Cluster,
+        600,
+        &[("kubernetes.workload", &["namespace", "name"])],
+    ),
+    &ActionSpec::of::<postgres::Recycle>(
+        "postgres.connections.recycle",
+        "postgres",
+        "Terminate leaked idle Postgres sessions, never superusers, replication or non-client backends.",
+        ScopeKind::Cluster,
+        60,
+        &[("postgres.instance", &["name"])],
+    ),
+    &ActionSpec::of::<iceberg::Compact>(
+        "iceberg.table.compact",
+        "iceberg",
+        "Bin-pack small data files of an Iceberg table into files near a target size.",
+        ScopeKind::Cluster,
+        3600,
+        &[("iceberg.table", &["catalog", "name"])],
+    ),
+    &ActionSpec::of::<host::DiskPrune>(
+        "host.disk.prune",
+        "host",
+        "Delete or compress old files under allowlisted roots until disk usage is under a target.",
+        ScopeKind::Node,
+        600,
+        &[("host", &["node"])],
+    ),
+    &ActionSpec::of::<docker::Prune>(
+        "docker.prune",
+        "docker",
+        "Remove stopped containers, dangling images, build cache and (opt-in) unused volumes.",
+        ScopeKind::Node,
+        600,
+        &[("host", &["node"])],
+    ),
+    &ActionSpec::of::<spark::BumpMemory>(
+        "spark.executor.bump-memory",
+        "spark",
+        "Raise spark.executor.memory of a Spark application within a ceiling, for its next run.",
+        ScopeKind::Cluster,
+        300,
+        &[("spark.application", &["namespace", "name"]), ("swarm.service", &["name"])],
+    ),
+    &ActionSpec::of::<docker::ServiceRestart>(
+        "swarm.service.restart",
+        "swarm",
+        "Force a rolling restart of a Swarm service's tasks (docker service update --force).",
+        ScopeKind::Cluster,
+        600,
+        &[("swarm.service", &["name"])],
+    ),
+    &ActionSpec::of::<docker::ServiceBumpMemory>(
+        "swarm.service.bump-memory",
+        "swarm",
+        "Raise a Swarm service's memory limit (and reservation) by a step up to a ceiling.",
+        ScopeKind::Cluster,
+        600,
+        &[("swarm.service", &["name"])],
+    ),
+    &ActionSpec::of::<docker::ContainerRestart>(
+        "docker.container.restart",
+        "docker",
+        "Restart an unhealthy or OOM-killed container on its node.",
+        ScopeKind::Node,
+        120,
+        &[("docker.container", &["node", "name"])],
+    ),
+    &ActionSpec::of::<command::Command>(
+        "host.command",
+        "host",
+        "Run a program (argv, no shell) on the target node; a check program verifies the fix.",
+        ScopeKind::Node,
+        60,
+        &[("host", &["node"])],
+    ),
 ];
+
+/// The catalogue in parts: one per backend, then the actions several
+/// backends drive (one target kind each).
+const PARTS: &[&[&ActionSpec]] = &[&UNSORTED];
+
+/// Every action, grouped by backend.
+pub static CATALOG: [&ActionSpec; total(PARTS)] = concat(PARTS);
 
 /// Looks an action up by name.
 pub fn get(name: &str) -> Option<&'static ActionSpec> {
-    CATALOG.iter().find(|a| a.name == name)
+    CATALOG.iter().copied().find(|a| a.name == name)
 }
 
-/// A short human name for a target: `pod etl/spark-driver-1`, `host node-1`.
-pub fn target_display(t: &Target) -> String {
-    let kind = t.get("kind").map(String::as_str).unwrap_or("target");
-    let short = kind.rsplit('.').next().unwrap_or(kind);
-    let name = t.get("name").map(String::as_str);
-    match (kind, t.get("namespace"), name, t.get("node")) {
-        ("host", _, _, Some(node)) => format!("host {node}"),
-        ("iceberg.table", _, Some(n), _) => {
-            format!(
-                "table {}.{n}",
-                t.get("catalog").map(String::as_str).unwrap_or("?")
-            )
+/// The specs of a backend's own actions: those of its table that it does
+/// not drive for one target kind only.
+#[allow(dead_code)]
+const fn own<C, const N: usize>(table: &[Entry<C>]) -> [&'static ActionSpec; N] {
+    let mut out = [PLACEHOLDER; N];
+    let (mut i, mut n) = (0, 0);
+    while i < table.len() {
+        if table[i].kind.is_none() {
+            out[n] = table[i].spec;
+            n += 1;
         }
-        (_, Some(ns), Some(n), _) => format!("{short} {ns}/{n}"),
-        (_, None, Some(n), Some(node)) => format!("{short} {n} on {node}"),
-        (_, None, Some(n), None) => format!("{short} {n}"),
-        _ => kind.to_string(),
+        i += 1;
     }
+    assert!(n == N, "the array's length is own_len(table)");
+    out
 }
+
+/// How many of a backend's table [`own`] takes.
+#[allow(dead_code)]
+const fn own_len<C>(table: &[Entry<C>]) -> usize {
+    let (mut i, mut n) = (0, 0);
+    while i < table.len() {
+        if table[i].kind.is_none() {
+            n += 1;
+        }
+        i += 1;
+    }
+    n
+}
+
+const fn total(parts: &[&[&ActionSpec]]) -> usize {
+    let (mut i, mut n) = (0, 0);
+    while i < parts.len() {
+        n += parts[i].len();
+        i += 1;
+    }
+    n
+}
+
+const fn concat<const N: usize>(parts: &[&[&'static ActionSpec]]) -> [&'static ActionSpec; N] {
+    let mut out = [PLACEHOLDER; N];
+    let (mut i, mut n) = (0, 0);
+    while i < parts.len() {
+        let mut j = 0;
+        while j < parts[i].len() {
+            out[n] = parts[i][j];
+            n += 1;
+            j += 1;
+        }
+        i += 1;
+    }
+    out
+}
+
+/// Fills the arrays above before they are written; never left in one.
+const PLACEHOLDER: &ActionSpec = UNSORTED[0];
 
 #[cfg(test)]
 mod tests {

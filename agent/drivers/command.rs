@@ -12,7 +12,7 @@ use async_trait::async_trait;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::catalog::{target_display, Params, Target};
+use super::action::{target_display, Params, Target};
 use super::{Action, DriverError, Outcome, Plan, Request, Scope, Verdict};
 
 /// `host.command`

@@ -3,7 +3,7 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::catalog::{target_display, Params, Target};
+use super::action::{target_display, Params, Target};
 use crate::units::{ByteSize, Duration};
 
 /// `iceberg.table.compact`

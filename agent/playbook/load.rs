@@ -6,7 +6,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use crate::diag::{Diagnostic, Diagnostics};
-use crate::drivers::catalog::{self, ActionSpec, Target};
+use crate::drivers::catalog;
+use crate::drivers::{ActionSpec, Target};
 use crate::event::{Event, Labels, TriggerKind};
 use crate::playbook::matcher::{parse_matchers, MatchOp, Matcher};
 use crate::playbook::model::Playbook;

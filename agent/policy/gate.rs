@@ -76,7 +76,7 @@ pub struct GateInput<'a> {
     /// Actions of the playbook's steps.
     pub actions: &'a [&'a str],
     /// Rendered target.
-    pub target: &'a crate::drivers::catalog::Target,
+    pub target: &'a crate::drivers::Target,
     /// Canonical key of the target (see [`target_key`]).
     pub target_key: &'a str,
     /// The playbook's own mode.
@@ -93,7 +93,7 @@ pub struct GateInput<'a> {
 }
 
 /// A canonical key for a target: `kind|field=value|...` in field order.
-pub fn target_key(target: &crate::drivers::catalog::Target) -> String {
+pub fn target_key(target: &crate::drivers::Target) -> String {
     let mut s = String::new();
     for (i, (k, v)) in target.iter().enumerate() {
         if i > 0 {
@@ -932,7 +932,7 @@ mod tests {
         ledger: &Ledger,
         dry: bool,
     ) -> Decision {
-        let target: crate::drivers::catalog::Target = [
+        let target: crate::drivers::Target = [
             ("kind", "kubernetes.pod"),
             ("namespace", ns),
             ("name", "p-1"),
