@@ -161,7 +161,7 @@ pub mod kubernetes {
     use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
     use serde_json::json;
 
-    use crate::drivers::k8s::code;
+    use crate::drivers::kubernetes::code;
 
     /// Leases and counters in `namespace`, held as `holder`.
     pub struct LeaseCoordinator {

@@ -664,7 +664,7 @@ fn build_drivers(
     let mut coordinator: Option<std::sync::Arc<dyn remediate::coord::Coordinator>> = None;
     if let Some(k) = &cfg.backends.kubernetes {
         let client = rt
-            .block_on(remediate::drivers::k8s::connect(k))
+            .block_on(remediate::drivers::kubernetes::connect(k))
             .map_err(|e| Fail::Input(format!("backends.kubernetes: {e}")))?;
         let holder = std::env::var("POD_NAME").unwrap_or_else(|_| node.clone());
         let namespace = k
@@ -679,9 +679,9 @@ fn build_drivers(
                 &holder,
             ),
         ));
-        remediate::drivers::k8s::register(
+        remediate::drivers::kubernetes::register(
             &mut registry,
-            std::sync::Arc::new(remediate::drivers::k8s::Kube { client, holder }),
+            std::sync::Arc::new(remediate::drivers::kubernetes::Kube { client, holder }),
         );
     }
     if let Some(d) = &cfg.backends.docker {
@@ -898,11 +898,11 @@ fn run(args: RunArgs) -> Result<(), Fail> {
             namespace: None,
         };
         let client = rt
-            .block_on(remediate::drivers::k8s::connect(&backend))
+            .block_on(remediate::drivers::kubernetes::connect(&backend))
             .map_err(|e| Fail::Input(format!("--kubeconfig: {e}")))?;
-        remediate::drivers::k8s::register(
+        remediate::drivers::kubernetes::register(
             &mut registry,
-            std::sync::Arc::new(remediate::drivers::k8s::Kube {
+            std::sync::Arc::new(remediate::drivers::kubernetes::Kube {
                 client,
                 holder: format!("remediate-cli@{node}"),
             }),

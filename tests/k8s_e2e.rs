@@ -17,7 +17,7 @@ use std::time::Duration;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Event as K8sEvent, Namespace, Pod};
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
-use remediate::drivers::k8s::{self, Kube};
+use remediate::drivers::kubernetes::{self, Kube};
 use remediate::drivers::Registry;
 use remediate::engine::{Engine, RunStatus};
 use remediate::event::{Event, Labels, Status, TriggerKind};
@@ -89,7 +89,7 @@ fn engine(client: kube::Client, playbook: &str) -> Engine {
     )
     .unwrap();
     let mut reg = Registry::new();
-    k8s::register(
+    kubernetes::register(
         &mut reg,
         Arc::new(Kube {
             client,

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use remediate::audit::{self, Phase};
-use remediate::drivers::k8s::{self, Kube};
+use remediate::drivers::kubernetes::{self, Kube};
 use remediate::drivers::Registry;
 use remediate::engine::{Engine, RunStatus};
 use remediate::event::{Event, Labels, Status, TriggerKind};
@@ -138,7 +138,7 @@ impl Cluster {
         )
         .unwrap();
         let mut reg = Registry::new();
-        k8s::register(
+        kubernetes::register(
             &mut reg,
             Arc::new(Kube {
                 client: self.client.clone(),

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use remediate::coord::{ClaimRequest, Coordinator, Refusal};
-use remediate::drivers::k8s::{self, Kube};
+use remediate::drivers::kubernetes::{self, Kube};
 use remediate::drivers::{Action, Registry};
 use serde_json::{json, Value};
 use tower_test::mock::{self, Handle};
@@ -75,7 +75,7 @@ fn request(kind: &str, params: Value) -> remediate::drivers::Request {
 
 fn action(client: kube::Client, name: &str) -> Arc<dyn Action> {
     let mut reg = Registry::new();
-    k8s::register(
+    kubernetes::register(
         &mut reg,
         Arc::new(Kube {
             client,

@@ -7,39 +7,7 @@ use super::action::{ActionSpec, Entry, ScopeKind};
 use super::{command, docker, host, iceberg, kubernetes, postgres, spark};
 
 /// Actions not in a backend's table yet.
-const UNSORTED: [&ActionSpec; 13] = [
-    &ActionSpec::of::<kubernetes::PodRestart>(
-        "kubernetes.pod.restart",
-        "kubernetes",
-        "Evict (honouring PodDisruptionBudgets) or delete a pod so its controller recreates it.",
-        ScopeKind::Cluster,
-        300,
-        &[("kubernetes.pod", &["namespace", "name"])],
-    ),
-    &ActionSpec::of::<kubernetes::RolloutRestart>(
-        "kubernetes.workload.rollout-restart",
-        "kubernetes",
-        "Restart a Deployment, StatefulSet or DaemonSet the way `kubectl rollout restart` does.",
-        ScopeKind::Cluster,
-        600,
-        &[("kubernetes.workload", &["namespace", "name"]), ("kubernetes.pod", &["namespace", "name"])],
-    ),
-    &ActionSpec::of::<kubernetes::BumpMemory>(
-        "kubernetes.workload.bump-memory",
-        "kubernetes",
-        "Raise an OOM-killed container's memory limit in its owning workload, by a step up to a ceiling.",
-        ScopeKind::Cluster,
-        600,
-        &[("kubernetes.pod", &["namespace", "name"]), ("kubernetes.workload", &["namespace", "name"])],
-    ),
-    &ActionSpec::of::<kubernetes::Scale>(
-        "kubernetes.workload.scale",
-        "kubernetes",
-        "Scale a workload out by a bounded step.",
-        ScopeKind::Cluster,
-        600,
-        &[("kubernetes.workload", &["namespace", "name"])],
-    ),
+const UNSORTED: [&ActionSpec; 8] = [
     &ActionSpec::of::<postgres::Recycle>(
         "postgres.connections.recycle",
         "postgres",
@@ -71,14 +39,6 @@ const UNSORTED: [&ActionSpec; 13] = [
         ScopeKind::Node,
         600,
         &[("host", &["node"])],
-    ),
-    &ActionSpec::of::<spark::BumpMemory>(
-        "spark.executor.bump-memory",
-        "spark",
-        "Raise spark.executor.memory of a Spark application within a ceiling, for its next run.",
-        ScopeKind::Cluster,
-        300,
-        &[("spark.application", &["namespace", "name"]), ("swarm.service", &["name"])],
     ),
     &ActionSpec::of::<docker::ServiceRestart>(
         "swarm.service.restart",
@@ -116,7 +76,11 @@ const UNSORTED: [&ActionSpec; 13] = [
 
 /// The catalogue in parts: one per backend, then the actions several
 /// backends drive (one target kind each).
-const PARTS: &[&[&ActionSpec]] = &[&UNSORTED];
+const PARTS: &[&[&ActionSpec]] = &[&KUBERNETES, &UNSORTED, &SHARED];
+
+const KUBERNETES: [&ActionSpec; own_len(kubernetes::ACTIONS)] = own(kubernetes::ACTIONS);
+/// Actions several backends drive, one target kind each.
+const SHARED: [&ActionSpec; 1] = [&spark::SPEC];
 
 /// Every action, grouped by backend.
 pub static CATALOG: [&ActionSpec; total(PARTS)] = concat(PARTS);
@@ -128,7 +92,6 @@ pub fn get(name: &str) -> Option<&'static ActionSpec> {
 
 /// The specs of a backend's own actions: those of its table that it does
 /// not drive for one target kind only.
-#[allow(dead_code)]
 const fn own<C, const N: usize>(table: &[Entry<C>]) -> [&'static ActionSpec; N] {
     let mut out = [PLACEHOLDER; N];
     let (mut i, mut n) = (0, 0);
@@ -144,7 +107,6 @@ const fn own<C, const N: usize>(table: &[Entry<C>]) -> [&'static ActionSpec; N] 
 }
 
 /// How many of a backend's table [`own`] takes.
-#[allow(dead_code)]
 const fn own_len<C>(table: &[Entry<C>]) -> usize {
     let (mut i, mut n) = (0, 0);
     while i < table.len() {

@@ -10,7 +10,6 @@ pub mod dockerd;
 pub mod host;
 pub mod ice;
 pub mod iceberg;
-pub mod k8s;
 pub mod kubernetes;
 pub mod pg;
 pub mod postgres;

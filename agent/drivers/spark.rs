@@ -1,11 +1,34 @@
-//! Spark executor memory: on spark-operator SparkApplications (Kubernetes)
-//! or on a Swarm service's spark-defaults.conf config.
+//! `spark.executor.bump-memory`, one action driven by two backends: its
+//! parameters, its catalogue entry, which backend drives which target kind,
+//! and the memory notation both drivers write.
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::action::{target_display, Params, Target};
+use super::action::{target_display, ActionSpec, Params, ScopeKind, Target};
 use crate::units::{ByteSize, Step};
+
+/// The routing by target kind, the one place it is decided: the Kubernetes
+/// backend drives spark-operator SparkApplications
+/// (`kubernetes::spark_application`)...
+pub const ON_KUBERNETES: &str = "spark.application";
+/// ...and the Docker backend Swarm services that mount a spark-defaults.conf
+/// config (`docker::spark_conf`). Each registers its driver for its kind;
+/// the registry's by-kind router dispatches on the target's `kind`.
+pub const ON_SWARM: &str = "swarm.service";
+
+/// `spark.executor.bump-memory` in the catalogue.
+pub const SPEC: ActionSpec = ActionSpec::of::<BumpMemory>(
+    "spark.executor.bump-memory",
+    "spark",
+    "Raise spark.executor.memory of a Spark application within a ceiling, for its next run.",
+    ScopeKind::Cluster,
+    300,
+    &[
+        (ON_KUBERNETES, &["namespace", "name"]),
+        (ON_SWARM, &["name"]),
+    ],
+);
 
 /// Executor cores bump.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]

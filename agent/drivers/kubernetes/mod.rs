@@ -1,0 +1,125 @@
+//! The Kubernetes backend (kube client): pod restart, rollout restart,
+//! memory bump, scale, and the spark-operator route of
+//! `spark.executor.bump-memory`; an Event on the target for every executed
+//! or failed action. One file per action; this module holds the client, the
+//! API error mapping and the table of actions.
+//!
+//! Every read is in `plan`; `apply` writes with preconditions where the
+//! API has them (resourceVersion on spec patches); `verify` polls the
+//! post-condition (replacement Ready, rollout complete, generation observed).
+
+pub mod bump_memory;
+mod events;
+pub mod pod_restart;
+pub mod rollout_restart;
+pub mod scale;
+pub mod spark_application;
+mod workload;
+
+use std::sync::Arc;
+
+use kube::api::Api;
+use kube::Client;
+
+use crate::drivers::action::{DriverError, Entry};
+use crate::drivers::registry::Registry;
+use crate::drivers::spark;
+
+pub use bump_memory::{BumpMemory, KubeBumpMemory};
+pub use pod_restart::{KubePodRestart, PodRestart, RestartMode};
+pub use rollout_restart::{KubeRolloutRestart, RolloutRestart};
+pub use scale::{KubeScaleOut, Scale};
+pub use spark_application::SparkApplicationBump;
+pub use workload::{owner_of, Rollout, Workload};
+
+/// What every Kubernetes action shares.
+pub struct Kube {
+    /// The API client.
+    pub client: Client,
+    /// Who acts (the agent's pod name): Event source, Lease holder.
+    pub holder: String,
+}
+
+impl std::fmt::Debug for Kube {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Kube")
+            .field("holder", &self.holder)
+            .finish()
+    }
+}
+
+/// Connects with the in-cluster service account, or a kubeconfig (and context).
+pub async fn connect(cfg: &crate::config::KubernetesBackend) -> Result<Client, String> {
+    let config = match &cfg.kubeconfig {
+        Some(path) => {
+            let kc = kube::config::Kubeconfig::read_from(path)
+                .map_err(|e| format!("kubeconfig {}: {e}", path.display()))?;
+            let opts = kube::config::KubeConfigOptions {
+                context: cfg.context.clone(),
+                ..Default::default()
+            };
+            kube::Config::from_custom_kubeconfig(kc, &opts)
+                .await
+                .map_err(|e| format!("kubeconfig {}: {e}", path.display()))?
+        }
+        None => kube::Config::infer().await.map_err(|e| {
+            format!("kubernetes: no in-cluster service account and no usable $KUBECONFIG: {e}")
+        })?,
+    };
+    Client::try_from(config).map_err(|e| format!("kubernetes client: {e}"))
+}
+
+/// Every Kubernetes action: its catalogue entry and its driver.
+pub const ACTIONS: &[Entry<Arc<Kube>>] = &[
+    Entry::new(&pod_restart::SPEC, |k| Arc::new(KubePodRestart(k.clone()))),
+    Entry::new(&rollout_restart::SPEC, |k| {
+        Arc::new(KubeRolloutRestart(k.clone()))
+    }),
+    Entry::new(&bump_memory::SPEC, |k| Arc::new(KubeBumpMemory(k.clone()))),
+    Entry::new(&scale::SPEC, |k| Arc::new(KubeScaleOut(k.clone()))),
+    Entry::for_kind(&spark::SPEC, spark::ON_KUBERNETES, |k| {
+        Arc::new(SparkApplicationBump(k.clone()))
+    }),
+];
+
+/// Registers every Kubernetes action.
+pub fn register(reg: &mut Registry, kube: Arc<Kube>) {
+    reg.register_table(ACTIONS, &kube);
+}
+
+/// An API error as a driver error: 409, 429 and 5xx may pass; the rest do not.
+pub(super) fn api_err(what: &str, e: kube::Error) -> DriverError {
+    match &e {
+        kube::Error::Api(s) if s.code == 409 || s.code == 429 || s.code >= 500 => {
+            DriverError::retryable(format!("{what}: {} ({})", s.message, s.code))
+        }
+        kube::Error::Api(s) => {
+            DriverError::permanent(format!("{what}: {} ({})", s.message, s.code))
+        }
+        other => DriverError::retryable(format!("{what}: {other}")),
+    }
+}
+
+/// The HTTP status of an API error.
+pub(crate) fn code(e: &kube::Error) -> Option<u16> {
+    match e {
+        kube::Error::Api(s) => Some(s.code),
+        _ => None,
+    }
+}
+
+/// GET that reads 404 as absent (whatever the error body's reason says).
+pub(super) async fn get_opt<K>(
+    api: &Api<K>,
+    name: &str,
+    what: &str,
+) -> Result<Option<K>, DriverError>
+where
+    K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    match api.get(name).await {
+        Ok(o) => Ok(Some(o)),
+        Err(e) if code(&e) == Some(404) => Ok(None),
+        Err(e) => Err(api_err(what, e)),
+    }
+}
