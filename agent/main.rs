@@ -498,10 +498,10 @@ fn exec_step(a: ExecStepArgs) -> Result<(), Fail> {
         let params: serde_json::Value =
             serde_json::from_str(&a.params).map_err(|e| (format!("--params: {e}"), false))?;
         let mut reg = remediate::drivers::command::builtin(&a.node);
-        if let Ok(docker) = remediate::drivers::dockerd::connect(&Default::default()) {
-            remediate::drivers::dockerd::register(
+        if let Ok(docker) = remediate::drivers::docker::connect(&Default::default()) {
+            remediate::drivers::docker::register(
                 &mut reg,
-                std::sync::Arc::new(remediate::drivers::dockerd::Engine {
+                std::sync::Arc::new(remediate::drivers::docker::Engine {
                     docker,
                     node: a.node.clone(),
                 }),
@@ -685,7 +685,7 @@ fn build_drivers(
         );
     }
     if let Some(d) = &cfg.backends.docker {
-        let docker = remediate::drivers::dockerd::connect(d)
+        let docker = remediate::drivers::docker::connect(d)
             .map_err(|e| Fail::Input(format!("backends.docker: {e}")))?;
         // On a Swarm manager, claims go to the managers' raft store.
         let info = rt
@@ -705,9 +705,9 @@ fn build_drivers(
                 remediate::coord::swarm::ConfigCoordinator::new(docker.clone(), &holder),
             ));
         }
-        remediate::drivers::dockerd::register(
+        remediate::drivers::docker::register(
             &mut registry,
-            std::sync::Arc::new(remediate::drivers::dockerd::Engine {
+            std::sync::Arc::new(remediate::drivers::docker::Engine {
                 docker,
                 node: node.clone(),
             }),

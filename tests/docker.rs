@@ -11,7 +11,7 @@ use std::process::Command;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use remediate::drivers::dockerd::{self, Engine};
+use remediate::drivers::docker::{self, Engine};
 use remediate::drivers::{Action, Registry, Request, Verdict};
 use serde_json::json;
 
@@ -94,7 +94,7 @@ fn import_tagged(tag: &str, content: &str) -> String {
 fn actions() -> Registry {
     let d = bollard::Docker::connect_with_local_defaults().unwrap();
     let mut reg = Registry::new();
-    dockerd::register(
+    docker::register(
         &mut reg,
         Arc::new(Engine {
             docker: d,

@@ -7,7 +7,7 @@ use super::action::{ActionSpec, Entry, ScopeKind};
 use super::{command, docker, host, iceberg, kubernetes, postgres, spark};
 
 /// Actions not in a backend's table yet.
-const UNSORTED: [&ActionSpec; 8] = [
+const UNSORTED: [&ActionSpec; 4] = [
     &ActionSpec::of::<postgres::Recycle>(
         "postgres.connections.recycle",
         "postgres",
@@ -32,38 +32,6 @@ const UNSORTED: [&ActionSpec; 8] = [
         600,
         &[("host", &["node"])],
     ),
-    &ActionSpec::of::<docker::Prune>(
-        "docker.prune",
-        "docker",
-        "Remove stopped containers, dangling images, build cache and (opt-in) unused volumes.",
-        ScopeKind::Node,
-        600,
-        &[("host", &["node"])],
-    ),
-    &ActionSpec::of::<docker::ServiceRestart>(
-        "swarm.service.restart",
-        "swarm",
-        "Force a rolling restart of a Swarm service's tasks (docker service update --force).",
-        ScopeKind::Cluster,
-        600,
-        &[("swarm.service", &["name"])],
-    ),
-    &ActionSpec::of::<docker::ServiceBumpMemory>(
-        "swarm.service.bump-memory",
-        "swarm",
-        "Raise a Swarm service's memory limit (and reservation) by a step up to a ceiling.",
-        ScopeKind::Cluster,
-        600,
-        &[("swarm.service", &["name"])],
-    ),
-    &ActionSpec::of::<docker::ContainerRestart>(
-        "docker.container.restart",
-        "docker",
-        "Restart an unhealthy or OOM-killed container on its node.",
-        ScopeKind::Node,
-        120,
-        &[("docker.container", &["node", "name"])],
-    ),
     &ActionSpec::of::<command::Command>(
         "host.command",
         "host",
@@ -76,9 +44,10 @@ const UNSORTED: [&ActionSpec; 8] = [
 
 /// The catalogue in parts: one per backend, then the actions several
 /// backends drive (one target kind each).
-const PARTS: &[&[&ActionSpec]] = &[&KUBERNETES, &UNSORTED, &SHARED];
+const PARTS: &[&[&ActionSpec]] = &[&KUBERNETES, &UNSORTED, &DOCKER, &SHARED];
 
 const KUBERNETES: [&ActionSpec; own_len(kubernetes::ACTIONS)] = own(kubernetes::ACTIONS);
+const DOCKER: [&ActionSpec; own_len(docker::ACTIONS)] = own(docker::ACTIONS);
 /// Actions several backends drive, one target kind each.
 const SHARED: [&ActionSpec; 1] = [&spark::SPEC];
 

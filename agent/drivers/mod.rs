@@ -6,7 +6,6 @@ mod action;
 pub mod catalog;
 pub mod command;
 pub mod docker;
-pub mod dockerd;
 pub mod host;
 pub mod ice;
 pub mod iceberg;
