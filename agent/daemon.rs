@@ -257,7 +257,7 @@ impl Agent {
     /// playbooks, reads secrets, replays the audit into the ledger and
     /// recovers unfinished events from the inbox.
     pub fn prepare(cfg: AgentConfig, node: String) -> Result<Self, Error> {
-        let registry = crate::drivers::command::builtin(&node);
+        let registry = crate::drivers::host::builtin(&node);
         Self::prepare_with(cfg, node, registry, std::time::Duration::from_secs(2))
     }
 

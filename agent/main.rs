@@ -491,13 +491,13 @@ fn replay(args: ReplayArgs) -> Result<(), Fail> {
 
 /// One step on this host for an agent elsewhere; always prints one JSON object.
 fn exec_step(a: ExecStepArgs) -> Result<(), Fail> {
-    use remediate::drivers::remote::StepResult;
+    use remediate::drivers::host::StepResult;
     let result = (|| -> Result<StepResult, (String, bool)> {
         let target: std::collections::BTreeMap<String, String> =
             serde_json::from_str(&a.target).map_err(|e| (format!("--target: {e}"), false))?;
         let params: serde_json::Value =
             serde_json::from_str(&a.params).map_err(|e| (format!("--params: {e}"), false))?;
-        let mut reg = remediate::drivers::command::builtin(&a.node);
+        let mut reg = remediate::drivers::host::builtin(&a.node);
         if let Ok(docker) = remediate::drivers::docker::connect(&Default::default()) {
             remediate::drivers::docker::register(
                 &mut reg,
@@ -660,7 +660,7 @@ fn build_drivers(
     let node = node.to_string();
     // Drivers: host.command always; Kubernetes when configured (connecting
     // reads the service account or kubeconfig, nothing is changed).
-    let mut registry = remediate::drivers::command::builtin_with(&node, cfg.backends.ssh.clone());
+    let mut registry = remediate::drivers::host::builtin_with(&node, cfg.backends.ssh.clone());
     let mut coordinator: Option<std::sync::Arc<dyn remediate::coord::Coordinator>> = None;
     if let Some(k) = &cfg.backends.kubernetes {
         let client = rt
@@ -716,7 +716,7 @@ fn build_drivers(
     remediate::drivers::pg::register(&mut registry, &cfg.backends.postgres);
     remediate::drivers::ice::register(&mut registry, &cfg.backends.iceberg);
     // Node-scoped actions on inventory hosts go over SSH.
-    remediate::drivers::remote::route(&mut registry, &node, &cfg.backends.ssh);
+    remediate::drivers::host::ssh::route(&mut registry, &node, &cfg.backends.ssh);
     Ok((registry, coordinator))
 }
 
@@ -889,7 +889,7 @@ fn run(args: RunArgs) -> Result<(), Fail> {
             let cfg = remediate::config::AgentConfig::load(path)?;
             build_drivers(&cfg, &node, &rt)?.0
         }
-        None => remediate::drivers::command::builtin(&node),
+        None => remediate::drivers::host::builtin(&node),
     };
     if let Some(path) = &args.kubeconfig {
         let backend = remediate::config::KubernetesBackend {
@@ -1051,7 +1051,7 @@ fn read_tests(dir: &Path) -> Result<Vec<Source>, Fail> {
 }
 
 fn actions() {
-    let registry = remediate::drivers::command::builtin("");
+    let registry = remediate::drivers::host::builtin("");
     for a in CATALOG {
         let targets: Vec<String> = a
             .targets

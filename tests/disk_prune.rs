@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, SystemTime};
 
-use remediate::drivers::prune::{usage, HostDiskPrune};
+use remediate::drivers::host::disk_prune::{usage, HostDiskPrune};
 use remediate::drivers::{Action, Request, Verdict};
 use serde_json::json;
 

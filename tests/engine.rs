@@ -359,11 +359,7 @@ spec:
         }],
     )
     .unwrap();
-    let e = Engine::new(
-        cfg,
-        remediate::drivers::command::builtin("node-a"),
-        "node-a",
-    );
+    let e = Engine::new(cfg, remediate::drivers::host::builtin("node-a"), "node-a");
     let dir = tempfile::tempdir().unwrap();
     let w = std::sync::Mutex::new(audit::Writer::open(&dir.path().join("a.jsonl")).unwrap());
     let mut ledger = Ledger::default();

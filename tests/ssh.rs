@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use remediate::config::SshHost;
-use remediate::drivers::command::HostCommand;
+use remediate::drivers::host::HostCommand;
 use remediate::drivers::{Action, Request, Verdict};
 use serde_json::json;
 
@@ -200,8 +200,8 @@ async fn a_node_scoped_action_for_an_inventory_host_runs_its_remote_binary_over_
             .set_modified(t)
             .unwrap();
     }
-    let mut reg = remediate::drivers::command::builtin("local-node");
-    remediate::drivers::remote::route(
+    let mut reg = remediate::drivers::host::builtin("local-node");
+    remediate::drivers::host::ssh::route(
         &mut reg,
         "local-node",
         &inventory(&s, s.dir.path().join("known_hosts")),

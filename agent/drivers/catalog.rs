@@ -4,10 +4,10 @@
 //! for the action.
 
 use super::action::{ActionSpec, Entry, ScopeKind};
-use super::{command, docker, host, iceberg, kubernetes, postgres, spark};
+use super::{docker, host, iceberg, kubernetes, postgres, spark};
 
 /// Actions not in a backend's table yet.
-const UNSORTED: [&ActionSpec; 4] = [
+const UNSORTED: [&ActionSpec; 2] = [
     &ActionSpec::of::<postgres::Recycle>(
         "postgres.connections.recycle",
         "postgres",
@@ -24,29 +24,14 @@ const UNSORTED: [&ActionSpec; 4] = [
         3600,
         &[("iceberg.table", &["catalog", "name"])],
     ),
-    &ActionSpec::of::<host::DiskPrune>(
-        "host.disk.prune",
-        "host",
-        "Delete or compress old files under allowlisted roots until disk usage is under a target.",
-        ScopeKind::Node,
-        600,
-        &[("host", &["node"])],
-    ),
-    &ActionSpec::of::<command::Command>(
-        "host.command",
-        "host",
-        "Run a program (argv, no shell) on the target node; a check program verifies the fix.",
-        ScopeKind::Node,
-        60,
-        &[("host", &["node"])],
-    ),
 ];
 
 /// The catalogue in parts: one per backend, then the actions several
 /// backends drive (one target kind each).
-const PARTS: &[&[&ActionSpec]] = &[&KUBERNETES, &UNSORTED, &DOCKER, &SHARED];
+const PARTS: &[&[&ActionSpec]] = &[&KUBERNETES, &UNSORTED, &HOST, &DOCKER, &SHARED];
 
 const KUBERNETES: [&ActionSpec; own_len(kubernetes::ACTIONS)] = own(kubernetes::ACTIONS);
+const HOST: [&ActionSpec; own_len(host::ACTIONS)] = own(host::ACTIONS);
 const DOCKER: [&ActionSpec; own_len(docker::ACTIONS)] = own(docker::ACTIONS);
 /// Actions several backends drive, one target kind each.
 const SHARED: [&ActionSpec; 1] = [&spark::SPEC];

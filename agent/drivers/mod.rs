@@ -4,7 +4,6 @@
 
 mod action;
 pub mod catalog;
-pub mod command;
 pub mod docker;
 pub mod host;
 pub mod ice;
@@ -12,9 +11,7 @@ pub mod iceberg;
 pub mod kubernetes;
 pub mod pg;
 pub mod postgres;
-pub mod prune;
 mod registry;
-pub mod remote;
 pub mod spark;
 
 pub use action::{

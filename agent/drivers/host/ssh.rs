@@ -9,8 +9,10 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
-use super::{Action, DriverError, Outcome, Plan, Registry, Request, Scope, Verdict};
+use super::tail;
 use crate::config::SshHost;
+use crate::drivers::action::{Action, DriverError, Outcome, Plan, Request, Scope, Verdict};
+use crate::drivers::registry::Registry;
 
 /// What `remediate exec-step` prints: one JSON object.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -124,7 +126,7 @@ impl SshRoute {
             argv.push("--plan".into());
             argv.push(serde_json::to_string(p).unwrap_or_default());
         }
-        let (code, out) = super::command::ssh_output(h, &argv).await?;
+        let (code, out) = ssh_output(h, &argv).await?;
         let r: StepResult = serde_json::from_str(out.trim()).map_err(|e| {
             DriverError::permanent(format!(
                 "{} on {} over ssh: unreadable result (exit {code:?}: {e}): {}",
@@ -192,4 +194,66 @@ impl Action for SshRoute {
                 .ok_or_else(|| missing("verdict")),
         }
     }
+}
+
+/// Runs `argv` on an inventory host over SSH; exit code and output.
+pub async fn ssh_output(
+    h: &crate::config::SshHost,
+    argv: &[String],
+) -> Result<(Option<i32>, String), DriverError> {
+    run_ssh_full(h, argv, None, usize::MAX).await
+}
+
+/// Runs `argv` over SSH: each argument is shell-escaped for the remote
+/// shell, so it arrives as exactly one argument.
+pub(super) async fn run_ssh(
+    h: &crate::config::SshHost,
+    argv: &[String],
+    workdir: Option<&str>,
+) -> Result<(Option<i32>, String), DriverError> {
+    run_ssh_full(h, argv, workdir, 400).await
+}
+
+async fn run_ssh_full(
+    h: &crate::config::SshHost,
+    argv: &[String],
+    workdir: Option<&str>,
+    keep: usize,
+) -> Result<(Option<i32>, String), DriverError> {
+    if workdir.is_some() {
+        return Err(DriverError::permanent("workdir is not supported over SSH"));
+    }
+    let mut b = openssh::SessionBuilder::default();
+    b.user(h.user.clone())
+        .port(h.port)
+        .known_hosts_check(openssh::KnownHosts::Strict)
+        .connect_timeout(std::time::Duration::from_secs(10));
+    if let Some(k) = &h.key_file {
+        b.keyfile(k);
+    }
+    if let Some(kh) = &h.known_hosts {
+        b.user_known_hosts_file(kh);
+    }
+    let dest = format!("{}@{}", h.user, h.host);
+    let session = b
+        .connect(&dest)
+        .await
+        .map_err(|e| DriverError::retryable(format!("ssh {dest} (node {}): {e}", h.node)))?;
+    let out = session
+        .command(argv[0].as_str())
+        .args(argv[1..].iter().map(String::as_str))
+        .output()
+        .await;
+    let _ = session.close().await;
+    let out = out.map_err(|e| DriverError::retryable(format!("ssh {dest}: {e}")))?;
+    if keep == usize::MAX {
+        // Machine-read output: stdout only, whole.
+        return Ok((
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        ));
+    }
+    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&out.stderr));
+    Ok((out.status.code(), tail(text.trim(), keep)))
 }

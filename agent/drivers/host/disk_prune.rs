@@ -10,14 +10,148 @@
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use async_trait::async_trait;
-use serde::Serialize;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::host::{DiskPrune, PruneAction, PruneRule};
-use super::{Action, DriverError, Outcome, Plan, Request, Scope, Verdict};
+use crate::drivers::action::{
+    target_display, Action, ActionSpec, DriverError, Outcome, Params, Plan, Request, Scope,
+    ScopeKind, Target, Verdict,
+};
+use crate::units::Duration;
+
+/// `host.disk.prune` in the catalogue.
+pub const SPEC: ActionSpec = ActionSpec::of::<DiskPrune>(
+    "host.disk.prune",
+    "host",
+    "Delete or compress old files under allowlisted roots until disk usage is under a target.",
+    ScopeKind::Node,
+    600,
+    &[("host", &["node"])],
+);
+
+/// What to do with a matching file.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum PruneAction {
+    /// Remove it.
+    #[default]
+    Delete,
+    /// gzip it in place (rotated logs).
+    Compress,
+}
+
+/// One prune rule.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[schemars(rename = "HostPruneRule")]
+pub struct PruneRule {
+    /// Absolute directory; nothing outside it is touched, symlinks are not followed,
+    /// other filesystems are not entered.
+    pub root: String,
+    /// File name globs relative to the root (`**/*.log.*`, `*.tmp`).
+    #[serde(default = "all")]
+    pub globs: Vec<String>,
+    /// Only files not modified for this long.
+    pub min_age: Duration,
+    /// Always keep the newest N matching files of each directory.
+    #[serde(default)]
+    pub keep_newest: u32,
+    /// `delete` (default) or `compress`.
+    #[serde(default)]
+    pub action: PruneAction,
+}
+
+fn all() -> Vec<String> {
+    vec!["**/*".into()]
+}
+
+/// `host.disk.prune`
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[schemars(rename = "HostDiskPrune")]
+pub struct DiskPrune {
+    /// Rules, applied in order.
+    pub rules: Vec<PruneRule>,
+    /// Stop once usage of the filesystem is under this percentage.
+    #[serde(default = "default_target")]
+    pub target_usage_percent: u8,
+}
+
+fn default_target() -> u8 {
+    80
+}
+
+impl Params for DiskPrune {
+    fn check(&self) -> Result<(), String> {
+        if self.rules.is_empty() {
+            return Err("rules must have at least one rule".into());
+        }
+        for (i, r) in self.rules.iter().enumerate() {
+            if !r.root.starts_with('/') || r.root.contains("{{") {
+                return Err(format!(
+                    "rules[{i}].root must be an absolute path, got {:?}",
+                    r.root
+                ));
+            }
+            let trimmed = r.root.trim_end_matches('/');
+            if trimmed.is_empty() || r.root.split('/').any(|c| c == "..") {
+                return Err(format!(
+                    "rules[{i}].root {:?} is not allowed: name a specific directory",
+                    r.root
+                ));
+            }
+            if r.globs.is_empty()
+                || r.globs
+                    .iter()
+                    .any(|g| g.starts_with('/') || g.split('/').any(|c| c == ".."))
+            {
+                return Err(format!(
+                    "rules[{i}].globs must be non-empty and relative, without '..'"
+                ));
+            }
+        }
+        if !(1..=99).contains(&self.target_usage_percent) {
+            return Err(format!(
+                "targetUsagePercent must be in 1..=99, got {}",
+                self.target_usage_percent
+            ));
+        }
+        Ok(())
+    }
+    fn describe(&self, t: &Target) -> String {
+        let rules: Vec<String> = self
+            .rules
+            .iter()
+            .map(|r| {
+                let verb = match r.action {
+                    PruneAction::Delete => "delete",
+                    PruneAction::Compress => "compress",
+                };
+                let keep = if r.keep_newest > 0 {
+                    format!(", keep newest {}", r.keep_newest)
+                } else {
+                    String::new()
+                };
+                format!(
+                    "{verb} {}/{{{}}} older than {}{keep}",
+                    r.root.trim_end_matches('/'),
+                    r.globs.join(","),
+                    r.min_age
+                )
+            })
+            .collect();
+        format!(
+            "on {}: {} until usage is under {}%",
+            target_display(t),
+            rules.join("; "),
+            self.target_usage_percent
+        )
+    }
+}
 
 /// One file the plan would touch.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -113,7 +247,11 @@ pub fn candidates(p: &DiskPrune, now: SystemTime) -> Result<Vec<Candidate>, Stri
                 continue;
             }
             let mtime = meta.modified().unwrap_or(now);
-            if now.duration_since(mtime).unwrap_or(Duration::ZERO) < min_age {
+            if now
+                .duration_since(mtime)
+                .unwrap_or(std::time::Duration::ZERO)
+                < min_age
+            {
                 continue;
             }
             if rule.action == PruneAction::Compress
@@ -269,7 +407,7 @@ fn human(b: u64) -> String {
 #[async_trait]
 impl Action for HostDiskPrune {
     fn name(&self) -> &'static str {
-        "host.disk.prune"
+        SPEC.name
     }
     fn scope(&self, req: &Request) -> Scope {
         Scope::Node(req.target.get("node").cloned().unwrap_or_default())

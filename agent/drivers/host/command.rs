@@ -12,8 +12,22 @@ use async_trait::async_trait;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::action::{target_display, Params, Target};
-use super::{Action, DriverError, Outcome, Plan, Request, Scope, Verdict};
+use super::ssh::run_ssh;
+use super::tail;
+use crate::drivers::action::{
+    target_display, Action, ActionSpec, DriverError, Outcome, Params, Plan, Request, Scope,
+    ScopeKind, Target, Verdict,
+};
+
+/// `host.command` in the catalogue.
+pub const SPEC: ActionSpec = ActionSpec::of::<Command>(
+    "host.command",
+    "host",
+    "Run a program (argv, no shell) on the target node; a check program verifies the fix.",
+    ScopeKind::Node,
+    60,
+    &[("host", &["node"])],
+);
 
 /// `host.command`
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
@@ -136,68 +150,6 @@ impl HostCommand {
     }
 }
 
-/// Runs `argv` on an inventory host over SSH; exit code and output.
-pub async fn ssh_output(
-    h: &crate::config::SshHost,
-    argv: &[String],
-) -> Result<(Option<i32>, String), DriverError> {
-    run_ssh_full(h, argv, None, usize::MAX).await
-}
-
-/// Runs `argv` over SSH: each argument is shell-escaped for the remote
-/// shell, so it arrives as exactly one argument.
-async fn run_ssh(
-    h: &crate::config::SshHost,
-    argv: &[String],
-    workdir: Option<&str>,
-) -> Result<(Option<i32>, String), DriverError> {
-    run_ssh_full(h, argv, workdir, 400).await
-}
-
-async fn run_ssh_full(
-    h: &crate::config::SshHost,
-    argv: &[String],
-    workdir: Option<&str>,
-    keep: usize,
-) -> Result<(Option<i32>, String), DriverError> {
-    if workdir.is_some() {
-        return Err(DriverError::permanent("workdir is not supported over SSH"));
-    }
-    let mut b = openssh::SessionBuilder::default();
-    b.user(h.user.clone())
-        .port(h.port)
-        .known_hosts_check(openssh::KnownHosts::Strict)
-        .connect_timeout(std::time::Duration::from_secs(10));
-    if let Some(k) = &h.key_file {
-        b.keyfile(k);
-    }
-    if let Some(kh) = &h.known_hosts {
-        b.user_known_hosts_file(kh);
-    }
-    let dest = format!("{}@{}", h.user, h.host);
-    let session = b
-        .connect(&dest)
-        .await
-        .map_err(|e| DriverError::retryable(format!("ssh {dest} (node {}): {e}", h.node)))?;
-    let out = session
-        .command(argv[0].as_str())
-        .args(argv[1..].iter().map(String::as_str))
-        .output()
-        .await;
-    let _ = session.close().await;
-    let out = out.map_err(|e| DriverError::retryable(format!("ssh {dest}: {e}")))?;
-    if keep == usize::MAX {
-        // Machine-read output: stdout only, whole.
-        return Ok((
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-        ));
-    }
-    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
-    text.push_str(&String::from_utf8_lossy(&out.stderr));
-    Ok((out.status.code(), tail(text.trim(), keep)))
-}
-
 async fn run_at(
     w: &Where<'_>,
     argv: &[String],
@@ -229,20 +181,10 @@ async fn run(argv: &[String], workdir: Option<&str>) -> Result<(Option<i32>, Str
     Ok((out.status.code(), tail(text.trim(), 400)))
 }
 
-fn tail(s: &str, max: usize) -> String {
-    let n = s.chars().count();
-    if n <= max {
-        s.to_string()
-    } else {
-        let t: String = s.chars().skip(n - max).collect();
-        format!("…{t}")
-    }
-}
-
 #[async_trait]
 impl Action for HostCommand {
     fn name(&self) -> &'static str {
-        "host.command"
+        SPEC.name
     }
 
     fn scope(&self, req: &Request) -> Scope {
@@ -307,22 +249,6 @@ impl Action for HostCommand {
             )),
         })
     }
-}
-
-/// The drivers this build has, for an agent on `node`.
-pub fn builtin(node: &str) -> super::Registry {
-    builtin_with(node, Vec::new())
-}
-
-/// [`builtin`], with SSH hosts for `host.command` on other nodes.
-pub fn builtin_with(node: &str, ssh: Vec<crate::config::SshHost>) -> super::Registry {
-    let mut r = super::Registry::new();
-    // The catalogue lists host.command, so registering cannot fail.
-    let _ = r.register(std::sync::Arc::new(
-        HostCommand::new(node).with_inventory(ssh),
-    ));
-    let _ = r.register(std::sync::Arc::new(super::prune::HostDiskPrune::new(node)));
-    r
 }
 
 #[cfg(test)]
