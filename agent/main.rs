@@ -713,7 +713,7 @@ fn build_drivers(
             }),
         );
     }
-    remediate::drivers::pg::register(&mut registry, &cfg.backends.postgres);
+    remediate::drivers::postgres::register(&mut registry, &cfg.backends.postgres);
     remediate::drivers::ice::register(&mut registry, &cfg.backends.iceberg);
     // Node-scoped actions on inventory hosts go over SSH.
     remediate::drivers::host::ssh::route(&mut registry, &node, &cfg.backends.ssh);

@@ -116,7 +116,7 @@ fn main() {
             },
         );
         let mut reg = Registry::new();
-        remediate::drivers::pg::register(&mut reg, &servers);
+        remediate::drivers::postgres::register(&mut reg, &servers);
         let a = reg.get("postgres.connections.recycle").unwrap();
         let req = Request {
             target: [("kind".to_string(), "postgres.instance".to_string()), ("name".to_string(), "db".to_string())].into_iter().collect(),

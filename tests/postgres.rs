@@ -358,7 +358,7 @@ async fn a_restart_between_plan_and_apply_terminates_nothing_twice_and_a_stop_fa
         },
     );
     let mut reg = Registry::new();
-    remediate::drivers::pg::register(&mut reg, &servers);
+    remediate::drivers::postgres::register(&mut reg, &servers);
     let a = reg.get("postgres.connections.recycle").unwrap();
     let req = Request {
         target: [

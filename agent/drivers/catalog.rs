@@ -7,30 +7,21 @@ use super::action::{ActionSpec, Entry, ScopeKind};
 use super::{docker, host, iceberg, kubernetes, postgres, spark};
 
 /// Actions not in a backend's table yet.
-const UNSORTED: [&ActionSpec; 2] = [
-    &ActionSpec::of::<postgres::Recycle>(
-        "postgres.connections.recycle",
-        "postgres",
-        "Terminate leaked idle Postgres sessions, never superusers, replication or non-client backends.",
-        ScopeKind::Cluster,
-        60,
-        &[("postgres.instance", &["name"])],
-    ),
-    &ActionSpec::of::<iceberg::Compact>(
-        "iceberg.table.compact",
-        "iceberg",
-        "Bin-pack small data files of an Iceberg table into files near a target size.",
-        ScopeKind::Cluster,
-        3600,
-        &[("iceberg.table", &["catalog", "name"])],
-    ),
-];
+const UNSORTED: [&ActionSpec; 1] = [&ActionSpec::of::<iceberg::Compact>(
+    "iceberg.table.compact",
+    "iceberg",
+    "Bin-pack small data files of an Iceberg table into files near a target size.",
+    ScopeKind::Cluster,
+    3600,
+    &[("iceberg.table", &["catalog", "name"])],
+)];
 
 /// The catalogue in parts: one per backend, then the actions several
 /// backends drive (one target kind each).
-const PARTS: &[&[&ActionSpec]] = &[&KUBERNETES, &UNSORTED, &HOST, &DOCKER, &SHARED];
+const PARTS: &[&[&ActionSpec]] = &[&KUBERNETES, &POSTGRES, &UNSORTED, &HOST, &DOCKER, &SHARED];
 
 const KUBERNETES: [&ActionSpec; own_len(kubernetes::ACTIONS)] = own(kubernetes::ACTIONS);
+const POSTGRES: [&ActionSpec; own_len(postgres::ACTIONS)] = own(postgres::ACTIONS);
 const HOST: [&ActionSpec; own_len(host::ACTIONS)] = own(host::ACTIONS);
 const DOCKER: [&ActionSpec; own_len(docker::ACTIONS)] = own(docker::ACTIONS);
 /// Actions several backends drive, one target kind each.

@@ -9,7 +9,6 @@ pub mod host;
 pub mod ice;
 pub mod iceberg;
 pub mod kubernetes;
-pub mod pg;
 pub mod postgres;
 mod registry;
 pub mod spark;
