@@ -491,7 +491,7 @@ async fn iceberg_exporter(shared: Arc<Shared>, mut shutdown: watch::Receiver<boo
         .map(|c| c.scrape_interval.std())
         .min()
         .unwrap_or(std::time::Duration::from_secs(300));
-    let mut survey = crate::drivers::ice::Survey::default();
+    let mut survey = crate::drivers::iceberg::Survey::default();
     let mut last: HashMap<String, std::time::Instant> = HashMap::new();
     loop {
         for (key, c) in &catalogs {

@@ -714,7 +714,7 @@ fn build_drivers(
         );
     }
     remediate::drivers::postgres::register(&mut registry, &cfg.backends.postgres);
-    remediate::drivers::ice::register(&mut registry, &cfg.backends.iceberg);
+    remediate::drivers::iceberg::register(&mut registry, &cfg.backends.iceberg);
     // Node-scoped actions on inventory hosts go over SSH.
     remediate::drivers::host::ssh::route(&mut registry, &node, &cfg.backends.ssh);
     Ok((registry, coordinator))

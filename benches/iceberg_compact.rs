@@ -39,7 +39,7 @@ use parquet::arrow::ArrowWriter;
 use parquet::basic::Compression;
 use parquet::file::properties::WriterProperties;
 use remediate::config::IcebergCatalog;
-use remediate::drivers::ice::{compact, lake, Lake, Params};
+use remediate::drivers::iceberg::{compact, lake, Lake, Params};
 use serde_json::Value;
 
 const OURS_RUNS: usize = 5;

@@ -1,5 +1,5 @@
 //! Manifest reading: the iceberg crate's `Manifest::parse_avro` against
-//! remediate's reader (`drivers::ice::manifest::decode`, which keeps each
+//! remediate's reader (`drivers::iceberg::manifest::decode`, which keeps each
 //! distinct header's parsed layout), on the 50 manifests of a pyiceberg
 //! table (one per append, 4 entries each, deflate).
 //!
@@ -15,7 +15,7 @@ use std::process::Command;
 use std::time::Instant;
 
 use iceberg::spec::Manifest;
-use remediate::drivers::ice::manifest;
+use remediate::drivers::iceberg::manifest;
 
 const REPS: usize = 40;
 

@@ -14,7 +14,7 @@ use std::process::Command;
 use std::sync::Arc;
 
 use remediate::config::IcebergCatalog;
-use remediate::drivers::ice::{compact, lake, manifest, Lake, Params};
+use remediate::drivers::iceberg::{compact, lake, manifest, Lake, Params};
 use serde_json::Value;
 
 fn pyice_env(env: &[(&str, &str)], args: &[&str]) -> Value {

@@ -6,7 +6,6 @@ mod action;
 pub mod catalog;
 pub mod docker;
 pub mod host;
-pub mod ice;
 pub mod iceberg;
 pub mod kubernetes;
 pub mod postgres;

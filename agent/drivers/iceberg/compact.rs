@@ -46,7 +46,7 @@ use serde::Serialize;
 use super::ice;
 use super::lake::{CommitError, Lake};
 use super::PartitionStats;
-use crate::drivers::DriverError;
+use crate::drivers::action::DriverError;
 
 /// What to compact.
 #[derive(Debug, Clone)]

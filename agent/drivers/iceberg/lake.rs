@@ -25,7 +25,7 @@ use iceberg::{
 use serde_json::json;
 
 use crate::config::IcebergCatalog;
-use crate::drivers::DriverError;
+use crate::drivers::action::DriverError;
 
 /// Why a commit did not land.
 #[derive(Debug)]

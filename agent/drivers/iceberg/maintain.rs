@@ -21,8 +21,8 @@ use serde::Serialize;
 use super::compact::{manifests_of, Manifests};
 use super::ice;
 use super::lake::Lake;
-use crate::drivers::iceberg::Compact;
-use crate::drivers::DriverError;
+use super::Compact;
+use crate::drivers::action::DriverError;
 
 /// What maintenance did.
 #[derive(Debug, Clone, Default, Serialize)]

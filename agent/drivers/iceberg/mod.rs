@@ -1,5 +1,8 @@
-//! `iceberg.table.compact`: native small-file compaction of an Iceberg
-//! table in a SQL (SQLite, Postgres) or REST catalog.
+//! The Iceberg backend: `iceberg.table.compact`, native small-file
+//! compaction of an Iceberg table in a SQL (SQLite, Postgres) or REST
+//! catalog. This module holds the action's parameters, catalogue entry and
+//! driver, the table of actions, and the statistics survey for /metrics;
+//! [`compact`] picks, rewrites and commits, [`lake`] opens catalogs.
 //!
 //! `plan` reads the current snapshot and reports, per partition, data
 //! files, bytes, the small-files ratio (files under the threshold / all data
@@ -21,11 +24,101 @@ use async_trait::async_trait;
 use serde::Serialize;
 use serde_json::json;
 
-use super::iceberg::Compact;
-use super::{Action, DriverError, Outcome, Plan, Registry, Request, Scope, Verdict};
+use schemars::JsonSchema;
+use serde::Deserialize;
+
 use crate::config::IcebergCatalog;
+use crate::drivers::action::{
+    self, target_display, Action, ActionSpec, DriverError, Entry, Outcome, Plan, Request, Scope,
+    ScopeKind, Target, Verdict,
+};
+use crate::drivers::registry::Registry;
+use crate::units::{ByteSize, Duration};
 pub use compact::{partition_text, BeforeCommit, Params, Report, Selection};
 pub use lake::Lake;
+
+/// `iceberg.table.compact` in the catalogue.
+pub const SPEC: ActionSpec = ActionSpec::of::<Compact>(
+    "iceberg.table.compact",
+    "iceberg",
+    "Bin-pack small data files of an Iceberg table into files near a target size.",
+    ScopeKind::Cluster,
+    3600,
+    &[("iceberg.table", &["catalog", "name"])],
+);
+
+/// `iceberg.table.compact`
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[schemars(rename = "IcebergCompact")]
+pub struct Compact {
+    /// A data file smaller than this counts as small.
+    #[serde(default = "default_small")]
+    pub small_file_threshold: ByteSize,
+    /// Size the rewritten files aim for.
+    #[serde(default = "default_target")]
+    pub target_file_size: ByteSize,
+    /// Compact a partition only when its small-file ratio exceeds this (0..1).
+    #[serde(default = "default_ratio")]
+    pub min_small_files_ratio: f64,
+    /// Compact at most this many partitions per run.
+    #[serde(default)]
+    pub max_partitions: Option<u32>,
+    /// Optionally expire snapshots older than this after compacting.
+    #[serde(default)]
+    pub expire_snapshots_older_than: Option<Duration>,
+    /// Optionally remove files under the table's location that nothing
+    /// references (local tables only).
+    #[serde(default)]
+    pub remove_orphan_files: bool,
+    /// Orphans younger than this are kept: a writer's uncommitted files.
+    #[serde(default = "default_orphan_age")]
+    pub orphan_min_age: Duration,
+    /// Commit attempts after the first when another writer commits first.
+    #[serde(default = "default_retries")]
+    pub commit_retries: u32,
+}
+
+fn default_orphan_age() -> Duration {
+    Duration(std::time::Duration::from_secs(72 * 3600))
+}
+fn default_retries() -> u32 {
+    4
+}
+
+fn default_small() -> ByteSize {
+    ByteSize(32 << 20)
+}
+fn default_target() -> ByteSize {
+    ByteSize(128 << 20)
+}
+fn default_ratio() -> f64 {
+    0.3
+}
+
+impl action::Params for Compact {
+    fn check(&self) -> Result<(), String> {
+        if !(0.0..1.0).contains(&self.min_small_files_ratio) {
+            return Err(format!(
+                "minSmallFilesRatio must be in [0, 1), got {}",
+                self.min_small_files_ratio
+            ));
+        }
+        if self.small_file_threshold >= self.target_file_size {
+            return Err("smallFileThreshold must be smaller than targetFileSize".into());
+        }
+        Ok(())
+    }
+    fn describe(&self, t: &Target) -> String {
+        format!(
+            "compact partitions of {} whose small-file ratio (files < {}) exceeds {:.0}% into ~{} files",
+            target_display(t),
+            self.small_file_threshold,
+            self.min_small_files_ratio * 100.0,
+            self.target_file_size
+        )
+    }
+}
 
 /// An iceberg crate error as a driver error naming `what`. A missing table
 /// or namespace, invalid data and unsupported features are permanent;
@@ -80,13 +173,18 @@ pub struct IcebergCompact {
     picked: std::sync::Mutex<HashMap<(String, i64), HashSet<String>>>,
 }
 
+/// Every Iceberg action: its catalogue entry and its driver.
+pub const ACTIONS: &[Entry<BTreeMap<String, IcebergCatalog>>] = &[Entry::new(&SPEC, |catalogs| {
+    Arc::new(IcebergCompact {
+        catalogs: catalogs.clone(),
+        picked: Default::default(),
+    })
+})];
+
 /// Registers the Iceberg action when catalogs are configured.
 pub fn register(reg: &mut Registry, catalogs: &BTreeMap<String, IcebergCatalog>) {
     if !catalogs.is_empty() {
-        let _ = reg.register(Arc::new(IcebergCompact {
-            catalogs: catalogs.clone(),
-            picked: Default::default(),
-        }));
+        reg.register_table(ACTIONS, catalogs);
     }
 }
 
@@ -191,7 +289,7 @@ fn planned_snapshot(plan: &Plan) -> Option<i64> {
 #[async_trait]
 impl Action for IcebergCompact {
     fn name(&self) -> &'static str {
-        "iceberg.table.compact"
+        SPEC.name
     }
     fn scope(&self, _: &Request) -> Scope {
         Scope::Cluster
