@@ -111,4 +111,37 @@ mod tests {
         let err = (a.normalize)(serde_json::json!({"mdoe": "evict"})).unwrap_err();
         assert!(err.contains("unknown field `mdoe`"), "{err}");
     }
+
+    #[test]
+    fn every_backend_entry_is_catalogued_and_every_kind_of_a_shared_action_is_routed() {
+        fn check<C>(table: &[Entry<C>], routed: &mut Vec<(&'static str, &'static str)>) {
+            for e in table {
+                let spec = get(e.spec.name).unwrap_or_else(|| panic!("{}", e.spec.name));
+                assert_eq!(spec.backend, e.spec.backend, "{}", e.spec.name);
+                if let Some(kind) = e.kind {
+                    assert!(
+                        spec.targets.iter().any(|(k, _)| *k == kind),
+                        "{} does not accept {kind}",
+                        spec.name
+                    );
+                    routed.push((spec.name, kind));
+                }
+            }
+        }
+        let mut routed = Vec::new();
+        check(kubernetes::ACTIONS, &mut routed);
+        check(docker::ACTIONS, &mut routed);
+        check(host::ACTIONS, &mut routed);
+        check(postgres::ACTIONS, &mut routed);
+        check(iceberg::ACTIONS, &mut routed);
+        for spec in SHARED {
+            for (kind, _) in spec.targets {
+                assert!(
+                    routed.contains(&(spec.name, *kind)),
+                    "no backend drives {} for {kind}",
+                    spec.name
+                );
+            }
+        }
+    }
 }

@@ -70,6 +70,11 @@ pub fn register(reg: &mut Registry, e: Arc<Engine>) {
     reg.register_table(ACTIONS, &e);
 }
 
+/// The serde default of the flags that are on unless a playbook turns them off.
+fn yes() -> bool {
+    true
+}
+
 pub(super) fn derr(what: &str, e: bollard::errors::Error) -> DriverError {
     use bollard::errors::Error as E;
     match &e {

@@ -27,26 +27,22 @@ pub const SPEC: ActionSpec = ActionSpec::of::<Prune>(
     &[("host", &["node"])],
 );
 
-fn yes() -> bool {
-    true
-}
-
 /// `docker.prune`
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 #[schemars(rename = "DockerPrune")]
 pub struct Prune {
     /// Remove stopped containers.
-    #[serde(default = "yes")]
+    #[serde(default = "super::yes")]
     pub containers: bool,
     /// Remove dangling images.
-    #[serde(default = "yes")]
+    #[serde(default = "super::yes")]
     pub images: bool,
     /// Remove unused volumes: data loss if wrong, so off unless the playbook says so.
     #[serde(default)]
     pub volumes: bool,
     /// Remove build cache.
-    #[serde(default = "yes")]
+    #[serde(default = "super::yes")]
     pub build_cache: bool,
     /// Only objects older than this.
     #[serde(default = "day")]

@@ -26,10 +26,6 @@ pub const SPEC: ActionSpec = ActionSpec::of::<ServiceBumpMemory>(
     &[("swarm.service", &["name"])],
 );
 
-fn yes() -> bool {
-    true
-}
-
 /// `swarm.service.bump-memory`
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
@@ -41,7 +37,7 @@ pub struct ServiceBumpMemory {
     /// Never above this.
     pub ceiling: ByteSize,
     /// Raise the memory reservation by the same step when one is set.
-    #[serde(default = "yes")]
+    #[serde(default = "super::yes")]
     pub bump_reservation: bool,
 }
 
