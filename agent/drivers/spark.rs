@@ -8,13 +8,15 @@ use serde::{Deserialize, Serialize};
 use super::action::{target_display, ActionSpec, Params, ScopeKind, Target};
 use crate::units::{ByteSize, Step};
 
-/// The routing by target kind, the one place it is decided: the Kubernetes
-/// backend drives spark-operator SparkApplications
-/// (`kubernetes::spark_application`)...
+// The routing by target kind, decided here and nowhere else: each backend's
+// table has one `Entry::for_kind(&spark::SPEC, spark::ON_...)` line, and the
+// registry's by-kind router dispatches on the target's `kind`.
+
+/// Spark-operator SparkApplications, driven by the Kubernetes backend
+/// (`kubernetes::spark_application`).
 pub const ON_KUBERNETES: &str = "spark.application";
-/// ...and the Docker backend Swarm services that mount a spark-defaults.conf
-/// config (`docker::spark_conf`). Each registers its driver for its kind;
-/// the registry's by-kind router dispatches on the target's `kind`.
+/// Swarm services that mount a spark-defaults.conf config, driven by the
+/// Docker backend (`docker::spark_conf`).
 pub const ON_SWARM: &str = "swarm.service";
 
 /// `spark.executor.bump-memory` in the catalogue.

@@ -2,7 +2,8 @@
 //! binary there (`remediate exec-step`, an argv, never a shell string) and
 //! reads the step's result as JSON. Used for hosts in the SSH inventory
 //! (`backends.ssh`) that run no agent of their own; the remote binary uses
-//! that host's own engine and filesystem.
+//! that host's own engine and filesystem. Also the SSH runner this route and
+//! `host.command` share.
 
 use std::sync::Arc;
 
@@ -198,7 +199,7 @@ impl Action for SshRoute {
 
 /// Runs `argv` on an inventory host over SSH; exit code and output.
 pub async fn ssh_output(
-    h: &crate::config::SshHost,
+    h: &SshHost,
     argv: &[String],
 ) -> Result<(Option<i32>, String), DriverError> {
     run_ssh_full(h, argv, None, usize::MAX).await
@@ -207,7 +208,7 @@ pub async fn ssh_output(
 /// Runs `argv` over SSH: each argument is shell-escaped for the remote
 /// shell, so it arrives as exactly one argument.
 pub(super) async fn run_ssh(
-    h: &crate::config::SshHost,
+    h: &SshHost,
     argv: &[String],
     workdir: Option<&str>,
 ) -> Result<(Option<i32>, String), DriverError> {
@@ -215,7 +216,7 @@ pub(super) async fn run_ssh(
 }
 
 async fn run_ssh_full(
-    h: &crate::config::SshHost,
+    h: &SshHost,
     argv: &[String],
     workdir: Option<&str>,
     keep: usize,
