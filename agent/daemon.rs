@@ -36,8 +36,8 @@ use crate::inbox::Inbox;
 use crate::metrics::{DecisionLabels, FailureLabels, Metrics, NotifyLabels};
 use crate::notify::{Notice, Notifier};
 use crate::playbook::load::{read_dir, Config};
-use crate::policy::gate::Ledger;
 use crate::policy::Decision;
+use crate::policy::Ledger;
 use crate::trigger::schedule::{self, ScheduleTrigger};
 
 /// Why the agent could not start.
@@ -1387,7 +1387,7 @@ fn breaker_escalation(
             spec.open_for.chrono(),
             now,
         );
-    let crate::policy::gate::BreakerState::Open { opened, .. } = state else {
+    let crate::policy::BreakerState::Open { opened, .. } = state else {
         return None;
     };
     let fresh = shared

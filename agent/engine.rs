@@ -17,7 +17,7 @@ use crate::drivers::{Registry, Request, Verdict};
 use crate::event::{Event, Labels, TriggerKind};
 use crate::playbook::load::{render_json, Config, LoadedPlaybook};
 use crate::playbook::template::Context;
-use crate::policy::gate::{target_key, Decision, GateInput, Ledger};
+use crate::policy::{target_key, Decision, GateInput, Ledger};
 
 /// One planned step of a run.
 #[derive(Debug, Clone, Serialize)]
