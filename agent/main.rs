@@ -322,7 +322,7 @@ fn exit(result: Result<(), Fail>) -> ExitCode {
 
 fn agent(args: AgentArgs, verbose: u8) -> Result<(), Fail> {
     use remediate::config::{AgentConfig, LogFormat};
-    use remediate::daemon::{self, Agent};
+    use remediate::pipeline::{self as daemon, Agent};
     let mut cfg = match &args.config {
         Some(p) => AgentConfig::load(p)?,
         None => AgentConfig::default(),
@@ -398,7 +398,7 @@ fn agent(args: AgentArgs, verbose: u8) -> Result<(), Fail> {
             .local_addr()
             .map_err(|e| Fail::Input(format!("listen {listen}: {e}")))?;
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let served = tokio::spawn(daemon::serve(agent, listener, stop_rx));
+        let served = tokio::spawn(remediate::server::serve(agent, listener, stop_rx));
         tracing::info!(%addr, node = %node, playbooks = n_playbooks, dry_run = dry, "listening");
         let signal = wait_for_stop().await;
         tracing::info!(signal, grace = %grace, "stopping: no new webhooks; running actions get the grace period");
