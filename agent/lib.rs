@@ -8,7 +8,9 @@
 #![deny(clippy::unwrap_used)]
 
 pub mod audit;
+pub mod backends;
 pub mod bundle;
+pub mod cli;
 pub mod config;
 pub mod coord;
 pub mod diag;

@@ -353,20 +353,6 @@ impl Agent {
     }
 }
 
-/// The agent's node name from the config, the environment or the host name.
-pub fn node_name(cfg: &AgentConfig) -> String {
-    cfg.node
-        .clone()
-        .or_else(|| std::env::var("REMEDIATE_NODE").ok())
-        .or_else(|| {
-            std::fs::read_to_string("/etc/hostname")
-                .ok()
-                .map(|s| s.trim().to_string())
-        })
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "localhost".into())
-}
-
 /// Where playbooks and policies come from, for `--check`.
 pub fn describe_sources(cfg: &AgentConfig) -> (String, String) {
     let show = |d: &Option<PathBuf>| match d {
