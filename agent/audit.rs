@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::policy::gate::Ledger;
+use crate::policy::Ledger;
 
 /// Which trigger an audited run came from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -424,7 +424,7 @@ pub fn ledger_from(records: &[Record]) -> Ledger {
                     r.decided_at.unwrap_or(r.ts),
                     &r.policy,
                     &r.playbook,
-                    &crate::policy::gate::target_key(&r.target),
+                    &crate::policy::target_key(&r.target),
                 );
             }
             (Phase::Failed, "execute") => l.record_failure(r.ts, &r.policy, &r.playbook),
@@ -558,7 +558,7 @@ mod tests {
         let ids: Vec<&str> = all.records.iter().map(|r| r.id.as_str()).collect();
         assert_eq!(ids.first(), Some(&"exec"), "oldest first: {ids:?}");
         assert_eq!(ids.len(), 9, "{ids:?}");
-        let key = crate::policy::gate::target_key(&exec.target);
+        let key = crate::policy::target_key(&exec.target);
         let l = ledger_from(&all.records);
         assert!(l.last_execution("default", "pb", &key).is_some());
         // The current file alone would have lost it.

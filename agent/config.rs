@@ -499,7 +499,28 @@ fn default_ssh_port() -> u16 {
     22
 }
 
+/// A node name: `given` if set, else the host name, else `localhost`.
+pub fn node_name(given: Option<String>) -> String {
+    given
+        .or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|s| s.trim().to_string())
+        })
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
 impl AgentConfig {
+    /// This agent's node name: `node`, else `$REMEDIATE_NODE`, else the host name.
+    pub fn node_name(&self) -> String {
+        node_name(
+            self.node
+                .clone()
+                .or_else(|| std::env::var("REMEDIATE_NODE").ok()),
+        )
+    }
+
     /// Parses a config document; errors name the file, line, column and field.
     pub fn parse(file: &Path, text: &str) -> Result<Self, Diagnostics> {
         let mut cfg: AgentConfig =

@@ -7,25 +7,26 @@
 //! appends an audit record for every decision.
 #![deny(clippy::unwrap_used)]
 
-pub mod approvals;
 pub mod audit;
+pub mod backends;
 pub mod bundle;
+pub mod cli;
 pub mod config;
 pub mod coord;
-pub mod daemon;
 pub mod diag;
 pub mod drivers;
 pub mod engine;
 pub mod event;
-pub mod inbox;
 pub mod metrics;
 pub mod notify;
+pub mod pipeline;
 pub mod playbook;
 pub mod policy;
 pub mod replay;
 pub mod report;
 pub mod schema;
 pub mod server;
+pub mod state;
 pub mod testing;
 pub mod trigger;
 pub mod units;

@@ -17,7 +17,7 @@ use serde::Serialize;
 use crate::audit::{Phase, Record};
 use crate::engine::Engine;
 use crate::event::Event;
-use crate::policy::gate::Ledger;
+use crate::policy::Ledger;
 
 /// One (event, playbook) compared.
 #[derive(Debug, Clone, Serialize)]

@@ -1,4 +1,7 @@
-//! HTTP: the Alertmanager webhook, `/metrics`, `/healthz` and `/readyz`.
+//! HTTP: the Alertmanager webhook, `/metrics`, `/healthz`, `/readyz` and the
+//! approvals API, and [`serve`], which runs the agent behind them. The
+//! server feeds the pipeline's intake and approvals stages; the pipeline
+//! does not know it exists.
 //!
 //! The app is built by [`app`] from the shared state, so tests can drive it
 //! in process or over a real socket.
@@ -12,13 +15,42 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use chrono::Utc;
 use serde_json::json;
 use subtle::ConstantTimeEq;
+use tokio::sync::watch;
 
-use crate::daemon::{Incoming, Shared};
-use crate::metrics::{CodeLabels, EventLabels, CONTENT_TYPE};
+use crate::metrics::{CodeLabels, CONTENT_TYPE};
+use crate::pipeline::intake::{self, Refused};
+use crate::pipeline::{approvals, Agent, Shared};
 use crate::trigger::alertmanager::Payload;
+
+/// Serves the HTTP app on `listener` and runs `agent` until `stop` flips to
+/// true: then the listener stops accepting, running actions get the grace
+/// period, and the inbox and audit are flushed before this returns.
+pub async fn serve(
+    agent: Agent,
+    listener: tokio::net::TcpListener,
+    mut stop: watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    let shared = agent.shared.clone();
+    let app = app(shared.clone());
+    let mut http_stop = stop.clone();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = http_stop.wait_for(|v| *v).await;
+            })
+            .await
+    });
+    let core = tokio::spawn(agent.run(stop.clone()));
+    let _ = stop.wait_for(|v| *v).await;
+    shared.stopping.store(true, Ordering::SeqCst);
+    let _ = core.await;
+    match server.await {
+        Ok(r) => r,
+        Err(e) => Err(std::io::Error::other(e)),
+    }
+}
 
 /// The agent's HTTP routes.
 pub fn app(shared: Arc<Shared>) -> Router {
@@ -113,56 +145,28 @@ async fn webhook(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bo
         );
     }
     let events = payload.events();
-    let depth = shared.metrics.queue_depth.get().max(0) as usize;
-    if depth + events.len() > shared.cfg.webhook.queue_capacity {
-        let mut r = reply(
+    match intake::accept(&shared, events).await {
+        Ok(a) => reply(
             &shared,
-            StatusCode::SERVICE_UNAVAILABLE,
-            json!({"error": format!("event queue is full ({depth} waiting, webhook.queueCapacity {}); retry", shared.cfg.webhook.queue_capacity)}),
-        );
-        r.headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
-        return r;
-    }
-    let now = Utc::now();
-    let result = match shared.inbox.accept(events, now).await {
-        Ok(r) => r,
-        Err(e) => {
-            shared.metrics.storage_errors.inc();
-            tracing::error!(error = %e, "cannot record webhook events durably");
-            return reply(
+            StatusCode::OK,
+            json!({"status": "accepted", "accepted": a.accepted, "duplicates": a.duplicates}),
+        ),
+        Err(Refused::QueueFull { depth, capacity }) => {
+            let mut r = reply(
                 &shared,
-                StatusCode::INTERNAL_SERVER_ERROR,
-                json!({"error": format!("cannot record the events durably: {e}; retry")}),
+                StatusCode::SERVICE_UNAVAILABLE,
+                json!({"error": format!("event queue is full ({depth} waiting, webhook.queueCapacity {capacity}); retry")}),
             );
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+            r
         }
-    };
-    shared.metrics.duplicates.inc_by(result.duplicates as u64);
-    let accepted = result.accepted.len();
-    let group = shared.group();
-    for a in result.accepted {
-        shared
-            .metrics
-            .events
-            .get_or_create(&EventLabels {
-                trigger: "alert",
-                status: a.event.status.as_str(),
-            })
-            .inc();
-        shared.metrics.queue_depth.inc();
-        let _ = shared.queue.send(Incoming {
-            group,
-            seq: Some(a.seq),
-            at: a.at,
-            event: a.event,
-            approved: None,
-        });
+        Err(Refused::Storage(e)) => reply(
+            &shared,
+            StatusCode::INTERNAL_SERVER_ERROR,
+            json!({"error": format!("cannot record the events durably: {e}; retry")}),
+        ),
     }
-    reply(
-        &shared,
-        StatusCode::OK,
-        json!({"status": "accepted", "accepted": accepted, "duplicates": result.duplicates}),
-    )
 }
 
 enum ReadError {
@@ -216,8 +220,7 @@ async fn list_approvals(State(shared): State<Arc<Shared>>, headers: HeaderMap) -
     if !authorized(&shared, &headers) {
         return unauthorized();
     }
-    let pending: Vec<serde_json::Value> = shared
-        .pending_approvals()
+    let pending: Vec<serde_json::Value> = approvals::pending(&shared)
         .into_iter()
         .map(|p| {
             json!({
@@ -272,7 +275,7 @@ async fn answer_approval(
     if b.by.trim().is_empty() {
         return bad("by: say who answers (it is recorded in the audit)".into());
     }
-    match shared.answer_approval(&id, approve, b.by.trim(), &b.comment) {
+    match approvals::answer(&shared, &id, approve, b.by.trim(), &b.comment) {
         Ok(p) => axum::Json(json!({
             "id": id,
             "answer": if approve { "approved" } else { "denied" },
@@ -281,10 +284,10 @@ async fn answer_approval(
             "note": if approve { "queued: the run is decided again now; limits, windows and the breaker still apply" } else { "nothing will be done" },
         }))
         .into_response(),
-        Err(crate::daemon::AnswerError::NotPending(why)) => {
+        Err(approvals::AnswerError::NotPending(why)) => {
             (StatusCode::NOT_FOUND, axum::Json(json!({"error": why}))).into_response()
         }
-        Err(crate::daemon::AnswerError::Storage(e)) => (
+        Err(approvals::AnswerError::Storage(e)) => (
             StatusCode::INTERNAL_SERVER_ERROR,
             axum::Json(json!({"error": format!("cannot record the answer: {e}")})),
         )

@@ -12,7 +12,7 @@ use crate::engine::{Engine, Planned};
 use crate::event::{fingerprint, Event, Labels, Status, TriggerKind};
 use crate::playbook::load::Source;
 use crate::playbook::model::ApiVersion;
-use crate::policy::gate::Ledger;
+use crate::policy::Ledger;
 
 /// A test file.
 #[derive(Debug, Deserialize)]

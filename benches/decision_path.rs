@@ -6,7 +6,7 @@ use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughpu
 use remediate::drivers::Registry;
 use remediate::engine::Engine;
 use remediate::playbook::load::{Config, Source};
-use remediate::policy::gate::Ledger;
+use remediate::policy::Ledger;
 use remediate::trigger::alertmanager::Payload;
 
 const POLICY: &str = r#"apiVersion: remediate/v1

@@ -13,9 +13,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use remediate::audit::{self, Phase, Record};
 use remediate::config::AgentConfig;
-use remediate::daemon::{self, Agent};
 use remediate::drivers::{Action, DriverError, Outcome, Plan, Registry, Request, Scope, Verdict};
 use remediate::event::TriggerKind;
+use remediate::pipeline::Agent;
+use remediate::server;
 
 use common::{alert_body, count, eventually, TOKEN};
 
@@ -170,7 +171,7 @@ async fn start(s: &Setup, extra: &str) -> Running {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     let (stop, rx) = tokio::sync::watch::channel(false);
-    let task = tokio::spawn(daemon::serve(agent, listener, rx));
+    let task = tokio::spawn(server::serve(agent, listener, rx));
     Running {
         addr,
         stop,

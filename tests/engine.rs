@@ -12,7 +12,7 @@ use remediate::audit::{self, Phase};
 use remediate::drivers::{Action, DriverError, Outcome, Plan, Registry, Request, Scope, Verdict};
 use remediate::engine::{Engine, RunStatus};
 use remediate::playbook::load::{Config, Source};
-use remediate::policy::gate::Ledger;
+use remediate::policy::Ledger;
 use remediate::trigger::alertmanager::Payload;
 
 #[derive(Clone, Copy)]

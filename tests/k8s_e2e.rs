@@ -22,7 +22,7 @@ use remediate::drivers::Registry;
 use remediate::engine::{Engine, RunStatus};
 use remediate::event::{Event, Labels, Status, TriggerKind};
 use remediate::playbook::load::{Config, Source};
-use remediate::policy::gate::Ledger;
+use remediate::policy::Ledger;
 use serde_json::json;
 
 const WHY: &str =

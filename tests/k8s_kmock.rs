@@ -23,7 +23,7 @@ use remediate::drivers::Registry;
 use remediate::engine::{Engine, RunStatus};
 use remediate::event::{Event, Labels, Status, TriggerKind};
 use remediate::playbook::load::{Config, Source};
-use remediate::policy::gate::Ledger;
+use remediate::policy::Ledger;
 use serde_json::{json, Value};
 
 struct KMock {
@@ -735,7 +735,7 @@ async fn a_claim_left_by_a_dead_agent_lapses_and_a_live_one_is_respected() {
         &RESTART.replace("timeout: 5s", "timeout: 1s"),
         POLICY,
     );
-    let key = remediate::policy::gate::target_key(
+    let key = remediate::policy::target_key(
         &[
             ("kind", "kubernetes.pod"),
             ("namespace", "etl"),

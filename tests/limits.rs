@@ -11,8 +11,8 @@ use remediate::drivers::Registry;
 use remediate::engine::Engine;
 use remediate::event::{Event, Labels, Status, TriggerKind};
 use remediate::playbook::load::{Config, Source};
-use remediate::policy::gate::Ledger;
 use remediate::policy::Decision;
+use remediate::policy::Ledger;
 
 const PLAYBOOK: &str = r#"apiVersion: remediate/v1
 kind: Playbook

@@ -12,8 +12,8 @@ use crate::event::{Event, Labels, TriggerKind};
 use crate::playbook::matcher::{parse_matchers, MatchOp, Matcher};
 use crate::playbook::model::Playbook;
 use crate::playbook::template::{Context, Root, Template, TemplateError};
-use crate::policy::gate::{parse_cron, Gate};
 use crate::policy::model::Policy;
+use crate::policy::{parse_cron, Gate};
 use crate::units::Duration;
 use crate::yamlpos::PositionIndex;
 

@@ -1,0 +1,106 @@
+//! The approvals client: `remediate approvals`, `approve` and `deny`
+//! against an agent's API.
+
+use std::io::Write;
+
+use super::args::{AgentClient, AnswerArgs};
+use super::{Error, Result};
+
+fn client_token(c: &AgentClient) -> Result<String> {
+    crate::config::read_secret(c.token_file.as_deref(), Some("REMEDIATE_WEBHOOK_TOKEN"))
+        .map_err(|e| Error::Input(format!("--token-file: {e}")))?
+        .ok_or_else(|| {
+            Error::Input("no token: give --token-file or set REMEDIATE_WEBHOOK_TOKEN".into())
+        })
+}
+
+/// Calls the agent's API; non-2xx answers become errors carrying its message.
+fn call(
+    c: &AgentClient,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> Result<serde_json::Value> {
+    let token = client_token(c)?;
+    let url = format!("{}{path}", c.agent.trim_end_matches('/'));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Action(format!("cannot start runtime: {e}")))?;
+    rt.block_on(async {
+        let client = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(15))
+            .build()
+            .map_err(|e| Error::Action(e.to_string()))?;
+        let mut req = client.request(method, &url).bearer_auth(token);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let r = req
+            .send()
+            .await
+            .map_err(|e| Error::Action(format!("cannot reach the agent at {}: {e}", c.agent)))?;
+        let code = r.status();
+        let v: serde_json::Value = r.json().await.unwrap_or_default();
+        if code.is_success() {
+            return Ok(v);
+        }
+        let msg = v["error"].as_str().unwrap_or("no message").to_string();
+        if code.is_client_error() {
+            Err(Error::Input(format!("{}: HTTP {code}: {msg}", c.agent)))
+        } else {
+            Err(Error::Action(format!("{}: HTTP {code}: {msg}", c.agent)))
+        }
+    })
+}
+
+/// `remediate approve` (or `deny`): answers a held run.
+pub fn answer(a: AnswerArgs, approve: bool, out: &mut dyn Write) -> Result<()> {
+    let by =
+        a.by.clone()
+            .or_else(|| std::env::var("USER").ok())
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| Error::Input("--by: say who answers (recorded in the audit)".into()))?;
+    let v = call(
+        &a.client,
+        reqwest::Method::POST,
+        &format!("/api/v1/approvals/{}", a.id),
+        Some(serde_json::json!({
+            "decision": if approve { "approve" } else { "deny" },
+            "by": by,
+            "comment": a.comment,
+        })),
+    )?;
+    outln!(
+        out,
+        "{} {}: {} on {} ({})",
+        v["answer"].as_str().unwrap_or_default(),
+        a.id,
+        v["playbook"].as_str().unwrap_or_default(),
+        v["target"].as_str().unwrap_or_default(),
+        v["note"].as_str().unwrap_or_default()
+    );
+    Ok(())
+}
+
+/// `remediate approvals`: what an agent holds for approval.
+pub fn list(c: AgentClient, out: &mut dyn Write) -> Result<()> {
+    let v = call(&c, reqwest::Method::GET, "/api/v1/approvals", None)?;
+    let pending = v["pending"].as_array().cloned().unwrap_or_default();
+    if pending.is_empty() {
+        outln!(out, "no runs wait for approval on {}", c.agent);
+        return Ok(());
+    }
+    for p in pending {
+        outln!(
+            out,
+            "{}  {} on {}  ({}; expires {})",
+            p["id"].as_str().unwrap_or_default(),
+            p["playbook"].as_str().unwrap_or_default(),
+            p["target"].as_str().unwrap_or_default(),
+            p["reason"].as_str().unwrap_or_default(),
+            p["expiresAt"].as_str().unwrap_or_default()
+        );
+    }
+    Ok(())
+}

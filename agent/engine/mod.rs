@@ -1,0 +1,158 @@
+//! Drives one event through match -> plan -> gate -> execute -> verify -> record.
+//!
+//! [`decide`]: match, render and gate ([`Engine::decide`]); pure (no I/O,
+//! time is a parameter): the hot path the benchmark measures and what
+//! `remediate test` checks. [`execute`]: claim, plan, apply, verify and
+//! record ([`Engine::execute`]); the I/O: drivers, timeouts and audit
+//! records, written and fsynced before and after every change.
+
+mod decide;
+mod execute;
+
+use std::time::Instant;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use crate::audit::{self, Record, TriggerRef};
+use crate::drivers::Registry;
+use crate::drivers::{target_display, Target};
+use crate::playbook::load::Config;
+use crate::policy::{Decision, Ledger};
+
+/// One planned step of a run.
+#[derive(Debug, Clone, Serialize)]
+pub struct PlannedStep {
+    /// Audit id of this step (the same across its phases).
+    pub id: String,
+    /// Action name.
+    pub action: &'static str,
+    /// Rendered, validated parameters with defaults.
+    pub params: serde_json::Value,
+    /// Upper bound on apply.
+    #[serde(skip)]
+    pub timeout: std::time::Duration,
+    /// What it would do, offline.
+    pub description: String,
+}
+
+/// One (event, playbook) decision.
+#[derive(Debug, Clone, Serialize)]
+pub struct Planned {
+    /// Playbook name.
+    pub playbook: String,
+    /// Policy that gated it.
+    pub policy: String,
+    /// The trigger.
+    pub trigger: TriggerRef,
+    /// Rendered target (empty when rendering failed).
+    pub target: Target,
+    /// Steps (empty when rendering failed).
+    pub steps: Vec<PlannedStep>,
+    /// The gate's decision.
+    pub decision: Decision,
+    /// Post-condition timeout.
+    #[serde(skip)]
+    pub verify_timeout: std::time::Duration,
+    /// The gate's clock when it decided; records are stamped from it.
+    pub decided_at: DateTime<Utc>,
+    /// The monotonic clock at the decision: records are stamped
+    /// `decided_at` plus the time elapsed since (waits included).
+    #[serde(skip)]
+    pub decided_instant: Instant,
+}
+
+impl Planned {
+    /// `pod etl/x`, or `-` when rendering failed.
+    pub fn target_display(&self) -> String {
+        if self.target.is_empty() {
+            "-".into()
+        } else {
+            target_display(&self.target)
+        }
+    }
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RunStatus {
+    /// Not executed (dry-run, suppressed, needs approval).
+    NotExecuted,
+    /// Every step applied and verified.
+    Verified,
+    /// A step failed; the message says which and why.
+    Failed(String),
+}
+
+/// The result of executing one planned run.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunReport {
+    /// What was decided.
+    pub planned: Planned,
+    /// How it ended.
+    pub status: RunStatus,
+    /// The records written for it.
+    pub records: Vec<Record>,
+    /// When it failed, if it did (the breaker counts it).
+    #[serde(skip)]
+    pub failed_at: Option<DateTime<Utc>>,
+}
+
+impl RunReport {
+    /// Enters the run's outcome in the ledger (the breaker counts failures
+    /// and closes after a verified half-open trial).
+    pub fn enter(&self, ledger: &mut Ledger) {
+        let p = &self.planned;
+        if let Some(at) = self.failed_at {
+            ledger.record_failure(at, &p.policy, &p.playbook);
+        } else if self.status == RunStatus::Verified {
+            let at = self.records.last().map(|r| r.ts).unwrap_or(p.decided_at);
+            ledger.record_success(at, &p.policy, &p.playbook);
+        }
+    }
+}
+
+/// Where the engine appends audit records. Each `append` is durable when it
+/// returns, so the next phase may start.
+pub trait RecordSink: Send + Sync {
+    /// Appends one record durably.
+    fn append(&self, rec: &Record) -> audit::Result<()>;
+}
+
+impl RecordSink for std::sync::Mutex<audit::Writer> {
+    fn append(&self, rec: &Record) -> audit::Result<()> {
+        // A poisoned lock only means another writer panicked mid-call; the
+        // file itself is append-only and repaired on open.
+        let mut w = self.lock().unwrap_or_else(|p| p.into_inner());
+        w.append(rec)
+    }
+}
+
+/// The engine: validated config plus the drivers of this build.
+#[derive(Debug)]
+pub struct Engine {
+    /// Playbooks and policies.
+    pub config: Config,
+    /// Executable actions.
+    pub registry: Registry,
+    /// This agent's node name (in every record).
+    pub node: String,
+    /// Interval between verify polls.
+    pub verify_interval: std::time::Duration,
+    /// Cluster-wide claims and counters (several agents, one action).
+    pub coordinator: Option<std::sync::Arc<dyn crate::coord::Coordinator>>,
+}
+
+impl Engine {
+    /// A new engine.
+    pub fn new(config: Config, registry: Registry, node: impl Into<String>) -> Self {
+        Self {
+            config,
+            registry,
+            node: node.into(),
+            verify_interval: std::time::Duration::from_secs(2),
+            coordinator: None,
+        }
+    }
+}

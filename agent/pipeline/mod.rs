@@ -1,0 +1,363 @@
+//! `remediate agent`: the long-running node agent, as a pipeline of stages.
+//!
+//! ```text
+//! webhook ─► intake (inbox, fsync) ─► 200    schedule (cron)    approvals (approved runs)
+//!               │                                │                     │
+//!               └──────────────────────────────► queue ◄───────────────┘
+//!                                                 │
+//!                   settle: firing alerts wait `webhook.settle`; a resolved alert cancels them
+//!                                                 │
+//!                   decide: the single dispatcher (engine + ledger); no-op records batched
+//!                     ├─ needs approval ─► approvals (request, expiry, cancel on resolve)
+//!                     ├─ nothing to change ─► notify
+//!                     └─ execute ─► run: slot, execute, observe ─► notify (and escalation)
+//!
+//! reload: SIGHUP or a file change, validated first, then swapped
+//! exporters: Iceberg table files on /metrics
+//! SIGTERM: stop accepting, grace for running actions, flush the inbox and audit
+//! ```
+//!
+//! Each stage is a module with one job: [`intake`], [`schedule`],
+//! [`settle`], [`decide`], [`run`], [`notify`], [`approvals`], [`reload`],
+//! [`exporters`]. [`dispatch`] is the one loop that moves events through
+//! settle → decide → run in event order: it is the only place that decides,
+//! so the ledger is updated in event order and a storm cannot race two runs
+//! past one limit. Stages hand typed values forward ([`intake::Incoming`],
+//! [`settle::Sorted`], [`run::Order`], [`crate::notify::Notice`]); none calls
+//! back into the one before it. The HTTP server ([`crate::server`]) feeds
+//! intake and approvals; nothing here depends on it.
+
+pub mod approvals;
+pub mod decide;
+pub mod dispatch;
+pub mod exporters;
+pub mod intake;
+pub mod notify;
+pub mod reload;
+pub mod run;
+pub mod schedule;
+pub mod settle;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use chrono::{DateTime, Utc};
+use tokio::sync::{mpsc, watch};
+
+use crate::audit::{self, Record};
+use crate::config::AgentConfig;
+use crate::diag::Diagnostics;
+use crate::drivers::Registry;
+use crate::engine::{Engine, RecordSink};
+use crate::metrics::Metrics;
+use crate::policy::Ledger;
+use crate::state::inbox::Inbox;
+use intake::Incoming;
+
+/// Why the agent could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Playbooks or policies do not load.
+    #[error("{0}")]
+    Config(#[from] Diagnostics),
+    /// Something the config names is missing or unusable.
+    #[error("{0}")]
+    Setup(String),
+    /// The audit log cannot be read or written.
+    #[error(transparent)]
+    Audit(#[from] audit::Error),
+    /// The inbox cannot be opened.
+    #[error(transparent)]
+    Inbox(#[from] crate::state::inbox::Error),
+}
+
+/// State shared by the HTTP server and the stages. Each stage's own state
+/// sits in its field ([`run::Board`], [`notify::Notify`], the approvals
+/// journal); the rest is what every stage reads.
+pub struct Shared {
+    /// Agent config.
+    pub cfg: AgentConfig,
+    /// Current playbooks and policies, swapped on reload.
+    engine: RwLock<Arc<Engine>>,
+    ledger: Mutex<Ledger>,
+    audit: Mutex<audit::Writer>,
+    /// Durable intake.
+    pub inbox: Inbox,
+    /// Metrics.
+    pub metrics: Metrics,
+    /// Webhook bearer token (None: unauthenticated, by explicit config).
+    pub token: Option<String>,
+    /// Ready once playbooks are loaded and recovery is queued.
+    pub ready: AtomicBool,
+    /// Set on SIGTERM: stop accepting.
+    pub stopping: AtomicBool,
+    /// Into the pipeline: settle, then decide.
+    queue: mpsc::UnboundedSender<Incoming>,
+    /// Notification groups handed out.
+    next_group: std::sync::atomic::AtomicU64,
+    /// Runs held for approval.
+    approvals: Mutex<crate::state::approvals::Approvals>,
+    /// Runs queued or executing, and alerts resolved meanwhile.
+    board: run::Board,
+    /// Notification sinks and breaker escalations already sent.
+    notify: notify::Notify,
+    node: String,
+    /// Held for the agent's life: one agent per state directory.
+    _lock: std::fs::File,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("node", &self.node)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Shared {
+    /// A new notification group id.
+    pub fn group(&self) -> u64 {
+        self.next_group.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// The engine now in force.
+    pub fn engine(&self) -> Arc<Engine> {
+        self.engine
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn ledger(&self) -> std::sync::MutexGuard<'_, Ledger> {
+        self.ledger.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Appends records of decisions that change nothing, with one fsync.
+    fn audit_batch(&self, recs: &[Record]) {
+        if recs.is_empty() {
+            return;
+        }
+        let mut w = self.audit.lock().unwrap_or_else(|p| p.into_inner());
+        if let Err(e) = w.append_batch(recs) {
+            self.metrics.storage_errors.inc();
+            tracing::error!(error = %e, records = recs.len(), "audit write failed");
+        }
+    }
+}
+
+impl RecordSink for Shared {
+    fn append(&self, rec: &Record) -> audit::Result<()> {
+        let r = self.audit.append(rec);
+        if r.is_err() {
+            self.metrics.storage_errors.inc();
+        }
+        r
+    }
+}
+
+/// Takes the state directory's lock, so two agents never share an audit log.
+fn lock_state_dir(dir: &Path) -> Result<std::fs::File, Error> {
+    let path = dir.join("agent.lock");
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| Error::Setup(format!("{}: {e}", path.display())))?;
+    match f.try_lock() {
+        Ok(()) => Ok(f),
+        Err(std::fs::TryLockError::WouldBlock) => Err(Error::Setup(format!(
+            "stateDir {} is in use by another remediate agent (lock {}); give each agent its own stateDir",
+            dir.display(),
+            path.display()
+        ))),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(Error::Setup(format!("{}: {e}", path.display())))
+        }
+    }
+}
+
+/// Reads the webhook token, refusing the shipped placeholder and a missing
+/// token unless unauthenticated access is configured.
+fn webhook_token(cfg: &AgentConfig) -> Result<Option<String>, Error> {
+    let token = crate::config::read_secret(
+        cfg.auth.token_file.as_deref(),
+        Some(cfg.auth.token_env.as_str()),
+    )
+    .map_err(|e| Error::Setup(format!("auth.tokenFile: {e}")))?;
+    if token
+        .as_deref()
+        .is_some_and(|t| t.starts_with("REPLACE-ME"))
+    {
+        return Err(Error::Setup(
+            "the webhook token is the shipped placeholder: generate one (openssl rand -hex 32) and put it in the token file or Secret".into(),
+        ));
+    }
+    if token.is_none() && !cfg.auth.allow_unauthenticated {
+        return Err(Error::Setup(format!(
+            "no webhook token: set auth.tokenFile or ${}, or set auth.allowUnauthenticated: true for a lab",
+            cfg.auth.token_env
+        )));
+    }
+    Ok(token)
+}
+
+/// A running agent: its shared state and the handles to stop it.
+#[derive(Debug)]
+pub struct Agent {
+    /// Shared state (the HTTP app is built from it).
+    pub shared: Arc<Shared>,
+    rx: Option<mpsc::UnboundedReceiver<Incoming>>,
+    recovered: Vec<Incoming>,
+    schedules_last_run: HashMap<String, DateTime<Utc>>,
+    sources_fp: u64,
+}
+
+impl Agent {
+    /// Prepares everything that can fail before the agent listens: loads
+    /// playbooks, reads secrets, replays the audit into the ledger and
+    /// recovers unfinished events from the inbox.
+    pub fn prepare(cfg: AgentConfig, node: String) -> Result<Self, Error> {
+        let registry = crate::drivers::host::builtin(&node);
+        Self::prepare_with(cfg, node, registry, std::time::Duration::from_secs(2))
+    }
+
+    /// [`Agent::prepare`] with the drivers to use (kept across reloads) and
+    /// the interval between verify polls.
+    pub fn prepare_with(
+        cfg: AgentConfig,
+        node: String,
+        registry: Registry,
+        verify_interval: std::time::Duration,
+    ) -> Result<Self, Error> {
+        Self::prepare_coordinated(cfg, node, registry, None, verify_interval)
+    }
+
+    /// [`Agent::prepare_with`] plus a cluster coordinator (Leases), so that
+    /// of several agents receiving one alert, one acts.
+    pub fn prepare_coordinated(
+        cfg: AgentConfig,
+        node: String,
+        registry: Registry,
+        coordinator: Option<Arc<dyn crate::coord::Coordinator>>,
+        verify_interval: std::time::Duration,
+    ) -> Result<Self, Error> {
+        // Fingerprint before loading: a change after this is seen as a change.
+        let sources_fp = reload::fingerprint(&cfg);
+        let config = reload::load_config(&cfg)?;
+        let token = webhook_token(&cfg)?;
+        let notify = notify::Notify::from_config(&cfg.notify).map_err(Error::Setup)?;
+        std::fs::create_dir_all(&cfg.state_dir)
+            .map_err(|e| Error::Setup(format!("stateDir {}: {e}", cfg.state_dir.display())))?;
+        let lock = lock_state_dir(&cfg.state_dir)?;
+        let audit_path = cfg.audit_path();
+        let mut history = audit::read_all(&audit_path)?;
+        if !history.damaged.is_empty() {
+            // Fail closed: limits rebuilt from a damaged log cannot be trusted.
+            return Err(Error::Setup(audit::damaged_error(
+                &audit_path,
+                &history.damaged,
+            )));
+        }
+        if !history.skipped.is_empty() {
+            tracing::warn!(path = %audit_path.display(), lines = ?history.skipped, "skipped unreadable audit lines (a torn write from a crash is expected at the end)");
+        }
+        let mut writer = audit::Writer::open_rotating(
+            &audit_path,
+            audit::Rotation {
+                max_bytes: cfg.audit.max_bytes.0,
+                keep: cfg.audit.keep,
+            },
+        )?;
+        // Steps the previous agent planned and never finished: say so, once.
+        let lost = audit::interrupted(&history.records, Utc::now());
+        if !lost.is_empty() {
+            writer.append_batch(&lost)?;
+            for r in &lost {
+                tracing::warn!(id = %r.id, playbook = %r.playbook, action = %r.action, target_ref = %crate::drivers::target_display(&r.target), "step was interrupted by the previous stop; recorded as failed, not retried");
+            }
+            history.records.extend(lost);
+        }
+        let ledger = audit::ledger_from(&history.records);
+        let schedules_last_run = schedule::last_runs(&history.records);
+        let approvals = crate::state::approvals::Approvals::open(&cfg.approvals_path())
+            .map_err(|e| Error::Setup(e.to_string()))?;
+        let (inbox, pending) = Inbox::open(&cfg.inbox_path(), cfg.webhook.dedupe_window.std())?;
+        let recovered = intake::recover(&inbox, pending, &history.records);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let metrics = Metrics::new();
+        metrics.playbooks.set(config.playbooks.len() as i64);
+        let mut engine = Engine::new(config, registry, node.clone());
+        engine.verify_interval = verify_interval;
+        engine.coordinator = coordinator;
+        let shared = Arc::new(Shared {
+            cfg,
+            engine: RwLock::new(Arc::new(engine)),
+            ledger: Mutex::new(ledger),
+            audit: Mutex::new(writer),
+            inbox,
+            metrics,
+            token,
+            ready: AtomicBool::new(false),
+            stopping: AtomicBool::new(false),
+            queue: tx,
+            next_group: std::sync::atomic::AtomicU64::new(1),
+            approvals: Mutex::new(approvals),
+            board: run::Board::default(),
+            notify,
+            node,
+            _lock: lock,
+        });
+        Ok(Self {
+            shared,
+            rx: Some(rx),
+            recovered,
+            schedules_last_run,
+            sources_fp,
+        })
+    }
+
+    /// Runs until `shutdown` flips to true: dispatcher, scheduler and
+    /// reloader. Returns once in-flight runs finished or were interrupted
+    /// and the inbox is flushed. The HTTP server is run by the caller.
+    pub async fn run(mut self, shutdown: watch::Receiver<bool>) {
+        let shared = self.shared.clone();
+        let Some(rx) = self.rx.take() else {
+            return;
+        };
+        for inc in std::mem::take(&mut self.recovered) {
+            intake::enqueue(&shared, inc);
+        }
+        let mut sched = schedule::Scheduler::new(&shared);
+        if shared.cfg.schedule.enabled {
+            sched.catch_up(&shared, &self.schedules_last_run);
+            sched.start(&shared, shutdown.clone());
+        }
+        shared.ready.store(true, Ordering::SeqCst);
+        let exporter = tokio::spawn(exporters::iceberg(shared.clone(), shutdown.clone()));
+        let reloader = tokio::spawn(reload::watch(
+            shared.clone(),
+            shutdown.clone(),
+            sched,
+            self.sources_fp,
+        ));
+        dispatch::run(shared.clone(), rx, shutdown).await;
+        reloader.abort();
+        let _ = reloader.await;
+        exporter.abort();
+        let _ = exporter.await;
+        shared.inbox.close().await;
+        tracing::info!("agent stopped; audit and inbox flushed");
+    }
+}
+
+/// Where playbooks and policies come from, for `--check`.
+pub fn describe_sources(cfg: &AgentConfig) -> (String, String) {
+    let show = |d: &Option<PathBuf>| match d {
+        Some(p) => p.display().to_string(),
+        None => "embedded bundle".to_string(),
+    };
+    (show(&cfg.playbooks), show(&cfg.policies))
+}
