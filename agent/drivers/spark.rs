@@ -5,7 +5,7 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::action::{target_display, ActionSpec, Params, ScopeKind, Target};
+use super::action::{target_display, ActionSpec, DriverError, Params, ScopeKind, Target};
 use crate::units::{ByteSize, Step};
 
 // The routing by target kind, decided here and nowhere else: each backend's
@@ -97,5 +97,23 @@ pub fn spark_memory(bytes: u64) -> String {
         format!("{}g", bytes / GI)
     } else {
         format!("{}m", bytes.div_ceil(MI))
+    }
+}
+
+impl BumpMemory {
+    /// The executor memory to set, from the current `spark.executor.memory`
+    /// (`mem`, of the application called `what`): the current and the new
+    /// bytes, or why it is not raised.
+    pub fn next(&self, mem: &str, key: &str, what: &str) -> Result<(u64, u64), DriverError> {
+        let current: ByteSize = mem
+            .parse()
+            .map_err(|e| DriverError::permanent(format!("{key} {mem:?}: {e}")))?;
+        if current.0 >= self.ceiling.0 {
+            return Err(DriverError::permanent(format!(
+                "{what} executors already have {mem}, the ceiling is {}: not raising",
+                self.ceiling
+            )));
+        }
+        Ok((current.0, self.step.bumped(current.0, self.ceiling)))
     }
 }

@@ -11,7 +11,6 @@ use super::swarm::{service, tasks_converged, update};
 use super::{derr, Engine};
 use crate::drivers::action::{Action, DriverError, Outcome, Plan, Request, Scope, Verdict};
 use crate::drivers::spark::{spark_memory, BumpMemory, SPEC};
-use crate::units::ByteSize;
 
 /// `spark.executor.bump-memory` for Spark on Swarm: Swarm configs are
 /// immutable, so a new config `<name>-vN` is created with
@@ -117,16 +116,7 @@ impl Action for SparkConfBump {
         )
         .map_err(|e| DriverError::permanent(format!("config {old_name}: {e}")))?;
         let mem = conf_get(&text, "spark.executor.memory").unwrap_or_else(|| "1g".into());
-        let current: ByteSize = mem
-            .parse()
-            .map_err(|e| DriverError::permanent(format!("spark.executor.memory {mem:?}: {e}")))?;
-        if current.0 >= p.ceiling.0 {
-            return Err(DriverError::permanent(format!(
-                "service {name} executors already have {mem}, the ceiling is {}: not raising",
-                p.ceiling
-            )));
-        }
-        let new = p.step.bumped(current.0, p.ceiling);
+        let (_, new) = p.next(&mem, "spark.executor.memory", &format!("service {name}"))?;
         let mut new_text = conf_set(&text, "spark.executor.memory", &spark_memory(new));
         if let Some(c) = &p.cores {
             let cores: u32 = conf_get(&text, "spark.executor.cores")

@@ -43,23 +43,18 @@ impl Action for SparkApplicationBump {
             .map_err(|e| api_err(&format!("sparkapplication {ns}/{name}"), e))?;
         let ex = &app.data["spec"]["executor"];
         let mem = ex["memory"].as_str().unwrap_or("1g");
-        let current: ByteSize = mem
-            .parse()
-            .map_err(|e| DriverError::permanent(format!("spec.executor.memory {mem:?}: {e}")))?;
-        if current.0 >= p.ceiling.0 {
-            return Err(DriverError::permanent(format!(
-                "sparkapplication {ns}/{name} executors already have {mem}, the ceiling is {}: not raising",
-                p.ceiling
-            )));
-        }
-        let new = p.step.bumped(current.0, p.ceiling);
+        let (current, new) = p.next(
+            mem,
+            "spec.executor.memory",
+            &format!("sparkapplication {ns}/{name}"),
+        )?;
         let mut patch = json!({"spec": {"executor": {"memory": spark_memory(new)}}});
         if p.bump_overhead {
             if let Some(o) = ex["memoryOverhead"].as_str() {
                 let o: ByteSize = o.parse().map_err(|e| {
                     DriverError::permanent(format!("spec.executor.memoryOverhead: {e}"))
                 })?;
-                let scaled = (o.0 as f64 * new as f64 / current.0 as f64).ceil() as u64;
+                let scaled = (o.0 as f64 * new as f64 / current as f64).ceil() as u64;
                 patch["spec"]["executor"]["memoryOverhead"] = json!(spark_memory(scaled));
             }
         }
