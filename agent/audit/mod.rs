@@ -2,17 +2,20 @@
 //! source of truth for what was decided and done, and the ledger of rate
 //! limits, cooldowns and breakers is rebuilt from it.
 //!
-//! Record fields are a stable contract: add, never rename.
+//! Record fields are a stable contract: add, never rename. [`write`] appends
+//! (fsynced, rotated by size); [`read`] reads a log and its rotated files back.
+
+mod read;
+mod write;
 
 use std::collections::BTreeMap;
-use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::policy::Ledger;
+pub use read::{damaged_error, interrupted, ledger_from, read, read_all, ReadResult, INTERRUPTED};
+pub use write::{Rotation, Writer};
 
 /// Which trigger an audited run came from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -151,292 +154,11 @@ pub enum Error {
 /// Result alias for audit operations.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// Appends records, each fsynced before `append` returns.
-#[derive(Debug)]
-pub struct Writer {
-    path: PathBuf,
-    file: File,
-    written: usize,
-    size: u64,
-    rotate: Option<Rotation>,
-}
-
-/// Size-based rotation: `audit.jsonl` becomes `audit.jsonl.1`, `.1` becomes
-/// `.2`, and so on; the oldest beyond `keep` is deleted. [`read_all`] reads
-/// the rotated files too, so the ledger spans them.
-#[derive(Debug, Clone, Copy)]
-pub struct Rotation {
-    /// Rotate once the current file reaches this many bytes.
-    pub max_bytes: u64,
-    /// Rotated files kept.
-    pub keep: usize,
-}
-
-impl Writer {
-    /// Opens (creating the directory and file if needed) for appending.
-    pub fn open(path: &Path) -> Result<Self> {
-        let io = |source| Error::Io {
-            path: path.to_path_buf(),
-            source,
-        };
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(io)?;
-        }
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .map_err(io)?;
-        // A torn last line from a crash must not swallow the next record.
-        let len = file.metadata().map_err(io)?.len();
-        let mut w = Self {
-            path: path.to_path_buf(),
-            file,
-            written: 0,
-            size: len,
-            rotate: None,
-        };
-        if len > 0 && !ends_with_newline(path).map_err(io)? {
-            w.file.write_all(b"\n").map_err(io)?;
-        }
-        Ok(w)
-    }
-
-    /// Opens with size-based rotation.
-    pub fn open_rotating(path: &Path, rotation: Rotation) -> Result<Self> {
-        let mut w = Self::open(path)?;
-        w.rotate = Some(rotation);
-        Ok(w)
-    }
-
-    /// Appends one record and fsyncs.
-    pub fn append(&mut self, rec: &Record) -> Result<()> {
-        self.append_batch(std::slice::from_ref(rec))
-    }
-
-    /// Rotates if the current file is full. Records are never split across
-    /// files, and a rotation is complete (renamed, new file synced) before
-    /// the next record is written.
-    fn maybe_rotate(&mut self) -> Result<()> {
-        let Some(r) = self.rotate else {
-            return Ok(());
-        };
-        if self.size < r.max_bytes {
-            return Ok(());
-        }
-        let io = |source| Error::Io {
-            path: self.path.clone(),
-            source,
-        };
-        let nth = |n: usize| PathBuf::from(format!("{}.{n}", self.path.display()));
-        if r.keep == 0 {
-            std::fs::remove_file(&self.path).map_err(io)?;
-        } else {
-            let _ = std::fs::remove_file(nth(r.keep));
-            for n in (1..r.keep).rev() {
-                if nth(n).exists() {
-                    std::fs::rename(nth(n), nth(n + 1)).map_err(io)?;
-                }
-            }
-            std::fs::rename(&self.path, nth(1)).map_err(io)?;
-        }
-        self.file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.path)
-            .map_err(io)?;
-        if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
-        }
-        self.size = 0;
-        Ok(())
-    }
-
-    /// Appends several records with one fsync (the agent batches decisions
-    /// that change nothing).
-    pub fn append_batch(&mut self, recs: &[Record]) -> Result<()> {
-        if recs.is_empty() {
-            return Ok(());
-        }
-        let mut buf = Vec::with_capacity(recs.len() * 512);
-        for rec in recs {
-            serde_json::to_writer(&mut buf, rec)?;
-            buf.push(b'\n');
-        }
-        self.maybe_rotate()?;
-        let io = |source| Error::Io {
-            path: self.path.clone(),
-            source,
-        };
-        self.file.write_all(&buf).map_err(io)?;
-        self.file.sync_data().map_err(io)?;
-        self.written += recs.len();
-        self.size += buf.len() as u64;
-        Ok(())
-    }
-
-    /// Records appended through this writer.
-    pub fn written(&self) -> usize {
-        self.written
-    }
-
-    /// The log's path.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-}
-
-fn ends_with_newline(path: &Path) -> std::io::Result<bool> {
-    use std::io::{Read, Seek, SeekFrom};
-    let mut f = File::open(path)?;
-    f.seek(SeekFrom::End(-1))?;
-    let mut b = [0u8; 1];
-    f.read_exact(&mut b)?;
-    Ok(b[0] == b'\n')
-}
-
-/// What reading a log found.
-#[derive(Debug, Default)]
-pub struct ReadResult {
-    /// Records in order.
-    pub records: Vec<Record>,
-    /// 1-based numbers of lines that were not records (a torn last line, or corruption).
-    pub skipped: Vec<usize>,
-    /// Unreadable lines that are not the torn last line of the newest file
-    /// (`file:line`): records may be missing there, so limits rebuilt from
-    /// this log cannot be trusted.
-    pub damaged: Vec<String>,
-}
-
-/// Reads a log, tolerating a torn or corrupt line (reported in `skipped`).
-/// A missing file reads as empty.
-pub fn read(path: &Path) -> Result<ReadResult> {
-    let io = |source| Error::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    let file = match File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(ReadResult::default()),
-        Err(e) => return Err(io(e)),
-    };
-    let mut out = ReadResult::default();
-    let mut last = 0;
-    for (i, line) in BufReader::new(file).split(b'\n').enumerate() {
-        let line = line.map_err(io)?;
-        if line.iter().all(u8::is_ascii_whitespace) {
-            continue;
-        }
-        last = i + 1;
-        match serde_json::from_slice::<Record>(&line) {
-            Ok(r) => out.records.push(r),
-            Err(_) => out.skipped.push(i + 1),
-        }
-    }
-    // A torn last line is what a crash mid-append leaves; anything else is damage.
-    out.damaged = out
-        .skipped
-        .iter()
-        .filter(|n| **n != last)
-        .map(|n| format!("{}:{n}", path.display()))
-        .collect();
-    Ok(out)
-}
-
-/// Outcome of a step whose apply was under way when the agent stopped.
-pub const INTERRUPTED: &str = "interrupted: the agent stopped (crash, kill or power loss) after this step was planned and before its outcome was recorded; it may be partly applied and is not retried automatically: check the target";
-
-/// Records for executed steps that have a `planned` record but no outcome
-/// (the agent died between them): each becomes `failed` with
-/// [`INTERRUPTED`], stamped `now`. Appending them makes the log say what
-/// happened, and the ledger counts them as failures (the breaker sees them).
-pub fn interrupted(records: &[Record], now: DateTime<Utc>) -> Vec<Record> {
-    let mut open: Vec<&Record> = Vec::new();
-    let mut ended = std::collections::HashSet::new();
-    for r in records {
-        match r.phase {
-            Phase::Planned if r.decision == "execute" && !r.dry_run => open.push(r),
-            Phase::Verified | Phase::Failed => {
-                ended.insert(r.id.as_str());
-            }
-            Phase::Planned | Phase::Applied => {}
-        }
-    }
-    open.into_iter()
-        .filter(|r| !ended.contains(r.id.as_str()))
-        .map(|r| {
-            let mut f = r.clone();
-            f.ts = now.max(r.ts);
-            f.phase = Phase::Failed;
-            f.outcome = INTERRUPTED.to_string();
-            f.duration_ms = (now - r.ts).num_milliseconds().max(0) as u64;
-            f
-        })
-        .collect()
-}
-
-/// The error for a damaged log: fail closed, say where and what to do.
-pub fn damaged_error(path: &Path, damaged: &[String]) -> String {
-    format!(
-        "audit log {} has unreadable line(s) {} that are not a torn final write: records may be missing, so rate limits, cooldowns and the breaker cannot be evaluated. Nothing is executed until this is fixed: repair or remove those lines (or move the log aside to start a new history)",
-        path.display(),
-        damaged.join(", ")
-    )
-}
-
-/// Reads a log and its rotated files (`PATH.N` ... `PATH.1`, then `PATH`),
-/// oldest first. Skipped line numbers are those of the current file.
-pub fn read_all(path: &Path) -> Result<ReadResult> {
-    let mut rotated = Vec::new();
-    for n in 1.. {
-        let p = PathBuf::from(format!("{}.{n}", path.display()));
-        if !p.exists() {
-            break;
-        }
-        rotated.push(p);
-    }
-    let mut out = ReadResult::default();
-    for p in rotated.iter().rev() {
-        let r = read(p)?;
-        out.records.extend(r.records);
-        // A rotated file was complete when it was rotated: every bad line is damage.
-        out.damaged
-            .extend(r.skipped.iter().map(|n| format!("{}:{n}", p.display())));
-    }
-    let current = read(path)?;
-    out.records.extend(current.records);
-    out.skipped = current.skipped;
-    out.damaged.extend(current.damaged);
-    Ok(out)
-}
-
-/// Rebuilds the ledger (executions and failures) from records.
-pub fn ledger_from(records: &[Record]) -> Ledger {
-    let mut l = Ledger::default();
-    for r in records {
-        if r.dry_run {
-            continue;
-        }
-        match (r.phase, r.decision.as_str()) {
-            // One execution per planned step 0: a multi-step run counts once.
-            (Phase::Planned, "execute") if r.step == 0 => {
-                l.record_execution(
-                    r.decided_at.unwrap_or(r.ts),
-                    &r.policy,
-                    &r.playbook,
-                    &crate::policy::target_key(&r.target),
-                );
-            }
-            (Phase::Failed, "execute") => l.record_failure(r.ts, &r.policy, &r.playbook),
-            (Phase::Verified, "execute") => l.record_success(r.ts, &r.policy, &r.playbook),
-            _ => {}
-        }
-    }
-    l
-}
-
 #[cfg(test)]
 mod tests {
+    use std::fs::OpenOptions;
+    use std::io::Write;
+
     use super::*;
     use crate::event::{Status, TriggerKind};
 

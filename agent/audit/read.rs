@@ -1,0 +1,152 @@
+//! Reading a log (and its rotated files) back: records in order, a torn
+//! last line tolerated, any other unreadable line reported as damage; the
+//! steps a stop interrupted; the ledger rebuilt from records.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, Utc};
+
+use super::{Error, Phase, Record, Result};
+use crate::policy::Ledger;
+
+/// What reading a log found.
+#[derive(Debug, Default)]
+pub struct ReadResult {
+    /// Records in order.
+    pub records: Vec<Record>,
+    /// 1-based numbers of lines that were not records (a torn last line, or corruption).
+    pub skipped: Vec<usize>,
+    /// Unreadable lines that are not the torn last line of the newest file
+    /// (`file:line`): records may be missing there, so limits rebuilt from
+    /// this log cannot be trusted.
+    pub damaged: Vec<String>,
+}
+
+/// Reads a log, tolerating a torn or corrupt line (reported in `skipped`).
+/// A missing file reads as empty.
+pub fn read(path: &Path) -> Result<ReadResult> {
+    let io = |source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(ReadResult::default()),
+        Err(e) => return Err(io(e)),
+    };
+    let mut out = ReadResult::default();
+    let mut last = 0;
+    for (i, line) in BufReader::new(file).split(b'\n').enumerate() {
+        let line = line.map_err(io)?;
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        last = i + 1;
+        match serde_json::from_slice::<Record>(&line) {
+            Ok(r) => out.records.push(r),
+            Err(_) => out.skipped.push(i + 1),
+        }
+    }
+    // A torn last line is what a crash mid-append leaves; anything else is damage.
+    out.damaged = out
+        .skipped
+        .iter()
+        .filter(|n| **n != last)
+        .map(|n| format!("{}:{n}", path.display()))
+        .collect();
+    Ok(out)
+}
+
+/// Outcome of a step whose apply was under way when the agent stopped.
+pub const INTERRUPTED: &str = "interrupted: the agent stopped (crash, kill or power loss) after this step was planned and before its outcome was recorded; it may be partly applied and is not retried automatically: check the target";
+
+/// Records for executed steps that have a `planned` record but no outcome
+/// (the agent died between them): each becomes `failed` with
+/// [`INTERRUPTED`], stamped `now`. Appending them makes the log say what
+/// happened, and the ledger counts them as failures (the breaker sees them).
+pub fn interrupted(records: &[Record], now: DateTime<Utc>) -> Vec<Record> {
+    let mut open: Vec<&Record> = Vec::new();
+    let mut ended = std::collections::HashSet::new();
+    for r in records {
+        match r.phase {
+            Phase::Planned if r.decision == "execute" && !r.dry_run => open.push(r),
+            Phase::Verified | Phase::Failed => {
+                ended.insert(r.id.as_str());
+            }
+            Phase::Planned | Phase::Applied => {}
+        }
+    }
+    open.into_iter()
+        .filter(|r| !ended.contains(r.id.as_str()))
+        .map(|r| {
+            let mut f = r.clone();
+            f.ts = now.max(r.ts);
+            f.phase = Phase::Failed;
+            f.outcome = INTERRUPTED.to_string();
+            f.duration_ms = (now - r.ts).num_milliseconds().max(0) as u64;
+            f
+        })
+        .collect()
+}
+
+/// The error for a damaged log: fail closed, say where and what to do.
+pub fn damaged_error(path: &Path, damaged: &[String]) -> String {
+    format!(
+        "audit log {} has unreadable line(s) {} that are not a torn final write: records may be missing, so rate limits, cooldowns and the breaker cannot be evaluated. Nothing is executed until this is fixed: repair or remove those lines (or move the log aside to start a new history)",
+        path.display(),
+        damaged.join(", ")
+    )
+}
+
+/// Reads a log and its rotated files (`PATH.N` ... `PATH.1`, then `PATH`),
+/// oldest first. Skipped line numbers are those of the current file.
+pub fn read_all(path: &Path) -> Result<ReadResult> {
+    let mut rotated = Vec::new();
+    for n in 1.. {
+        let p = PathBuf::from(format!("{}.{n}", path.display()));
+        if !p.exists() {
+            break;
+        }
+        rotated.push(p);
+    }
+    let mut out = ReadResult::default();
+    for p in rotated.iter().rev() {
+        let r = read(p)?;
+        out.records.extend(r.records);
+        // A rotated file was complete when it was rotated: every bad line is damage.
+        out.damaged
+            .extend(r.skipped.iter().map(|n| format!("{}:{n}", p.display())));
+    }
+    let current = read(path)?;
+    out.records.extend(current.records);
+    out.skipped = current.skipped;
+    out.damaged.extend(current.damaged);
+    Ok(out)
+}
+
+/// Rebuilds the ledger (executions and failures) from records.
+pub fn ledger_from(records: &[Record]) -> Ledger {
+    let mut l = Ledger::default();
+    for r in records {
+        if r.dry_run {
+            continue;
+        }
+        match (r.phase, r.decision.as_str()) {
+            // One execution per planned step 0: a multi-step run counts once.
+            (Phase::Planned, "execute") if r.step == 0 => {
+                l.record_execution(
+                    r.decided_at.unwrap_or(r.ts),
+                    &r.policy,
+                    &r.playbook,
+                    &crate::policy::target_key(&r.target),
+                );
+            }
+            (Phase::Failed, "execute") => l.record_failure(r.ts, &r.policy, &r.playbook),
+            (Phase::Verified, "execute") => l.record_success(r.ts, &r.policy, &r.playbook),
+            _ => {}
+        }
+    }
+    l
+}
