@@ -45,9 +45,12 @@ pub struct AgentConfig {
     /// Shadow mode: plan, gate and audit every event, change nothing.
     #[serde(default)]
     pub dry_run: bool,
-    /// Webhook authentication.
+    /// Who may call the API: the webhook token and the approvers.
     #[serde(default)]
     pub auth: AuthConfig,
+    /// HTTP connection limits: connection cap, header, idle and body timeouts.
+    #[serde(default)]
+    pub server: ServerConfig,
     /// Webhook intake.
     #[serde(default)]
     pub webhook: WebhookConfig,
@@ -130,19 +133,42 @@ impl Default for AuditConfig {
     }
 }
 
-/// Bearer-token authentication of `POST /webhook/alertmanager` and the API.
+/// Bearer-token authentication. The webhook token may only post alerts
+/// (`POST /webhook/alertmanager`); each approver has a token of their own
+/// for the approvals API, and the name recorded in the audit is the one
+/// configured here for that token, never one the request body gives.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct AuthConfig {
-    /// File holding the token (surrounding whitespace ignored), e.g. a mounted Secret.
+    /// File holding the webhook token (surrounding whitespace ignored), e.g. a mounted Secret.
     #[serde(default)]
     pub token_file: Option<PathBuf>,
-    /// Environment variable holding the token when no file is given.
+    /// Environment variable holding the webhook token when no file is given.
     #[serde(default = "default_token_env")]
     pub token_env: String,
-    /// Accept webhooks without a token. Only for a loopback listener in a lab.
+    /// Accept webhooks without a token. Only for a loopback listener in a
+    /// lab. The approvals API still needs an approver's token.
     #[serde(default)]
     pub allow_unauthenticated: bool,
+    /// People (or bots) who may list, approve and deny held runs, each with
+    /// a token of their own. Without any, held runs can only expire.
+    #[serde(default)]
+    pub approvers: Vec<Approver>,
+}
+
+/// One approver: a name for the audit and where their token is.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Approver {
+    /// Name recorded in the audit for every answer given with this token
+    /// (letters, digits, `.`, `_`, `-`, `@`).
+    pub name: String,
+    /// File holding this approver's token (surrounding whitespace ignored).
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+    /// Environment variable holding the token instead of a file.
+    #[serde(default)]
+    pub token_env: Option<String>,
 }
 
 fn default_token_env() -> String {
@@ -155,6 +181,77 @@ impl Default for AuthConfig {
             token_file: None,
             token_env: default_token_env(),
             allow_unauthenticated: false,
+            approvers: Vec::new(),
+        }
+    }
+}
+
+/// HTTP connection limits, enforced on every connection before any
+/// authentication, so that clients without a token cannot hold the
+/// agent's memory or file descriptors.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ServerConfig {
+    /// Most connections open at once. A connection arriving at the cap
+    /// closes the open one that has waited longest without a request in
+    /// progress (idle keep-alive, or headers not yet complete), so a new
+    /// client is served at once; only if every connection has a request in
+    /// progress is the new one closed. Keep it well under the open-files
+    /// limit (the agent raises its soft `RLIMIT_NOFILE` to the hard limit
+    /// at start, and refuses to start if the cap does not fit).
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Time from a request's first byte to the end of its headers; a
+    /// connection still sending headers then is closed.
+    #[serde(default = "default_header_read_timeout")]
+    pub header_read_timeout: Duration,
+    /// Time a connection may stay open with no request (before the first
+    /// one, or between keep-alive requests) before it is closed.
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout: Duration,
+    /// Time allowed for a whole request body once its headers are in; a
+    /// body still arriving then gets 408 and the connection is closed.
+    #[serde(default = "default_body_timeout")]
+    pub body_timeout: Duration,
+    /// Largest request head (request line and headers) in bytes, which is
+    /// also each connection's read buffer; larger heads get 431. At least 8192.
+    #[serde(default = "default_max_header_bytes")]
+    pub max_header_bytes: usize,
+    /// Rejected requests (401, 403, 400, 408, 413) and closed connections
+    /// are logged at most once per reason in this interval, with a count of
+    /// the ones not logged.
+    #[serde(default = "default_reject_log_interval")]
+    pub reject_log_interval: Duration,
+}
+
+fn default_max_connections() -> usize {
+    512
+}
+fn default_header_read_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_idle_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_body_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_max_header_bytes() -> usize {
+    16 << 10
+}
+fn default_reject_log_interval() -> Duration {
+    Duration::from_secs(10)
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            max_connections: default_max_connections(),
+            header_read_timeout: default_header_read_timeout(),
+            idle_timeout: default_idle_timeout(),
+            body_timeout: default_body_timeout(),
+            max_header_bytes: default_max_header_bytes(),
+            reject_log_interval: default_reject_log_interval(),
         }
     }
 }
@@ -169,6 +266,15 @@ pub struct WebhookConfig {
     /// Events waiting for a decision before new webhooks get 503 (Alertmanager retries).
     #[serde(default = "default_queue")]
     pub queue_capacity: usize,
+    /// A notification with more alerts than `queueCapacity` can never be
+    /// queued whole. `accept-part`: the alerts the queue has room for are
+    /// accepted (in body order) and the answer is 200 with the count of the
+    /// ones refused, like Alertmanager's own `max_alerts` truncation;
+    /// `refuse`: 413 with the reason, nothing accepted (Alertmanager does
+    /// not retry a 413). Either way the refusal is logged and counted.
+    /// Setting Alertmanager's `max_alerts` at most `queueCapacity` avoids both.
+    #[serde(default)]
+    pub oversized_notification: Oversized,
     /// Wait this long after a firing alert arrives before acting on it; a
     /// resolved notification inside the wait cancels it (flapping alerts do nothing).
     #[serde(default = "zero")]
@@ -192,11 +298,23 @@ fn default_dedupe() -> Duration {
     Duration::from_secs(72 * 3600)
 }
 
+/// What to do with a notification carrying more alerts than the queue holds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum Oversized {
+    /// Accept what fits, report the rest as refused (200).
+    #[default]
+    AcceptPart,
+    /// Refuse the whole notification (413).
+    Refuse,
+}
+
 impl Default for WebhookConfig {
     fn default() -> Self {
         Self {
             max_body_bytes: default_max_body(),
             queue_capacity: default_queue(),
+            oversized_notification: Oversized::default(),
             settle: zero(),
             dedupe_window: default_dedupe(),
         }
@@ -265,6 +383,11 @@ pub struct ReloadConfig {
     /// ConfigMap updates (a symlink swap) that inotify watches miss.
     #[serde(default = "default_reload_interval")]
     pub interval: Duration,
+    /// Accept a playbook set with no playbooks (at start and on reload).
+    /// Off, an emptied playbook directory is refused like a broken one: the
+    /// previous set stays in force and the reload counts as failed.
+    #[serde(default)]
+    pub allow_empty: bool,
 }
 
 fn default_reload_interval() -> Duration {
@@ -276,6 +399,7 @@ impl Default for ReloadConfig {
         Self {
             watch: true,
             interval: default_reload_interval(),
+            allow_empty: false,
         }
     }
 }
@@ -554,6 +678,8 @@ impl AgentConfig {
         if cfg.reload.interval.std().is_zero() {
             errs.push(at("reload.interval", "must be longer than 0s".into()));
         }
+        check_server(&cfg.server, &mut |f, m| errs.push(at(f, m)));
+        check_approvers(&cfg.auth.approvers, &mut |f, m| errs.push(at(f, m)));
         let mut names = std::collections::BTreeSet::new();
         for (i, s) in cfg.notify.iter().enumerate() {
             let f = |x: &str| format!("notify[{i}].{x}");
@@ -604,6 +730,11 @@ impl AgentConfig {
             if let Some(p) = cfg.auth.token_file.as_mut() {
                 fix(p);
             }
+            for a in &mut cfg.auth.approvers {
+                if let Some(p) = a.token_file.as_mut() {
+                    fix(p);
+                }
+            }
             for s in &mut cfg.notify {
                 if let Some(p) = s.url_file.as_mut() {
                     fix(p);
@@ -643,6 +774,52 @@ impl AgentConfig {
     /// The event inbox's path.
     pub fn inbox_path(&self) -> PathBuf {
         self.state_dir.join("inbox.jsonl")
+    }
+}
+
+fn check_server(s: &ServerConfig, err: &mut dyn FnMut(&str, String)) {
+    if s.max_connections == 0 {
+        err("server.maxConnections", "must be at least 1".into());
+    }
+    for (f, d) in [
+        ("server.headerReadTimeout", s.header_read_timeout),
+        ("server.idleTimeout", s.idle_timeout),
+        ("server.bodyTimeout", s.body_timeout),
+        ("server.rejectLogInterval", s.reject_log_interval),
+    ] {
+        if d.std().is_zero() {
+            err(f, "must be longer than 0s".into());
+        }
+    }
+    if s.max_header_bytes < 8192 {
+        err("server.maxHeaderBytes", "must be at least 8192".into());
+    }
+}
+
+fn check_approvers(list: &[Approver], err: &mut dyn FnMut(&str, String)) {
+    let mut names = std::collections::BTreeSet::new();
+    for (i, a) in list.iter().enumerate() {
+        let f = |x: &str| format!("auth.approvers[{i}].{x}");
+        let ok = |c: char| c.is_ascii_alphanumeric() || "._-@".contains(c);
+        if a.name.is_empty() || !a.name.chars().all(ok) {
+            err(
+                &f("name"),
+                format!(
+                    "{:?}: use letters, digits, '.', '_', '-' or '@' (it is recorded in the audit)",
+                    a.name
+                ),
+            );
+        } else if !names.insert(a.name.as_str()) {
+            err(&f("name"), format!("duplicate approver name {:?}", a.name));
+        }
+        match (&a.token_file, &a.token_env) {
+            (None, None) => err(&f("tokenFile"), "give tokenFile or tokenEnv".into()),
+            (Some(_), Some(_)) => err(
+                &f("tokenFile"),
+                "give tokenFile or tokenEnv, not both".into(),
+            ),
+            _ => {}
+        }
     }
 }
 

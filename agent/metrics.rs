@@ -65,6 +65,13 @@ pub struct ResultLabels {
     pub result: &'static str,
 }
 
+/// `reason`: why a request or connection was turned away (a fixed set).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    /// E.g. `unknown_token`, `header_timeout`, `evicted`.
+    pub reason: &'static str,
+}
+
 /// `catalog`, `namespace`, `table` (from the agent config, so bounded).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TableLabels {
@@ -115,6 +122,18 @@ pub struct Metrics {
     pub notifications: Family<NotifyLabels, Counter>,
     /// Audit or inbox writes that failed.
     pub storage_errors: Counter,
+    /// Errors in the last playbook and policy load that failed (0 after one that loaded).
+    pub config_errors: Gauge,
+    /// HTTP connections open now.
+    pub http_connections: Gauge,
+    /// HTTP connections accepted.
+    pub http_accepted: Counter,
+    /// HTTP connections closed by the agent, by reason.
+    pub http_closed: Family<ReasonLabels, Counter>,
+    /// HTTP requests turned away, by reason.
+    pub http_rejected: Family<ReasonLabels, Counter>,
+    /// Alerts of notifications larger than the queue that were not accepted.
+    pub alerts_refused: Counter,
     /// Data files of the current snapshot, per configured Iceberg table.
     pub iceberg_total_files: Family<TableLabels, Gauge>,
     /// Of which under the small-file threshold.
@@ -148,6 +167,12 @@ impl Metrics {
             playbooks: Gauge::default(),
             notifications: Family::default(),
             storage_errors: Counter::default(),
+            config_errors: Gauge::default(),
+            http_connections: Gauge::default(),
+            http_accepted: Counter::default(),
+            http_closed: Family::default(),
+            http_rejected: Family::default(),
+            alerts_refused: Counter::default(),
             iceberg_total_files: Family::default(),
             iceberg_small_files: Family::default(),
             iceberg_small_files_ratio: Family::default(),
@@ -222,6 +247,36 @@ impl Metrics {
             "storage_errors",
             "Audit or inbox writes that failed",
             self.storage_errors.clone(),
+        );
+        r.register(
+            "config_errors",
+            "Errors in the last playbook and policy load that failed (0 once a load succeeds)",
+            self.config_errors.clone(),
+        );
+        r.register(
+            "http_connections_open",
+            "HTTP connections open now",
+            self.http_connections.clone(),
+        );
+        r.register(
+            "http_connections_accepted",
+            "HTTP connections accepted",
+            self.http_accepted.clone(),
+        );
+        r.register(
+            "http_connections_closed",
+            "HTTP connections the agent closed, by reason (header_timeout, idle_timeout, evicted, refused_at_cap, protocol_error)",
+            self.http_closed.clone(),
+        );
+        r.register(
+            "http_rejected_requests",
+            "HTTP requests turned away, by reason (missing_token, unknown_token, forbidden, invalid_payload, too_large, body_timeout, oversized_notification, queue_full, ...)",
+            self.http_rejected.clone(),
+        );
+        r.register(
+            "webhook_alerts_refused",
+            "Alerts of notifications with more alerts than webhook.queueCapacity that were not accepted",
+            self.alerts_refused.clone(),
         );
         r.register(
             "iceberg_table_total_files",
