@@ -12,23 +12,47 @@ use super::schedule::Scheduler;
 use super::Shared;
 use crate::bundle;
 use crate::config::AgentConfig;
-use crate::diag::Diagnostics;
+use crate::diag::{Diagnostic, Diagnostics};
 use crate::engine::Engine;
 use crate::metrics::ResultLabels;
-use crate::playbook::load::{read_dir, Config};
+use crate::playbook::load::{read_dir, Config, Source};
 
 /// Loads playbooks and policies from the configured directories (or the
-/// embedded bundle).
+/// embedded bundle). Every problem is reported: files that cannot be read
+/// in either directory and those that do not validate. A set without any
+/// playbook is refused unless `reload.allowEmpty` is set: an emptied
+/// directory (a ConfigMap that lost its keys) would otherwise silently
+/// turn the agent into one that does nothing.
 pub fn load_config(cfg: &AgentConfig) -> Result<Config, Diagnostics> {
-    let pbs = match &cfg.playbooks {
-        Some(d) => read_dir(d)?,
-        None => bundle::playbooks(),
+    let mut diags = Diagnostics::default();
+    let mut read = |dir: &Option<PathBuf>, bundled: fn() -> Vec<Source>| match dir {
+        Some(d) => read_dir(d).unwrap_or_else(|d| {
+            diags.0.extend(d.0);
+            Vec::new()
+        }),
+        None => bundled(),
     };
-    let pols = match &cfg.policies {
-        Some(d) => read_dir(d)?,
-        None => bundle::policies(),
+    let pbs = read(&cfg.playbooks, bundle::playbooks);
+    let pols = read(&cfg.policies, bundle::policies);
+    let loaded = Config::load(&pbs, &pols);
+    let config = match loaded {
+        Ok(c) if diags.is_empty() => c,
+        Ok(_) => return Err(diags),
+        Err(d) => {
+            diags.0.extend(d.0);
+            return Err(diags);
+        }
     };
-    Config::load(&pbs, &pols)
+    if config.playbooks.is_empty() && !cfg.reload.allow_empty {
+        let dir = cfg.playbooks.clone().unwrap_or_default();
+        diags.push(Diagnostic::at(
+            &dir,
+            None,
+            "no playbooks: the directory holds no playbook (*.yaml, *.yml), so the agent would do nothing; restore them, or set reload.allowEmpty: true if that is intended",
+        ));
+        return Err(diags);
+    }
+    Ok(config)
 }
 
 /// A cheap fingerprint of the configured directories' files (names and
@@ -126,6 +150,7 @@ pub fn reload(shared: &Shared, why: &str) -> bool {
             *shared.engine.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(engine);
             shared.metrics.playbooks.set(n as i64);
             shared.metrics.config_ok.set(1);
+            shared.metrics.config_errors.set(0);
             shared
                 .metrics
                 .reloads
@@ -140,12 +165,16 @@ pub fn reload(shared: &Shared, why: &str) -> bool {
         }
         Err(d) => {
             shared.metrics.config_ok.set(0);
+            shared.metrics.config_errors.set(d.0.len() as i64);
             shared
                 .metrics
                 .reloads
                 .get_or_create(&ResultLabels { result: "failure" })
                 .inc();
-            tracing::error!(trigger = why, errors = %d, "reload rejected: the new playbooks or policies do not validate; the previous set stays in force");
+            tracing::error!(trigger = why, count = d.0.len(), errors = %d, "reload rejected: the new playbooks or policies do not validate; the previous set stays in force");
+            for e in &d.0 {
+                tracing::error!(trigger = why, error = %e, "reload error");
+            }
             false
         }
     }

@@ -27,6 +27,7 @@ pub struct Source {
 }
 
 /// Reads every `*.yaml` / `*.yml` file of `dir` (not `*.test.yaml`), sorted by name.
+/// Every file that cannot be read is reported, not only the first.
 pub fn read_dir(dir: &Path) -> Result<Vec<Source>, Diagnostics> {
     let mut diags = Diagnostics::default();
     let entries = match std::fs::read_dir(dir) {
@@ -40,10 +41,18 @@ pub fn read_dir(dir: &Path) -> Result<Vec<Source>, Diagnostics> {
             return Err(diags);
         }
     };
-    let mut paths: Vec<PathBuf> = entries
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| is_document(p))
-        .collect();
+    let mut paths: Vec<PathBuf> = Vec::new();
+    for e in entries {
+        match e {
+            Ok(e) if is_document(&e.path()) => paths.push(e.path()),
+            Ok(_) => {}
+            Err(e) => diags.push(Diagnostic::at(
+                dir,
+                None,
+                format!("cannot read a directory entry: {e}"),
+            )),
+        }
+    }
     paths.sort();
     let mut out = Vec::new();
     for p in paths {
