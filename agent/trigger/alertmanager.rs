@@ -82,6 +82,24 @@ pub enum Error {
     /// An alert without an alertname label.
     #[error("alerts[{0}] has no alertname label")]
     NoAlertname(usize),
+    /// A control character in a label or annotation.
+    #[error("alerts[{alert}] ({alertname:?}): {field} {name:?} {part} has the control character {ch:?} at byte {at}; control characters are refused, nothing of this notification was accepted")]
+    BadChar {
+        /// Index of the alert in the body.
+        alert: usize,
+        /// Its alertname.
+        alertname: String,
+        /// `label`, `annotation` or `field`.
+        field: &'static str,
+        /// The label's or annotation's name (or the field's).
+        name: String,
+        /// `name` or `value`.
+        part: &'static str,
+        /// The character.
+        ch: char,
+        /// Its byte offset.
+        at: usize,
+    },
 }
 
 impl Payload {
@@ -102,28 +120,89 @@ impl Payload {
         {
             return Err(Error::NoAlertname(i));
         }
+        p.check_bytes()?;
         Ok(p)
     }
 
     /// One event per alert.
     pub fn events(&self) -> Vec<Event> {
-        self.alerts.iter().map(Alert::to_event).collect()
+        self.alerts.iter().cloned().map(Alert::into_event).collect()
     }
+
+    /// One event per alert, moving the alerts' labels rather than copying
+    /// them (a storm body is not held twice).
+    pub fn into_events(self) -> Vec<Event> {
+        self.alerts.into_iter().map(Alert::into_event).collect()
+    }
+
+    /// Refuses control characters in label and annotation names and values
+    /// (and the fingerprint): a NUL cannot be passed to a command, and
+    /// line breaks or escapes in a label would reach targets, commands and
+    /// logs. Annotation values may hold tabs and line breaks (descriptions
+    /// are often multi-line); nothing else below U+0020, nor DEL, nor the
+    /// C1 controls U+0080..U+009F.
+    fn check_bytes(&self) -> Result<(), Error> {
+        for (i, a) in self.alerts.iter().enumerate() {
+            let bad =
+                |field: &'static str, name: &str, part: &'static str, s: &str, multiline: bool| {
+                    bad_char(s, multiline).map(|(at, ch)| Error::BadChar {
+                        alert: i,
+                        alertname: a.labels.get("alertname").cloned().unwrap_or_default(),
+                        field,
+                        name: name.to_string(),
+                        part,
+                        ch,
+                        at,
+                    })
+                };
+            for (k, v) in &a.labels {
+                if let Some(e) =
+                    bad("label", k, "name", k, false).or_else(|| bad("label", k, "value", v, false))
+                {
+                    return Err(e);
+                }
+            }
+            for (k, v) in &a.annotations {
+                if let Some(e) = bad("annotation", k, "name", k, false)
+                    .or_else(|| bad("annotation", k, "value", v, true))
+                {
+                    return Err(e);
+                }
+            }
+            if let Some(e) = bad("field", "fingerprint", "value", &a.fingerprint, false) {
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The first refused character of `s` and its byte offset.
+fn bad_char(s: &str, multiline: bool) -> Option<(usize, char)> {
+    s.char_indices().find(|&(_, c)| {
+        let allowed = multiline && matches!(c, '\t' | '\n' | '\r');
+        !allowed && (c < ' ' || c == '\u{7f}' || ('\u{80}'..='\u{9f}').contains(&c))
+    })
 }
 
 impl Alert {
     /// The normalized event.
     pub fn to_event(&self) -> Event {
+        self.clone().into_event()
+    }
+
+    /// The normalized event, consuming the alert.
+    pub fn into_event(self) -> Event {
         Event {
             trigger: TriggerKind::Alert,
             status: self.status,
             fingerprint: if self.fingerprint.is_empty() {
                 fingerprint(&self.labels)
             } else {
-                self.fingerprint.clone()
+                self.fingerprint
             },
-            labels: self.labels.clone(),
-            annotations: self.annotations.clone(),
+            labels: self.labels,
+            annotations: self.annotations,
             values: Labels::new(),
             starts_at: self.starts_at,
             playbook: None,
@@ -174,5 +253,50 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(err.to_string(), "alerts[0] has no alertname label");
+    }
+
+    #[test]
+    fn refuses_control_characters_naming_the_alert_and_the_label() {
+        // JSON escapes, so the bytes reach the check (serde_json itself
+        // refuses raw control bytes inside strings).
+        let body = |labels: &str, ann: &str| {
+            format!(
+                r#"{{"version":"4","status":"firing","alerts":[{{"status":"firing","labels":{{"alertname":"A"}}}},{{"status":"firing","labels":{labels},"annotations":{ann}}}]}}"#
+            )
+        };
+        let err = Payload::parse(body(r#"{"alertname":"Disk","pod":"p\u0000x"}"#, "{}").as_bytes())
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            r#"alerts[1] ("Disk"): label "pod" value has the control character '\0' at byte 1; control characters are refused, nothing of this notification was accepted"#
+        );
+        let err = Payload::parse(body(r#"{"alertname":"Disk","a\nb":"x"}"#, "{}").as_bytes())
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains(r#"label "a\nb" name has the control character '\n' at byte 1"#),
+            "{err}"
+        );
+        let err =
+            Payload::parse(body(r#"{"alertname":"Disk","pod":"x\u001b[31m"}"#, "{}").as_bytes())
+                .unwrap_err();
+        assert!(err.to_string().contains(r"'\u{1b}'"), "{err}");
+        let err =
+            Payload::parse(body(r#"{"alertname":"Disk"}"#, r#"{"summary":"a\u0085b"}"#).as_bytes())
+                .unwrap_err();
+        assert!(
+            err.to_string().contains(r#"annotation "summary" value"#),
+            "{err}"
+        );
+        // Multi-line annotation values and non-ASCII text are fine.
+        let p = Payload::parse(
+            body(
+                r#"{"alertname":"Disk","pod":"café-1"}"#,
+                r#"{"description":"line 1\n\tline 2\r\n"}"#,
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+        assert_eq!(p.alerts.len(), 2);
     }
 }
