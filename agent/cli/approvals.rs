@@ -1,16 +1,22 @@
 //! The approvals client: `remediate approvals`, `approve` and `deny`
-//! against an agent's API.
+//! against an agent's API, with the approver's own token. The agent records
+//! the name configured for that token as who answered.
 
 use std::io::Write;
 
 use super::args::{AgentClient, AnswerArgs};
 use super::{Error, Result};
 
+/// Where the approver's token is read from when `--token-file` is not given.
+pub const TOKEN_ENV: &str = "REMEDIATE_APPROVER_TOKEN";
+
 fn client_token(c: &AgentClient) -> Result<String> {
-    crate::config::read_secret(c.token_file.as_deref(), Some("REMEDIATE_WEBHOOK_TOKEN"))
+    crate::config::read_secret(c.token_file.as_deref(), Some(TOKEN_ENV))
         .map_err(|e| Error::Input(format!("--token-file: {e}")))?
         .ok_or_else(|| {
-            Error::Input("no token: give --token-file or set REMEDIATE_WEBHOOK_TOKEN".into())
+            Error::Input(format!(
+                "no approver token: give --token-file or set ${TOKEN_ENV} (your token from the agent's auth.approvers; the webhook token cannot answer approvals)"
+            ))
         })
 }
 
@@ -56,28 +62,23 @@ fn call(
 
 /// `remediate approve` (or `deny`): answers a held run.
 pub fn answer(a: AnswerArgs, approve: bool, out: &mut dyn Write) -> Result<()> {
-    let by =
-        a.by.clone()
-            .or_else(|| std::env::var("USER").ok())
-            .filter(|s| !s.is_empty())
-            .ok_or_else(|| Error::Input("--by: say who answers (recorded in the audit)".into()))?;
     let v = call(
         &a.client,
         reqwest::Method::POST,
         &format!("/api/v1/approvals/{}", a.id),
         Some(serde_json::json!({
             "decision": if approve { "approve" } else { "deny" },
-            "by": by,
             "comment": a.comment,
         })),
     )?;
     outln!(
         out,
-        "{} {}: {} on {} ({})",
+        "{} {}: {} on {} by {} ({})",
         v["answer"].as_str().unwrap_or_default(),
         a.id,
         v["playbook"].as_str().unwrap_or_default(),
         v["target"].as_str().unwrap_or_default(),
+        v["by"].as_str().unwrap_or_default(),
         v["note"].as_str().unwrap_or_default()
     );
     Ok(())

@@ -202,7 +202,7 @@ pub struct AgentClient {
         default_value = "http://127.0.0.1:9095"
     )]
     pub agent: String,
-    /// File holding the agent's bearer token [default: $REMEDIATE_WEBHOOK_TOKEN]
+    /// File holding your approver token (auth.approvers in the agent's config) [default: $REMEDIATE_APPROVER_TOKEN]
     #[arg(long, value_name = "FILE")]
     pub token_file: Option<PathBuf>,
 }
@@ -213,9 +213,6 @@ pub struct AnswerArgs {
     pub id: String,
     #[command(flatten)]
     pub client: AgentClient,
-    /// Who answers, recorded in the audit [default: $USER]
-    #[arg(long, value_name = "NAME")]
-    pub by: Option<String>,
     /// A note recorded in the audit.
     #[arg(long, value_name = "TEXT", default_value = "")]
     pub comment: String,
