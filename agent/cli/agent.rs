@@ -69,6 +69,10 @@ pub fn agent(args: AgentArgs, verbose: u8, out: &mut dyn Write) -> Result<()> {
         other => Error::Input(other.to_string()),
     })?;
     let n_playbooks = agent.shared.engine().config.playbooks.len();
+    let auth = crate::server::Auth::load(&agent.shared.cfg, agent.shared.token.clone())
+        .map_err(Error::Input)?;
+    let (nofile, nofile_max) = crate::server::raise_nofile(agent.shared.cfg.server.max_connections)
+        .map_err(Error::Input)?;
     if check {
         outln!(
         out,
@@ -78,6 +82,7 @@ pub fn agent(args: AgentArgs, verbose: u8, out: &mut dyn Write) -> Result<()> {
         );
         return Ok(());
     }
+    crate::server::tune_allocator();
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(listen)
             .await
@@ -86,8 +91,9 @@ pub fn agent(args: AgentArgs, verbose: u8, out: &mut dyn Write) -> Result<()> {
             .local_addr()
             .map_err(|e| Error::Input(format!("listen {listen}: {e}")))?;
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let served = tokio::spawn(crate::server::serve(agent, listener, stop_rx));
-        tracing::info!(%addr, node = %node, playbooks = n_playbooks, dry_run = dry, "listening");
+        let max_connections = agent.shared.cfg.server.max_connections;
+        let served = tokio::spawn(crate::server::serve_with(agent, auth, listener, stop_rx));
+        tracing::info!(%addr, node = %node, playbooks = n_playbooks, dry_run = dry, max_connections, nofile, nofile_max, "listening");
         let signal = wait_for_stop().await;
         tracing::info!(signal, grace = %grace, "stopping: no new webhooks; running actions get the grace period");
         let _ = stop_tx.send(true);

@@ -3,186 +3,258 @@
 //! server feeds the pipeline's intake and approvals stages; the pipeline
 //! does not know it exists.
 //!
+//! - [`conn`]: the accept loop and the connection limits (cap with
+//!   eviction, header and idle timeouts, read buffer size), all enforced
+//!   before any authentication.
+//! - [`auth`]: which caller a bearer token is (the webhook, or a named
+//!   approver), and the rate-limited log of rejected requests.
+//! - [`webhook`]: `POST /webhook/alertmanager` (body limits, validation,
+//!   oversized notifications, intake).
+//! - [`api`]: the approvals API, metrics and health.
+//! - [`trim`]: hands freed memory back to the system after a large body.
+//!
 //! The app is built by [`app`] from the shared state, so tests can drive it
 //! in process or over a real socket.
 
+mod api;
+pub mod auth;
+mod conn;
+mod trim;
+mod webhook;
+
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::{Body, Bytes};
-use axum::extract::State;
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use serde_json::json;
-use subtle::ConstantTimeEq;
 use tokio::sync::watch;
 
-use crate::metrics::{CodeLabels, CONTENT_TYPE};
-use crate::pipeline::intake::{self, Refused};
-use crate::pipeline::{approvals, Agent, Shared};
-use crate::trigger::alertmanager::Payload;
+pub use auth::{Auth, Caller};
+pub use conn::Peer;
+pub use trim::tune_allocator;
+
+use crate::metrics::ReasonLabels;
+use crate::pipeline::{Agent, Shared};
+
+/// What the handlers share: the agent's state, the credentials and the
+/// log of rejected requests.
+#[derive(Debug)]
+pub struct Http {
+    /// The agent's shared state.
+    pub shared: Arc<Shared>,
+    auth: Auth,
+    rejects: auth::RejectLog,
+    trim: trim::Trim,
+}
 
 /// Serves the HTTP app on `listener` and runs `agent` until `stop` flips to
 /// true: then the listener stops accepting, running actions get the grace
-/// period, and the inbox and audit are flushed before this returns.
+/// period, and the inbox and audit are flushed before this returns. The
+/// approvers' tokens are read from the agent's config.
 pub async fn serve(
     agent: Agent,
+    listener: tokio::net::TcpListener,
+    stop: watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    let auth =
+        Auth::load(&agent.shared.cfg, agent.shared.token.clone()).map_err(std::io::Error::other)?;
+    serve_with(agent, auth, listener, stop).await
+}
+
+/// [`serve`] with credentials already read ([`Auth::load`]).
+pub async fn serve_with(
+    agent: Agent,
+    auth: Auth,
     listener: tokio::net::TcpListener,
     mut stop: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
     let shared = agent.shared.clone();
-    let app = app(shared.clone());
-    let mut http_stop = stop.clone();
-    let server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = http_stop.wait_for(|v| *v).await;
-            })
-            .await
-    });
+    let http = Http::new(shared.clone(), auth);
+    let router = app(http.clone());
+    let server = tokio::spawn(conn::accept_loop(
+        listener,
+        router,
+        http.clone(),
+        stop.clone(),
+    ));
+    let trimmer = tokio::spawn(trim::run(http.clone(), stop.clone()));
     let core = tokio::spawn(agent.run(stop.clone()));
     let _ = stop.wait_for(|v| *v).await;
     shared.stopping.store(true, Ordering::SeqCst);
     let _ = core.await;
+    let _ = trimmer.await;
     match server.await {
         Ok(r) => r,
         Err(e) => Err(std::io::Error::other(e)),
     }
 }
 
-/// The agent's HTTP routes.
-pub fn app(shared: Arc<Shared>) -> Router {
-    Router::new()
-        .route("/webhook/alertmanager", post(webhook))
-        .route("/metrics", get(metrics))
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/api/v1/approvals", get(list_approvals))
-        .route("/api/v1/approvals/{id}", post(answer_approval))
-        .with_state(shared)
-}
-
-fn reply(shared: &Shared, code: StatusCode, body: serde_json::Value) -> Response {
-    shared
-        .metrics
-        .webhook_requests
-        .get_or_create(&CodeLabels {
-            code: code.as_u16(),
+impl Http {
+    /// The handlers' state.
+    pub fn new(shared: Arc<Shared>, auth: Auth) -> Arc<Self> {
+        if !auth.has_approvers()
+            && shared
+                .engine()
+                .config
+                .policies
+                .values()
+                .any(|p| p.doc.spec.approval.required)
+        {
+            tracing::warn!("a policy requires approval but no approvers are configured (auth.approvers): held runs can only expire");
+        }
+        let rejects = auth::RejectLog::new(shared.cfg.server.reject_log_interval.std());
+        Arc::new(Self {
+            shared,
+            auth,
+            rejects,
+            trim: trim::Trim::default(),
         })
-        .inc();
-    (code, axum::Json(body)).into_response()
-}
+    }
 
-/// True when the request carries the configured bearer token. The
-/// comparison takes the same time wherever the first difference is.
-fn authorized(shared: &Shared, headers: &HeaderMap) -> bool {
-    let Some(want) = &shared.token else {
-        return true;
-    };
-    let Some(got) = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
-    else {
-        return false;
-    };
-    let got = got.trim_ascii();
-    bool::from(got.ct_eq(want.as_bytes()))
-}
+    /// Counts and logs (rate-limited) a turned-away request (or the
+    /// turned-away part of one).
+    fn note_reject(&self, reason: &'static str, code: u16, peer: Option<SocketAddr>, msg: &str) {
+        self.shared
+            .metrics
+            .http_rejected
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
+        self.rejects.note(reason, code, peer, msg);
+    }
 
-async fn webhook(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Body) -> Response {
-    if shared.stopping.load(Ordering::SeqCst) {
-        return reply(
-            &shared,
-            StatusCode::SERVICE_UNAVAILABLE,
-            json!({"error": "agent is shutting down; retry"}),
-        );
-    }
-    if !authorized(&shared, &headers) {
-        let mut r = reply(
-            &shared,
-            StatusCode::UNAUTHORIZED,
-            json!({"error": "missing or wrong bearer token"}),
-        );
-        r.headers_mut()
-            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        return r;
-    }
-    let max = shared.cfg.webhook.max_body_bytes;
-    let too_big = || {
-        reply(
-            &shared,
-            StatusCode::PAYLOAD_TOO_LARGE,
-            json!({"error": format!("body larger than {max} bytes (webhook.maxBodyBytes)")}),
-        )
-    };
-    let bytes = match read_limited(body, max).await {
-        Ok(b) => b,
-        Err(ReadError::TooLarge) => return too_big(),
-        Err(ReadError::Io(msg)) => {
-            return reply(
-                &shared,
-                StatusCode::BAD_REQUEST,
-                json!({"error": format!("cannot read body: {msg}")}),
-            )
+    /// [`Http::note_reject`], and the request's JSON answer.
+    fn reject(
+        &self,
+        code: StatusCode,
+        reason: &'static str,
+        peer: Option<SocketAddr>,
+        msg: String,
+    ) -> Response {
+        self.note_reject(reason, code.as_u16(), peer, &msg);
+        let mut r = (code, axum::Json(json!({ "error": msg }))).into_response();
+        match code {
+            StatusCode::UNAUTHORIZED => {
+                r.headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            // The rest of the body may still be arriving: do not keep the
+            // connection for another request.
+            StatusCode::REQUEST_TIMEOUT | StatusCode::PAYLOAD_TOO_LARGE => {
+                r.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            _ => {}
         }
-    };
-    let payload = match Payload::parse(&bytes) {
-        Ok(p) => p,
-        Err(e) => {
-            return reply(
-                &shared,
-                StatusCode::BAD_REQUEST,
-                json!({"error": e.to_string()}),
-            )
-        }
-    };
-    if payload.truncated_alerts > 0 {
-        tracing::warn!(
-            truncated = payload.truncated_alerts,
-            "Alertmanager left alerts out of this group (max_alerts); they are not decided"
-        );
-    }
-    let events = payload.events();
-    match intake::accept(&shared, events).await {
-        Ok(a) => reply(
-            &shared,
-            StatusCode::OK,
-            json!({"status": "accepted", "accepted": a.accepted, "duplicates": a.duplicates}),
-        ),
-        Err(Refused::QueueFull { depth, capacity }) => {
-            let mut r = reply(
-                &shared,
-                StatusCode::SERVICE_UNAVAILABLE,
-                json!({"error": format!("event queue is full ({depth} waiting, webhook.queueCapacity {capacity}); retry")}),
-            );
-            r.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
-            r
-        }
-        Err(Refused::Storage(e)) => reply(
-            &shared,
-            StatusCode::INTERNAL_SERVER_ERROR,
-            json!({"error": format!("cannot record the events durably: {e}; retry")}),
-        ),
+        r
     }
 }
 
+/// The agent's HTTP routes.
+pub fn app(http: Arc<Http>) -> Router {
+    Router::new()
+        .route("/webhook/alertmanager", post(webhook::webhook))
+        .route("/metrics", get(api::metrics))
+        .route("/healthz", get(api::healthz))
+        .route("/readyz", get(api::readyz))
+        .route("/api/v1/approvals", get(api::list_approvals))
+        .route("/api/v1/approvals/{id}", post(api::answer_approval))
+        .with_state(http)
+}
+
+/// Raises the soft open-files limit to the hard one (sockets are files)
+/// and checks that `server.maxConnections` fits under it with room for the
+/// agent's own files and backend connections. Returns (soft, hard) after.
+pub fn raise_nofile(max_connections: usize) -> Result<(u64, u64), String> {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    /// Descriptors kept for the audit, inbox, playbooks and backends.
+    const RESERVE: u64 = 128;
+    let mut lim = getrlimit(Resource::Nofile);
+    if let (Some(soft), Some(hard)) = (lim.current, lim.maximum) {
+        let raised = Rlimit {
+            current: Some(hard),
+            maximum: Some(hard),
+        };
+        if soft < hard && setrlimit(Resource::Nofile, raised).is_ok() {
+            lim = raised;
+        }
+    }
+    let soft = lim.current.unwrap_or(u64::MAX);
+    let hard = lim.maximum.unwrap_or(u64::MAX);
+    if (max_connections as u64).saturating_add(RESERVE) > soft {
+        return Err(format!(
+            "server.maxConnections {max_connections} does not fit the open-files limit {soft} (hard {hard}) with {RESERVE} kept for the agent's own files: lower server.maxConnections or raise the limit (ulimit -n, LimitNOFILE=)"
+        ));
+    }
+    Ok((soft, hard))
+}
+
+/// Why a body was not read.
 enum ReadError {
     TooLarge,
+    Timeout,
     Io(String),
+}
+
+impl ReadError {
+    /// The answer's status, reason label and message; `limit` names the
+    /// size limit in force.
+    fn rejection(
+        self,
+        limit: &str,
+        timeout: crate::units::Duration,
+    ) -> (StatusCode, &'static str, String) {
+        match self {
+            Self::TooLarge => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                format!("body larger than {limit}"),
+            ),
+            Self::Timeout => (
+                StatusCode::REQUEST_TIMEOUT,
+                "body_timeout",
+                format!("body not complete within {timeout} (server.bodyTimeout)"),
+            ),
+            Self::Io(msg) => (
+                StatusCode::BAD_REQUEST,
+                "unreadable_body",
+                format!("cannot read body: {msg}"),
+            ),
+        }
+    }
 }
 
 /// Most bytes read (and thrown away) from an oversized body, so the client
 /// sees the 413 instead of a reset connection; beyond it, the connection is cut.
 const DRAIN_LIMIT: usize = 16 << 20;
 
-/// Reads at most `max` bytes of body. An oversized body is drained (up to
-/// [`DRAIN_LIMIT`]) and reported as too large.
-async fn read_limited(mut body: Body, max: usize) -> Result<Bytes, ReadError> {
+/// Reads at most `max` bytes of body within `timeout` (for the whole body).
+/// An oversized body is drained (up to [`DRAIN_LIMIT`], within the same
+/// timeout) and reported as too large. The buffer is sized from
+/// `Content-Length` when given, so a large body is one allocation.
+async fn read_limited(
+    body: Body,
+    max: usize,
+    timeout: Duration,
+    length: Option<usize>,
+) -> Result<Bytes, ReadError> {
+    if length.is_some_and(|n| n > DRAIN_LIMIT) {
+        return Err(ReadError::TooLarge);
+    }
+    match tokio::time::timeout(timeout, read_all(body, max, length)).await {
+        Ok(r) => r,
+        Err(_) => Err(ReadError::Timeout),
+    }
+}
+
+async fn read_all(mut body: Body, max: usize, length: Option<usize>) -> Result<Bytes, ReadError> {
     use http_body_util::BodyExt;
-    let mut buf = Vec::new();
+    let mut buf = Vec::with_capacity(length.unwrap_or(0).min(max));
     let mut seen = 0usize;
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| ReadError::Io(e.to_string()))?;
@@ -205,114 +277,12 @@ async fn read_limited(mut body: Body, max: usize) -> Result<Bytes, ReadError> {
     Ok(Bytes::from(buf))
 }
 
-fn unauthorized() -> Response {
-    let mut r = (
-        StatusCode::UNAUTHORIZED,
-        axum::Json(json!({"error": "missing or wrong bearer token"})),
-    )
-        .into_response();
-    r.headers_mut()
-        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-    r
-}
-
-async fn list_approvals(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
-    if !authorized(&shared, &headers) {
-        return unauthorized();
-    }
-    let pending: Vec<serde_json::Value> = approvals::pending(&shared)
-        .into_iter()
-        .map(|p| {
-            json!({
-                "id": p.id,
-                "playbook": p.playbook,
-                "policy": p.policy,
-                "target": p.target,
-                "reason": p.reason,
-                "actions": p.actions,
-                "alertname": p.event.alertname(),
-                "requestedAt": p.requested_at,
-                "expiresAt": p.expires_at,
-            })
-        })
-        .collect();
-    axum::Json(json!({ "pending": pending })).into_response()
-}
-
-/// Body of `POST /api/v1/approvals/{id}`.
-#[derive(Debug, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct AnswerBody {
-    /// `approve` or `deny`.
-    decision: String,
-    /// Who answers (recorded in the audit).
-    by: String,
-    /// Optional note (recorded in the audit).
-    #[serde(default)]
-    comment: String,
-}
-
-async fn answer_approval(
-    State(shared): State<Arc<Shared>>,
-    axum::extract::Path(id): axum::extract::Path<String>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    if !authorized(&shared, &headers) {
-        return unauthorized();
-    }
-    let bad =
-        |msg: String| (StatusCode::BAD_REQUEST, axum::Json(json!({"error": msg}))).into_response();
-    let b: AnswerBody = match serde_json::from_slice(&body) {
-        Ok(b) => b,
-        Err(e) => return bad(format!("body: {e} (expected {{\"decision\": \"approve\"|\"deny\", \"by\": NAME, \"comment\": TEXT}})")),
-    };
-    let approve = match b.decision.as_str() {
-        "approve" => true,
-        "deny" => false,
-        other => return bad(format!("decision: expected approve or deny, got {other:?}")),
-    };
-    if b.by.trim().is_empty() {
-        return bad("by: say who answers (it is recorded in the audit)".into());
-    }
-    match approvals::answer(&shared, &id, approve, b.by.trim(), &b.comment) {
-        Ok(p) => axum::Json(json!({
-            "id": id,
-            "answer": if approve { "approved" } else { "denied" },
-            "playbook": p.playbook,
-            "target": p.target,
-            "note": if approve { "queued: the run is decided again now; limits, windows and the breaker still apply" } else { "nothing will be done" },
-        }))
-        .into_response(),
-        Err(approvals::AnswerError::NotPending(why)) => {
-            (StatusCode::NOT_FOUND, axum::Json(json!({"error": why}))).into_response()
-        }
-        Err(approvals::AnswerError::Storage(e)) => (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            axum::Json(json!({"error": format!("cannot record the answer: {e}")})),
-        )
-            .into_response(),
-    }
-}
-
-async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
-    (
-        [(header::CONTENT_TYPE, CONTENT_TYPE)],
-        shared.metrics.encode(),
-    )
-        .into_response()
-}
-
-async fn healthz() -> &'static str {
-    "ok\n"
-}
-
-async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
-    if shared.stopping.load(Ordering::SeqCst) {
-        (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response()
-    } else if shared.ready.load(Ordering::SeqCst) {
-        (StatusCode::OK, "ready\n").into_response()
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "loading\n").into_response()
-    }
+/// The `Content-Length` of a request, if it has a valid one.
+fn content_length(headers: &axum::http::HeaderMap) -> Option<usize> {
+    headers
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
 }

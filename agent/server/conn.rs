@@ -1,0 +1,421 @@
+//! The accept loop: every connection served by hyper's HTTP/1 with limits
+//! that hold before any authentication.
+//!
+//! - **Cap.** At most `server.maxConnections` are open. One arriving at the
+//!   cap closes the open connection that has waited longest without a
+//!   request in progress (idle, or still sending headers), so a client that
+//!   sends its request at once is served however many sockets an attacker
+//!   holds. Only when every open connection has a request in progress is
+//!   the new one closed.
+//! - **Timeouts.** A watchdog per connection closes it when it has been
+//!   idle for `server.idleTimeout` (no byte of a next request) or has taken
+//!   `server.headerReadTimeout` from a request's first byte without
+//!   finishing its headers. A request in progress is bounded by the body
+//!   timeout in the handlers.
+//! - **Memory.** A connection's read buffer is `server.maxHeaderBytes`
+//!   at most, so the cap bounds what connections can hold.
+//! - **Shutdown.** On stop the listener is dropped at once; connections
+//!   without a request in progress are closed, the others finish their
+//!   request (hyper's graceful shutdown) and then close.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Notify};
+
+use super::Http;
+use crate::config::ServerConfig;
+use crate::metrics::ReasonLabels;
+
+/// The peer address of the connection a request came on.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer(pub SocketAddr);
+
+const IDLE: u64 = 0;
+const HEAD: u64 = 1;
+const BUSY: u64 = 2;
+const PHASE_SHIFT: u32 = 62;
+
+/// One open connection as the cap and its watchdog see it.
+struct Conn {
+    id: u64,
+    /// Phase (top two bits) and when it began (ms since the tracker's
+    /// epoch), in one word so they are always read together.
+    state: AtomicU64,
+    /// Set when the cap closed this connection for a newer one.
+    evicted: AtomicBool,
+    /// Phase changed, evicted, or shutting down.
+    wake: Notify,
+}
+
+impl Conn {
+    fn get(&self) -> (u64, u64) {
+        let s = self.state.load(Ordering::Acquire);
+        (s >> PHASE_SHIFT, s & ((1 << PHASE_SHIFT) - 1))
+    }
+    fn set(&self, phase: u64, at_ms: u64) {
+        self.state
+            .store((phase << PHASE_SHIFT) | at_ms, Ordering::Release);
+        self.wake.notify_one();
+    }
+}
+
+/// The open connections, oldest id first.
+struct Tracker {
+    epoch: Instant,
+    open: Mutex<BTreeMap<u64, Arc<Conn>>>,
+    next: AtomicU64,
+    stopping: AtomicBool,
+}
+
+enum Admit {
+    /// Admitted; true when an older idle connection was closed for it.
+    Open(Arc<Conn>, bool),
+    /// At the cap with every connection busy.
+    Full,
+}
+
+impl Tracker {
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, Arc<Conn>>> {
+        self.open.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Admits a new connection, evicting the longest-waiting one without a
+    /// request in progress when at `max`.
+    fn admit(&self, max: usize, http: &Http) -> Admit {
+        let mut open = self.lock();
+        let mut evicted = false;
+        if open.len() >= max {
+            let victim = open
+                .values()
+                .filter(|c| c.get().0 != BUSY)
+                .min_by_key(|c| c.get().1)
+                .map(|c| c.id);
+            let Some(id) = victim else {
+                return Admit::Full;
+            };
+            if let Some(c) = open.remove(&id) {
+                c.evicted.store(true, Ordering::Release);
+                c.wake.notify_one();
+                evicted = true;
+            }
+        }
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let conn = Arc::new(Conn {
+            id,
+            state: AtomicU64::new((IDLE << PHASE_SHIFT) | self.now_ms()),
+            evicted: AtomicBool::new(false),
+            wake: Notify::new(),
+        });
+        open.insert(id, conn.clone());
+        http.shared.metrics.http_connections.set(open.len() as i64);
+        Admit::Open(conn, evicted)
+    }
+
+    fn remove(&self, id: u64, http: &Http) {
+        let mut open = self.lock();
+        open.remove(&id);
+        http.shared.metrics.http_connections.set(open.len() as i64);
+    }
+
+    /// Closes one connection without a request in progress (when out of
+    /// file descriptors). True if one was found.
+    fn evict_one(&self, http: &Http) -> bool {
+        let mut open = self.lock();
+        let victim = open
+            .values()
+            .filter(|c| c.get().0 != BUSY)
+            .min_by_key(|c| c.get().1)
+            .map(|c| c.id);
+        let Some(c) = victim.and_then(|id| open.remove(&id)) else {
+            return false;
+        };
+        c.evicted.store(true, Ordering::Release);
+        c.wake.notify_one();
+        http.shared.metrics.http_connections.set(open.len() as i64);
+        true
+    }
+
+    fn shutdown(&self) {
+        self.stopping.store(true, Ordering::Release);
+        for c in self.lock().values() {
+            c.wake.notify_one();
+        }
+    }
+}
+
+/// Accepts and serves connections until `stop` flips to true, then closes
+/// idle ones and waits for requests in progress.
+pub(super) async fn accept_loop(
+    listener: TcpListener,
+    router: Router,
+    http: Arc<Http>,
+    mut stop: watch::Receiver<bool>,
+) -> io::Result<()> {
+    let tracker = Arc::new(Tracker {
+        epoch: Instant::now(),
+        open: Mutex::new(BTreeMap::new()),
+        next: AtomicU64::new(0),
+        stopping: AtomicBool::new(false),
+    });
+    let limits = http.shared.cfg.server.clone();
+    let mut tasks = tokio::task::JoinSet::new();
+    loop {
+        if *stop.borrow() {
+            break;
+        }
+        let accepted = tokio::select! {
+            _ = stop.changed() => continue,
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => continue,
+            r = listener.accept() => r,
+        };
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // Out of descriptors: make room by closing an idle
+                // connection; anything else: back off a little.
+                let fd = matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE));
+                if !(fd && tracker.evict_one(&http)) {
+                    http.rejects
+                        .note("accept_error", 0, None, &format!("accept failed: {e}"));
+                }
+                tokio::time::sleep(Duration::from_millis(if fd { 5 } else { 50 })).await;
+                continue;
+            }
+        };
+        http.shared.metrics.http_accepted.inc();
+        let conn = match tracker.admit(limits.max_connections, &http) {
+            Admit::Open(c, evicted) => {
+                if evicted {
+                    closed(&http, "evicted", None);
+                }
+                c
+            }
+            Admit::Full => {
+                closed(&http, "refused_at_cap", Some(peer));
+                drop(stream);
+                continue;
+            }
+        };
+        tasks.spawn(serve_conn(
+            stream,
+            peer,
+            conn,
+            tracker.clone(),
+            router.clone(),
+            http.clone(),
+            limits.clone(),
+        ));
+    }
+    drop(listener);
+    tracker.shutdown();
+    while tasks.join_next().await.is_some() {}
+    Ok(())
+}
+
+/// Counts (and, but for idle timeouts, which are routine, logs) a
+/// connection the agent closed.
+fn closed(http: &Http, reason: &'static str, peer: Option<SocketAddr>) {
+    http.shared
+        .metrics
+        .http_closed
+        .get_or_create(&ReasonLabels { reason })
+        .inc();
+    let detail = match reason {
+        "idle_timeout" => return,
+        "header_timeout" => "connection closed: request headers not complete within server.headerReadTimeout",
+        "evicted" => "connection closed: at server.maxConnections, the longest-waiting connection without a request in progress made room for a new one",
+        "refused_at_cap" => "connection refused: at server.maxConnections and every connection has a request in progress",
+        "protocol_error" => "connection closed: not a valid HTTP/1 request (or headers over server.maxHeaderBytes)",
+        _ => "connection closed",
+    };
+    http.rejects.note(reason, 0, peer, detail);
+}
+
+/// Why the watchdog ended a connection.
+enum Stop {
+    Close(&'static str),
+    Shutdown,
+}
+
+async fn watchdog(conn: &Conn, tracker: &Tracker, limits: &ServerConfig) -> Stop {
+    let header = limits.header_read_timeout.std();
+    let idle = limits.idle_timeout.std();
+    loop {
+        if tracker.stopping.load(Ordering::Acquire) {
+            return Stop::Shutdown;
+        }
+        if conn.evicted.load(Ordering::Acquire) {
+            return Stop::Close("evicted");
+        }
+        let (phase, since) = conn.get();
+        let woken = conn.wake.notified();
+        let (limit, why) = match phase {
+            IDLE => (idle, "idle_timeout"),
+            HEAD => (header, "header_timeout"),
+            _ => {
+                woken.await;
+                continue;
+            }
+        };
+        let deadline = tracker.epoch + Duration::from_millis(since) + limit;
+        if Instant::now() >= deadline {
+            return Stop::Close(why);
+        }
+        tokio::select! {
+            _ = tokio::time::sleep_until(deadline.into()) => {}
+            _ = woken => {}
+        }
+    }
+}
+
+async fn serve_conn(
+    stream: TcpStream,
+    peer: SocketAddr,
+    conn: Arc<Conn>,
+    tracker: Arc<Tracker>,
+    router: Router,
+    http: Arc<Http>,
+    limits: ServerConfig,
+) {
+    let _ = stream.set_nodelay(true);
+    let io = TokioIo::new(Watched {
+        inner: stream,
+        conn: conn.clone(),
+        tracker: tracker.clone(),
+    });
+    let tower = TowerToHyperService::new(router);
+    let (c2, t2) = (conn.clone(), tracker.clone());
+    let svc = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+        let busy = Busy::start(&c2, &t2);
+        req.extensions_mut().insert(Peer(peer));
+        let fut = hyper::service::Service::call(&tower, req);
+        async move {
+            let r = fut.await;
+            drop(busy);
+            r
+        }
+    });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .keep_alive(true)
+        .max_buf_size(limits.max_header_bytes)
+        // The watchdog enforces the header and idle timeouts separately;
+        // hyper's one timer would close idle keep-alive connections at the
+        // header timeout.
+        .header_read_timeout(None::<Duration>);
+    let served = builder.serve_connection(io, svc);
+    tokio::pin!(served);
+    let mut draining = false;
+    loop {
+        tokio::select! {
+            r = served.as_mut() => {
+                if let Err(e) = r {
+                    if e.is_parse() || e.is_parse_too_large() {
+                        closed(&http, "protocol_error", Some(peer));
+                    }
+                }
+                break;
+            }
+            why = watchdog(&conn, &tracker, &limits), if !draining => match why {
+                Stop::Close(reason) => {
+                    closed(&http, reason, Some(peer));
+                    break;
+                }
+                Stop::Shutdown if conn.get().0 == BUSY => {
+                    served.as_mut().graceful_shutdown();
+                    draining = true;
+                }
+                Stop::Shutdown => break,
+            },
+        }
+    }
+    tracker.remove(conn.id, &http);
+}
+
+/// Marks a connection busy while a request is being handled.
+struct Busy {
+    conn: Arc<Conn>,
+    tracker: Arc<Tracker>,
+}
+
+impl Busy {
+    fn start(conn: &Arc<Conn>, tracker: &Arc<Tracker>) -> Self {
+        conn.set(BUSY, tracker.now_ms());
+        Self {
+            conn: conn.clone(),
+            tracker: tracker.clone(),
+        }
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.conn.set(IDLE, self.tracker.now_ms());
+    }
+}
+
+/// The socket, noting when an idle connection receives the first byte of
+/// a request (which starts the header timeout).
+struct Watched {
+    inner: TcpStream,
+    conn: Arc<Conn>,
+    tracker: Arc<Tracker>,
+}
+
+impl AsyncRead for Watched {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before && self.conn.get().0 == IDLE {
+            self.conn.set(HEAD, self.tracker.now_ms());
+        }
+        r
+    }
+}
+
+impl AsyncWrite for Watched {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
