@@ -1,6 +1,8 @@
 //! Approvals against the real binary: a policy holds runs for approval;
 //! `remediate approvals`, `remediate approve` and `remediate deny` (and the
-//! HTTP API) answer them; approvals expire; a resolved alert cancels them.
+//! HTTP API) answer them with an approver's own token; approvals expire; a
+//! resolved alert cancels them. The webhook token cannot approve, and the
+//! name in the audit is the token's approver whatever the body says.
 //! The held action is `host.command` (`touch FILE`), so an approved run
 //! really executes and the test sees its effect.
 
@@ -39,10 +41,23 @@ fn alert(case: &str, status: &str) -> Vec<u8> {
     )
 }
 
-fn cli(a: &AgentProc, args: &[&str]) -> (i32, String, String) {
+const ALICE: &str = "alice-token-91c3";
+const BOB: &str = "bob-token-4d7e";
+
+/// Writes the approvers' token files; the config lines naming them.
+fn approvers(d: &std::path::Path) -> &'static str {
+    std::fs::write(d.join("alice.token"), format!("{ALICE}\n")).unwrap();
+    std::fs::write(d.join("bob.token"), BOB).unwrap();
+    "auth:\n  approvers:\n    - { name: alice, tokenFile: alice.token }\n    - { name: bob, tokenFile: bob.token }\n"
+}
+
+/// Runs the CLI against the agent as `who` (a token file in the agent's dir).
+fn cli(a: &AgentProc, who: &str, args: &[&str]) -> (i32, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_remediate"))
         .args(args)
         .args(["--agent", &a.url("")])
+        .arg("--token-file")
+        .arg(a.dir.join(format!("{who}.token")))
         .env("REMEDIATE_WEBHOOK_TOKEN", TOKEN)
         .output()
         .unwrap();
@@ -67,10 +82,9 @@ async fn held_id(a: &AgentProc, case: &str) -> String {
     .unwrap_or_else(|| panic!("no held run for {case}: {:#?}", a.audit()))
 }
 
-#[tokio::test]
-async fn held_runs_are_approved_denied_expired_or_cancelled_and_each_answer_is_audited() {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
+/// An agent whose policy holds every run of `needs-hands` for approval,
+/// with approvers alice and bob.
+fn start(d: &std::path::Path) -> AgentProc {
     std::fs::create_dir_all(d.join("playbooks")).unwrap();
     std::fs::create_dir_all(d.join("policies")).unwrap();
     std::fs::write(
@@ -79,10 +93,17 @@ async fn held_runs_are_approved_denied_expired_or_cancelled_and_each_answer_is_a
     )
     .unwrap();
     std::fs::write(d.join("policies/default.yaml"), POLICY).unwrap();
-    let a = start_agent(
+    start_agent(
         d,
-        "node: appr-node\nlisten: 127.0.0.1:0\nplaybooks: playbooks\npolicies: policies\nstateDir: state\nschedule: { enabled: false }\n",
-    );
+        &format!("node: appr-node\nlisten: 127.0.0.1:0\nplaybooks: playbooks\npolicies: policies\nstateDir: state\nschedule: {{ enabled: false }}\n{}", approvers(d)),
+    )
+}
+
+#[tokio::test]
+async fn held_runs_are_approved_denied_expired_or_cancelled_and_each_answer_is_audited() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let a = start(d);
 
     // Held: nothing runs until someone answers.
     assert_eq!(
@@ -93,7 +114,7 @@ async fn held_runs_are_approved_denied_expired_or_cancelled_and_each_answer_is_a
     let approve_id = held_id(&a, "approve").await;
     let deny_id = held_id(&a, "deny").await;
     assert!(!d.join("done-approve").exists());
-    let (code, out, err) = cli(&a, &["approvals"]);
+    let (code, out, err) = cli(&a, "alice", &["approvals"]);
     assert_eq!(code, 0, "{err}");
     assert!(
         out.contains(&approve_id) && out.contains("needs-hands on host appr-node"),
@@ -107,14 +128,8 @@ async fn held_runs_are_approved_denied_expired_or_cancelled_and_each_answer_is_a
     // Approve through the CLI: decided again and executed.
     let (code, out, err) = cli(
         &a,
-        &[
-            "approve",
-            &approve_id,
-            "--by",
-            "alice",
-            "--comment",
-            "ticket OPS-1",
-        ],
+        "alice",
+        &["approve", &approve_id, "--comment", "ticket OPS-1"],
     );
     assert_eq!(code, 0, "{err}");
     assert!(
@@ -151,14 +166,14 @@ async fn held_runs_are_approved_denied_expired_or_cancelled_and_each_answer_is_a
     );
 
     // Answering twice is refused with what happened.
-    let (code, _, err) = cli(&a, &["deny", &approve_id, "--by", "bob"]);
+    let (code, _, err) = cli(&a, "bob", &["deny", &approve_id]);
     assert_eq!(code, 2);
     assert!(err.contains("is already approved (alice)"), "{err}");
 
     // Deny through the HTTP API.
     let r = reqwest::Client::new()
         .post(a.url(&format!("/api/v1/approvals/{deny_id}")))
-        .bearer_auth(TOKEN)
+        .bearer_auth(BOB)
         .json(&serde_json::json!({"decision": "deny", "by": "bob"}))
         .send()
         .await
@@ -217,7 +232,128 @@ async fn held_runs_are_approved_denied_expired_or_cancelled_and_each_answer_is_a
             && !d.join("done-expire").exists()
             && !d.join("done-cancel").exists()
     );
-    let (code, out, _) = cli(&a, &["approvals"]);
+    let (code, out, _) = cli(&a, "bob", &["approvals"]);
     assert_eq!(code, 0);
     assert!(out.starts_with("no runs wait for approval"), "{out}");
+}
+
+async fn answer(
+    a: &AgentProc,
+    id: &str,
+    auth: Option<&str>,
+    body: serde_json::Value,
+) -> (u16, serde_json::Value) {
+    let mut req = reqwest::Client::new()
+        .post(a.url(&format!("/api/v1/approvals/{id}")))
+        .json(&body);
+    if let Some(v) = auth {
+        req = req.header("authorization", v);
+    }
+    let r = req.send().await.unwrap();
+    let code = r.status().as_u16();
+    (code, r.json().await.unwrap_or_default())
+}
+
+#[tokio::test]
+async fn only_an_approver_token_answers_and_the_audit_names_its_approver_not_the_body() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let a = start(d);
+    assert_eq!(a.post(&alert("who", "firing"), Some(TOKEN)).await.0, 200);
+    let id = held_id(&a, "who").await;
+    let body = serde_json::json!({"decision": "approve", "by": "alertmanager"});
+
+    // The webhook token can neither answer nor list: 403 with the reason.
+    let (code, v) = answer(&a, &id, Some(&format!("Bearer {TOKEN}")), body.clone()).await;
+    assert_eq!(code, 403, "{v}");
+    assert_eq!(
+        v["error"],
+        "the webhook token may only post alerts: listing and answering approvals needs an approver's own token (auth.approvers)"
+    );
+    let r = reqwest::Client::new()
+        .get(a.url("/api/v1/approvals"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let (code, _, err) = cli(&a, "missing", &["approvals"]);
+    assert_eq!(code, 2, "{err}");
+    // An unknown token, no token, and another scheme: 401.
+    for auth in [Some("Bearer not-a-token"), None, Some("Basic YWxpY2U6eA==")] {
+        let (code, v) = answer(&a, &id, auth, body.clone()).await;
+        assert_eq!(code, 401, "{auth:?}: {v}");
+    }
+    // An approver token cannot post alerts either.
+    let (code, text) = a.post(&alert("who-2", "firing"), Some(ALICE)).await;
+    assert_eq!(code, 403, "{text}");
+    assert!(!d.join("done-who").exists());
+    assert_eq!(count(&a.audit(), |r| r.decision == "approved"), 0);
+
+    // Alice's token, the scheme in lower case, the body claiming to be
+    // Alertmanager: approved, and recorded as alice.
+    let (code, v) = answer(&a, &id, Some(&format!("bearer {ALICE}")), body).await;
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["by"], "alice");
+    assert!(
+        v["warning"]
+            .as_str()
+            .unwrap()
+            .contains("\"alertmanager\" ignored"),
+        "{v}"
+    );
+    let rec = eventually(Duration::from_secs(10), || {
+        a.audit().into_iter().find(|r| r.decision == "approved")
+    })
+    .await
+    .unwrap();
+    assert_eq!(rec.id, id);
+    assert!(
+        rec.outcome.starts_with("approved by alice;"),
+        "{}",
+        rec.outcome
+    );
+    assert!(!rec.outcome.contains("alertmanager"), "{}", rec.outcome);
+    eventually(Duration::from_secs(10), || {
+        d.join("done-who").exists().then_some(())
+    })
+    .await
+    .expect("the approved run executed");
+
+    // The webhook accepts its token with the scheme in any case.
+    let r = reqwest::Client::new()
+        .post(a.url("/webhook/alertmanager"))
+        .header("authorization", format!("BEARER {TOKEN}"))
+        .body(alert("who-3", "firing"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+
+    // Every rejection is logged with its reason and the peer, never a token.
+    let logs = a.log_text();
+    for reason in [
+        "forbidden",
+        "unknown_token",
+        "missing_token",
+        "malformed_authorization",
+    ] {
+        let line = logs
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|v| v["reason"] == reason)
+            .unwrap_or_else(|| panic!("no log line for {reason}:\n{logs}"));
+        assert!(
+            line["peer"].as_str().unwrap().starts_with("127.0.0.1:"),
+            "{line}"
+        );
+    }
+    for secret in [TOKEN, ALICE, BOB, "not-a-token", "YWxpY2U6eA=="] {
+        assert!(!logs.contains(secret), "{secret} logged:\n{logs}");
+    }
+    assert_eq!(
+        a.metric("remediate_http_rejected_requests_total{reason=\"forbidden\"}")
+            .await,
+        Some(3.0)
+    );
 }
