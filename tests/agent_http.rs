@@ -559,3 +559,370 @@ async fn the_agent_refuses_to_start_without_a_token_or_with_a_bad_config() {
     );
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("ok: node "));
 }
+
+/// Raises this test process's open-files limit to the hard limit; returns it.
+fn raise_nofile() -> u64 {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let lim = getrlimit(Resource::Nofile);
+    let hard = lim.maximum.unwrap_or(1 << 20);
+    let _ = setrlimit(
+        Resource::Nofile,
+        Rlimit {
+            current: Some(hard),
+            maximum: lim.maximum,
+        },
+    );
+    getrlimit(Resource::Nofile).current.unwrap_or(1024)
+}
+
+fn rss_kb(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap()
+}
+
+/// True once the server has closed `s` (EOF or reset), within `within`.
+async fn closed_by_server(s: &mut tokio::net::TcpStream, within: Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 512];
+    let end = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(end, s.read(&mut buf)).await {
+            Err(_) => return false,
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => continue,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thousands_of_idle_and_half_sent_connections_leave_health_and_the_webhook_answering() {
+    let limit = raise_nofile();
+    let (idle_n, slow_n) = if limit >= 3_000 {
+        (2_000, 500)
+    } else {
+        (600, 200)
+    };
+    let d = dir();
+    let a = start_agent(
+        d.path(),
+        &format!(
+            "{BASE}server: {{ maxConnections: 600, headerReadTimeout: 2s, idleTimeout: 60s }}\n"
+        ),
+    );
+    let addr = a.addr.clone();
+    let mut idle = Vec::new();
+    for _ in 0..idle_n {
+        idle.push(tokio::net::TcpStream::connect(&addr).await.unwrap());
+    }
+    // Half-sent requests: headers never finished, no token needed.
+    let mut slow = Vec::new();
+    for _ in 0..slow_n {
+        use tokio::io::AsyncWriteExt;
+        let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        s.write_all(b"POST /webhook/alertmanager HTTP/1.1\r\nHost: agent\r\nContent-Type: application/json\r\n")
+            .await
+            .unwrap();
+        slow.push(s);
+    }
+    // A client that sends its request at once is served.
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap();
+    let r = client.get(a.url("/healthz")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let r = client
+        .post(a.url("/webhook/alertmanager"))
+        .bearer_auth(TOKEN)
+        .body(crashloop("held-open-1", "firing", "2026-11-25T10:00:00Z"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    records_for(&a, "held-open-1", 1).await;
+    let open = a.metric("remediate_http_connections_open").await.unwrap();
+    assert!(open <= 600.0, "{open} connections open over the cap of 600");
+    let rss = rss_kb(a.child.id());
+    assert!(
+        rss < 256 * 1024,
+        "agent RSS {rss} kB with {idle_n} idle and {slow_n} slow connections"
+    );
+
+    // The half-sent ones are closed by the server at the header timeout;
+    // the oldest idle ones were closed to make room.
+    for s in &mut slow {
+        assert!(
+            closed_by_server(s, Duration::from_secs(20)).await,
+            "a half-sent request is still open"
+        );
+    }
+    assert_eq!(
+        a.metric("remediate_http_connections_closed_total{reason=\"header_timeout\"}")
+            .await,
+        Some(slow_n as f64)
+    );
+    let evicted = a
+        .metric("remediate_http_connections_closed_total{reason=\"evicted\"}")
+        .await
+        .unwrap_or(0.0);
+    assert!(
+        evicted >= (idle_n + slow_n - 600) as f64,
+        "evicted {evicted}"
+    );
+    assert!(closed_by_server(&mut idle[0], Duration::from_secs(5)).await);
+    // Logged, rate-limited: one line per reason, never one per connection.
+    let lines = a
+        .log_text()
+        .lines()
+        .filter(|l| l.contains("\"reason\":\"header_timeout\""))
+        .count();
+    assert!((1..=3).contains(&lines), "{lines} header_timeout lines");
+}
+
+#[tokio::test]
+async fn a_never_ending_chunked_body_is_cut_off_at_the_body_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let d = dir();
+    let a = start_agent(d.path(), &format!("{BASE}server: {{ bodyTimeout: 2s }}\n"));
+    let mut s = tokio::net::TcpStream::connect(&a.addr).await.unwrap();
+    let head = format!("POST /webhook/alertmanager HTTP/1.1\r\nHost: agent\r\nAuthorization: Bearer {TOKEN}\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n");
+    s.write_all(head.as_bytes()).await.unwrap();
+    let start = std::time::Instant::now();
+    let (mut rd, mut wr) = s.into_split();
+    let feeder = tokio::spawn(async move {
+        // A chunk every 100 ms, never the last one.
+        while wr.write_all(b"1\r\n \r\n").await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    let cut = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match rd.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    feeder.abort();
+    let took = start.elapsed();
+    assert!(cut.is_ok(), "the body was still being read after 20 s");
+    assert!(took >= Duration::from_millis(1500), "cut after {took:?}");
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(text.contains("server.bodyTimeout"), "{text}");
+    assert_eq!(
+        a.metric("remediate_http_rejected_requests_total{reason=\"body_timeout\"}")
+            .await,
+        Some(1.0)
+    );
+    assert!(a.audit().is_empty());
+}
+
+fn inbox_bytes(a: &AgentProc) -> u64 {
+    std::fs::metadata(a.dir.join("state/inbox.jsonl"))
+        .map(|m| m.len())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn a_control_character_in_a_label_is_refused_naming_the_alert_and_label_and_nothing_is_kept()
+{
+    let d = dir();
+    let a = start_agent(d.path(), BASE);
+    let before = inbox_bytes(&a);
+    // Two alerts; the second has a NUL in its pod label.
+    let mut body: serde_json::Value =
+        serde_json::from_slice(&crashloop("fine-1", "firing", "2026-11-25T10:00:00Z")).unwrap();
+    let mut bad = body["alerts"][0].clone();
+    bad["labels"]["pod"] = serde_json::json!("evil\u{0}pod");
+    body["alerts"].as_array_mut().unwrap().push(bad);
+    let (code, text) = a
+        .post(&serde_json::to_vec(&body).unwrap(), Some(TOKEN))
+        .await;
+    assert_eq!(code, 400, "{text}");
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(
+        v["error"],
+        "alerts[1] (\"KubePodCrashLooping\"): label \"pod\" value has the control character '\\0' at byte 4; control characters are refused, nothing of this notification was accepted"
+    );
+    // An escape sequence in a label name too.
+    let mut esc = body.clone();
+    esc["alerts"].as_array_mut().unwrap().truncate(1);
+    esc["alerts"][0]["labels"]["x\u{1b}[2J"] = serde_json::json!("1");
+    let (code, text) = a
+        .post(&serde_json::to_vec(&esc).unwrap(), Some(TOKEN))
+        .await;
+    assert_eq!(code, 400, "{text}");
+    assert!(text.contains("name has the control character"), "{text}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(inbox_bytes(&a), before, "the inbox changed");
+    assert!(a.audit().is_empty(), "{:#?}", a.audit());
+    assert_eq!(
+        a.metric("remediate_http_rejected_requests_total{reason=\"invalid_payload\"}")
+            .await,
+        Some(2.0)
+    );
+}
+
+/// One body with one crashloop alert per pod name.
+fn storm(pods: &[String]) -> Vec<u8> {
+    let mut body: serde_json::Value =
+        serde_json::from_slice(&crashloop("x", "firing", "2026-11-25T10:00:00Z")).unwrap();
+    let one = body["alerts"][0].clone();
+    body["alerts"] = pods
+        .iter()
+        .map(|p| {
+            let mut a = one.clone();
+            a["labels"]["pod"] = serde_json::json!(p);
+            a
+        })
+        .collect();
+    serde_json::to_vec(&body).unwrap()
+}
+
+#[tokio::test]
+async fn a_notification_larger_than_the_queue_is_accepted_in_part_or_refused_never_503_forever() {
+    let pods: Vec<String> = (0..8).map(|i| format!("big-{i}")).collect();
+    // accept-part (the default): the first 5 are accepted and decided, the
+    // other 3 reported in the answer, the log and the metrics.
+    let d = dir();
+    let a = start_agent(
+        d.path(),
+        &format!("{BASE}webhook: {{ queueCapacity: 5 }}\n"),
+    );
+    let (code, text) = a.post(&storm(&pods), Some(TOKEN)).await;
+    assert_eq!(code, 200, "{text}");
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["status"], "partial");
+    assert_eq!(
+        (v["accepted"].as_u64(), v["refused"].as_u64()),
+        (Some(5), Some(3))
+    );
+    assert!(
+        v["error"].as_str().unwrap().starts_with("alerts[5..8] refused: the notification carries 8 alerts, more than webhook.queueCapacity (5)"),
+        "{v}"
+    );
+    records_for(&a, "big-4", 1).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let recs = a.audit();
+    for (i, p) in pods.iter().enumerate() {
+        let n = count(&recs, |r| r.target.get("name") == Some(p));
+        assert_eq!(n, usize::from(i < 5), "{p}: {recs:#?}");
+    }
+    assert_eq!(
+        a.metric("remediate_webhook_alerts_refused_total").await,
+        Some(3.0)
+    );
+    assert!(
+        a.log_text().contains("refused alerts[5..8] (3)"),
+        "{}",
+        a.log_text()
+    );
+    drop(a);
+
+    // refuse: 413 with the reason, which Alertmanager does not retry; nothing kept.
+    let d = dir();
+    let a = start_agent(
+        d.path(),
+        &format!("{BASE}webhook: {{ queueCapacity: 5, oversizedNotification: refuse }}\n"),
+    );
+    let (code, text) = a.post(&storm(&pods), Some(TOKEN)).await;
+    assert_eq!(code, 413, "{text}");
+    assert!(text.contains("nothing accepted (webhook.oversizedNotification: refuse): set the Alertmanager receiver's max_alerts to at most 5"), "{text}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(a.audit().is_empty());
+    assert_eq!(inbox_bytes(&a), 0);
+    // A notification that fits is still accepted whole.
+    let (code, _) = a.post(&storm(&pods[..5]), Some(TOKEN)).await;
+    assert_eq!(code, 200);
+}
+
+#[tokio::test]
+async fn a_reload_reports_every_broken_file_and_an_emptied_playbook_directory_is_refused() {
+    let d = dir();
+    let a = start_agent(d.path(), &format!("{BASE}reload: {{ interval: 200ms }}\n"));
+    // Two files that cannot be read as text, one in each directory.
+    std::fs::write(d.path().join("playbooks/bad-one.yaml"), b"kind: \xff\xfe\n").unwrap();
+    std::fs::write(d.path().join("policies/bad-two.yaml"), b"kind: \xff\xfe\n").unwrap();
+    let both = eventually(Duration::from_secs(10), || {
+        let logs = a.log_text();
+        (logs.contains("bad-one.yaml") && logs.contains("bad-two.yaml")).then_some(())
+    })
+    .await;
+    assert!(both.is_some(), "not both errors logged:\n{}", a.log_text());
+    assert_eq!(a.metric("remediate_config_errors").await, Some(2.0));
+    assert_eq!(
+        a.metric("remediate_config_last_reload_successful").await,
+        Some(0.0)
+    );
+    std::fs::remove_file(d.path().join("playbooks/bad-one.yaml")).unwrap();
+    std::fs::remove_file(d.path().join("policies/bad-two.yaml")).unwrap();
+    eventually(Duration::from_secs(10), || {
+        a.log_text()
+            .contains("reloaded playbooks and policies")
+            .then_some(())
+    })
+    .await
+    .expect("reloaded once fixed");
+    let failures = a
+        .metric("remediate_config_reloads_total{result=\"failure\"}")
+        .await
+        .unwrap();
+
+    // Emptied: refused, counted, logged; the old set still decides.
+    for f in std::fs::read_dir(d.path().join("playbooks")).unwrap() {
+        std::fs::remove_file(f.unwrap().path()).unwrap();
+    }
+    let refused = eventually(Duration::from_secs(10), || {
+        a.log_text()
+            .contains("no playbooks: the directory holds no playbook")
+            .then_some(())
+    })
+    .await;
+    assert!(refused.is_some(), "{}", a.log_text());
+    assert_eq!(
+        a.metric("remediate_config_reloads_total{result=\"failure\"}")
+            .await,
+        Some(failures + 1.0)
+    );
+    assert_eq!(
+        a.metric("remediate_config_last_reload_successful").await,
+        Some(0.0)
+    );
+    assert_eq!(a.metric("remediate_playbooks_loaded").await, Some(2.0));
+    assert_eq!(
+        a.post(
+            &crashloop("still-1", "firing", "2026-11-25T10:00:00Z"),
+            Some(TOKEN)
+        )
+        .await
+        .0,
+        200
+    );
+    assert_eq!(records_for(&a, "still-1", 1).await[0].decision, "dry-run");
+    drop(a);
+
+    // Starting on the empty directory is refused too, unless allowed.
+    let cfg = d.path().join("agent.yaml");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_remediate"))
+        .args(["agent", "--check", "--config"])
+        .arg(&cfg)
+        .env("REMEDIATE_WEBHOOK_TOKEN", TOKEN)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no playbooks"));
+    let a = start_agent(d.path(), &format!("{BASE}reload: {{ allowEmpty: true }}\n"));
+    assert_eq!(a.metric("remediate_playbooks_loaded").await, Some(0.0));
+    assert_eq!(
+        a.metric("remediate_config_last_reload_successful").await,
+        Some(1.0)
+    );
+}
