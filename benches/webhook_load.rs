@@ -6,60 +6,13 @@
 //! `cargo bench --bench webhook_load` (env: RATE=1000 SECONDS=10 STORM=10000)
 //! Budgets (DESIGN.md): p99 < 2 ms at 1k req/s; RSS idle <= 15 MB, storm <= 64 MB.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+#[path = "support/mod.rs"]
+mod support;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-const TOKEN: &str = "bench-token";
-
-fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn rss_kb(pid: u32, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
-}
-
-/// A real Alertmanager body (the bundled fixture) carrying `n` alerts.
-fn body(template: &serde_json::Value, first: u64, n: u64, targets: u64) -> Vec<u8> {
-    let mut v = template.clone();
-    let alert = v["alerts"][0].clone();
-    let alerts: Vec<serde_json::Value> = (first..first + n)
-        .map(|i| {
-            let mut a = alert.clone();
-            a["labels"]["pod"] = serde_json::json!(format!("spark-driver-{}", i % targets));
-            // A distinct episode per alert, so none is a duplicate.
-            a["startsAt"] = serde_json::json!(format!(
-                "2026-11-25T{:02}:{:02}:{:02}.{:03}Z",
-                (i / 3_600_000) % 24,
-                (i / 60_000) % 60,
-                (i / 1000) % 60,
-                i % 1000
-            ));
-            a["fingerprint"] = serde_json::json!("");
-            a
-        })
-        .collect();
-    v["alerts"] = serde_json::json!(alerts);
-    serde_json::to_vec(&v).unwrap()
-}
-
-fn pct(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[idx]
-}
+use support::{body, env_or, pct, Agent, TOKEN};
 
 fn main() {
     // `cargo bench` passes --bench; `cargo test --benches` passes nothing: skip then.
@@ -69,49 +22,15 @@ fn main() {
     let rate = env_or("RATE", 1000);
     let secs = env_or("SECONDS", 10);
     let storm = env_or("STORM", 10_000);
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("agent.yaml");
-    std::fs::write(
-        &cfg,
+    let agent = Agent::start(
         "listen: 127.0.0.1:0\nstateDir: state\ndryRun: true\nschedule: { enabled: false }\nlog: { level: warn }\nwebhook: { queueCapacity: 100000 }\n",
-    )
-    .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_remediate"))
-        .args(["agent", "--config"])
-        .arg(&cfg)
-        .env("REMEDIATE_WEBHOOK_TOKEN", TOKEN)
-        .env("RUST_LOG", "warn,remediate=info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pid = child.id();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
-                if v["message"] == "listening" {
-                    let _ = tx.send(v["addr"].as_str().unwrap_or_default().to_string());
-                }
-            }
-        }
-    });
-    let addr = rx
-        .recv_timeout(Duration::from_secs(30))
-        .expect("agent listening");
+    );
+    let addr = agent.addr.clone();
     let url = format!("http://{addr}/webhook/alertmanager");
-    let template: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/examples/alerts/crashloop-firing.json"
-        ))
-        .unwrap(),
-    )
-    .unwrap();
+    let template = support::template();
 
     std::thread::sleep(Duration::from_secs(2));
-    let idle = rss_kb(pid, "VmRSS:");
+    let idle = agent.kb("VmRSS:");
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -158,7 +77,7 @@ fn main() {
     });
     let mut sorted = lat.clone();
     sorted.sort();
-    let during_rate = rss_kb(pid, "VmHWM:");
+    let during_rate = agent.kb("VmHWM:");
 
     // Phase 2: a storm of `storm` alerts in bodies of 100 (Alertmanager's
     // grouping), 8 in flight, as fast as the agent answers.
@@ -201,21 +120,10 @@ fn main() {
     });
     let accepted = t0.elapsed();
     // Wait until every alert is decided (queue empty).
-    let metrics_url = format!("http://{addr}/metrics");
     let decided = rt.block_on(async {
         loop {
-            let m = client
-                .get(&metrics_url)
-                .send()
+            let depth = support::metric(&client, &addr, "remediate_queue_depth")
                 .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap();
-            let depth: f64 = m
-                .lines()
-                .find_map(|l| l.strip_prefix("remediate_queue_depth "))
-                .and_then(|v| v.trim().parse().ok())
                 .unwrap_or(1.0);
             if depth == 0.0 {
                 return t0.elapsed();
@@ -223,13 +131,12 @@ fn main() {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     });
-    let peak = rss_kb(pid, "VmHWM:");
-    let audit_lines = std::fs::read_to_string(dir.path().join("state/audit.jsonl"))
+    let peak = agent.kb("VmHWM:");
+    let audit_lines = std::fs::read_to_string(agent.dir.path().join("state/audit.jsonl"))
         .unwrap()
         .lines()
         .count();
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(agent);
 
     println!(
         "webhook at {rate} req/s for {secs}s, one alert per request ({} requests):",

@@ -81,8 +81,9 @@ struct Tracker {
 }
 
 enum Admit {
-    /// Admitted; true when an older idle connection was closed for it.
-    Open(Arc<Conn>, bool),
+    /// Admitted (an older idle connection may have been told to close for
+    /// it; its own task counts that).
+    Open(Arc<Conn>),
     /// At the cap with every connection busy.
     Full,
 }
@@ -100,21 +101,8 @@ impl Tracker {
     /// request in progress when at `max`.
     fn admit(&self, max: usize, http: &Http) -> Admit {
         let mut open = self.lock();
-        let mut evicted = false;
-        if open.len() >= max {
-            let victim = open
-                .values()
-                .filter(|c| c.get().0 != BUSY)
-                .min_by_key(|c| c.get().1)
-                .map(|c| c.id);
-            let Some(id) = victim else {
-                return Admit::Full;
-            };
-            if let Some(c) = open.remove(&id) {
-                c.evicted.store(true, Ordering::Release);
-                c.wake.notify_one();
-                evicted = true;
-            }
+        if open.len() >= max && !evict(&mut open) {
+            return Admit::Full;
         }
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let conn = Arc::new(Conn {
@@ -125,7 +113,7 @@ impl Tracker {
         });
         open.insert(id, conn.clone());
         http.shared.metrics.http_connections.set(open.len() as i64);
-        Admit::Open(conn, evicted)
+        Admit::Open(conn)
     }
 
     fn remove(&self, id: u64, http: &Http) {
@@ -138,18 +126,9 @@ impl Tracker {
     /// file descriptors). True if one was found.
     fn evict_one(&self, http: &Http) -> bool {
         let mut open = self.lock();
-        let victim = open
-            .values()
-            .filter(|c| c.get().0 != BUSY)
-            .min_by_key(|c| c.get().1)
-            .map(|c| c.id);
-        let Some(c) = victim.and_then(|id| open.remove(&id)) else {
-            return false;
-        };
-        c.evicted.store(true, Ordering::Release);
-        c.wake.notify_one();
+        let done = evict(&mut open);
         http.shared.metrics.http_connections.set(open.len() as i64);
-        true
+        done
     }
 
     fn shutdown(&self) {
@@ -158,6 +137,22 @@ impl Tracker {
             c.wake.notify_one();
         }
     }
+}
+
+/// Tells the connection that has waited longest without a request in
+/// progress to close, and forgets it. False when every one is busy.
+fn evict(open: &mut BTreeMap<u64, Arc<Conn>>) -> bool {
+    let victim = open
+        .values()
+        .filter(|c| c.get().0 != BUSY)
+        .min_by_key(|c| c.get().1)
+        .map(|c| c.id);
+    let Some(c) = victim.and_then(|id| open.remove(&id)) else {
+        return false;
+    };
+    c.evicted.store(true, Ordering::Release);
+    c.wake.notify_one();
+    true
 }
 
 /// Accepts and serves connections until `stop` flips to true, then closes
@@ -201,12 +196,7 @@ pub(super) async fn accept_loop(
         };
         http.shared.metrics.http_accepted.inc();
         let conn = match tracker.admit(limits.max_connections, &http) {
-            Admit::Open(c, evicted) => {
-                if evicted {
-                    closed(&http, "evicted", None);
-                }
-                c
-            }
+            Admit::Open(c) => c,
             Admit::Full => {
                 closed(&http, "refused_at_cap", Some(peer));
                 drop(stream);
