@@ -84,8 +84,7 @@ pub fn agent(args: AgentArgs, verbose: u8, out: &mut dyn Write) -> Result<()> {
     }
     crate::server::tune_allocator();
     rt.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(listen)
-            .await
+        let listener = crate::server::bind(listen)
             .map_err(|e| Error::Input(format!("listen {listen}: {e}")))?;
         let addr = listener
             .local_addr()

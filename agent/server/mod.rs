@@ -167,6 +167,20 @@ pub fn app(http: Arc<Http>) -> Router {
         .with_state(http)
 }
 
+/// A listener on `addr` with a deep accept queue (4096, or the kernel's
+/// `somaxconn` if lower), so a burst of connections waits for the accept
+/// loop instead of being dropped.
+pub fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(4096)
+}
+
 /// Raises the soft open-files limit to the hard one (sockets are files)
 /// and checks that `server.maxConnections` fits under it with room for the
 /// agent's own files and backend connections. Returns (soft, hard) after.
