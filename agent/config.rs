@@ -873,6 +873,34 @@ mod tests {
     }
 
     #[test]
+    fn server_limits_and_approvers_have_defaults_and_are_checked() {
+        let c = AgentConfig::default();
+        assert_eq!(c.server.max_connections, 512);
+        assert_eq!(c.server.header_read_timeout.std().as_secs(), 5);
+        assert_eq!(c.server.idle_timeout.std().as_secs(), 60);
+        assert_eq!(c.server.body_timeout.std().as_secs(), 10);
+        assert_eq!(c.server.max_header_bytes, 16384);
+        assert_eq!(c.webhook.oversized_notification, Oversized::AcceptPart);
+        assert!(c.auth.approvers.is_empty() && !c.reload.allow_empty);
+        let err = AgentConfig::parse(
+            Path::new("agent.yaml"),
+            "server: { maxConnections: 0, bodyTimeout: 0s, maxHeaderBytes: 100 }\nauth:\n  approvers:\n    - { name: alice, tokenFile: a }\n    - { name: alice, tokenEnv: B }\n    - { name: \"bad name\" }\n",
+        )
+        .unwrap_err()
+        .to_string();
+        for want in [
+            "server.maxConnections: must be at least 1",
+            "server.bodyTimeout: must be longer than 0s",
+            "server.maxHeaderBytes: must be at least 8192",
+            "auth.approvers[1].name: duplicate approver name \"alice\"",
+            "auth.approvers[2].name: \"bad name\": use letters, digits",
+            "auth.approvers[2].tokenFile: give tokenFile or tokenEnv",
+        ] {
+            assert!(err.contains(want), "missing {want:?} in:\n{err}");
+        }
+    }
+
+    #[test]
     fn relative_paths_are_relative_to_the_config_file() {
         let c = AgentConfig::parse(
             Path::new("/etc/remediate/agent.yaml"),
