@@ -12,7 +12,9 @@ use std::time::Duration;
 
 use remediate::audit::Phase;
 
-use common::{alert_body, count, eventually, fixture, repo, start_agent, AgentProc, TOKEN};
+use common::{
+    alert_body, count, eventually, fixture, repo, start_agent, start_agent_nofile, AgentProc, TOKEN,
+};
 
 const POLICY: &str =
     "apiVersion: remediate/v1\nkind: Policy\nmetadata: { name: default }\nspec:\n  cooldown: 10m\n";
@@ -607,22 +609,37 @@ async fn thousands_of_idle_and_half_sent_connections_leave_health_and_the_webhoo
         (600, 200)
     };
     let d = dir();
-    let a = start_agent(
+    // The agent gets 1024 descriptors, a common container default, so the
+    // idle connections alone would exhaust them without the cap.
+    let a = start_agent_nofile(
         d.path(),
         &format!(
             "{BASE}server: {{ maxConnections: 600, headerReadTimeout: 2s, idleTimeout: 60s }}\n"
         ),
+        1024,
     );
     let addr = a.addr.clone();
+    let connect = |i: usize| {
+        let addr = addr.clone();
+        async move {
+            tokio::time::timeout(
+                Duration::from_secs(20),
+                tokio::net::TcpStream::connect(addr),
+            )
+            .await
+            .unwrap_or_else(|_| panic!("connection {i} not taken within 20 s"))
+            .unwrap()
+        }
+    };
     let mut idle = Vec::new();
-    for _ in 0..idle_n {
-        idle.push(tokio::net::TcpStream::connect(&addr).await.unwrap());
+    for i in 0..idle_n {
+        idle.push(connect(i).await);
     }
     // Half-sent requests: headers never finished, no token needed.
     let mut slow = Vec::new();
-    for _ in 0..slow_n {
+    for i in 0..slow_n {
         use tokio::io::AsyncWriteExt;
-        let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let mut s = connect(idle_n + i).await;
         s.write_all(b"POST /webhook/alertmanager HTTP/1.1\r\nHost: agent\r\nContent-Type: application/json\r\n")
             .await
             .unwrap();

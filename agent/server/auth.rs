@@ -184,10 +184,17 @@ impl RejectLog {
         }
     }
 
-    /// Notes one rejection; logs it unless this reason was logged within
-    /// the interval. `detail` is the agent's own message, never request data
+    /// Notes one rejection (`status`: the answer's, None for a connection
+    /// closed without one); logs it unless this reason was logged within the
+    /// interval. `detail` is the agent's own message, never request data
     /// that could hold a secret.
-    pub fn note(&self, reason: &'static str, status: u16, peer: Option<SocketAddr>, detail: &str) {
+    pub fn note(
+        &self,
+        reason: &'static str,
+        status: Option<u16>,
+        peer: Option<SocketAddr>,
+        detail: &str,
+    ) {
         let now = Instant::now();
         let suppressed = {
             let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());

@@ -78,6 +78,8 @@ struct Tracker {
     open: Mutex<BTreeMap<u64, Arc<Conn>>>,
     next: AtomicU64,
     stopping: AtomicBool,
+    /// `remediate_http_connections_open`.
+    gauge: prometheus_client::metrics::gauge::Gauge,
 }
 
 enum Admit {
@@ -89,6 +91,16 @@ enum Admit {
 }
 
 impl Tracker {
+    fn new(gauge: prometheus_client::metrics::gauge::Gauge) -> Self {
+        Self {
+            epoch: Instant::now(),
+            open: Mutex::new(BTreeMap::new()),
+            next: AtomicU64::new(0),
+            stopping: AtomicBool::new(false),
+            gauge,
+        }
+    }
+
     fn now_ms(&self) -> u64 {
         self.epoch.elapsed().as_millis() as u64
     }
@@ -99,7 +111,7 @@ impl Tracker {
 
     /// Admits a new connection, evicting the longest-waiting one without a
     /// request in progress when at `max`.
-    fn admit(&self, max: usize, http: &Http) -> Admit {
+    fn admit(&self, max: usize) -> Admit {
         let mut open = self.lock();
         if open.len() >= max && !evict(&mut open) {
             return Admit::Full;
@@ -112,22 +124,22 @@ impl Tracker {
             wake: Notify::new(),
         });
         open.insert(id, conn.clone());
-        http.shared.metrics.http_connections.set(open.len() as i64);
+        self.gauge.set(open.len() as i64);
         Admit::Open(conn)
     }
 
-    fn remove(&self, id: u64, http: &Http) {
+    fn remove(&self, id: u64) {
         let mut open = self.lock();
         open.remove(&id);
-        http.shared.metrics.http_connections.set(open.len() as i64);
+        self.gauge.set(open.len() as i64);
     }
 
     /// Closes one connection without a request in progress (when out of
     /// file descriptors). True if one was found.
-    fn evict_one(&self, http: &Http) -> bool {
+    fn evict_one(&self) -> bool {
         let mut open = self.lock();
         let done = evict(&mut open);
-        http.shared.metrics.http_connections.set(open.len() as i64);
+        self.gauge.set(open.len() as i64);
         done
     }
 
@@ -163,12 +175,7 @@ pub(super) async fn accept_loop(
     http: Arc<Http>,
     mut stop: watch::Receiver<bool>,
 ) -> io::Result<()> {
-    let tracker = Arc::new(Tracker {
-        epoch: Instant::now(),
-        open: Mutex::new(BTreeMap::new()),
-        next: AtomicU64::new(0),
-        stopping: AtomicBool::new(false),
-    });
+    let tracker = Arc::new(Tracker::new(http.shared.metrics.http_connections.clone()));
     let limits = http.shared.cfg.server.clone();
     let mut tasks = tokio::task::JoinSet::new();
     loop {
@@ -176,7 +183,8 @@ pub(super) async fn accept_loop(
             break;
         }
         let accepted = tokio::select! {
-            _ = stop.changed() => continue,
+            // A dropped sender stops the server too.
+            r = stop.changed() => if r.is_ok() { continue } else { break },
             Some(_) = tasks.join_next(), if !tasks.is_empty() => continue,
             r = listener.accept() => r,
         };
@@ -186,16 +194,16 @@ pub(super) async fn accept_loop(
                 // Out of descriptors: make room by closing an idle
                 // connection; anything else: back off a little.
                 let fd = matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE));
-                if !(fd && tracker.evict_one(&http)) {
+                if !(fd && tracker.evict_one()) {
                     http.rejects
-                        .note("accept_error", 0, None, &format!("accept failed: {e}"));
+                        .note("accept_error", None, None, &format!("accept failed: {e}"));
                 }
                 tokio::time::sleep(Duration::from_millis(if fd { 5 } else { 50 })).await;
                 continue;
             }
         };
         http.shared.metrics.http_accepted.inc();
-        let conn = match tracker.admit(limits.max_connections, &http) {
+        let conn = match tracker.admit(limits.max_connections) {
             Admit::Open(c) => c,
             Admit::Full => {
                 closed(&http, "refused_at_cap", Some(peer));
@@ -235,7 +243,7 @@ fn closed(http: &Http, reason: &'static str, peer: Option<SocketAddr>) {
         "protocol_error" => "connection closed: not a valid HTTP/1 request (or headers over server.maxHeaderBytes)",
         _ => "connection closed",
     };
-    http.rejects.note(reason, 0, peer, detail);
+    http.rejects.note(reason, None, peer, detail);
 }
 
 /// Why the watchdog ended a connection.
@@ -336,7 +344,7 @@ async fn serve_conn(
             },
         }
     }
-    tracker.remove(conn.id, &http);
+    tracker.remove(conn.id);
 }
 
 /// Marks a connection busy while a request is being handled.
@@ -407,5 +415,47 @@ impl AsyncWrite for Watched {
     }
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open(t: &Tracker, max: usize) -> Arc<Conn> {
+        match t.admit(max) {
+            Admit::Open(c) => c,
+            Admit::Full => panic!("refused"),
+        }
+    }
+
+    #[test]
+    fn at_the_cap_the_longest_waiting_connection_without_a_request_makes_room() {
+        let t = Tracker::new(Default::default());
+        let a = open(&t, 3);
+        let b = open(&t, 3);
+        let c = open(&t, 3);
+        // a is busy; b began sending headers after c was opened.
+        a.set(BUSY, 0);
+        b.set(HEAD, 10);
+        c.set(IDLE, 5);
+        let d = open(&t, 3);
+        assert!(
+            c.evicted.load(Ordering::Acquire),
+            "the oldest idle one goes"
+        );
+        assert!(!a.evicted.load(Ordering::Acquire) && !b.evicted.load(Ordering::Acquire));
+        assert_eq!(t.gauge.get(), 3);
+        // Then b (waiting since 10), never the busy one.
+        d.set(IDLE, 20);
+        let e = open(&t, 3);
+        assert!(b.evicted.load(Ordering::Acquire));
+        // Everything busy: the new connection is refused.
+        d.set(BUSY, 30);
+        e.set(BUSY, 30);
+        assert!(matches!(t.admit(3), Admit::Full));
+        assert!(!a.evicted.load(Ordering::Acquire));
+        t.remove(a.id);
+        assert_eq!(t.gauge.get(), 2);
     }
 }

@@ -104,9 +104,9 @@ impl Http {
                 .config
                 .policies
                 .values()
-                .any(|p| p.doc.spec.approval.required)
+                .any(|p| p.doc.spec.approval.required || !p.doc.spec.approval.actions.is_empty())
         {
-            tracing::warn!("a policy requires approval but no approvers are configured (auth.approvers): held runs can only expire");
+            tracing::warn!("a policy holds runs for approval but no approvers are configured (auth.approvers): held runs can only expire");
         }
         let rejects = auth::RejectLog::new(shared.cfg.server.reject_log_interval.std());
         Arc::new(Self {
@@ -125,7 +125,7 @@ impl Http {
             .http_rejected
             .get_or_create(&ReasonLabels { reason })
             .inc();
-        self.rejects.note(reason, code, peer, msg);
+        self.rejects.note(reason, Some(code), peer, msg);
     }
 
     /// [`Http::note_reject`], and the request's JSON answer.

@@ -32,7 +32,29 @@ pub fn start_agent(dir: &Path, config: &str) -> AgentProc {
 }
 
 pub fn start_agent_with(dir: &Path, config: &Path, env: &[(&str, &str)]) -> AgentProc {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_remediate"));
+    spawn(
+        dir,
+        Command::new(env!("CARGO_BIN_EXE_remediate")),
+        config,
+        env,
+    )
+}
+
+/// [`start_agent`] with the agent's open-files limit (soft and hard) at
+/// `nofile`, as in a container started with `--ulimit nofile=N`.
+pub fn start_agent_nofile(dir: &Path, config: &str, nofile: u64) -> AgentProc {
+    let path = dir.join("agent.yaml");
+    std::fs::write(&path, config.replace("{dir}", &dir.display().to_string())).unwrap();
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg(format!(
+            "ulimit -Sn {nofile} && ulimit -Hn {nofile} && exec \"$0\" \"$@\""
+        ))
+        .arg(env!("CARGO_BIN_EXE_remediate"));
+    spawn(dir, cmd, &path, &[])
+}
+
+fn spawn(dir: &Path, mut cmd: Command, config: &Path, env: &[(&str, &str)]) -> AgentProc {
     cmd.args(["agent", "--config"])
         .arg(config)
         .env("REMEDIATE_WEBHOOK_TOKEN", TOKEN)
