@@ -1,19 +1,22 @@
 //! The HTTP server under hostile connections and after an alert storm, on
 //! the real agent over loopback.
 //!
-//! 1. **Connections**: `CONNS` (10,000) attacker connections, half idle
-//!    (connect, send nothing) and half slow (a request head that never
-//!    ends, one more header line a second), each reconnecting
-//!    `RECONNECT_MS` after the agent closes it. Meanwhile, for `SECONDS`,
-//!    a fresh connection every 100 ms asks `/healthz` and another posts an
-//!    authenticated webhook. Reports their latency and failures (5 s
+//! 1. **Connections**: `CONNS` (10,000) attacker connections from
+//!    `ATTACK_FROM` (127.0.0.2; 127.0.0.1 puts them on the probes' address),
+//!    half idle (connect, send nothing) and half slow (a request head that
+//!    never ends, one more header line a second), each reconnecting
+//!    `RECONNECT_MS` (1000) after the agent closes it. Meanwhile, for
+//!    `SECONDS`, a fresh connection every 100 ms from 127.0.0.1 asks
+//!    `/healthz` and another posts an authenticated webhook, on a thread
+//!    and runtime of their own. Reports their latency and failures (5 s
 //!    timeout), the agent's RSS and how it closed connections.
 //! 2. **Storm memory**: one 10,000-alert and one 18,000-alert body
 //!    (`webhook.maxBodyBytes` raised to take them); RSS idle, at peak,
 //!    just after both are decided and `SETTLE` (30) seconds later.
 //!
-//! `cargo bench --bench http_load` (env: CONNS SECONDS RECONNECT_MS SETTLE
-//! PHASE=conns|storm|both; REMEDIATE_BIN=path measures another build).
+//! `cargo bench --bench http_load` (env: CONNS SECONDS RECONNECT_MS
+//! ATTACK_FROM SETTLE PHASE=conns|storm|both; REMEDIATE_BIN=path measures
+//! another build).
 
 #[path = "support/mod.rs"]
 mod support;
@@ -41,10 +44,21 @@ fn raise_nofile() -> u64 {
 }
 
 /// One attacker connection, reopened whenever the agent closes it.
-async fn attacker(addr: String, slow: bool, reconnect: Duration, closed: Arc<AtomicU64>) {
+async fn attacker(
+    addr: std::net::SocketAddr,
+    from: std::net::IpAddr,
+    slow: bool,
+    reconnect: Duration,
+    closed: Arc<AtomicU64>,
+) {
     let mut buf = [0u8; 256];
     loop {
-        let Ok(mut s) = tokio::net::TcpStream::connect(&addr).await else {
+        let connect = async {
+            let sock = tokio::net::TcpSocket::new_v4()?;
+            sock.bind((from, 0).into())?;
+            sock.connect(addr).await
+        };
+        let Ok(mut s) = connect.await else {
             tokio::time::sleep(reconnect.max(Duration::from_millis(100))).await;
             continue;
         };
@@ -83,10 +97,69 @@ fn report(name: &str, lat: &mut [Duration], failed: usize) {
     );
 }
 
+/// Latencies and failures of `/healthz` and webhook probes, each on a new
+/// connection, every 100 ms for `secs`; and the agent's largest RSS meanwhile.
+struct Probes {
+    health: Vec<Duration>,
+    health_failed: usize,
+    hook: Vec<Duration>,
+    hook_failed: usize,
+    peak_rss: u64,
+}
+
+fn probe(addr: String, pid: u32, secs: u64) -> Probes {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let body = support::body(&support::template(), 0, 1, 1);
+    rt.block_on(async {
+        // No connection reuse: every probe is a new connection at the cap.
+        let client = reqwest::Client::builder()
+            .pool_max_idle_per_host(0)
+            .timeout(Duration::from_secs(5))
+            .build()
+            .unwrap();
+        let mut p = Probes {
+            health: Vec::new(),
+            health_failed: 0,
+            hook: Vec::new(),
+            hook_failed: 0,
+            peak_rss: 0,
+        };
+        let end = Instant::now() + Duration::from_secs(secs);
+        while Instant::now() < end {
+            let t = Instant::now();
+            match client.get(format!("http://{addr}/healthz")).send().await {
+                Ok(r) if r.status() == 200 => p.health.push(t.elapsed()),
+                _ => p.health_failed += 1,
+            }
+            let t = Instant::now();
+            match client
+                .post(format!("http://{addr}/webhook/alertmanager"))
+                .bearer_auth(TOKEN)
+                .body(body.clone())
+                .send()
+                .await
+            {
+                Ok(r) if r.status() == 200 => p.hook.push(t.elapsed()),
+                _ => p.hook_failed += 1,
+            }
+            p.peak_rss = p.peak_rss.max(support::rss_kb(pid, "VmRSS:"));
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        p
+    })
+}
+
 fn connections(rt: &tokio::runtime::Runtime) {
     let conns = env_or("CONNS", 10_000);
     let secs = env_or("SECONDS", 10);
-    let reconnect = Duration::from_millis(env_or("RECONNECT_MS", 100));
+    let reconnect = Duration::from_millis(env_or("RECONNECT_MS", 1000));
+    let from: std::net::IpAddr = std::env::var("ATTACK_FROM")
+        .unwrap_or_else(|_| "127.0.0.2".into())
+        .parse()
+        .unwrap();
     let limit = raise_nofile();
     assert!(
         limit > conns + 100,
@@ -96,14 +169,14 @@ fn connections(rt: &tokio::runtime::Runtime) {
     let addr = agent.addr.clone();
     std::thread::sleep(Duration::from_secs(2));
     let idle_rss = agent.kb("VmRSS:");
-    let body = support::body(&support::template(), 0, 1, 1);
     rt.block_on(async {
         let closed = Arc::new(AtomicU64::new(0));
         let t0 = Instant::now();
         let mut attackers = Vec::new();
         for i in 0..conns {
             attackers.push(tokio::spawn(attacker(
-                addr.clone(),
+                addr.parse().unwrap(),
+                from,
                 i % 2 == 1,
                 reconnect,
                 closed.clone(),
@@ -114,36 +187,10 @@ fn connections(rt: &tokio::runtime::Runtime) {
         }
         tokio::time::sleep(Duration::from_secs(3)).await;
         let opened_in = t0.elapsed();
-        // No connection reuse: every probe is a new connection at the cap.
-        let client = reqwest::Client::builder()
-            .pool_max_idle_per_host(0)
-            .timeout(Duration::from_secs(5))
-            .build()
+        let (a, pid) = (addr.clone(), agent.pid);
+        let mut p = tokio::task::spawn_blocking(move || probe(a, pid, secs))
+            .await
             .unwrap();
-        let (mut health, mut hook) = (Vec::new(), Vec::new());
-        let (mut health_failed, mut hook_failed) = (0, 0);
-        let mut peak_rss = 0;
-        let end = Instant::now() + Duration::from_secs(secs);
-        while Instant::now() < end {
-            let t = Instant::now();
-            match client.get(format!("http://{addr}/healthz")).send().await {
-                Ok(r) if r.status() == 200 => health.push(t.elapsed()),
-                _ => health_failed += 1,
-            }
-            let t = Instant::now();
-            match client
-                .post(format!("http://{addr}/webhook/alertmanager"))
-                .bearer_auth(TOKEN)
-                .body(body.clone())
-                .send()
-                .await
-            {
-                Ok(r) if r.status() == 200 => hook.push(t.elapsed()),
-                _ => hook_failed += 1,
-            }
-            peak_rss = peak_rss.max(agent.kb("VmRSS:"));
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
         let stats = reqwest::Client::new();
         let open = metric(&stats, &addr, "remediate_http_connections_open").await;
         let by = |r: &'static str| {
@@ -165,16 +212,16 @@ fn connections(rt: &tokio::runtime::Runtime) {
             by("idle_timeout").await,
         );
         println!(
-            "connections: {conns} attackers (half idle, half slow headers), reconnecting {} ms after each close; started in {:.1} s, then {secs} s of probes on new connections:",
+            "connections: {conns} attackers from {from} (half idle, half slow headers), reconnecting {} ms after each close; started in {:.1} s, then {secs} s of probes on new connections from 127.0.0.1:",
             reconnect.as_millis(),
             opened_in.as_secs_f64()
         );
-        report("/healthz", &mut health, health_failed);
-        report("webhook (authenticated)", &mut hook, hook_failed);
+        report("/healthz", &mut p.health, p.health_failed);
+        report("webhook (authenticated)", &mut p.hook, p.hook_failed);
         println!(
             "  agent: RSS idle {:.1} MB, max while attacked {:.1} MB, VmHWM {:.1} MB; {} connections open at the end; closed: evicted {evicted}, header_timeout {header}, idle_timeout {idle}; attacker connections closed by the agent: {}",
             idle_rss as f64 / 1024.0,
-            peak_rss as f64 / 1024.0,
+            p.peak_rss as f64 / 1024.0,
             agent.kb("VmHWM:") as f64 / 1024.0,
             open.map_or("?".to_string(), |o| o.to_string()),
             closed.load(Ordering::Relaxed)

@@ -5,8 +5,11 @@
 //!   cap closes the open connection that has waited longest without a
 //!   request in progress (idle, or still sending headers), so a client that
 //!   sends its request at once is served however many sockets an attacker
-//!   holds. Only when every open connection has a request in progress is
-//!   the new one closed.
+//!   holds. The victim is taken from the peer address holding the most
+//!   connections, so a flood from a few addresses, even one that reconnects
+//!   as fast as it is closed, evicts its own connections rather than
+//!   Alertmanager's or a health check's. Only when every open connection
+//!   has a request in progress is the new one closed.
 //! - **Timeouts.** A watchdog per connection closes it when it has been
 //!   idle for `server.idleTimeout` (no byte of a next request) or has taken
 //!   `server.headerReadTimeout` from a request's first byte without
@@ -18,9 +21,9 @@
 //!   without a request in progress are closed, the others finish their
 //!   request (hyper's graceful shutdown) and then close.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -51,6 +54,8 @@ const PHASE_SHIFT: u32 = 62;
 /// One open connection as the cap and its watchdog see it.
 struct Conn {
     id: u64,
+    /// The peer's address (connections are counted per address).
+    ip: IpAddr,
     /// Phase (top two bits) and when it began (ms since the tracker's
     /// epoch), in one word so they are always read together.
     state: AtomicU64,
@@ -72,10 +77,54 @@ impl Conn {
     }
 }
 
-/// The open connections, oldest id first.
+/// The open connections, oldest id first, and how many each peer address holds.
+#[derive(Default)]
+struct Open {
+    conns: BTreeMap<u64, Arc<Conn>>,
+    per_ip: HashMap<IpAddr, usize>,
+}
+
+impl Open {
+    fn insert(&mut self, c: Arc<Conn>) {
+        *self.per_ip.entry(c.ip).or_default() += 1;
+        self.conns.insert(c.id, c);
+    }
+
+    fn remove(&mut self, id: u64) -> Option<Arc<Conn>> {
+        let c = self.conns.remove(&id)?;
+        if let Some(n) = self.per_ip.get_mut(&c.ip) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_ip.remove(&c.ip);
+            }
+        }
+        Some(c)
+    }
+
+    /// The connection to close for a new one: of the peer address holding
+    /// the most connections, the one without a request in progress that has
+    /// waited longest; failing that, the longest-waiting one of any address.
+    fn victim(&self) -> Option<u64> {
+        let oldest_idle = |from: Option<IpAddr>| {
+            self.conns
+                .values()
+                .filter(|c| c.get().0 != BUSY && from.is_none_or(|ip| c.ip == ip))
+                .min_by_key(|c| c.get().1)
+                .map(|c| c.id)
+        };
+        let heaviest = self
+            .per_ip
+            .iter()
+            .max_by_key(|(_, n)| **n)
+            .map(|(ip, _)| *ip);
+        oldest_idle(heaviest).or_else(|| oldest_idle(None))
+    }
+}
+
+/// The open connections as the cap and the watchdogs see them.
 struct Tracker {
     epoch: Instant,
-    open: Mutex<BTreeMap<u64, Arc<Conn>>>,
+    open: Mutex<Open>,
     next: AtomicU64,
     stopping: AtomicBool,
     /// `remediate_http_connections_open`.
@@ -94,7 +143,7 @@ impl Tracker {
     fn new(gauge: prometheus_client::metrics::gauge::Gauge) -> Self {
         Self {
             epoch: Instant::now(),
-            open: Mutex::new(BTreeMap::new()),
+            open: Mutex::new(Open::default()),
             next: AtomicU64::new(0),
             stopping: AtomicBool::new(false),
             gauge,
@@ -105,33 +154,34 @@ impl Tracker {
         self.epoch.elapsed().as_millis() as u64
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, Arc<Conn>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Open> {
         self.open.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Admits a new connection, evicting the longest-waiting one without a
-    /// request in progress when at `max`.
-    fn admit(&self, max: usize) -> Admit {
+    /// Admits a new connection from `ip`, evicting one without a request in
+    /// progress ([`Open::victim`]) when at `max`.
+    fn admit(&self, max: usize, ip: IpAddr) -> Admit {
         let mut open = self.lock();
-        if open.len() >= max && !evict(&mut open) {
+        if open.conns.len() >= max && !evict(&mut open) {
             return Admit::Full;
         }
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let conn = Arc::new(Conn {
             id,
+            ip,
             state: AtomicU64::new((IDLE << PHASE_SHIFT) | self.now_ms()),
             evicted: AtomicBool::new(false),
             wake: Notify::new(),
         });
-        open.insert(id, conn.clone());
-        self.gauge.set(open.len() as i64);
+        open.insert(conn.clone());
+        self.gauge.set(open.conns.len() as i64);
         Admit::Open(conn)
     }
 
     fn remove(&self, id: u64) {
         let mut open = self.lock();
-        open.remove(&id);
-        self.gauge.set(open.len() as i64);
+        open.remove(id);
+        self.gauge.set(open.conns.len() as i64);
     }
 
     /// Closes one connection without a request in progress (when out of
@@ -139,27 +189,22 @@ impl Tracker {
     fn evict_one(&self) -> bool {
         let mut open = self.lock();
         let done = evict(&mut open);
-        self.gauge.set(open.len() as i64);
+        self.gauge.set(open.conns.len() as i64);
         done
     }
 
     fn shutdown(&self) {
         self.stopping.store(true, Ordering::Release);
-        for c in self.lock().values() {
+        for c in self.lock().conns.values() {
             c.wake.notify_one();
         }
     }
 }
 
-/// Tells the connection that has waited longest without a request in
-/// progress to close, and forgets it. False when every one is busy.
-fn evict(open: &mut BTreeMap<u64, Arc<Conn>>) -> bool {
-    let victim = open
-        .values()
-        .filter(|c| c.get().0 != BUSY)
-        .min_by_key(|c| c.get().1)
-        .map(|c| c.id);
-    let Some(c) = victim.and_then(|id| open.remove(&id)) else {
+/// Tells the [`Open::victim`] to close, and forgets it. False when every
+/// connection has a request in progress.
+fn evict(open: &mut Open) -> bool {
+    let Some(c) = open.victim().and_then(|id| open.remove(id)) else {
         return false;
     };
     c.evicted.store(true, Ordering::Release);
@@ -203,7 +248,7 @@ pub(super) async fn accept_loop(
             }
         };
         http.shared.metrics.http_accepted.inc();
-        let conn = match tracker.admit(limits.max_connections) {
+        let conn = match tracker.admit(limits.max_connections, peer.ip()) {
             Admit::Open(c) => c,
             Admit::Full => {
                 closed(&http, "refused_at_cap", Some(peer));
@@ -423,7 +468,11 @@ mod tests {
     use super::*;
 
     fn open(t: &Tracker, max: usize) -> Arc<Conn> {
-        match t.admit(max) {
+        open_from(t, max, [127, 0, 0, 1])
+    }
+
+    fn open_from(t: &Tracker, max: usize, ip: [u8; 4]) -> Arc<Conn> {
+        match t.admit(max, IpAddr::from(ip)) {
             Admit::Open(c) => c,
             Admit::Full => panic!("refused"),
         }
@@ -453,9 +502,38 @@ mod tests {
         // Everything busy: the new connection is refused.
         d.set(BUSY, 30);
         e.set(BUSY, 30);
-        assert!(matches!(t.admit(3), Admit::Full));
+        assert!(matches!(
+            t.admit(3, IpAddr::from([127, 0, 0, 1])),
+            Admit::Full
+        ));
         assert!(!a.evicted.load(Ordering::Acquire));
         t.remove(a.id);
         assert_eq!(t.gauge.get(), 2);
+    }
+
+    #[test]
+    fn the_address_holding_the_most_connections_loses_one_first() {
+        let t = Tracker::new(Default::default());
+        // Alertmanager's keep-alive connection is the oldest idle one...
+        let am = open_from(&t, 4, [10, 0, 0, 1]);
+        am.set(IDLE, 0);
+        let flood: Vec<_> = (0..3)
+            .map(|i| {
+                let c = open_from(&t, 4, [10, 0, 0, 66]);
+                c.set(IDLE, 10 + i);
+                c
+            })
+            .collect();
+        // ...but the flooding address has three: its oldest makes room.
+        let probe = open_from(&t, 4, [10, 0, 0, 2]);
+        assert!(flood[0].evicted.load(Ordering::Acquire));
+        assert!(!am.evicted.load(Ordering::Acquire) && !probe.evicted.load(Ordering::Acquire));
+        // When the heaviest address's connections are all busy, the oldest
+        // idle connection of any address goes.
+        flood[1].set(BUSY, 50);
+        flood[2].set(BUSY, 50);
+        probe.set(IDLE, 40);
+        open_from(&t, 4, [10, 0, 0, 3]);
+        assert!(am.evicted.load(Ordering::Acquire));
     }
 }
