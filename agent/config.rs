@@ -177,6 +177,12 @@ pub struct WebhookConfig {
     /// drop duplicates from Alertmanager HA pairs and repeat_interval resends.
     #[serde(default = "default_dedupe")]
     pub dedupe_window: Duration,
+    /// Deliveries of one alert (fingerprint and status) whose `startsAt`
+    /// differ by at most this are one episode and run once: Alertmanager HA
+    /// pairs fed by Prometheus replicas send the same alert with `startsAt`
+    /// a few seconds apart. A new episode of an alert starts later than this.
+    #[serde(default = "default_dedupe_tolerance")]
+    pub dedupe_tolerance: Duration,
 }
 
 fn default_max_body() -> usize {
@@ -191,6 +197,9 @@ fn zero() -> Duration {
 fn default_dedupe() -> Duration {
     Duration::from_secs(72 * 3600)
 }
+fn default_dedupe_tolerance() -> Duration {
+    Duration::from_secs(120)
+}
 
 impl Default for WebhookConfig {
     fn default() -> Self {
@@ -199,6 +208,7 @@ impl Default for WebhookConfig {
             queue_capacity: default_queue(),
             settle: zero(),
             dedupe_window: default_dedupe(),
+            dedupe_tolerance: default_dedupe_tolerance(),
         }
     }
 }

@@ -115,6 +115,10 @@ pub struct Metrics {
     pub notifications: Family<NotifyLabels, Counter>,
     /// Audit or inbox writes that failed.
     pub storage_errors: Counter,
+    /// 1 while writes to the state store or the audit log fail.
+    pub storage_failing: Gauge,
+    /// Times the audit log was found deleted or replaced and reopened.
+    pub audit_reopened: Gauge,
     /// Data files of the current snapshot, per configured Iceberg table.
     pub iceberg_total_files: Family<TableLabels, Gauge>,
     /// Of which under the small-file threshold.
@@ -148,6 +152,8 @@ impl Metrics {
             playbooks: Gauge::default(),
             notifications: Family::default(),
             storage_errors: Counter::default(),
+            storage_failing: Gauge::default(),
+            audit_reopened: Gauge::default(),
             iceberg_total_files: Family::default(),
             iceberg_small_files: Family::default(),
             iceberg_small_files_ratio: Family::default(),
@@ -220,8 +226,18 @@ impl Metrics {
         );
         r.register(
             "storage_errors",
-            "Audit or inbox writes that failed",
+            "Writes to the state store or the audit log that failed",
             self.storage_errors.clone(),
+        );
+        r.register(
+            "storage_failing",
+            "1 while writes to the state store or the audit log fail (nothing new is decided, /readyz is 503)",
+            self.storage_failing.clone(),
+        );
+        r.register(
+            "audit_reopened",
+            "Times the audit log was found deleted or replaced under the agent and reopened",
+            self.audit_reopened.clone(),
         );
         r.register(
             "iceberg_table_total_files",

@@ -310,6 +310,12 @@ async fn healthz() -> &'static str {
 async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
     if shared.stopping.load(Ordering::SeqCst) {
         (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response()
+    } else if shared.store.health().failing() {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("storage failing: {}\n", shared.store.health().last_error()),
+        )
+            .into_response()
     } else if shared.ready.load(Ordering::SeqCst) {
         (StatusCode::OK, "ready\n").into_response()
     } else {
