@@ -296,6 +296,7 @@ async fn answer_approval(
 }
 
 async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
+    shared.storage_metrics();
     (
         [(header::CONTENT_TYPE, CONTENT_TYPE)],
         shared.metrics.encode(),

@@ -146,7 +146,7 @@ impl Shared {
     }
 
     /// Storage gauges from the store's health.
-    fn storage_metrics(&self) {
+    pub fn storage_metrics(&self) {
         let h = self.store.health();
         self.metrics.storage_failing.set(i64::from(h.failing()));
         self.metrics.audit_reopened.set(h.reopened() as i64);

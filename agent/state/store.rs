@@ -259,12 +259,14 @@ impl std::fmt::Debug for Job {
     }
 }
 
-fn micros(t: DateTime<Utc>) -> i64 {
-    t.timestamp_micros()
+/// Times are stored as nanoseconds since the epoch (exact to what the
+/// engine records; i64 holds them until 2262).
+fn nanos(t: DateTime<Utc>) -> i64 {
+    t.timestamp_nanos_opt().unwrap_or(i64::MAX)
 }
 
-fn from_micros(us: i64) -> DateTime<Utc> {
-    DateTime::from_timestamp_micros(us).unwrap_or_default()
+fn from_nanos(ns: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_nanos(ns)
 }
 
 impl Store {
@@ -287,6 +289,12 @@ impl Store {
             .map_err(db)?;
         // FULL: a commit is on disk (the WAL fsynced) when it returns.
         conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(db)?;
+        // Small state volumes: checkpoint the WAL every 100 pages (~400 KiB)
+        // and cut it back to 1 MiB after a checkpoint.
+        conn.pragma_update(None, "wal_autocheckpoint", 100)
+            .map_err(db)?;
+        conn.pragma_update(None, "journal_size_limit", 1 << 20)
             .map_err(db)?;
         conn.busy_timeout(Duration::from_secs(5)).map_err(db)?;
         if !fresh {
@@ -533,7 +541,7 @@ impl State {
             .map_err(|e| self.db(e))?;
         for row in rows {
             let (at, policy, playbook, target) = row.map_err(|e| self.db(e))?;
-            l.record_execution(from_micros(at), &policy, &playbook, &target);
+            l.record_execution(from_nanos(at), &policy, &playbook, &target);
         }
         let mut stmt = self
             .conn
@@ -552,9 +560,9 @@ impl State {
         for row in rows {
             let (at, policy, playbook, ok) = row.map_err(|e| self.db(e))?;
             if ok {
-                l.record_success(from_micros(at), &policy, &playbook);
+                l.record_success(from_nanos(at), &policy, &playbook);
             } else {
-                l.record_failure(from_micros(at), &policy, &playbook);
+                l.record_failure(from_nanos(at), &policy, &playbook);
             }
         }
         Ok(l)
@@ -585,7 +593,7 @@ impl State {
                 .map_err(|e| Error::Invalid(format!("state store: inbox entry {seq}: {e}")))?;
             out.push(Accepted {
                 seq: seq as u64,
-                at: from_micros(at),
+                at: from_nanos(at),
                 event,
             });
         }
@@ -635,16 +643,16 @@ impl State {
         let mut out = HashMap::new();
         for row in rows {
             let (pb, last) = row.map_err(|e| self.db(e))?;
-            out.insert(pb, from_micros(last));
+            out.insert(pb, from_nanos(last));
         }
         Ok(out)
     }
 
     /// Forgets limit state, dedupe keys and answers no window can ask about.
     fn prune(&mut self, now: DateTime<Utc>) -> Result<()> {
-        let horizon = micros(now - self.horizon);
-        let seen = micros(now - self.opts.dedupe_window);
-        let answered = micros(now - ANSWERED_KEPT);
+        let horizon = nanos(now - self.horizon);
+        let seen = nanos(now - self.opts.dedupe_window);
+        let answered = nanos(now - ANSWERED_KEPT);
         self.conn
             .execute_batch(&format!(
                 "DELETE FROM executions WHERE at < {horizon};
@@ -916,11 +924,11 @@ fn accept(
     tolerance: chrono::Duration,
 ) -> rusqlite::Result<AcceptResult> {
     let mut out = AcceptResult::default();
-    let cutoff = micros(at - window);
-    let tol = tolerance.num_microseconds().unwrap_or(i64::MAX);
+    let cutoff = nanos(at - window);
+    let tol = tolerance.num_nanoseconds().unwrap_or(i64::MAX);
     for event in events {
         let status = event.status.as_str();
-        let starts = event.starts_at.map(micros);
+        let starts = event.starts_at.map(nanos);
         let last: Option<(Option<i64>, i64)> = tx
             .prepare_cached(
                 "SELECT starts_at, at FROM seen WHERE fingerprint = ?1 AND status = ?2",
@@ -944,12 +952,12 @@ fn accept(
         let text = serde_json::to_string(event)
             .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
         tx.prepare_cached("INSERT INTO inbox (at, event) VALUES (?1, ?2)")?
-            .execute(params![micros(at), text])?;
+            .execute(params![nanos(at), text])?;
         let seq = tx.last_insert_rowid() as u64;
         tx.prepare_cached(
             "INSERT OR REPLACE INTO seen (fingerprint, status, starts_at, at) VALUES (?1, ?2, ?3, ?4)",
         )?
-        .execute(params![event.fingerprint, status, starts, micros(at)])?;
+        .execute(params![event.fingerprint, status, starts, nanos(at)])?;
         out.accepted.push(Accepted {
             seq,
             at,
@@ -998,13 +1006,13 @@ fn enc(e: serde_json::Error) -> rusqlite::Error {
 /// The state a record changes, as [`audit::ledger_from`] reads it: one
 /// execution per run (its step 0), a failure per failed run, a success per
 /// verified step; an executed step stays in flight until its outcome; a
-/// schedule's last run. Executions and outcomes before `cutoff` (µs) are
+/// schedule's last run. Executions and outcomes before `cutoff` (ns) are
 /// not kept (an upgrade reading old history).
 fn charge(tx: &Transaction<'_>, r: &Record, cutoff: i64) -> rusqlite::Result<()> {
     if !r.dry_run && r.decision == "execute" {
         match r.phase {
             Phase::Planned => {
-                let at = micros(r.decided_at.unwrap_or(r.ts));
+                let at = nanos(r.decided_at.unwrap_or(r.ts));
                 if r.step == 0 && at >= cutoff {
                     tx.prepare_cached(
                         "INSERT INTO executions (at, policy, playbook, target) VALUES (?1, ?2, ?3, ?4)",
@@ -1021,12 +1029,12 @@ fn charge(tx: &Transaction<'_>, r: &Record, cutoff: i64) -> rusqlite::Result<()>
                     .execute(params![r.id, text])?;
             }
             Phase::Failed | Phase::Verified => {
-                if micros(r.ts) >= cutoff {
+                if nanos(r.ts) >= cutoff {
                     tx.prepare_cached(
                         "INSERT INTO outcomes (at, policy, playbook, ok) VALUES (?1, ?2, ?3, ?4)",
                     )?
                     .execute(params![
-                        micros(r.ts),
+                        nanos(r.ts),
                         r.policy,
                         r.playbook,
                         r.phase == Phase::Verified
@@ -1043,7 +1051,7 @@ fn charge(tx: &Transaction<'_>, r: &Record, cutoff: i64) -> rusqlite::Result<()>
             "INSERT INTO schedules (playbook, last) VALUES (?1, ?2)
              ON CONFLICT (playbook) DO UPDATE SET last = MAX(last, excluded.last)",
         )?
-        .execute(params![r.playbook, micros(r.ts)])?;
+        .execute(params![r.playbook, nanos(r.ts)])?;
     }
     Ok(())
 }
@@ -1059,7 +1067,7 @@ fn approval(tx: &Transaction<'_>, a: &ApprovalChange) -> rusqlite::Result<()> {
             tx.prepare_cached(
                 "UPDATE approvals SET answer = ?2, answered_by = ?3, answered_at = ?4 WHERE id = ?1",
             )?
-            .execute(params![id, answer.as_str(), by, micros(*at)])?;
+            .execute(params![id, answer.as_str(), by, nanos(*at)])?;
         }
     }
     Ok(())
@@ -1075,7 +1083,7 @@ pub(super) fn insert_pending(
     let text = serde_json::to_string(event).map_err(enc)?;
     tx.execute(
         "INSERT OR REPLACE INTO inbox (seq, at, event) VALUES (?1, ?2, ?3)",
-        params![seq as i64, micros(at), text],
+        params![seq as i64, nanos(at), text],
     )?;
     remember(tx, event, at)
 }
@@ -1091,8 +1099,8 @@ pub(super) fn remember(
         params![
             event.fingerprint,
             event.status.as_str(),
-            event.starts_at.map(micros),
-            micros(at)
+            event.starts_at.map(nanos),
+            nanos(at)
         ],
     )?;
     Ok(())
@@ -1105,10 +1113,416 @@ pub(super) fn apply_history(
     r: &Record,
     since: DateTime<Utc>,
 ) -> rusqlite::Result<()> {
-    charge(tx, r, micros(since))
+    charge(tx, r, nanos(since))
 }
 
 /// Applies an approval change (for upgrades).
 pub(super) fn apply_approval(tx: &Transaction<'_>, a: &ApprovalChange) -> rusqlite::Result<()> {
     approval(tx, a)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::audit::TriggerRef;
+    use crate::event::{Labels, Status};
+    use crate::policy::model::RateScope;
+
+    fn at(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    fn ev(fp: &str, status: Status, starts: &str) -> Event {
+        Event {
+            trigger: TriggerKind::Alert,
+            status,
+            fingerprint: fp.into(),
+            labels: Labels::new(),
+            annotations: Labels::new(),
+            values: Labels::new(),
+            starts_at: Some(at(starts)),
+            playbook: None,
+        }
+    }
+
+    fn opts(dir: &std::path::Path) -> Options {
+        Options {
+            path: dir.join("state.db"),
+            audit: dir.join("audit.jsonl"),
+            rotation: audit::Rotation {
+                max_bytes: 64 << 20,
+                keep: 2,
+            },
+            dedupe_window: chrono::Duration::hours(24),
+            dedupe_tolerance: chrono::Duration::minutes(2),
+            horizon: chrono::Duration::days(1),
+            legacy_inbox: dir.join("inbox.jsonl"),
+            legacy_approvals: dir.join("approvals.jsonl"),
+        }
+    }
+
+    fn rec(id: &str, phase: Phase, ts: DateTime<Utc>) -> Record {
+        Record {
+            ts,
+            id: id.into(),
+            trigger: TriggerRef {
+                kind: TriggerKind::Alert,
+                alertname: Some("A".into()),
+                fingerprint: "f".into(),
+                status: Status::Firing,
+                labels: BTreeMap::new(),
+                annotations: BTreeMap::new(),
+                values: BTreeMap::new(),
+                starts_at: None,
+            },
+            playbook: "pb".into(),
+            action: "kubernetes.pod.restart".into(),
+            target: [("kind".to_string(), "kubernetes.pod".to_string())].into(),
+            params: serde_json::json!({}),
+            decision: "execute".into(),
+            reason: "all gates passed".into(),
+            dry_run: false,
+            phase,
+            outcome: "x".into(),
+            duration_ms: 0,
+            node: "n".into(),
+            policy: "default".into(),
+            step: 0,
+            decided_at: Some(ts),
+        }
+    }
+
+    #[tokio::test]
+    async fn accepted_events_survive_reopen_until_done_and_duplicates_are_remembered() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = Utc::now();
+        let o = Store::open(opts(dir.path()), now).unwrap();
+        assert!(o.pending.is_empty());
+        let a = ev("aaaa", Status::Firing, "2026-11-25T10:00:00Z");
+        let b = ev("bbbb", Status::Firing, "2026-11-25T10:00:00Z");
+        let r = o
+            .store
+            .accept(vec![a.clone(), b.clone(), a.clone()], now)
+            .await
+            .unwrap();
+        assert_eq!((r.accepted.len(), r.duplicates), (2, 1));
+        let seq_a = r.accepted[0].seq;
+        o.store.done(seq_a);
+        o.store.close().await;
+
+        let o = Store::open(opts(dir.path()), now).unwrap();
+        assert_eq!(o.pending.len(), 1);
+        assert_eq!(o.pending[0].event.fingerprint, "bbbb");
+        let r = o
+            .store
+            .accept(vec![a.clone(), b.clone()], now)
+            .await
+            .unwrap();
+        assert_eq!((r.accepted.len(), r.duplicates), (0, 2));
+        // A resolved delivery of the same alert is a different delivery.
+        let r = o
+            .store
+            .accept(
+                vec![ev("aaaa", Status::Resolved, "2026-11-25T10:00:00Z")],
+                now,
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.accepted.len(), 1);
+        // New sequence numbers continue after the old ones.
+        assert!(r.accepted[0].seq > seq_a);
+        o.store.close().await;
+    }
+
+    #[tokio::test]
+    async fn one_episode_sent_by_ha_replicas_with_jittered_starts_is_accepted_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = Utc::now();
+        let o = Store::open(opts(dir.path()), now).unwrap();
+        let r = o
+            .store
+            .accept(
+                vec![
+                    ev("ha", Status::Firing, "2026-11-25T10:00:00Z"),
+                    // The second Prometheus replica's copy, one second later.
+                    ev("ha", Status::Firing, "2026-11-25T10:00:01Z"),
+                ],
+                now,
+            )
+            .await
+            .unwrap();
+        assert_eq!((r.accepted.len(), r.duplicates), (1, 1));
+        // A new episode, starting later than the tolerance: accepted.
+        let r = o
+            .store
+            .accept(vec![ev("ha", Status::Firing, "2026-11-25T10:05:00Z")], now)
+            .await
+            .unwrap();
+        assert_eq!((r.accepted.len(), r.duplicates), (1, 0));
+        o.store.close().await;
+        // With no tolerance, only the same startsAt is the same delivery.
+        let mut exact = opts(dir.path());
+        exact.dedupe_tolerance = chrono::Duration::zero();
+        let o = Store::open(exact, now).unwrap();
+        let r = o
+            .store
+            .accept(
+                vec![
+                    ev("ha", Status::Firing, "2026-11-25T10:05:00Z"),
+                    ev("ha", Status::Firing, "2026-11-25T10:05:01Z"),
+                ],
+                now,
+            )
+            .await
+            .unwrap();
+        assert_eq!((r.accepted.len(), r.duplicates), (1, 1));
+        o.store.close().await;
+    }
+
+    #[tokio::test]
+    async fn keys_older_than_the_window_are_forgotten() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut o1 = opts(dir.path());
+        o1.dedupe_window = chrono::Duration::hours(1);
+        let old = Utc::now() - chrono::Duration::hours(2);
+        let o = Store::open(o1.clone(), old).unwrap();
+        let r = o
+            .store
+            .accept(
+                vec![ev("cccc", Status::Firing, "2026-11-25T10:00:00Z")],
+                old,
+            )
+            .await
+            .unwrap();
+        o.store.done(r.accepted[0].seq);
+        o.store.close().await;
+        let o = Store::open(o1, Utc::now()).unwrap();
+        let r = o
+            .store
+            .accept(
+                vec![ev("cccc", Status::Firing, "2026-11-25T10:00:00Z")],
+                Utc::now(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            r.accepted.len(),
+            1,
+            "a key outside the window is a new delivery"
+        );
+        o.store.close().await;
+    }
+
+    #[tokio::test]
+    async fn limit_state_comes_back_from_the_store_whatever_happened_to_the_audit_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = Utc::now();
+        let t0 = now - chrono::Duration::minutes(5);
+        let o = Store::open(opts(dir.path()), now).unwrap();
+        o.store
+            .commit(Commit {
+                records: vec![
+                    rec("run-1", Phase::Planned, t0),
+                    rec("run-1", Phase::Applied, t0),
+                    rec("run-1", Phase::Failed, t0),
+                    rec("run-2", Phase::Planned, now),
+                ],
+                ..Commit::default()
+            })
+            .unwrap();
+        o.store.close().await;
+        // Every audit file gone (rotation, a person): the limits remain.
+        std::fs::remove_file(dir.path().join("audit.jsonl")).unwrap();
+        let o = Store::open(opts(dir.path()), now).unwrap();
+        let key = crate::policy::target_key(&rec("x", Phase::Planned, now).target);
+        let (n, _) = o.ledger.executions_since(
+            "default",
+            RateScope::Target,
+            "pb",
+            &key,
+            now - chrono::Duration::hours(1),
+        );
+        assert_eq!(n, 2);
+        // run-2 was planned and never finished: recorded as interrupted, once.
+        assert_eq!(o.interrupted.len(), 1);
+        assert_eq!(o.interrupted[0].id, "run-2");
+        assert_eq!(
+            o.ledger
+                .failures_since("default", "pb", now - chrono::Duration::hours(1)),
+            2
+        );
+        o.store.close().await;
+        let o = Store::open(opts(dir.path()), now).unwrap();
+        assert!(o.interrupted.is_empty());
+        let log = audit::read(&dir.path().join("audit.jsonl")).unwrap();
+        assert_eq!(
+            log.records
+                .iter()
+                .filter(|r| r.outcome == audit::INTERRUPTED)
+                .count(),
+            1
+        );
+        o.store.close().await;
+    }
+
+    #[tokio::test]
+    async fn a_record_committed_but_not_yet_in_the_log_is_written_exactly_once_after_a_crash() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = Utc::now();
+        let log = dir.path().join("audit.jsonl");
+        let o = Store::open(opts(dir.path()), now).unwrap();
+        o.store
+            .commit(Commit {
+                records: vec![
+                    rec("a", Phase::Planned, now),
+                    rec("a", Phase::Verified, now),
+                ],
+                ..Commit::default()
+            })
+            .unwrap();
+        o.store.close().await;
+        // The crash came after the commit and before the log write of the
+        // last record: cut it from the log.
+        let text = std::fs::read_to_string(&log).unwrap();
+        let first = text.lines().next().unwrap();
+        std::fs::write(&log, format!("{first}\n")).unwrap();
+        let o = Store::open(opts(dir.path()), now).unwrap();
+        o.store
+            .commit(Commit {
+                records: vec![rec("b", Phase::Planned, now)],
+                ..Commit::default()
+            })
+            .unwrap();
+        o.store.close().await;
+        let r = audit::read(&log).unwrap();
+        let got: Vec<(String, Phase)> = r.records.iter().map(|r| (r.id.clone(), r.phase)).collect();
+        assert_eq!(
+            got,
+            vec![
+                ("a".to_string(), Phase::Planned),
+                ("a".to_string(), Phase::Verified),
+                ("b".to_string(), Phase::Planned)
+            ]
+        );
+        assert_eq!(audit::last_seq(&log), Some(3));
+    }
+
+    #[tokio::test]
+    async fn approvals_survive_reopen_and_an_answer_is_given_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = Utc::now();
+        let pending = |id: &str, secs: i64| Pending {
+            id: id.into(),
+            playbook: "pb".into(),
+            policy: "default".into(),
+            target: "pod etl/x".into(),
+            target_fields: BTreeMap::new(),
+            reason: "policy requires approval".into(),
+            actions: vec!["kubernetes.pod.restart".into()],
+            requested_at: now,
+            expires_at: now + chrono::Duration::seconds(secs),
+            event: ev(&format!("fp-{id}"), Status::Firing, "2026-11-25T10:00:00Z"),
+        };
+        let o = Store::open(opts(dir.path()), now).unwrap();
+        o.store
+            .commit(Commit {
+                approvals: vec![
+                    ApprovalChange::Request(Box::new(pending("a", 60))),
+                    ApprovalChange::Request(Box::new(pending("b", -1))),
+                ],
+                ..Commit::default()
+            })
+            .unwrap();
+        o.store.close().await;
+        let o = Store::open(opts(dir.path()), now).unwrap();
+        let mut a = o.approvals;
+        assert_eq!(a.pending().len(), 2);
+        assert_eq!(a.expired(Utc::now()), vec!["b".to_string()]);
+        assert_eq!(a.for_fingerprint("fp-a"), vec!["a".to_string()]);
+        o.store
+            .commit(Commit {
+                approvals: vec![ApprovalChange::Answer {
+                    id: "a".into(),
+                    answer: Answer::Approved,
+                    by: "alice".into(),
+                    at: now,
+                }],
+                ..Commit::default()
+            })
+            .unwrap();
+        assert_eq!(
+            a.answer("a", Answer::Approved, "alice").unwrap().playbook,
+            "pb"
+        );
+        let err = a.answer("a", Answer::Denied, "bob").unwrap_err();
+        assert!(err.to_string().contains("already answered"), "{err}");
+        o.store.close().await;
+        let o = Store::open(opts(dir.path()), now).unwrap();
+        assert_eq!(o.approvals.pending().len(), 1);
+        assert_eq!(
+            o.approvals.answered("a"),
+            Some(&(Answer::Approved, "alice".to_string()))
+        );
+        o.store.close().await;
+    }
+
+    #[tokio::test]
+    async fn a_state_directory_of_the_journal_format_is_upgraded_with_its_limits_and_pending_events(
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let now = Utc::now();
+        let d = dir.path();
+        // An execution five minutes ago, in the old audit log (no seq).
+        let t0 = now - chrono::Duration::minutes(5);
+        let mut log = audit::Writer::open(&d.join("audit.jsonl")).unwrap();
+        log.append(&rec("old", Phase::Planned, t0)).unwrap();
+        log.append(&rec("old", Phase::Verified, t0)).unwrap();
+        // A planned step with no outcome: interrupted.
+        log.append(&rec("cut", Phase::Planned, t0)).unwrap();
+        drop(log);
+        // The inbox: one event decided (a record of it follows), one pending.
+        let decided = ev("f", Status::Firing, "2026-11-25T10:00:00Z");
+        let waiting = ev("w", Status::Firing, "2026-11-25T10:00:00Z");
+        let line = |seq: u64, e: &Event, at: DateTime<Utc>| {
+            serde_json::json!({"t": "accepted", "seq": seq, "key": e.delivery_key(), "at": at, "event": e}).to_string()
+        };
+        std::fs::write(
+            d.join("inbox.jsonl"),
+            format!(
+                "{}\n{}\n",
+                line(1, &decided, t0 - chrono::Duration::seconds(1)),
+                line(2, &waiting, t0)
+            ),
+        )
+        .unwrap();
+        let p = serde_json::json!({"t": "requested", "id": "ap-1", "playbook": "pb", "policy": "default",
+            "target": "pod etl/x", "target_fields": {}, "reason": "r", "actions": [],
+            "requested_at": now, "expires_at": now + chrono::Duration::hours(1), "event": waiting});
+        std::fs::write(d.join("approvals.jsonl"), format!("{p}\n")).unwrap();
+
+        let o = Store::open(opts(d), now).unwrap();
+        assert!(o.upgraded.is_some());
+        let key = crate::policy::target_key(&rec("x", Phase::Planned, now).target);
+        assert_eq!(
+            o.ledger.last_execution("default", "pb", &key),
+            Some(t0),
+            "the cooldown's last execution is kept"
+        );
+        assert_eq!(o.pending.len(), 1);
+        assert_eq!(o.pending[0].event.fingerprint, "w");
+        assert_eq!(o.approvals.pending().len(), 1);
+        assert_eq!(o.interrupted.len(), 1);
+        assert_eq!(o.interrupted[0].id, "cut");
+        assert!(d.join("inbox.jsonl.upgraded").exists());
+        assert!(!d.join("inbox.jsonl").exists());
+        // A duplicate of the pending delivery is still known.
+        let r = o.store.accept(vec![waiting.clone()], now).await.unwrap();
+        assert_eq!(r.duplicates, 1);
+        o.store.close().await;
+        // The old log is continued, not rewritten.
+        let r = audit::read(&d.join("audit.jsonl")).unwrap();
+        assert_eq!(r.records.len(), 4);
+    }
 }
