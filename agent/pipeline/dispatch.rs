@@ -58,6 +58,7 @@ pub(super) async fn run(
             Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
             _ = expiry.tick() => {
                 shared.storage_metrics();
+                shared.board.prune(chrono::Utc::now());
                 if !shared.store.health().failing() {
                     if !held_cancelled.is_empty() {
                         if let Err(back) = decide::cancelled(&shared, std::mem::take(&mut held_cancelled)) {

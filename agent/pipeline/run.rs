@@ -26,7 +26,13 @@ use crate::state::Commit;
 pub(super) struct Board {
     running: Mutex<HashMap<String, usize>>,
     resolved: Mutex<HashMap<String, DateTime<Utc>>>,
+    /// Runs waiting for a slot, per alert fingerprint.
+    waiting: Mutex<HashMap<String, usize>>,
 }
+
+/// How long a resolution is remembered for an alert with no run waiting
+/// (covers an event queued again after a failed write).
+const RESOLVED_KEPT: chrono::Duration = chrono::Duration::minutes(10);
 
 impl Board {
     /// Whether a run of `playbook` is queued or executing.
@@ -44,6 +50,25 @@ impl Board {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(fingerprint.to_string(), at);
+    }
+
+    /// Forgets resolutions no waiting run can need, so the map stays as
+    /// small as the work in hand.
+    pub(super) fn prune(&self, now: DateTime<Utc>) {
+        let waiting = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
+        self.resolved
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|fp, at| waiting.contains_key(fp) || *at > now - RESOLVED_KEPT);
+    }
+
+    fn wait(&self, fingerprint: &str, delta: isize) {
+        let mut w = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
+        let n = w.entry(fingerprint.to_string()).or_insert(0);
+        *n = n.saturating_add_signed(delta);
+        if *n == 0 {
+            w.remove(fingerprint);
+        }
     }
 
     pub(super) fn resolved_since(
@@ -182,6 +207,18 @@ impl RunSink {
     }
 }
 
+/// Counts a run as waiting for a slot until dropped.
+struct Waiting {
+    shared: Arc<Shared>,
+    fingerprint: String,
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.shared.board.wait(&self.fingerprint, -1);
+    }
+}
+
 /// Marks a playbook as running for as long as it lives.
 struct RunningGuard {
     shared: Arc<Shared>,
@@ -228,9 +265,16 @@ pub(super) fn start(
     let engine = engine.clone();
     let slots = slots.clone();
     let span = info_span!("run", playbook = %planned.playbook, target_ref = %planned.target_display(), fingerprint = %planned.trigger.fingerprint);
+    shared.board.wait(&planned.trigger.fingerprint, 1);
+    let waiting = Waiting {
+        shared: shared.clone(),
+        fingerprint: planned.trigger.fingerprint.clone(),
+    };
     tasks.spawn(
         async move {
-            let Ok(slot) = slots.acquire_owned().await else {
+            let slot = slots.acquire_owned().await;
+            drop(waiting);
+            let Ok(slot) = slot else {
                 return;
             };
             // A resolved alert cancels a run that is still waiting for its turn.

@@ -85,6 +85,9 @@ pub enum Error {
     NotPending(String),
 }
 
+/// Answers remembered in memory (the store keeps a week of them).
+const ANSWERS_KEPT: usize = 10_000;
+
 /// Requests pending, and answers given (to tell "already answered" apart).
 #[derive(Debug, Default)]
 pub struct Approvals {
@@ -122,6 +125,10 @@ impl Approvals {
             .ok_or_else(|| Error::NotPending(id.to_string()))?;
         self.answered
             .insert(id.to_string(), (answer, by.to_string()));
+        // Ids are time-ordered (UUIDv7): keep the most recent answers.
+        while self.answered.len() > ANSWERS_KEPT {
+            self.answered.pop_first();
+        }
         Ok(p)
     }
 
