@@ -93,8 +93,7 @@ fn ready(addr: &str) -> bool {
         return false;
     };
     let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
-    if s
-        .write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    if s.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         .is_err()
     {
         return false;
@@ -149,7 +148,8 @@ fn main() {
     if std::env::args().any(|a| a == "--test" || a == "--list") {
         return;
     }
-    let base = std::env::var("REMEDIATE_BENCH_DIR").unwrap_or_else(|_| "target/bench-startup".into());
+    let base =
+        std::env::var("REMEDIATE_BENCH_DIR").unwrap_or_else(|_| "target/bench-startup".into());
     let dir = Path::new(&base);
     let _ = std::fs::remove_dir_all(dir);
     let state = dir.join("state");

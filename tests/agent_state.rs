@@ -1,7 +1,8 @@
-//! Storage faults against the real agent process: a full disk (a 2 MiB
+//! The agent's state against the real agent process: a full disk (a 2 MiB
 //! tmpfs as the state directory), the audit log deleted under the agent,
-//! and rotation with huge alerts. In each, nothing accepted is lost,
-//! nothing runs twice, and the limits hold across a restart.
+//! rotation with huge alerts, and one alert sent by HA replicas with
+//! jittered starts. In each, nothing accepted is lost, nothing runs twice,
+//! and the limits hold across a restart.
 //!
 //! The action is `host.command` appending the target to a file outside the
 //! state directory, so "ran once" is counted from the side effect itself.
@@ -34,7 +35,12 @@ spec:
     )
 }
 
-const CONFIG: &str = "node: fault-node\nlisten: 127.0.0.1:0\nplaybooks: playbooks\npolicies: policies\nstateDir: state\nschedule: { enabled: false }\nwebhook: { dedupeTolerance: 0s }\n";
+const BASE: &str = "node: fault-node\nlisten: 127.0.0.1:0\nplaybooks: playbooks\npolicies: policies\nstateDir: state\nschedule: { enabled: false }\n";
+/// Each test alert is its own episode (exact startsAt dedupe).
+const CONFIG: &str = concat!(
+    "node: fault-node\nlisten: 127.0.0.1:0\nplaybooks: playbooks\npolicies: policies\nstateDir: state\nschedule: { enabled: false }\n",
+    "webhook: { dedupeTolerance: 0s }\n"
+);
 
 fn setup(policy: &str) -> (tempfile::TempDir, std::path::PathBuf) {
     let dir = tempfile::tempdir().unwrap();
@@ -384,4 +390,43 @@ async fn rotation_and_huge_alerts_cannot_push_an_execution_out_of_the_limits() {
     assert_eq!(r.decision, "suppressed", "{}", r.reason);
     assert!(r.reason.starts_with("cooldown 1h"), "{}", r.reason);
     assert_eq!(times_ran(&marker, "y"), 1);
+}
+
+#[tokio::test]
+async fn one_alert_from_two_prometheus_replicas_a_second_apart_runs_once_without_a_cooldown() {
+    let (dir, marker) = setup("  rateLimits: []\n");
+    let d = dir.path();
+    // The default tolerance (2m).
+    let a = start_agent(d, BASE);
+    let (c1, t1) = a
+        .post(&mark("ha", "2026-11-25T10:00:00Z"), Some(TOKEN))
+        .await;
+    let (c2, t2) = a
+        .post(&mark("ha", "2026-11-25T10:00:01Z"), Some(TOKEN))
+        .await;
+    assert_eq!((c1, c2), (200, 200), "{t1} {t2}");
+    assert!(t2.contains("\"duplicates\":1"), "{t2}");
+    eventually(Duration::from_secs(20), || {
+        (times_ran(&marker, "ha") == 1).then_some(())
+    })
+    .await
+    .expect("ran");
+    // A later episode (past the tolerance) is new.
+    assert_eq!(
+        a.post(&mark("ha", "2026-11-25T10:10:00Z"), Some(TOKEN))
+            .await
+            .0,
+        200
+    );
+    eventually(Duration::from_secs(20), || {
+        (times_ran(&marker, "ha") == 2).then_some(())
+    })
+    .await
+    .expect("the new episode ran");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(times_ran(&marker, "ha"), 2);
+    assert_eq!(
+        a.metric("remediate_duplicate_deliveries_total").await,
+        Some(1.0)
+    );
 }
