@@ -430,3 +430,144 @@ async fn one_alert_from_two_prometheus_replicas_a_second_apart_runs_once_without
         Some(1.0)
     );
 }
+
+/// An audit record of an executed run of the `mark` playbook on `target`.
+fn executed(
+    id: &str,
+    target: &str,
+    at: chrono::DateTime<chrono::Utc>,
+    phase: audit::Phase,
+) -> audit::Record {
+    let labels: std::collections::BTreeMap<String, String> = [
+        ("alertname".to_string(), "Mark".to_string()),
+        ("target".to_string(), target.to_string()),
+    ]
+    .into();
+    audit::Record {
+        ts: at,
+        id: id.into(),
+        trigger: audit::TriggerRef {
+            kind: remediate::event::TriggerKind::Alert,
+            alertname: Some("Mark".into()),
+            fingerprint: remediate::event::fingerprint(&labels),
+            status: remediate::event::Status::Firing,
+            labels,
+            annotations: Default::default(),
+            values: Default::default(),
+            starts_at: Some(at),
+        },
+        playbook: "mark".into(),
+        action: "host.command".into(),
+        target: [
+            ("kind".to_string(), "host".to_string()),
+            ("node".to_string(), "fault-node".to_string()),
+        ]
+        .into(),
+        params: serde_json::json!({}),
+        decision: "execute".into(),
+        reason: "all gates passed".into(),
+        dry_run: false,
+        phase,
+        outcome: "ran".into(),
+        duration_ms: 1,
+        node: "fault-node".into(),
+        policy: "default".into(),
+        step: 0,
+        decided_at: Some(at),
+    }
+}
+
+#[tokio::test]
+async fn an_agent_upgraded_over_a_journal_state_dir_keeps_its_limits_and_pending_events() {
+    let (dir, marker) = setup("  cooldown: 1h\n");
+    let d = dir.path();
+    let state = d.join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    // What the previous version left: an execution ten minutes ago in the
+    // audit, and an accepted, undecided event in its inbox journal.
+    let before = chrono::Utc::now() - chrono::Duration::minutes(10);
+    let mut log = audit::Writer::open(&state.join("audit.jsonl")).unwrap();
+    log.append(&executed("old-1", "z", before, audit::Phase::Planned))
+        .unwrap();
+    log.append(&executed("old-1", "z", before, audit::Phase::Verified))
+        .unwrap();
+    drop(log);
+    let body = mark("w", "2026-11-25T09:00:00Z");
+    let ev = remediate::trigger::alertmanager::Payload::parse(&body)
+        .unwrap()
+        .events()
+        .remove(0);
+    let line = serde_json::json!({"t": "accepted", "seq": 1, "key": ev.delivery_key(), "at": before, "event": ev});
+    std::fs::write(state.join("inbox.jsonl"), format!("{line}\n")).unwrap();
+
+    let a = start_agent(d, CONFIG);
+    // The event the old inbox held is decided; the run the old audit holds
+    // (the same host, ten minutes ago) keeps its cooldown.
+    let decided = |who: &'static str| {
+        let a = &a;
+        move || {
+            a.audit().into_iter().find(|r| {
+                r.trigger.labels.get("target").map(String::as_str) == Some(who) && r.id != "old-1"
+            })
+        }
+    };
+    let w = eventually(Duration::from_secs(20), decided("w"))
+        .await
+        .unwrap_or_else(|| panic!("the old inbox's event is decided: {}", a.log_text()));
+    assert_eq!(w.decision, "suppressed", "{}", w.reason);
+    assert!(w.reason.starts_with("cooldown 1h"), "{}", w.reason);
+    assert_eq!(
+        a.post(&mark("z", "2026-11-25T10:00:00Z"), Some(TOKEN))
+            .await
+            .0,
+        200
+    );
+    let z = eventually(Duration::from_secs(10), decided("z"))
+        .await
+        .expect("z decided");
+    assert_eq!(z.decision, "suppressed", "{}", z.reason);
+    assert!(z.reason.starts_with("cooldown 1h"), "{}", z.reason);
+    assert!(ran(&marker).is_empty(), "{:?}", ran(&marker));
+    assert!(state.join("inbox.jsonl.upgraded").exists());
+    assert!(a.log_text().contains("upgraded the state directory"));
+}
+
+#[tokio::test]
+async fn a_damaged_state_store_stops_the_agent_with_the_file_named() {
+    let (dir, marker) = setup("  cooldown: 1h\n");
+    let d = dir.path();
+    let mut a = start_agent(d, CONFIG);
+    assert_eq!(
+        a.post(&mark("q", "2026-11-25T10:00:00Z"), Some(TOKEN))
+            .await
+            .0,
+        200
+    );
+    eventually(Duration::from_secs(20), || {
+        (times_ran(&marker, "q") == 1).then_some(())
+    })
+    .await
+    .expect("q ran");
+    // A clean stop checkpoints everything into state.db.
+    a.signal("TERM");
+    assert_eq!(a.wait_exit(Duration::from_secs(30)), Some(0));
+    let db = d.join("state/state.db");
+    let mut bytes = std::fs::read(&db).unwrap();
+    let n = bytes.len();
+    assert!(n > 8192, "{n}");
+    // Garbage over the pages after the header page.
+    for b in &mut bytes[4096..n] {
+        *b = 0xA5;
+    }
+    std::fs::write(&db, bytes).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_remediate"))
+        .current_dir(d)
+        .args(["agent", "--check", "--config", "agent.yaml"])
+        .env("REMEDIATE_WEBHOOK_TOKEN", TOKEN)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("state/state.db"), "{err}");
+    assert!(err.contains("state store"), "{err}");
+}

@@ -682,6 +682,10 @@ impl State {
             }
             if let Some(stop) = self.batch(jobs) {
                 self.drain();
+                // A clean stop leaves one self-contained database file.
+                if let Err(e) = self.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)") {
+                    tracing::warn!(error = %e, "state store: the final checkpoint failed; the WAL is replayed at the next start");
+                }
                 let _ = stop.send(());
                 return;
             }
