@@ -117,8 +117,8 @@ pub struct Metrics {
     pub storage_errors: Counter,
     /// 1 while writes to the state store or the audit log fail.
     pub storage_failing: Gauge,
-    /// Times the audit log was found deleted or replaced and reopened.
-    pub audit_reopened: Gauge,
+    /// Times the audit log or the state store was found deleted or replaced and reopened.
+    pub storage_reopened: Gauge,
     /// Data files of the current snapshot, per configured Iceberg table.
     pub iceberg_total_files: Family<TableLabels, Gauge>,
     /// Of which under the small-file threshold.
@@ -153,7 +153,7 @@ impl Metrics {
             notifications: Family::default(),
             storage_errors: Counter::default(),
             storage_failing: Gauge::default(),
-            audit_reopened: Gauge::default(),
+            storage_reopened: Gauge::default(),
             iceberg_total_files: Family::default(),
             iceberg_small_files: Family::default(),
             iceberg_small_files_ratio: Family::default(),
@@ -235,9 +235,9 @@ impl Metrics {
             self.storage_failing.clone(),
         );
         r.register(
-            "audit_reopened",
-            "Times the audit log was found deleted or replaced under the agent and reopened",
-            self.audit_reopened.clone(),
+            "storage_reopened",
+            "Times the audit log or the state store was found deleted or replaced under the agent and reopened",
+            self.storage_reopened.clone(),
         );
         r.register(
             "iceberg_table_total_files",

@@ -289,7 +289,7 @@ async fn the_audit_log_deleted_under_the_agent_is_reopened_and_the_limits_surviv
     .await
     .expect("the record after the deletion is in a new audit.jsonl");
     assert!(rec.reason.starts_with("cooldown 1h"), "{}", rec.reason);
-    assert_eq!(a.metric("remediate_audit_reopened").await, Some(1.0));
+    assert_eq!(a.metric("remediate_storage_reopened").await, Some(1.0));
     assert!(a
         .log_text()
         .contains("the audit log was replaced or deleted under the agent"));
@@ -570,4 +570,50 @@ async fn a_damaged_state_store_stops_the_agent_with_the_file_named() {
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("state/state.db"), "{err}");
     assert!(err.contains("state store"), "{err}");
+}
+
+#[tokio::test]
+async fn the_state_store_deleted_under_the_agent_is_written_again_and_the_limits_survive_a_restart()
+{
+    let (dir, marker) = setup("  cooldown: 1h\n");
+    let d = dir.path();
+    let a = start_agent(d, CONFIG);
+    assert_eq!(
+        a.post(&mark("s", "2026-11-25T10:00:00Z"), Some(TOKEN))
+            .await
+            .0,
+        200
+    );
+    eventually(Duration::from_secs(20), || {
+        (times_ran(&marker, "s") == 1).then_some(())
+    })
+    .await
+    .expect("s ran");
+    for f in ["state.db", "state.db-wal", "state.db-shm"] {
+        let _ = std::fs::remove_file(d.join("state").join(f));
+    }
+    eventually(Duration::from_secs(20), || {
+        d.join("state/state.db").exists().then_some(())
+    })
+    .await
+    .expect("state.db is written again");
+    assert!(a
+        .log_text()
+        .contains("the state store's file was replaced or deleted under the agent"));
+    assert_eq!(a.metric("remediate_storage_reopened").await, Some(1.0));
+    drop(a);
+    let a = start_agent(d, CONFIG);
+    assert_eq!(
+        a.post(&mark("s", "2026-11-25T10:30:00Z"), Some(TOKEN))
+            .await
+            .0,
+        200
+    );
+    let r = eventually(Duration::from_secs(10), || {
+        a.audit().into_iter().find(|r| r.decision == "suppressed")
+    })
+    .await
+    .expect("decided");
+    assert!(r.reason.starts_with("cooldown 1h"), "{}", r.reason);
+    assert_eq!(times_ran(&marker, "s"), 1);
 }

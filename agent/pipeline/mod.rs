@@ -149,7 +149,7 @@ impl Shared {
     pub fn storage_metrics(&self) {
         let h = self.store.health();
         self.metrics.storage_failing.set(i64::from(h.failing()));
-        self.metrics.audit_reopened.set(h.reopened() as i64);
+        self.metrics.storage_reopened.set(h.reopened() as i64);
     }
 }
 

@@ -259,6 +259,12 @@ impl std::fmt::Debug for Job {
     }
 }
 
+/// (device, inode) of a file, if it exists.
+fn file_id(path: &std::path::Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
+
 /// Times are stored as nanoseconds since the epoch (exact to what the
 /// engine records; i64 holds them until 2262).
 fn nanos(t: DateTime<Utc>) -> i64 {
@@ -358,6 +364,8 @@ impl Store {
             backlog_in_db: false,
             horizon: opts.horizon,
             last_prune: std::time::Instant::now(),
+            db_id: file_id(&opts.path),
+            last_check: std::time::Instant::now(),
         };
         st.init_seq()?;
         // Whatever was committed and not yet logged goes to the log first.
@@ -472,6 +480,9 @@ struct State {
     backlog_in_db: bool,
     horizon: chrono::Duration,
     last_prune: std::time::Instant,
+    /// (device, inode) of the database file we opened.
+    db_id: Option<(u64, u64)>,
+    last_check: std::time::Instant,
 }
 
 /// One audit log line: the record and its sequence number.
@@ -693,6 +704,7 @@ impl State {
     }
 
     fn idle(&mut self) {
+        self.reopen_if_replaced();
         if !self.unwritten.is_empty() || self.backlog_in_db {
             self.drain();
         } else if self.health.failing() {
@@ -701,6 +713,60 @@ impl State {
         if self.last_prune.elapsed() > Duration::from_secs(60) {
             if let Err(e) = self.prune(Utc::now()) {
                 tracing::warn!(error = %e, "state store: pruning failed");
+            }
+        }
+    }
+
+    /// If `state.db` at our path is no longer the file we hold open (deleted,
+    /// or replaced by another), writes what we hold to the path again and
+    /// reopens it: the state on disk is the agent's, for the next start.
+    fn reopen_if_replaced(&mut self) {
+        let now_id = file_id(&self.opts.path);
+        if now_id == self.db_id && now_id.is_some() {
+            return;
+        }
+        let why = if now_id.is_none() {
+            "deleted"
+        } else {
+            "replaced by another file"
+        };
+        let tmp = self.opts.path.with_extension("db.rewrite");
+        let _ = std::fs::remove_file(&tmp);
+        let result = self
+            .conn
+            .execute("VACUUM INTO ?1", params![tmp.to_string_lossy()])
+            .map_err(|e| e.to_string())
+            .and_then(|_| {
+                // Close ours (its WAL goes with it), then put the copy in place.
+                let fresh = Connection::open_in_memory().map_err(|e| e.to_string())?;
+                let old = std::mem::replace(&mut self.conn, fresh);
+                drop(old);
+                for ext in ["db-wal", "db-shm"] {
+                    let _ = std::fs::remove_file(self.opts.path.with_extension(ext));
+                }
+                std::fs::rename(&tmp, &self.opts.path).map_err(|e| e.to_string())?;
+                let conn = Connection::open(&self.opts.path).map_err(|e| e.to_string())?;
+                for (k, v) in [("journal_mode", "WAL"), ("synchronous", "FULL")] {
+                    conn.pragma_update(None, k, v).map_err(|e| e.to_string())?;
+                }
+                conn.pragma_update(None, "wal_autocheckpoint", 100)
+                    .map_err(|e| e.to_string())?;
+                conn.pragma_update(None, "journal_size_limit", 1 << 20)
+                    .map_err(|e| e.to_string())?;
+                self.conn = conn;
+                Ok(())
+            });
+        self.db_id = file_id(&self.opts.path);
+        self.health.reopened.fetch_add(1, Ordering::Relaxed);
+        match result {
+            Ok(()) => {
+                tracing::warn!(path = %self.opts.path.display(), %why, "the state store's file was replaced or deleted under the agent: wrote the agent's state to it again and reopened it")
+            }
+            Err(e) => {
+                self.health.fail(&format!(
+                    "state store {} was {why} and could not be written again: {e}",
+                    self.opts.path.display()
+                ));
             }
         }
     }
@@ -786,6 +852,11 @@ impl State {
             if let Err(e) = self.prune(Utc::now()) {
                 tracing::warn!(error = %e, "state store: pruning failed");
             }
+        }
+        // Under steady load there is no idle second: look at the file here too.
+        if self.last_check.elapsed() > Duration::from_secs(2) {
+            self.last_check = std::time::Instant::now();
+            self.reopen_if_replaced();
         }
         stop
     }
