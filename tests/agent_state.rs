@@ -593,13 +593,13 @@ async fn the_state_store_deleted_under_the_agent_is_written_again_and_the_limits
         let _ = std::fs::remove_file(d.join("state").join(f));
     }
     eventually(Duration::from_secs(20), || {
-        d.join("state/state.db").exists().then_some(())
+        (d.join("state/state.db").exists()
+            && a.log_text()
+                .contains("the state store's file was replaced or deleted under the agent"))
+        .then_some(())
     })
     .await
-    .expect("state.db is written again");
-    assert!(a
-        .log_text()
-        .contains("the state store's file was replaced or deleted under the agent"));
+    .expect("state.db is written again, and the agent says so");
     assert_eq!(a.metric("remediate_storage_reopened").await, Some(1.0));
     drop(a);
     let a = start_agent(d, CONFIG);

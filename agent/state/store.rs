@@ -41,9 +41,13 @@ const SCHEMA_VERSION: i64 = 1;
 /// Answered approvals are remembered this long (to say "already approved").
 const ANSWERED_KEPT: chrono::Duration = chrono::Duration::days(7);
 
-/// Audit records kept in memory for the log writer before it reads them
-/// back from the outbox instead.
-const UNWRITTEN_IN_MEMORY: usize = 8192;
+/// Bytes of committed log lines kept in memory for the log writer before it
+/// reads them back from the outbox instead (a log that keeps failing).
+const UNWRITTEN_IN_MEMORY: usize = 4 << 20;
+
+/// Done marks waiting for a transaction of their own, at most (they need
+/// no fsync of their own: a lost one leaves an entry already decided).
+const DONE_DEFERRED: usize = 1024;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -366,6 +370,7 @@ impl Store {
             last_prune: std::time::Instant::now(),
             db_id: file_id(&opts.path),
             last_check: std::time::Instant::now(),
+            deferred_done: Vec::new(),
         };
         st.init_seq()?;
         // Whatever was committed and not yet logged goes to the log first.
@@ -483,6 +488,8 @@ struct State {
     /// (device, inode) of the database file we opened.
     db_id: Option<(u64, u64)>,
     last_check: std::time::Instant,
+    /// Inbox entries done, not yet committed.
+    deferred_done: Vec<u64>,
 }
 
 /// One audit log line: the record and its sequence number.
@@ -705,6 +712,13 @@ impl State {
 
     fn idle(&mut self) {
         self.reopen_if_replaced();
+        if !self.deferred_done.is_empty() {
+            let done = std::mem::take(&mut self.deferred_done);
+            if self.transaction(&[], &[], &done).is_err() {
+                // Not committed (the store fails): try again next time.
+                self.deferred_done = done;
+            }
+        }
         if !self.unwritten.is_empty() || self.backlog_in_db {
             self.drain();
         } else if self.health.failing() {
@@ -797,11 +811,21 @@ impl State {
             match job {
                 Job::Accept { events, at, reply } => accepts.push((events, at, reply)),
                 Job::Commit { commit, reply } => commits.push((commit, reply)),
-                Job::Done(seq) => done.push(seq),
+                Job::Done(seq) => self.deferred_done.push(seq),
                 Job::Horizon(h) => self.horizon = h,
                 Job::Stop(ack) => stop = Some(ack),
             }
         }
+        // Done marks ride along with the next transaction; alone, they wait
+        // (for the idle tick, a stop, or a thousand of them).
+        if accepts.is_empty()
+            && commits.is_empty()
+            && stop.is_none()
+            && self.deferred_done.len() < DONE_DEFERRED
+        {
+            return stop;
+        }
+        done.append(&mut self.deferred_done);
         if accepts.is_empty() && commits.is_empty() && done.is_empty() {
             return stop;
         }
@@ -810,7 +834,8 @@ impl State {
         match result {
             Ok((accepted, lines)) => {
                 self.unwritten.extend(lines);
-                if self.unwritten.len() > UNWRITTEN_IN_MEMORY {
+                let bytes: usize = self.unwritten.iter().map(|(_, l)| l.len()).sum();
+                if bytes > UNWRITTEN_IN_MEMORY {
                     self.unwritten.clear();
                     self.backlog_in_db = true;
                 }
@@ -834,18 +859,7 @@ impl State {
                     let _ = reply.send(Err(msg.clone()));
                 }
                 // Done marks wait for the next transaction.
-                if !done.is_empty() {
-                    let tx = self.conn.transaction();
-                    if let Ok(tx) = tx {
-                        let ok = done.iter().all(|s| {
-                            tx.execute("DELETE FROM inbox WHERE seq = ?1", params![*s as i64])
-                                .is_ok()
-                        });
-                        if ok {
-                            let _ = tx.commit();
-                        }
-                    }
-                }
+                self.deferred_done.extend(done);
             }
         }
         if self.last_prune.elapsed() > Duration::from_secs(60) {
