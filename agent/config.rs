@@ -283,6 +283,12 @@ pub struct WebhookConfig {
     /// drop duplicates from Alertmanager HA pairs and repeat_interval resends.
     #[serde(default = "default_dedupe")]
     pub dedupe_window: Duration,
+    /// Deliveries of one alert (fingerprint and status) whose `startsAt`
+    /// differ by at most this are one episode and run once: Alertmanager HA
+    /// pairs fed by Prometheus replicas send the same alert with `startsAt`
+    /// a few seconds apart. A new episode of an alert starts later than this.
+    #[serde(default = "default_dedupe_tolerance")]
+    pub dedupe_tolerance: Duration,
 }
 
 fn default_max_body() -> usize {
@@ -296,6 +302,9 @@ fn zero() -> Duration {
 }
 fn default_dedupe() -> Duration {
     Duration::from_secs(72 * 3600)
+}
+fn default_dedupe_tolerance() -> Duration {
+    Duration::from_secs(120)
 }
 
 /// What to do with a notification carrying more alerts than the queue holds.
@@ -317,6 +326,7 @@ impl Default for WebhookConfig {
             oversized_notification: Oversized::default(),
             settle: zero(),
             dedupe_window: default_dedupe(),
+            dedupe_tolerance: default_dedupe_tolerance(),
         }
     }
 }

@@ -134,6 +134,10 @@ pub struct Metrics {
     pub http_rejected: Family<ReasonLabels, Counter>,
     /// Alerts of notifications larger than the queue that were not accepted.
     pub alerts_refused: Counter,
+    /// 1 while writes to the state store or the audit log fail.
+    pub storage_failing: Gauge,
+    /// Times the audit log or the state store was found deleted or replaced and reopened.
+    pub storage_reopened: Gauge,
     /// Data files of the current snapshot, per configured Iceberg table.
     pub iceberg_total_files: Family<TableLabels, Gauge>,
     /// Of which under the small-file threshold.
@@ -173,6 +177,8 @@ impl Metrics {
             http_closed: Family::default(),
             http_rejected: Family::default(),
             alerts_refused: Counter::default(),
+            storage_failing: Gauge::default(),
+            storage_reopened: Gauge::default(),
             iceberg_total_files: Family::default(),
             iceberg_small_files: Family::default(),
             iceberg_small_files_ratio: Family::default(),
@@ -245,7 +251,7 @@ impl Metrics {
         );
         r.register(
             "storage_errors",
-            "Audit or inbox writes that failed",
+            "Writes to the state store or the audit log that failed",
             self.storage_errors.clone(),
         );
         r.register(
@@ -277,6 +283,16 @@ impl Metrics {
             "webhook_alerts_refused",
             "Alerts of notifications with more alerts than webhook.queueCapacity that were not accepted",
             self.alerts_refused.clone(),
+        );
+        r.register(
+            "storage_failing",
+            "1 while writes to the state store or the audit log fail (nothing new is decided, /readyz is 503)",
+            self.storage_failing.clone(),
+        );
+        r.register(
+            "storage_reopened",
+            "Times the audit log or the state store was found deleted or replaced under the agent and reopened",
+            self.storage_reopened.clone(),
         );
         r.register(
             "iceberg_table_total_files",

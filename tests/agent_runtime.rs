@@ -524,7 +524,9 @@ async fn a_storm_of_10000_alerts_over_300_targets_executes_exactly_what_the_poli
     let s = setup(&[("crashloop.yaml", ALERT_PLAYBOOK)], Duration::ZERO);
     std::fs::write(s.dir.path().join("policies/default.yaml"), STORM_POLICY).unwrap();
     // A small audit file, so the storm rotates it and the rebuild spans files.
-    let extra = "concurrency: 8\naudit: { maxBytes: 1Mi, keep: 50 }\n";
+    // Every alert is its own episode (distinct startsAt): no HA tolerance.
+    let extra =
+        "concurrency: 8\naudit: { maxBytes: 1Mi, keep: 50 }\nwebhook: { dedupeTolerance: 0s }\n";
     let a = start(&s, extra).await;
     let bodies = storm_bodies(10_000, 300);
     let client = reqwest::Client::new();

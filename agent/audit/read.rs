@@ -150,3 +150,34 @@ pub fn ledger_from(records: &[Record]) -> Ledger {
     }
     l
 }
+
+/// The `seq` of the last record written to the log (the store's sequence
+/// number, on every line it writes), from the tail of the current file or,
+/// just after a rotation, of the newest rotated one. None when the log has
+/// no numbered record (empty, or written before the store).
+pub fn last_seq(path: &Path) -> Option<u64> {
+    #[derive(serde::Deserialize)]
+    struct Seq {
+        seq: Option<u64>,
+    }
+    let tail = |p: &Path| -> Option<Option<u64>> {
+        use std::io::{Read, Seek, SeekFrom};
+        let mut f = File::open(p).ok()?;
+        let len = f.metadata().ok()?.len();
+        // Records are capped in size; the last whole one fits in 1 MiB.
+        let start = len.saturating_sub(1 << 20);
+        f.seek(SeekFrom::Start(start)).ok()?;
+        let mut buf = Vec::new();
+        f.read_to_end(&mut buf).ok()?;
+        let last = buf
+            .split(|b| *b == b'\n')
+            .rev()
+            .filter(|l| !l.iter().all(u8::is_ascii_whitespace))
+            .find_map(|l| serde_json::from_slice::<Seq>(l).ok())?;
+        Some(last.seq)
+    };
+    match tail(path) {
+        Some(seq) => seq,
+        None => tail(&PathBuf::from(format!("{}.1", path.display()))).flatten(),
+    }
+}

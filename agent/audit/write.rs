@@ -29,7 +29,9 @@ pub struct Rotation {
 }
 
 impl Writer {
-    /// Opens (creating the directory and file if needed) for appending.
+    /// Opens (creating the directory and file if needed) for appending. A
+    /// torn last line (a write that never completed) is cut back, so the
+    /// next record starts after the last whole one.
     pub fn open(path: &Path) -> Result<Self> {
         let io = |source| Error::Io {
             path: path.to_path_buf(),
@@ -38,24 +40,36 @@ impl Writer {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(io)?;
         }
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .map_err(io)?;
-        // A torn last line from a crash must not swallow the next record.
-        let len = file.metadata().map_err(io)?.len();
-        let mut w = Self {
+        let (file, size) = open_whole(path).map_err(io)?;
+        Ok(Self {
             path: path.to_path_buf(),
             file,
             written: 0,
-            size: len,
+            size,
             rotate: None,
+        })
+    }
+
+    /// If the log at our path is no longer the file we write (deleted, or
+    /// replaced by another), opens the one at the path (creating it) and
+    /// says what happened. Records go on in the file people will read.
+    pub fn reopen_if_replaced(&mut self) -> Option<String> {
+        use std::os::unix::fs::MetadataExt;
+        let mine = self.file.metadata().ok()?;
+        let why = match std::fs::metadata(&self.path) {
+            Ok(m) if m.dev() == mine.dev() && m.ino() == mine.ino() => return None,
+            Ok(_) => "replaced by another file",
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => "deleted",
+            Err(_) => return None,
         };
-        if len > 0 && !ends_with_newline(path).map_err(io)? {
-            w.file.write_all(b"\n").map_err(io)?;
+        match open_whole(&self.path) {
+            Ok((file, size)) => {
+                self.file = file;
+                self.size = size;
+                Some(why.to_string())
+            }
+            Err(e) => Some(format!("{why}; reopening it failed: {e}")),
         }
-        Ok(w)
     }
 
     /// Opens with size-based rotation.
@@ -111,22 +125,47 @@ impl Writer {
     /// Appends several records with one fsync (the agent batches decisions
     /// that change nothing).
     pub fn append_batch(&mut self, recs: &[Record]) -> Result<()> {
-        if recs.is_empty() {
-            return Ok(());
-        }
         let mut buf = Vec::with_capacity(recs.len() * 512);
         for rec in recs {
             serde_json::to_writer(&mut buf, rec)?;
             buf.push(b'\n');
+        }
+        self.append_bytes(&buf, recs.len())
+    }
+
+    /// Appends lines already encoded (one record each, no newline), with one fsync.
+    pub fn append_lines(&mut self, lines: &[&str]) -> Result<()> {
+        let mut buf = Vec::with_capacity(lines.iter().map(|l| l.len() + 1).sum());
+        for l in lines {
+            buf.extend_from_slice(l.as_bytes());
+            buf.push(b'\n');
+        }
+        self.append_bytes(&buf, lines.len())
+    }
+
+    /// Writes and fsyncs `buf` (`n` records). A write that fails part-way
+    /// (a full disk) is cut back, so what follows never glues onto a torn line.
+    fn append_bytes(&mut self, buf: &[u8], n: usize) -> Result<()> {
+        if buf.is_empty() {
+            return Ok(());
         }
         self.maybe_rotate()?;
         let io = |source| Error::Io {
             path: self.path.clone(),
             source,
         };
-        self.file.write_all(&buf).map_err(io)?;
-        self.file.sync_data().map_err(io)?;
-        self.written += recs.len();
+        let before = self.size;
+        if let Err(e) = self
+            .file
+            .write_all(buf)
+            .and_then(|()| self.file.sync_data())
+        {
+            if let Err(cut) = self.file.set_len(before) {
+                tracing::error!(path = %self.path.display(), error = %cut, "cannot cut back a failed audit write; the next open cuts the torn line");
+            }
+            return Err(io(e));
+        }
+        self.written += n;
         self.size += buf.len() as u64;
         Ok(())
     }
@@ -142,11 +181,38 @@ impl Writer {
     }
 }
 
-fn ends_with_newline(path: &Path) -> std::io::Result<bool> {
+/// Opens `path` for appending, with a torn last line cut back; returns the
+/// file and its length.
+fn open_whole(path: &Path) -> std::io::Result<(File, u64)> {
+    let file = OpenOptions::new().create(true).append(true).open(path)?;
+    let len = file.metadata()?.len();
+    let whole = whole_length(path, len)?;
+    if whole < len {
+        tracing::warn!(path = %path.display(), bytes = len - whole, "cutting back a torn final line: that write never completed");
+        file.set_len(whole)?;
+        file.sync_data()?;
+    }
+    Ok((file, whole))
+}
+
+/// The length up to and including the last newline (0 if there is none).
+fn whole_length(path: &Path, len: u64) -> std::io::Result<u64> {
     use std::io::{Read, Seek, SeekFrom};
+    if len == 0 {
+        return Ok(0);
+    }
     let mut f = File::open(path)?;
-    f.seek(SeekFrom::End(-1))?;
-    let mut b = [0u8; 1];
-    f.read_exact(&mut b)?;
-    Ok(b[0] == b'\n')
+    let mut end = len;
+    let mut buf = vec![0u8; 64 << 10];
+    while end > 0 {
+        let start = end.saturating_sub(buf.len() as u64);
+        let n = (end - start) as usize;
+        f.seek(SeekFrom::Start(start))?;
+        f.read_exact(&mut buf[..n])?;
+        if let Some(i) = buf[..n].iter().rposition(|b| *b == b'\n') {
+            return Ok(start + i as u64 + 1);
+        }
+        end = start;
+    }
+    Ok(0)
 }

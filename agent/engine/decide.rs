@@ -23,9 +23,23 @@ impl Engine {
         now: DateTime<Utc>,
         ledger: &mut Ledger,
     ) -> Vec<Planned> {
+        self.decide_except(ev, &[], force_dry_run, now, ledger)
+    }
+
+    /// [`Engine::decide`] for the matching playbooks other than `skip`
+    /// (whose decisions of this event are recorded already).
+    pub fn decide_except(
+        &self,
+        ev: &Event,
+        skip: &[String],
+        force_dry_run: bool,
+        now: DateTime<Utc>,
+        ledger: &mut Ledger,
+    ) -> Vec<Planned> {
         self.config
             .matching(ev)
             .into_iter()
+            .filter(|pb| !skip.iter().any(|s| s == pb.name()))
             .filter_map(|pb| self.decide_one(pb, ev, force_dry_run, now, ledger))
             .collect()
     }
@@ -89,6 +103,7 @@ impl Engine {
         // dry-run records, so a what-if never limits a later real run.
         if would_execute {
             ledger.record_execution(now, &planned.policy, &planned.playbook, &key);
+            planned.charged = true;
         }
         planned.decision = decision;
         Some(planned)
@@ -124,6 +139,7 @@ impl Engine {
             verify_timeout: pb.verify_timeout.std(),
             decided_at: now,
             decided_instant: Instant::now(),
+            charged: false,
         };
         match self.render(pb, ev) {
             Ok((target, steps)) => {

@@ -60,9 +60,26 @@ pub struct Planned {
     /// `decided_at` plus the time elapsed since (waits included).
     #[serde(skip)]
     pub decided_instant: Instant,
+    /// The decision entered an execution in the ledger (an `execute`, or a
+    /// dry-run that would have executed): what [`Planned::uncharge`] takes back.
+    #[serde(skip)]
+    pub charged: bool,
 }
 
 impl Planned {
+    /// Takes the execution this decision entered out of the ledger again,
+    /// when its records could not be written: nothing happened.
+    pub fn uncharge(&self, ledger: &mut Ledger) {
+        if self.charged {
+            ledger.forget_execution(
+                self.decided_at,
+                &self.policy,
+                &self.playbook,
+                &crate::policy::target_key(&self.target),
+            );
+        }
+    }
+
     /// `pod etl/x`, or `-` when rendering failed.
     pub fn target_display(&self) -> String {
         if self.target.is_empty() {

@@ -2,26 +2,28 @@
 //! person answers through the HTTP API (and later chat); unanswered ones
 //! expire, a resolved alert cancels them, and every answer is an audit
 //! record with the held run's id. An approved run is queued again and
-//! decided anew (every stage but approval re-evaluated). The journal of
-//! pending requests is [`crate::state::approvals`].
+//! decided anew (every stage but approval re-evaluated). Requests and
+//! answers commit to the store with their audit records.
 
 use chrono::{DateTime, Utc};
 
 use super::intake::{self, ApprovedRun, Incoming};
 use super::Shared;
 use crate::audit::{Phase, Record};
-use crate::engine::{Engine, Planned, RecordSink};
+use crate::engine::{Engine, Planned};
 use crate::event::Event;
 use crate::state::approvals::{self as journal, Answer, Pending};
+use crate::state::{ApprovalChange, Commit};
 
-/// Records a run held for approval; returns how to approve it.
-pub(super) fn request(
+/// The request for a run held for approval (committed with the decision's
+/// records), and how to approve it.
+pub(super) fn prepare(
     shared: &Shared,
     engine: &Engine,
     p: &Planned,
     event: &Event,
     now: DateTime<Utc>,
-) -> Option<String> {
+) -> Option<(Pending, String)> {
     let id = p.steps.first()?.id.clone();
     let timeout = engine
         .config
@@ -41,17 +43,59 @@ pub(super) fn request(
         expires_at: now + timeout,
         event: event.clone(),
     };
-    let mut a = shared.approvals.lock().unwrap_or_else(|e| e.into_inner());
-    if let Err(e) = a.request(pending) {
-        shared.metrics.storage_errors.inc();
-        tracing::error!(error = %e, "cannot record an approval request; the run stays held and cannot be approved");
-        return None;
-    }
     let url = external_url(shared);
-    Some(format!(
+    let how = format!(
         "approve within {}: `remediate approve {id} --agent {url}` (or `remediate deny {id} ...`), or POST {url}/api/v1/approvals/{id} with {{\"decision\":\"approve\"}}",
         humantime::format_duration(timeout.to_std().unwrap_or_default())
-    ))
+    );
+    Some((pending, how))
+}
+
+/// A request is committed: it waits for an answer.
+pub(super) fn requested(shared: &Shared, p: Pending) {
+    shared
+        .approvals
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .request(p);
+}
+
+/// Ends a pending request: its answer and its audit record commit together,
+/// then it leaves the pending set. Returns it.
+fn end(
+    shared: &Shared,
+    id: &str,
+    answer: Answer,
+    by: &str,
+    outcome: impl FnOnce(&Pending) -> String,
+) -> Result<Pending, AnswerError> {
+    let mut a = shared.approvals.lock().unwrap_or_else(|e| e.into_inner());
+    let p = match a.get(id) {
+        Ok(p) => p.clone(),
+        Err(journal::Error::NotPending(_)) => {
+            let why = match a.answered(id) {
+                Some((ans, who)) => format!("approval {id} is already {} ({who})", ans.as_str()),
+                None => format!("no pending approval {id}"),
+            };
+            return Err(AnswerError::NotPending(why));
+        }
+    };
+    let now = Utc::now();
+    let rec = record(shared, &p, answer, outcome(&p));
+    shared
+        .commit(Commit {
+            records: vec![rec],
+            approvals: vec![ApprovalChange::Answer {
+                id: id.to_string(),
+                answer,
+                by: by.to_string(),
+                at: now,
+            }],
+            ..Commit::default()
+        })
+        .map_err(|e| AnswerError::Storage(e.to_string()))?;
+    a.answer(id, answer, by)
+        .map_err(|e| AnswerError::NotPending(e.to_string()))
 }
 
 /// The audit record of an approval's answer (same id as the held run).
@@ -79,40 +123,42 @@ fn record(shared: &Shared, p: &Pending, answer: Answer, outcome: String) -> Reco
 
 /// A resolved alert cancels the approvals its firing runs wait for.
 pub(super) fn cancel_for(shared: &Shared, resolved: &Incoming) {
-    let mut a = shared.approvals.lock().unwrap_or_else(|e| e.into_inner());
-    for id in a.for_fingerprint(&resolved.event.fingerprint) {
-        if let Ok(p) = a.answer(&id, Answer::Cancelled, "alert resolved", Utc::now()) {
-            let rec = record(
-                shared,
-                &p,
-                Answer::Cancelled,
-                format!(
-                    "approval {id} cancelled: the alert resolved at {}; nothing done",
-                    resolved.at.format("%Y-%m-%dT%H:%M:%SZ")
-                ),
-            );
-            let _ = shared.append(&rec);
+    let ids = shared
+        .approvals
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .for_fingerprint(&resolved.event.fingerprint);
+    for id in ids {
+        let r = end(shared, &id, Answer::Cancelled, "alert resolved", |_| {
+            format!(
+                "approval {id} cancelled: the alert resolved at {}; nothing done",
+                resolved.at.format("%Y-%m-%dT%H:%M:%SZ")
+            )
+        });
+        if let Err(AnswerError::Storage(e)) = r {
+            tracing::error!(approval = %id, error = %e, "cannot record the cancellation; retried when it expires");
         }
     }
 }
 
-/// Expires the requests nobody answered in time.
+/// Expires the requests nobody answered in time (retried every tick until
+/// the answer is recorded).
 pub(super) fn expire(shared: &Shared) {
     let now = Utc::now();
-    let mut a = shared.approvals.lock().unwrap_or_else(|e| e.into_inner());
-    for id in a.expired(now) {
-        if let Ok(p) = a.answer(&id, Answer::Expired, "timeout", now) {
-            let rec = record(
-                shared,
-                &p,
-                Answer::Expired,
-                format!(
-                    "approval {id} expired at {} unanswered; nothing done",
-                    p.expires_at.format("%Y-%m-%dT%H:%M:%SZ")
-                ),
-            );
+    let ids = shared
+        .approvals
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .expired(now);
+    for id in ids {
+        let r = end(shared, &id, Answer::Expired, "timeout", |p| {
+            format!(
+                "approval {id} expired at {} unanswered; nothing done",
+                p.expires_at.format("%Y-%m-%dT%H:%M:%SZ")
+            )
+        });
+        if let Ok(p) = r {
             tracing::info!(approval = %id, playbook = %p.playbook, "approval expired");
-            let _ = shared.append(&rec);
         }
     }
 }
@@ -158,35 +204,18 @@ pub fn answer(
     } else {
         Answer::Denied
     };
-    let mut a = shared.approvals.lock().unwrap_or_else(|e| e.into_inner());
-    let p = match a.answer(id, answer, by, Utc::now()) {
-        Ok(p) => p,
-        Err(journal::Error::NotPending(_)) => {
-            let why = match a.answered(id) {
-                Some((ans, who)) => {
-                    format!("approval {id} is already {} ({who})", ans.as_str())
-                }
-                None => format!("no pending approval {id}"),
-            };
-            return Err(AnswerError::NotPending(why));
-        }
-        Err(e) => return Err(AnswerError::Storage(e.to_string())),
-    };
-    drop(a);
     let note = if comment.is_empty() {
         String::new()
     } else {
         format!(": {comment}")
     };
-    let outcome = if approve {
-        format!("approved by {by}{note}; decided again now (limits and windows re-checked)")
-    } else {
-        format!("denied by {by}{note}; nothing done")
-    };
-    let rec = record(shared, &p, answer, outcome);
-    shared
-        .append(&rec)
-        .map_err(|e| AnswerError::Storage(e.to_string()))?;
+    let p = end(shared, id, answer, by, |_| {
+        if approve {
+            format!("approved by {by}{note}; decided again now (limits and windows re-checked)")
+        } else {
+            format!("denied by {by}{note}; nothing done")
+        }
+    })?;
     tracing::info!(approval = %id, playbook = %p.playbook, by, approved = approve, "approval answered");
     if approve {
         // An approved run enters the pipeline again, like a new event.
@@ -202,6 +231,8 @@ pub fn answer(
                     playbook: p.playbook.clone(),
                     by: by.to_string(),
                 }),
+                skip: Vec::new(),
+                requeued: false,
             },
         );
     }

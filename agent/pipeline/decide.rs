@@ -1,8 +1,8 @@
 //! Decide: the engine's match → plan → gate for each ready event, against
-//! the ledger, in event order. Runs that change something (or dry-run
-//! through a driver) go to the run stage; the records of every other
-//! decision are written in one batch (one fsync), after which the inbox
-//! may forget the events and their notices go to the notify stage.
+//! the ledger, in event order. The records of decisions that change nothing
+//! are committed in one batch (one fsync) with the approval requests and
+//! the events done; then the runs that change something (or dry-run through
+//! a driver) go to the run stage and the notices to the notify stage.
 
 use std::sync::{Arc, Mutex};
 
@@ -16,11 +16,13 @@ use super::settle::Cancelled;
 use super::{approvals, notify, run, Shared};
 use crate::audit::{self, Record};
 use crate::engine::{Planned, RecordSink};
-use crate::event::TriggerKind;
+use crate::event::{Status, TriggerKind};
 use crate::metrics::DecisionLabels;
 use crate::policy::Decision;
+use crate::state::{ApprovalChange, Commit};
 
-/// Collects records of decisions that change nothing, written in one batch.
+/// Collects the records of decisions that change nothing, committed in one
+/// transaction with the batch's approval requests and finished events.
 #[derive(Default)]
 struct Batch(Mutex<Vec<Record>>);
 
@@ -35,10 +37,8 @@ impl RecordSink for Batch {
 }
 
 impl Batch {
-    /// Writes what was collected (one fsync).
-    fn write(self, shared: &Shared) {
-        let recs = self.0.into_inner().unwrap_or_else(|p| p.into_inner());
-        shared.audit_batch(&recs);
+    fn records(self) -> Vec<Record> {
+        self.0.into_inner().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -74,29 +74,55 @@ fn count_decision(shared: &Shared, p: &Planned) {
 }
 
 /// Records the runs a resolved alert cancelled while they settled, as
-/// `suppressed` with the reason; then their inbox entries are done.
-pub(super) fn cancelled(shared: &Shared, cancelled: Vec<Cancelled>) {
+/// `suppressed` with the reason, with their inbox entries done. If that
+/// cannot be written, they are handed back, to record again later.
+pub(super) fn cancelled(
+    shared: &Arc<Shared>,
+    cancelled: Vec<Cancelled>,
+) -> Result<(), Vec<Cancelled>> {
     if cancelled.is_empty() {
-        return;
+        return Ok(());
     }
     let engine = shared.engine();
     let now = Utc::now();
     let batch = Batch::default();
-    let mut tokens = Vec::with_capacity(cancelled.len());
-    for c in cancelled {
-        shared.metrics.queue_depth.dec();
+    let mut planned = Vec::new();
+    for c in &cancelled {
         for p in engine.suppress(&c.inc.event, &c.reason, now) {
-            count_decision(shared, &p);
+            planned.push(p.clone());
             // Records only: a suppressed run never reaches a driver.
             let _ = futures_now(engine.execute_shared(p, &batch));
         }
-        tokens.push(DoneToken::new(shared, &c.inc));
     }
-    batch.write(shared);
-    drop(tokens);
+    let commit = Commit {
+        records: batch.records(),
+        done: cancelled.iter().filter_map(|c| c.inc.seq).collect(),
+        ..Commit::default()
+    };
+    if shared.commit(commit).is_err() {
+        return Err(cancelled);
+    }
+    for p in &planned {
+        count_decision(shared, p);
+    }
+    for _ in &cancelled {
+        shared.metrics.queue_depth.dec();
+    }
+    Ok(())
 }
 
-/// Decides a batch of ready events.
+/// What a batch's decisions of one event left to record.
+struct Decided {
+    token: Arc<DoneToken>,
+    /// Playbooks whose decisions are among the batch's records.
+    recorded: Vec<String>,
+}
+
+/// Decides a batch of ready events. The batch is all or nothing: its
+/// records, approval requests and finished events commit in one
+/// transaction, and only then do its runs start and its notices go out. If
+/// the commit fails (a full disk), the executions it entered in the ledger
+/// are taken back, no run starts, and every event is queued again.
 pub(super) fn batch(
     shared: &Arc<Shared>,
     incs: Vec<Incoming>,
@@ -108,7 +134,10 @@ pub(super) fn batch(
     }
     let engine = shared.engine();
     let batch = Batch::default();
-    let mut tokens = Vec::with_capacity(incs.len());
+    let mut events: Vec<Decided> = Vec::with_capacity(incs.len());
+    let mut orders = Vec::new();
+    let mut charged = Vec::new();
+    let mut requests = Vec::new();
     let mut quiet_notices = Vec::new();
     for inc in incs {
         shared.metrics.queue_depth.dec();
@@ -133,6 +162,12 @@ pub(super) fn batch(
                 }
                 p.into_iter().collect()
             }
+            (None, TriggerKind::Alert, _) if inc.requeued && inc.event.status == Status::Firing
+                && shared.board.resolved_since(&inc.event.fingerprint, inc.at).is_some() => engine.suppress(
+                &inc.event,
+                "cancelled: the alert resolved while its decision waited for the state store to write again",
+                now,
+            ),
             (None, TriggerKind::Schedule, Some(pb)) if shared.board.is_running(pb) => engine.suppress(
                 &inc.event,
                 "skipped: the previous run of this playbook is still in progress (overlapping schedule tick)",
@@ -141,12 +176,13 @@ pub(super) fn batch(
             _ => {
                 let mut ledger = shared.ledger();
                 ledger.begin_group(inc.group);
-                engine.decide(&inc.event, shared.cfg.dry_run, now, &mut ledger)
+                engine.decide_except(&inc.event, &inc.skip, shared.cfg.dry_run, now, &mut ledger)
             }
         };
         if planned.is_empty() {
             tracing::debug!("no playbook matches");
         }
+        let mut recorded = Vec::new();
         for p in planned {
             count_decision(shared, &p);
             tracing::info!(playbook = %p.playbook, target_ref = %p.target_display(), decision = p.decision.as_str(), reason = p.decision.reason(), "decided");
@@ -159,28 +195,85 @@ pub(super) fn batch(
                 _ => false,
             };
             if needs_driver {
-                let order = run::Order::new(shared, p, inc.at, token.clone());
-                run::start(shared, &engine, order, slots, tasks);
-            } else {
-                let fp = p.trigger.fingerprint.clone();
-                let runbook = notify::runbook_of(&engine, &p.playbook);
-                let hold = matches!(p.decision, Decision::NeedsApproval(_))
-                    .then(|| approvals::request(shared, &engine, &p, &inc.event, now));
-                if let Some(Ok(rep)) = futures_now(engine.execute_shared(p, &batch)) {
-                    if notify::wants(shared, &rep) {
-                        let mut n = notify::notice(shared, &rep, runbook);
-                        n.how_to_approve = hold.flatten();
-                        quiet_notices.push(n);
-                    }
-                } else {
-                    tracing::error!(fingerprint = %fp, "could not record a decision");
+                orders.push(run::Order::new(shared, p, inc.at, token.clone()));
+                continue;
+            }
+            let fp = p.trigger.fingerprint.clone();
+            let runbook = notify::runbook_of(&engine, &p.playbook);
+            if p.charged {
+                charged.push(p.clone());
+            }
+            recorded.push(p.playbook.clone());
+            let hold = match p.decision {
+                Decision::NeedsApproval(_) => {
+                    approvals::prepare(shared, &engine, &p, &inc.event, now).map(|(req, how)| {
+                        requests.push(req);
+                        how
+                    })
                 }
+                _ => None,
+            };
+            if let Some(Ok(rep)) = futures_now(engine.execute_shared(p, &batch)) {
+                if notify::wants(shared, &rep) {
+                    let mut n = notify::notice(shared, &rep, runbook);
+                    n.how_to_approve = hold;
+                    quiet_notices.push(n);
+                }
+            } else {
+                tracing::error!(fingerprint = %fp, "could not record a decision");
             }
         }
-        tokens.push(token);
+        events.push(Decided { token, recorded });
     }
-    batch.write(shared);
-    // Only now, with the records durable, may the inbox forget the events.
-    drop(tokens);
+    let records = batch.records();
+    let mut commit = Commit {
+        approvals: requests
+            .iter()
+            .cloned()
+            .map(|p| ApprovalChange::Request(Box::new(p)))
+            .collect(),
+        ..Commit::default()
+    };
+    for e in &events {
+        let Some(seq) = e.token.seq() else { continue };
+        // An event no run holds is done with this batch; one whose runs go
+        // on is decided (never decided again) once a record of it is written.
+        if Arc::strong_count(&e.token) == 1 {
+            commit.done.push(seq);
+        } else if !e.recorded.is_empty() {
+            commit.decided.push(seq);
+        }
+    }
+    let nothing_to_write =
+        records.is_empty() && commit.approvals.is_empty() && commit.done.is_empty();
+    commit.records = records;
+    if !nothing_to_write && shared.commit(commit).is_err() {
+        let mut ledger = shared.ledger();
+        for p in &charged {
+            p.uncharge(&mut ledger);
+        }
+        for o in &orders {
+            o.uncharge(&mut ledger);
+        }
+        drop(ledger);
+        drop(orders);
+        for e in &events {
+            e.token.failed();
+        }
+        return;
+    }
+    for p in requests {
+        approvals::requested(shared, p);
+    }
+    for e in &events {
+        for pb in &e.recorded {
+            e.token.recorded(pb);
+        }
+    }
+    for order in orders {
+        run::start(shared, &engine, order, slots, tasks);
+    }
+    // The records are durable: the inbox may forget the events no run holds.
+    drop(events);
     notify::spawn(shared, quiet_notices, tasks);
 }

@@ -1,22 +1,24 @@
 //! Intake: events accepted durably, then queued for a decision.
 //!
-//! A webhook's events are journaled in the inbox (fsynced) before the
-//! webhook is answered. An entry is marked done only when the decision it
-//! led to is recorded ([`DoneToken`]), so an event accepted before a crash
-//! and not decided is decided after the next start ([`recover`]).
+//! A webhook's events are committed to the store's inbox (fsynced) before
+//! the webhook is answered. An entry is done only when the decisions it led
+//! to are recorded ([`DoneToken`]); one whose records could not be written
+//! (a full disk) goes back on the queue and is decided when the store
+//! writes again, and one accepted before a crash and not decided is decided
+//! after the next start ([`recover`]).
 
-use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 
 use super::Shared;
-use crate::audit::Record;
-use crate::event::{Event, Status};
+use crate::event::Event;
 use crate::metrics::EventLabels;
-use crate::state::inbox::{self, Inbox};
+use crate::state::Accepted as Journaled;
 
 /// One event waiting for a decision.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Incoming {
     /// Inbox sequence number (None for schedule ticks, which are not journaled).
     pub seq: Option<u64>,
@@ -30,6 +32,12 @@ pub struct Incoming {
     /// Set when a person approved a held run: decide this playbook again
     /// with the approval stage passed.
     pub approved: Option<ApprovedRun>,
+    /// Playbooks whose decisions of this event are recorded already (an
+    /// event queued again after a failed write): not decided again.
+    pub skip: Vec<String>,
+    /// Queued again after its decision could not be recorded: it has
+    /// settled already, and is cancelled if its alert resolved meanwhile.
+    pub requeued: bool,
 }
 
 /// An approved run, to decide again.
@@ -80,7 +88,7 @@ pub async fn accept(shared: &Shared, events: Vec<Event>) -> Result<Accepted, Ref
     if depth + events.len() > capacity {
         return Err(Refused::QueueFull { depth, capacity });
     }
-    let result = match shared.inbox.accept(events, Utc::now()).await {
+    let result = match shared.store.accept(events, Utc::now()).await {
         Ok(r) => r,
         Err(e) => {
             shared.metrics.storage_errors.inc();
@@ -108,6 +116,8 @@ pub async fn accept(shared: &Shared, events: Vec<Event>) -> Result<Accepted, Ref
                 at: a.at,
                 event: a.event,
                 approved: None,
+                skip: Vec::new(),
+                requeued: false,
             },
         );
     }
@@ -117,37 +127,22 @@ pub async fn accept(shared: &Shared, events: Vec<Event>) -> Result<Accepted, Ref
     })
 }
 
-/// The inbox entries the previous agent accepted and did not decide. The
-/// audit is the source of truth: an event whose decision is recorded was
-/// handled even if its `done` mark was lost in a crash.
-pub(super) fn recover(
-    inbox: &Inbox,
-    pending: Vec<inbox::Accepted>,
-    history: &[Record],
-) -> Vec<Incoming> {
-    let mut decided: HashMap<(&str, Status), DateTime<Utc>> = HashMap::new();
-    for r in history {
-        let e = decided
-            .entry((r.trigger.fingerprint.as_str(), r.trigger.status))
-            .or_insert(r.ts);
-        *e = (*e).max(r.ts);
-    }
-    let mut recovered = Vec::new();
-    for a in pending {
-        let key = (a.event.fingerprint.as_str(), a.event.status);
-        if decided.get(&key).is_some_and(|ts| *ts >= a.at) {
-            inbox.done(a.seq);
-            continue;
-        }
-        recovered.push(Incoming {
+/// The inbox entries the previous agent accepted and did not decide (the
+/// store already dropped those a record says were decided), to queue.
+pub(super) fn recover(pending: Vec<Journaled>) -> Vec<Incoming> {
+    let recovered: Vec<Incoming> = pending
+        .into_iter()
+        .map(|a| Incoming {
             // One group per recovered event: their notifications are gone.
             group: u64::MAX - a.seq,
             seq: Some(a.seq),
             at: a.at,
             event: a.event,
             approved: None,
-        });
-    }
+            skip: Vec::new(),
+            requeued: false,
+        })
+        .collect();
     if !recovered.is_empty() {
         tracing::info!(
             events = recovered.len(),
@@ -157,27 +152,60 @@ pub(super) fn recover(
     recovered
 }
 
-/// Marks an inbox entry done when the last holder (the dispatcher, run
-/// tasks) lets go of it, which is after its records are durable.
+/// Held by everything that records a decision of one event (the decide
+/// stage, its run tasks). When the last holder lets go, the event is done;
+/// or, if a holder could not record ([`DoneToken::failed`]), the event goes
+/// back on the queue to be decided again once the store writes.
 pub(super) struct DoneToken {
-    seq: Option<u64>,
-    inbox: Inbox,
+    shared: Arc<Shared>,
+    inc: Incoming,
+    failed: AtomicBool,
+    recorded: std::sync::Mutex<Vec<String>>,
 }
 
 impl DoneToken {
-    /// The token for `inc`'s inbox entry (none for schedule ticks).
-    pub(super) fn new(shared: &Shared, inc: &Incoming) -> Self {
+    /// The token for `inc`.
+    pub(super) fn new(shared: &Arc<Shared>, inc: &Incoming) -> Self {
         Self {
-            seq: inc.seq,
-            inbox: shared.inbox.clone(),
+            shared: shared.clone(),
+            inc: inc.clone(),
+            failed: AtomicBool::new(false),
+            recorded: std::sync::Mutex::new(Vec::new()),
         }
+    }
+
+    /// Its inbox entry, if it has one (schedule ticks and approved runs do not).
+    pub(super) fn seq(&self) -> Option<u64> {
+        self.inc.seq
+    }
+
+    /// A decision of this event could not be recorded: decide it again later.
+    pub(super) fn failed(&self) {
+        self.failed.store(true, Ordering::SeqCst);
+    }
+
+    /// `playbook`'s decision of this event is recorded: if the event is
+    /// queued again, it is not decided again.
+    pub(super) fn recorded(&self, playbook: &str) {
+        self.recorded
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(playbook.to_string());
     }
 }
 
 impl Drop for DoneToken {
     fn drop(&mut self) {
-        if let Some(seq) = self.seq {
-            self.inbox.done(seq);
+        if self.failed.load(Ordering::SeqCst) {
+            tracing::warn!(fingerprint = %self.inc.event.fingerprint, "a decision could not be recorded: the event is queued again and decided once the store writes");
+            let mut inc = self.inc.clone();
+            inc.requeued = true;
+            inc.skip.extend(std::mem::take(
+                &mut *self.recorded.lock().unwrap_or_else(|p| p.into_inner()),
+            ));
+            enqueue(&self.shared, inc);
+        } else if let Some(seq) = self.inc.seq {
+            self.shared.store.done(seq);
         }
     }
 }

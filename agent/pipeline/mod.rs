@@ -52,8 +52,9 @@ use crate::diag::Diagnostics;
 use crate::drivers::Registry;
 use crate::engine::{Engine, RecordSink};
 use crate::metrics::Metrics;
+use crate::playbook::load::Config;
 use crate::policy::Ledger;
-use crate::state::inbox::Inbox;
+use crate::state::{Commit, Store};
 use intake::Incoming;
 
 /// Why the agent could not start.
@@ -68,9 +69,9 @@ pub enum Error {
     /// The audit log cannot be read or written.
     #[error(transparent)]
     Audit(#[from] audit::Error),
-    /// The inbox cannot be opened.
+    /// The state store cannot be opened.
     #[error(transparent)]
-    Inbox(#[from] crate::state::inbox::Error),
+    Store(#[from] crate::state::store::Error),
 }
 
 /// State shared by the HTTP server and the stages. Each stage's own state
@@ -82,9 +83,8 @@ pub struct Shared {
     /// Current playbooks and policies, swapped on reload.
     engine: RwLock<Arc<Engine>>,
     ledger: Mutex<Ledger>,
-    audit: Mutex<audit::Writer>,
-    /// Durable intake.
-    pub inbox: Inbox,
+    /// The durable state: inbox, limit state, approvals, the audit log's outbox.
+    pub store: Store,
     /// Metrics.
     pub metrics: Metrics,
     /// Webhook bearer token (None: unauthenticated, by explicit config).
@@ -134,27 +134,60 @@ impl Shared {
         self.ledger.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Appends records of decisions that change nothing, with one fsync.
-    fn audit_batch(&self, recs: &[Record]) {
-        if recs.is_empty() {
-            return;
-        }
-        let mut w = self.audit.lock().unwrap_or_else(|p| p.into_inner());
-        if let Err(e) = w.append_batch(recs) {
+    /// Commits to the store (one group commit); a failure is counted and logged.
+    fn commit(&self, c: Commit) -> Result<(), crate::state::store::Error> {
+        let records = c.records.len();
+        let r = self.store.commit(c);
+        if let Err(e) = &r {
             self.metrics.storage_errors.inc();
-            tracing::error!(error = %e, records = recs.len(), "audit write failed");
+            tracing::error!(error = %e, records, "cannot record durably");
         }
+        r
+    }
+
+    /// Storage gauges from the store's health.
+    pub fn storage_metrics(&self) {
+        let h = self.store.health();
+        self.metrics.storage_failing.set(i64::from(h.failing()));
+        self.metrics.storage_reopened.set(h.reopened() as i64);
     }
 }
 
 impl RecordSink for Shared {
     fn append(&self, rec: &Record) -> audit::Result<()> {
-        let r = self.audit.append(rec);
-        if r.is_err() {
-            self.metrics.storage_errors.inc();
-        }
-        r
+        self.commit(Commit {
+            records: vec![rec.clone()],
+            ..Commit::default()
+        })
+        .map_err(|e| audit::Error::Io {
+            path: self.cfg.audit_path(),
+            source: std::io::Error::other(e.to_string()),
+        })
     }
+}
+
+/// How far back the limit state must reach for `config`'s policies: their
+/// longest rate-limit window, cooldown, breaker period (twice, for the
+/// half-open trial) and approval timeout, and never less than a day, so a
+/// reload to a somewhat longer window still sees recent history.
+pub fn horizon(config: &Config) -> chrono::Duration {
+    let mut h = chrono::Duration::days(1);
+    for p in config.policies.values() {
+        let spec = &p.doc.spec;
+        for r in &spec.rate_limits {
+            h = h.max(r.per.chrono());
+        }
+        if let Some(c) = spec.cooldown {
+            h = h.max(c.chrono());
+        }
+        if let Some(b) = &spec.circuit_breaker {
+            h = h.max((b.within.chrono() + b.open_for.chrono()) * 2);
+        }
+        if let Some(t) = spec.approval.timeout {
+            h = h.max(t.chrono());
+        }
+    }
+    h
 }
 
 /// Takes the state directory's lock, so two agents never share an audit log.
@@ -252,40 +285,29 @@ impl Agent {
         std::fs::create_dir_all(&cfg.state_dir)
             .map_err(|e| Error::Setup(format!("stateDir {}: {e}", cfg.state_dir.display())))?;
         let lock = lock_state_dir(&cfg.state_dir)?;
-        let audit_path = cfg.audit_path();
-        let mut history = audit::read_all(&audit_path)?;
-        if !history.damaged.is_empty() {
-            // Fail closed: limits rebuilt from a damaged log cannot be trusted.
-            return Err(Error::Setup(audit::damaged_error(
-                &audit_path,
-                &history.damaged,
-            )));
-        }
-        if !history.skipped.is_empty() {
-            tracing::warn!(path = %audit_path.display(), lines = ?history.skipped, "skipped unreadable audit lines (a torn write from a crash is expected at the end)");
-        }
-        let mut writer = audit::Writer::open_rotating(
-            &audit_path,
-            audit::Rotation {
-                max_bytes: cfg.audit.max_bytes.0,
-                keep: cfg.audit.keep,
+        let opened = Store::open(
+            crate::state::Options {
+                path: cfg.state_dir.join("state.db"),
+                audit: cfg.audit_path(),
+                rotation: audit::Rotation {
+                    max_bytes: cfg.audit.max_bytes.0,
+                    keep: cfg.audit.keep,
+                },
+                dedupe_window: cfg.webhook.dedupe_window.chrono(),
+                dedupe_tolerance: cfg.webhook.dedupe_tolerance.chrono(),
+                horizon: horizon(&config),
+                legacy_inbox: cfg.inbox_path(),
+                legacy_approvals: cfg.approvals_path(),
             },
+            Utc::now(),
         )?;
-        // Steps the previous agent planned and never finished: say so, once.
-        let lost = audit::interrupted(&history.records, Utc::now());
-        if !lost.is_empty() {
-            writer.append_batch(&lost)?;
-            for r in &lost {
-                tracing::warn!(id = %r.id, playbook = %r.playbook, action = %r.action, target_ref = %crate::drivers::target_display(&r.target), "step was interrupted by the previous stop; recorded as failed, not retried");
-            }
-            history.records.extend(lost);
+        if let Some(summary) = &opened.upgraded {
+            tracing::warn!(state = %cfg.state_dir.display(), "{summary}");
         }
-        let ledger = audit::ledger_from(&history.records);
-        let schedules_last_run = schedule::last_runs(&history.records);
-        let approvals = crate::state::approvals::Approvals::open(&cfg.approvals_path())
-            .map_err(|e| Error::Setup(e.to_string()))?;
-        let (inbox, pending) = Inbox::open(&cfg.inbox_path(), cfg.webhook.dedupe_window.std())?;
-        let recovered = intake::recover(&inbox, pending, &history.records);
+        for r in &opened.interrupted {
+            tracing::warn!(id = %r.id, playbook = %r.playbook, action = %r.action, target_ref = %crate::drivers::target_display(&r.target), "step was interrupted by the previous stop; recorded as failed, not retried");
+        }
+        let recovered = intake::recover(opened.pending);
         let (tx, rx) = mpsc::unbounded_channel();
         let metrics = Metrics::new();
         metrics.playbooks.set(config.playbooks.len() as i64);
@@ -295,16 +317,15 @@ impl Agent {
         let shared = Arc::new(Shared {
             cfg,
             engine: RwLock::new(Arc::new(engine)),
-            ledger: Mutex::new(ledger),
-            audit: Mutex::new(writer),
-            inbox,
+            ledger: Mutex::new(opened.ledger),
+            store: opened.store,
             metrics,
             token,
             ready: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
             queue: tx,
             next_group: std::sync::atomic::AtomicU64::new(1),
-            approvals: Mutex::new(approvals),
+            approvals: Mutex::new(opened.approvals),
             board: run::Board::default(),
             notify,
             node,
@@ -314,7 +335,7 @@ impl Agent {
             shared,
             rx: Some(rx),
             recovered,
-            schedules_last_run,
+            schedules_last_run: opened.schedules,
             sources_fp,
         })
     }
@@ -348,7 +369,7 @@ impl Agent {
         let _ = reloader.await;
         exporter.abort();
         let _ = exporter.await;
-        shared.inbox.close().await;
+        shared.store.close().await;
         tracing::info!("agent stopped; audit and inbox flushed");
     }
 }

@@ -93,12 +93,17 @@ fn escalation(
     let BreakerState::Open { opened, .. } = state else {
         return None;
     };
-    let fresh = shared
-        .notify
-        .escalated
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .insert((p.policy.clone(), p.playbook.clone(), opened));
+    let fresh = {
+        let mut escalated = shared
+            .notify
+            .escalated
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        // Openings of the last week are remembered; older ones are over.
+        let week = now - chrono::Duration::days(7);
+        escalated.retain(|(_, _, at)| *at >= week || *at + spec.open_for.chrono() >= now);
+        escalated.insert((p.policy.clone(), p.playbook.clone(), opened))
+    };
     if !fresh {
         return None;
     }

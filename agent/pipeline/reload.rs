@@ -143,6 +143,7 @@ pub fn reload(shared: &Shared, why: &str) -> bool {
     match load_config(&shared.cfg) {
         Ok(config) => {
             let n = config.playbooks.len();
+            shared.store.set_horizon(super::horizon(&config));
             let old = shared.engine();
             let mut engine = Engine::new(config, old.registry.clone(), old.node.clone());
             engine.verify_interval = old.verify_interval;

@@ -11,22 +11,8 @@ use tokio::task::JoinSet;
 
 use super::intake::{self, Incoming};
 use super::Shared;
-use crate::audit::Record;
-use crate::event::TriggerKind;
 use crate::metrics::EventLabels;
 use crate::trigger::schedule::{self, ScheduleTrigger};
-
-/// When each playbook last ran on a schedule, from the audit history.
-pub(super) fn last_runs(history: &[Record]) -> HashMap<String, DateTime<Utc>> {
-    let mut last: HashMap<String, DateTime<Utc>> = HashMap::new();
-    for r in history {
-        if r.trigger.kind == TriggerKind::Schedule {
-            let e = last.entry(r.playbook.clone()).or_insert(r.ts);
-            *e = (*e).max(r.ts);
-        }
-    }
-    last
-}
 
 /// The tick tasks of the playbooks now loaded (restarted on reload).
 pub struct Scheduler {
@@ -99,6 +85,8 @@ fn tick(shared: &Shared, t: &ScheduleTrigger, due: DateTime<Utc>) -> bool {
             at: due,
             event: t.event(due),
             approved: None,
+            skip: Vec::new(),
+            requeued: false,
         },
     )
 }

@@ -51,7 +51,8 @@ impl Settler {
 
     /// Sorts newly queued events: firing alerts are held, a resolved alert
     /// cancels its held firing deliveries and is ready at once, anything
-    /// else (schedule ticks, manual and approved runs) is ready at once.
+    /// else (schedule ticks, manual and approved runs, events queued again
+    /// after a failed write, which settled before) is ready at once.
     pub fn sort(&mut self, batch: impl IntoIterator<Item = Incoming>) -> Sorted {
         let mut out = Sorted::default();
         for inc in batch {
@@ -59,7 +60,7 @@ impl Settler {
             if alert && inc.event.status == Status::Resolved {
                 self.cancel(&inc, &mut out.cancelled);
                 out.ready.push(inc);
-            } else if alert && !self.settle.is_zero() {
+            } else if alert && !self.settle.is_zero() && !inc.requeued {
                 let due = Instant::now() + self.settle;
                 self.heap.push(Reverse((due, self.next_id)));
                 self.held.insert(self.next_id, inc);

@@ -67,6 +67,50 @@ impl Ledger {
         }
     }
 
+    /// Takes back an execution recorded at `at` (one whose records could
+    /// not be written, so it did not happen).
+    pub fn forget_execution(
+        &mut self,
+        at: DateTime<Utc>,
+        policy: &str,
+        playbook: &str,
+        target_key: &str,
+    ) {
+        let Some(i) = self.executions.iter().rposition(|(t, pol, pb, tk)| {
+            *t == at && pol == policy && pb == playbook && tk == target_key
+        }) else {
+            return;
+        };
+        self.executions.remove(i);
+        let key = (
+            policy.to_string(),
+            playbook.to_string(),
+            target_key.to_string(),
+        );
+        let last = self
+            .executions
+            .iter()
+            .filter(|(_, pol, pb, tk)| pol == policy && pb == playbook && tk == target_key)
+            .map(|(t, ..)| *t)
+            .max();
+        match last {
+            Some(t) => {
+                self.last.insert(key, t);
+            }
+            None => {
+                self.last.remove(&key);
+            }
+        }
+        if self.group.is_some() {
+            if let Some(n) = self
+                .group_counts
+                .get_mut(&(policy.to_string(), playbook.to_string()))
+            {
+                *n = n.saturating_sub(1);
+            }
+        }
+    }
+
     /// Starts deciding the events of one notification: `maxTargetsPerRun`
     /// counts executions within it.
     pub fn begin_group(&mut self, id: u64) {

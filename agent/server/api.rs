@@ -164,6 +164,7 @@ pub(super) async fn answer_approval(
 }
 
 pub(super) async fn metrics(State(http): State<Arc<Http>>) -> Response {
+    http.shared.storage_metrics();
     (
         [(header::CONTENT_TYPE, CONTENT_TYPE)],
         http.shared.metrics.encode(),
@@ -179,6 +180,12 @@ pub(super) async fn readyz(State(http): State<Arc<Http>>) -> Response {
     let shared = &http.shared;
     if shared.stopping.load(Ordering::SeqCst) {
         (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response()
+    } else if shared.store.health().failing() {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("storage failing: {}\n", shared.store.health().last_error()),
+        )
+            .into_response()
     } else if shared.ready.load(Ordering::SeqCst) {
         (StatusCode::OK, "ready\n").into_response()
     } else {

@@ -2,14 +2,13 @@
 //!
 //! A request keeps the event that caused it, so an approved run is decided
 //! again from it at approval time (limits, windows and the breaker are
-//! re-evaluated; only the approval stage passes). Requests and answers are
-//! journaled in `stateDir/approvals.jsonl` (fsynced), so pending approvals
-//! survive a restart and an answer is never applied twice.
+//! re-evaluated; only the approval stage passes). This is the in-memory
+//! view; requests and answers are committed to the store
+//! ([`super::store::ApprovalChange`]) with their audit records before they
+//! take effect here, so pending approvals survive a restart and an answer
+//! is never applied twice.
 
 use std::collections::BTreeMap;
-use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -56,6 +55,17 @@ pub enum Answer {
 }
 
 impl Answer {
+    /// Parses [`Answer::as_str`]'s word.
+    pub fn parse(word: &str) -> Option<Self> {
+        Some(match word {
+            "approved" => Answer::Approved,
+            "denied" => Answer::Denied,
+            "expired" => Answer::Expired,
+            "cancelled" => Answer::Cancelled,
+            _ => return None,
+        })
+    }
+
     /// Lower-case word, as in audit records.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -67,127 +77,59 @@ impl Answer {
     }
 }
 
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(tag = "t", rename_all = "lowercase")]
-enum Line {
-    Requested(Box<Pending>),
-    Answered {
-        id: String,
-        answer: Answer,
-        by: String,
-        at: DateTime<Utc>,
-    },
-}
-
-/// Approval errors.
+/// Why an answer is refused.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// The journal could not be read or written.
-    #[error("approvals journal {path}: {source}")]
-    Io {
-        /// Journal path.
-        path: PathBuf,
-        /// Cause.
-        #[source]
-        source: std::io::Error,
-    },
     /// No such pending approval.
     #[error("no pending approval {0:?} (unknown, or already answered, expired or cancelled)")]
     NotPending(String),
 }
 
-/// The store.
-#[derive(Debug)]
+/// Answers remembered in memory (the store keeps a week of them).
+const ANSWERS_KEPT: usize = 10_000;
+
+/// Requests pending, and answers given (to tell "already answered" apart).
+#[derive(Debug, Default)]
 pub struct Approvals {
-    path: PathBuf,
-    file: File,
     pending: BTreeMap<String, Pending>,
-    /// Answers given, by id (to tell "already answered" apart).
     answered: BTreeMap<String, (Answer, String)>,
 }
 
 impl Approvals {
-    /// Opens the journal and loads what is still pending.
-    pub fn open(path: &Path) -> Result<Self, Error> {
-        let io = |source| Error::Io {
-            path: path.to_path_buf(),
-            source,
-        };
-        let mut pending = BTreeMap::new();
-        let mut answered = BTreeMap::new();
-        match File::open(path) {
-            Ok(f) => {
-                for line in BufReader::new(f).split(b'\n') {
-                    let line = line.map_err(io)?;
-                    match serde_json::from_slice::<Line>(&line) {
-                        Ok(Line::Requested(p)) => {
-                            pending.insert(p.id.clone(), *p);
-                        }
-                        Ok(Line::Answered { id, answer, by, .. }) => {
-                            pending.remove(&id);
-                            answered.insert(id, (answer, by));
-                        }
-                        // A torn last line: the request was never acknowledged.
-                        Err(_) => {}
-                    }
-                }
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(io(e)),
-        }
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .map_err(io)?;
-        Ok(Self {
-            path: path.to_path_buf(),
-            file,
-            pending,
-            answered,
-        })
+    /// The view of what the store holds.
+    pub fn from_parts(
+        pending: BTreeMap<String, Pending>,
+        answered: BTreeMap<String, (Answer, String)>,
+    ) -> Self {
+        Self { pending, answered }
     }
 
-    fn write(&mut self, line: &Line) -> Result<(), Error> {
-        let io = |source| Error::Io {
-            path: self.path.clone(),
-            source,
-        };
-        let mut buf = serde_json::to_vec(line).map_err(|e| io(e.into()))?;
-        buf.push(b'\n');
-        self.file.write_all(&buf).map_err(io)?;
-        self.file.sync_data().map_err(io)
-    }
-
-    /// Records a new request.
-    pub fn request(&mut self, p: Pending) -> Result<(), Error> {
-        self.write(&Line::Requested(Box::new(p.clone())))?;
+    /// A new request (committed to the store).
+    pub fn request(&mut self, p: Pending) {
         self.pending.insert(p.id.clone(), p);
-        Ok(())
     }
 
-    /// Answers a pending request; returns it. Fails if it is not pending.
-    pub fn answer(
-        &mut self,
-        id: &str,
-        answer: Answer,
-        by: &str,
-        at: DateTime<Utc>,
-    ) -> Result<Pending, Error> {
-        if !self.pending.contains_key(id) {
-            return Err(Error::NotPending(id.to_string()));
-        }
-        self.write(&Line::Answered {
-            id: id.to_string(),
-            answer,
-            by: by.to_string(),
-            at,
-        })?;
+    /// The pending request `id`, to answer; fails if it is not pending.
+    pub fn get(&self, id: &str) -> Result<&Pending, Error> {
+        self.pending
+            .get(id)
+            .ok_or_else(|| Error::NotPending(id.to_string()))
+    }
+
+    /// Answers a pending request (its answer committed to the store);
+    /// returns it. Fails if it is not pending.
+    pub fn answer(&mut self, id: &str, answer: Answer, by: &str) -> Result<Pending, Error> {
+        let p = self
+            .pending
+            .remove(id)
+            .ok_or_else(|| Error::NotPending(id.to_string()))?;
         self.answered
             .insert(id.to_string(), (answer, by.to_string()));
-        self.pending
-            .remove(id)
-            .ok_or_else(|| Error::NotPending(id.to_string()))
+        // Ids are time-ordered (UUIDv7): keep the most recent answers.
+        while self.answered.len() > ANSWERS_KEPT {
+            self.answered.pop_first();
+        }
+        Ok(p)
     }
 
     /// How an answered request ended, if it did.
@@ -218,65 +160,5 @@ impl Approvals {
             .filter(|p| p.event.fingerprint == fingerprint)
             .map(|p| p.id.clone())
             .collect()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::event::{Labels, Status, TriggerKind};
-
-    fn pending(id: &str, expires_in: i64) -> Pending {
-        let now = Utc::now();
-        Pending {
-            id: id.into(),
-            playbook: "pb".into(),
-            policy: "default".into(),
-            target: "pod etl/x".into(),
-            target_fields: BTreeMap::new(),
-            reason: "policy requires approval".into(),
-            actions: vec!["kubernetes.pod.restart".into()],
-            requested_at: now,
-            expires_at: now + chrono::Duration::seconds(expires_in),
-            event: Event {
-                trigger: TriggerKind::Alert,
-                status: Status::Firing,
-                fingerprint: format!("fp-{id}"),
-                labels: Labels::new(),
-                annotations: Labels::new(),
-                values: Labels::new(),
-                starts_at: None,
-                playbook: None,
-            },
-        }
-    }
-
-    #[test]
-    fn pending_requests_survive_reopen_and_an_answer_is_given_once() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("approvals.jsonl");
-        let mut a = Approvals::open(&path).unwrap();
-        a.request(pending("a", 60)).unwrap();
-        a.request(pending("b", -1)).unwrap();
-        drop(a);
-        let mut a = Approvals::open(&path).unwrap();
-        assert_eq!(a.pending().len(), 2);
-        assert_eq!(a.expired(Utc::now()), vec!["b".to_string()]);
-        assert_eq!(a.for_fingerprint("fp-a"), vec!["a".to_string()]);
-        let p = a
-            .answer("a", Answer::Approved, "alice", Utc::now())
-            .unwrap();
-        assert_eq!(p.playbook, "pb");
-        let err = a
-            .answer("a", Answer::Denied, "bob", Utc::now())
-            .unwrap_err();
-        assert!(err.to_string().contains("already answered"), "{err}");
-        drop(a);
-        let a = Approvals::open(&path).unwrap();
-        assert_eq!(a.pending().len(), 1);
-        assert_eq!(
-            a.answered("a"),
-            Some(&(Answer::Approved, "alice".to_string()))
-        );
     }
 }

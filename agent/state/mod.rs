@@ -1,5 +1,11 @@
-//! Durable state of the agent beside the audit: the inbox of accepted
-//! events and the journal of runs held for approval.
+//! Durable state of the agent beside the audit log: the [`store`] (one
+//! SQLite database holding the inbox of accepted events, dedupe keys, the
+//! limit state, steps in flight, approvals and the audit outbox), the
+//! in-memory view of [`approvals`], and the one-time upgrade from the
+//! journals older versions kept ([`legacy`]).
 
 pub mod approvals;
-pub mod inbox;
+mod legacy;
+pub mod store;
+
+pub use store::{AcceptResult, Accepted, ApprovalChange, Commit, Opened, Options, Store};
