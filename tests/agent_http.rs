@@ -53,6 +53,14 @@ fn crashloop(pod: &str, status: &str, starts: &str) -> Vec<u8> {
     )
 }
 
+/// Posts a firing crashloop alert for `pod`; the decision recorded for it.
+async fn decide(a: &AgentProc, pod: &str) -> String {
+    let body = crashloop(pod, "firing", "2026-11-25T10:00:00Z");
+    let (code, text) = a.post(&body, Some(TOKEN)).await;
+    assert_eq!(code, 200, "{text}");
+    records_for(a, pod, 1).await[0].decision.clone()
+}
+
 async fn records_for(a: &AgentProc, pod: &str, n: usize) -> Vec<remediate::audit::Record> {
     eventually(Duration::from_secs(10), || {
         let recs: Vec<_> = a
@@ -333,15 +341,7 @@ async fn a_bad_playbook_set_is_rejected_on_reload_and_the_old_set_keeps_running(
     let mut a = start_agent(d.path(), &format!("{BASE}reload: {{ interval: 200ms }}\n"));
     let broken = d.path().join("playbooks/broken.yaml");
     std::fs::write(&broken, "apiVersion: remediate/v1\nkind: Playbook\nmetadata: { name: broken }\nspec:\n  triggers: [{ alert: ['alertname=~\"(\"'] }]\n  target: { kind: kubernetes.pod }\n  steps: []\n").unwrap();
-    let failed = eventually(Duration::from_secs(10), || {
-        a.log_text().contains("reload rejected").then_some(())
-    })
-    .await;
-    assert!(
-        failed.is_some(),
-        "no reload error logged:\n{}",
-        a.log_text()
-    );
+    a.wait_log(&["reload rejected"]).await;
     assert_eq!(
         a.metric("remediate_config_last_reload_successful").await,
         Some(0.0)
@@ -357,16 +357,7 @@ async fn a_bad_playbook_set_is_rejected_on_reload_and_the_old_set_keeps_running(
         a.log_text()
     );
     // The old set still decides.
-    assert_eq!(
-        a.post(
-            &crashloop("reload-1", "firing", "2026-11-25T10:00:00Z"),
-            Some(TOKEN)
-        )
-        .await
-        .0,
-        200
-    );
-    assert_eq!(records_for(&a, "reload-1", 1).await[0].decision, "dry-run");
+    assert_eq!(decide(&a, "reload-1").await, "dry-run");
 
     // Fixed: a valid new playbook is picked up from the file change.
     std::fs::remove_file(&broken).unwrap();
@@ -375,11 +366,7 @@ async fn a_bad_playbook_set_is_rejected_on_reload_and_the_old_set_keeps_running(
         d.path().join("playbooks/node-disk-prune.yaml"),
     )
     .unwrap();
-    let ok = eventually(Duration::from_secs(10), || {
-        a.log_text().contains("\"playbooks\":3").then_some(())
-    })
-    .await;
-    assert!(ok.is_some(), "{}", a.log_text());
+    a.wait_log(&["\"playbooks\":3"]).await;
     assert_eq!(a.metric("remediate_playbooks_loaded").await, Some(3.0));
     assert_eq!(
         a.metric("remediate_config_last_reload_successful").await,
@@ -388,13 +375,7 @@ async fn a_bad_playbook_set_is_rejected_on_reload_and_the_old_set_keeps_running(
 
     // SIGHUP reloads too.
     a.signal("HUP");
-    let hup = eventually(Duration::from_secs(10), || {
-        a.log_text()
-            .contains("\"trigger\":\"SIGHUP\"")
-            .then_some(())
-    })
-    .await;
-    assert!(hup.is_some(), "{}", a.log_text());
+    a.wait_log(&["\"trigger\":\"SIGHUP\""]).await;
     assert_eq!(
         a.metric("remediate_config_reloads_total{result=\"success\"}")
             .await,
@@ -867,12 +848,7 @@ async fn a_reload_reports_every_broken_file_and_an_emptied_playbook_directory_is
     // Two files that cannot be read as text, one in each directory.
     std::fs::write(d.path().join("playbooks/bad-one.yaml"), b"kind: \xff\xfe\n").unwrap();
     std::fs::write(d.path().join("policies/bad-two.yaml"), b"kind: \xff\xfe\n").unwrap();
-    let both = eventually(Duration::from_secs(10), || {
-        let logs = a.log_text();
-        (logs.contains("bad-one.yaml") && logs.contains("bad-two.yaml")).then_some(())
-    })
-    .await;
-    assert!(both.is_some(), "not both errors logged:\n{}", a.log_text());
+    a.wait_log(&["bad-one.yaml", "bad-two.yaml"]).await;
     assert_eq!(a.metric("remediate_config_errors").await, Some(2.0));
     assert_eq!(
         a.metric("remediate_config_last_reload_successful").await,
@@ -880,13 +856,7 @@ async fn a_reload_reports_every_broken_file_and_an_emptied_playbook_directory_is
     );
     std::fs::remove_file(d.path().join("playbooks/bad-one.yaml")).unwrap();
     std::fs::remove_file(d.path().join("policies/bad-two.yaml")).unwrap();
-    eventually(Duration::from_secs(10), || {
-        a.log_text()
-            .contains("reloaded playbooks and policies")
-            .then_some(())
-    })
-    .await
-    .expect("reloaded once fixed");
+    a.wait_log(&["reloaded playbooks and policies"]).await;
     let failures = a
         .metric("remediate_config_reloads_total{result=\"failure\"}")
         .await
@@ -896,13 +866,8 @@ async fn a_reload_reports_every_broken_file_and_an_emptied_playbook_directory_is
     for f in std::fs::read_dir(d.path().join("playbooks")).unwrap() {
         std::fs::remove_file(f.unwrap().path()).unwrap();
     }
-    let refused = eventually(Duration::from_secs(10), || {
-        a.log_text()
-            .contains("no playbooks: the directory holds no playbook")
-            .then_some(())
-    })
-    .await;
-    assert!(refused.is_some(), "{}", a.log_text());
+    a.wait_log(&["no playbooks: the directory holds no playbook"])
+        .await;
     assert_eq!(
         a.metric("remediate_config_reloads_total{result=\"failure\"}")
             .await,
@@ -913,16 +878,7 @@ async fn a_reload_reports_every_broken_file_and_an_emptied_playbook_directory_is
         Some(0.0)
     );
     assert_eq!(a.metric("remediate_playbooks_loaded").await, Some(2.0));
-    assert_eq!(
-        a.post(
-            &crashloop("still-1", "firing", "2026-11-25T10:00:00Z"),
-            Some(TOKEN)
-        )
-        .await
-        .0,
-        200
-    );
-    assert_eq!(records_for(&a, "still-1", 1).await[0].decision, "dry-run");
+    assert_eq!(decide(&a, "still-1").await, "dry-run");
     drop(a);
 
     // Starting on the empty directory is refused too, unless allowed.

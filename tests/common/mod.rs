@@ -134,6 +134,21 @@ impl AgentProc {
         self.logs.lock().unwrap().join("\n")
     }
 
+    /// Waits up to 10 s until the log holds every one of `texts`; panics
+    /// with the log otherwise.
+    pub async fn wait_log(&self, texts: &[&str]) {
+        let found = eventually(Duration::from_secs(10), || {
+            let logs = self.log_text();
+            texts.iter().all(|t| logs.contains(t)).then_some(())
+        })
+        .await;
+        assert!(
+            found.is_some(),
+            "{texts:?} not logged:\n{}",
+            self.log_text()
+        );
+    }
+
     pub async fn post(&self, body: &[u8], token: Option<&str>) -> (u16, String) {
         let c = reqwest::Client::new();
         let mut req = c
