@@ -358,7 +358,9 @@ async fn serve_conn(
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .keep_alive(true)
-        .max_buf_size(limits.max_header_bytes)
+        // hyper panics below 8192; the config refuses less, this keeps a
+        // config built in code from reaching that panic.
+        .max_buf_size(limits.max_header_bytes.max(8192))
         // The watchdog enforces the header and idle timeouts separately;
         // hyper's one timer would close idle keep-alive connections at the
         // header timeout.
