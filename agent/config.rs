@@ -77,6 +77,53 @@ pub struct AgentConfig {
     /// accepted and reported at start.
     #[serde(default)]
     pub backends: Backends,
+    /// Native triggers: conditions the platform itself reports, detected in
+    /// seconds without a Prometheus rule in between.
+    #[serde(default)]
+    pub triggers: TriggersConfig,
+}
+
+/// Native triggers. Each produces alerts named like the Prometheus alerts
+/// the bundled playbooks answer, so a playbook takes either.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct TriggersConfig {
+    /// The local Docker Engine's events (`backends.docker`): OOM kills,
+    /// failed exits, unhealthy containers, Swarm task failures.
+    #[serde(default)]
+    pub docker: DockerTrigger,
+}
+
+/// The Docker Engine events trigger.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct DockerTrigger {
+    /// Watch the engine's events (needs `backends.docker`).
+    #[serde(default)]
+    pub enabled: bool,
+    /// On start and after a lost connection, OOM kills and failed exits
+    /// this recent are caught up from the container list.
+    #[serde(default = "default_docker_catch_up")]
+    pub catch_up: Duration,
+    /// Watch only containers carrying every one of these labels
+    /// (`key=value` or `key`), e.g. `[autoheal=true]` as docker-autoheal
+    /// users label them; empty: every container on the engine.
+    #[serde(default)]
+    pub labels: Vec<String>,
+}
+
+fn default_docker_catch_up() -> Duration {
+    Duration::from_secs(3600)
+}
+
+impl Default for DockerTrigger {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            catch_up: default_docker_catch_up(),
+            labels: Vec::new(),
+        }
+    }
 }
 
 fn default_listen() -> SocketAddr {
@@ -687,6 +734,12 @@ impl AgentConfig {
         }
         if cfg.reload.interval.std().is_zero() {
             errs.push(at("reload.interval", "must be longer than 0s".into()));
+        }
+        if cfg.triggers.docker.enabled && cfg.backends.docker.is_none() {
+            errs.push(at(
+                "triggers.docker.enabled",
+                "the Docker trigger needs backends.docker (the engine to watch)".into(),
+            ));
         }
         check_server(&cfg.server, &mut |f, m| errs.push(at(f, m)));
         check_approvers(&cfg.auth.approvers, &mut |f, m| errs.push(at(f, m)));

@@ -8,64 +8,14 @@
 mod common;
 
 use std::process::Command;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use remediate::drivers::docker::{self, Engine};
 use remediate::drivers::{Action, Registry, Request, Verdict};
 use serde_json::json;
 
-use common::docker::{docker, docker_ok, swarm, unique, Cleanup};
-
-const IMAGE: &str = "remediate-test/busybox:1";
-
-/// The busybox image, built once per test binary.
-fn image() -> &'static str {
-    static DONE: OnceLock<()> = OnceLock::new();
-    DONE.get_or_init(|| {
-        assert!(
-            docker_ok(&["info"]),
-            "a running Docker Engine is required (the machine's; `docker info` failed)"
-        );
-        assert!(
-            std::path::Path::new("/bin/busybox").exists(),
-            "/bin/busybox is required: apt-get install busybox-static (.ci/run does)"
-        );
-        if docker_ok(&["image", "inspect", IMAGE]) {
-            return;
-        }
-        let dir = tempfile::tempdir().unwrap();
-        let bin = dir.path().join("bin");
-        std::fs::create_dir_all(&bin).unwrap();
-        std::fs::create_dir_all(dir.path().join("tmp")).unwrap();
-        std::fs::copy("/bin/busybox", bin.join("busybox")).unwrap();
-        for tool in [
-            "sh", "sleep", "head", "tail", "touch", "test", "true", "cat", "tr",
-        ] {
-            std::os::unix::fs::symlink("busybox", bin.join(tool)).unwrap();
-        }
-        let tar = dir.path().join("rootfs.tar");
-        let st = Command::new("tar")
-            .arg("-C")
-            .arg(dir.path())
-            .args(["-cf"])
-            .arg(&tar)
-            .args(["bin", "tmp"])
-            .status()
-            .unwrap();
-        assert!(st.success());
-        docker(&[
-            "import",
-            "--change",
-            "LABEL remediate-test=1",
-            "--change",
-            "CMD [\"/bin/sh\"]",
-            &tar.display().to_string(),
-            IMAGE,
-        ]);
-    });
-    IMAGE
-}
+use common::docker::{busybox as image, docker, docker_ok, swarm, unique, Cleanup};
 
 /// Imports a one-file image under `tag` (labelled), returning its id.
 fn import_tagged(tag: &str, content: &str) -> String {

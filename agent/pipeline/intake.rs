@@ -127,6 +127,57 @@ pub async fn accept(shared: &Shared, events: Vec<Event>) -> Result<Accepted, Ref
     })
 }
 
+/// Journals alerts from a native trigger (`source`: `docker`,
+/// `kubernetes`) and queues the new ones. Their episodes are exact, so
+/// dedupe compares `startsAt` exactly (a delivery seen again after a
+/// reconnect is still a duplicate).
+pub async fn accept_native(
+    shared: &Shared,
+    source: &'static str,
+    events: Vec<Event>,
+) -> Result<Accepted, Refused> {
+    let result = match shared
+        .store
+        .accept_with(events, Utc::now(), Some(chrono::Duration::zero()))
+        .await
+    {
+        Ok(r) => r,
+        Err(e) => {
+            shared.metrics.storage_errors.inc();
+            return Err(Refused::Storage(e.to_string()));
+        }
+    };
+    shared.metrics.duplicates.inc_by(result.duplicates as u64);
+    let accepted = result.accepted.len();
+    let group = shared.group();
+    for a in result.accepted {
+        shared
+            .metrics
+            .events
+            .get_or_create(&EventLabels {
+                trigger: source,
+                status: a.event.status.as_str(),
+            })
+            .inc();
+        enqueue(
+            shared,
+            Incoming {
+                group,
+                seq: Some(a.seq),
+                at: a.at,
+                event: a.event,
+                approved: None,
+                skip: Vec::new(),
+                requeued: false,
+            },
+        );
+    }
+    Ok(Accepted {
+        accepted,
+        duplicates: result.duplicates,
+    })
+}
+
 /// The inbox entries the previous agent accepted and did not decide (the
 /// store already dropped those a record says were decided), to queue.
 pub(super) fn recover(pending: Vec<Journaled>) -> Vec<Incoming> {

@@ -32,6 +32,7 @@ pub mod decide;
 pub mod dispatch;
 pub mod exporters;
 pub mod intake;
+pub mod native;
 pub mod notify;
 pub mod reload;
 pub mod run;
@@ -358,6 +359,12 @@ impl Agent {
         }
         shared.ready.store(true, Ordering::SeqCst);
         let exporter = tokio::spawn(exporters::iceberg(shared.clone(), shutdown.clone()));
+        let docker_events = shared
+            .cfg
+            .triggers
+            .docker
+            .enabled
+            .then(|| tokio::spawn(native::docker_events(shared.clone(), shutdown.clone())));
         let reloader = tokio::spawn(reload::watch(
             shared.clone(),
             shutdown.clone(),
@@ -369,6 +376,10 @@ impl Agent {
         let _ = reloader.await;
         exporter.abort();
         let _ = exporter.await;
+        if let Some(w) = docker_events {
+            w.abort();
+            let _ = w.await;
+        }
         shared.store.close().await;
         tracing::info!("agent stopped; audit and inbox flushed");
     }

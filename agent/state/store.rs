@@ -239,6 +239,8 @@ enum Job {
     Accept {
         events: Vec<Event>,
         at: DateTime<Utc>,
+        /// None: the configured tolerance; native triggers' episodes are exact.
+        tolerance: Option<chrono::Duration>,
         reply: oneshot::Sender<Result<AcceptResult, String>>,
     },
     Commit {
@@ -249,6 +251,14 @@ enum Job {
     Horizon(chrono::Duration),
     Stop(oneshot::Sender<()>),
 }
+
+/// A queued accept: events, when, its own tolerance, where to answer.
+type AcceptJob = (
+    Vec<Event>,
+    DateTime<Utc>,
+    Option<chrono::Duration>,
+    oneshot::Sender<Result<AcceptResult, String>>,
+);
 
 /// Handle to the store thread. Cloneable; the thread stops on [`Store::close`].
 #[derive(Clone, Debug)]
@@ -421,9 +431,25 @@ impl Store {
 
     /// Makes new deliveries durable; duplicates are counted, not stored.
     pub async fn accept(&self, events: Vec<Event>, at: DateTime<Utc>) -> Result<AcceptResult> {
+        self.accept_with(events, at, None).await
+    }
+
+    /// [`Store::accept`] with a tolerance of its own: zero for the native
+    /// triggers, whose episodes (and their `startsAt`) are exact.
+    pub async fn accept_with(
+        &self,
+        events: Vec<Event>,
+        at: DateTime<Utc>,
+        tolerance: Option<chrono::Duration>,
+    ) -> Result<AcceptResult> {
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(Job::Accept { events, at, reply })
+            .send(Job::Accept {
+                events,
+                at,
+                tolerance,
+                reply,
+            })
             .map_err(|_| Error::Closed)?;
         match rx.await {
             Ok(Ok(r)) => Ok(r),
@@ -809,7 +835,12 @@ impl State {
         let mut stop = None;
         for job in jobs {
             match job {
-                Job::Accept { events, at, reply } => accepts.push((events, at, reply)),
+                Job::Accept {
+                    events,
+                    at,
+                    tolerance,
+                    reply,
+                } => accepts.push((events, at, tolerance, reply)),
                 Job::Commit { commit, reply } => commits.push((commit, reply)),
                 Job::Done(seq) => self.deferred_done.push(seq),
                 Job::Horizon(h) => self.horizon = h,
@@ -841,7 +872,7 @@ impl State {
                 }
                 // Durable in the store: the log follows, then the callers hear.
                 self.drain();
-                for ((_, _, reply), r) in accepts.into_iter().zip(accepted) {
+                for ((_, _, _, reply), r) in accepts.into_iter().zip(accepted) {
                     let _ = reply.send(Ok(r));
                 }
                 for (_, reply) in commits {
@@ -852,7 +883,7 @@ impl State {
                 self.next_seq = seq_before;
                 let msg = e.to_string();
                 self.health.fail(&msg);
-                for (_, _, reply) in accepts {
+                for (_, _, _, reply) in accepts {
                     let _ = reply.send(Err(msg.clone()));
                 }
                 for (_, reply) in commits {
@@ -875,14 +906,9 @@ impl State {
         stop
     }
 
-    #[allow(clippy::type_complexity)]
     fn transaction(
         &mut self,
-        accepts: &[(
-            Vec<Event>,
-            DateTime<Utc>,
-            oneshot::Sender<Result<AcceptResult, String>>,
-        )],
+        accepts: &[AcceptJob],
         commits: &[(Box<Commit>, mpsc::SyncSender<Result<(), String>>)],
         done: &[u64],
     ) -> Result<(Vec<AcceptResult>, Vec<(u64, String)>), String> {
@@ -891,7 +917,8 @@ impl State {
         let written = self.written;
         let tx = self.conn.transaction().map_err(|e| e.to_string())?;
         let mut results = Vec::with_capacity(accepts.len());
-        for (events, at, _) in accepts {
+        for (events, at, own, _) in accepts {
+            let tolerance = own.unwrap_or(tolerance);
             results.push(accept(&tx, events, *at, window, tolerance).map_err(|e| e.to_string())?);
         }
         let mut lines = Vec::new();

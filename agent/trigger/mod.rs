@@ -1,4 +1,5 @@
 //! Triggers: how events come in.
 
 pub mod alertmanager;
+pub mod docker;
 pub mod schedule;

@@ -2,6 +2,7 @@
 //! they create is labelled `remediate-test=1`.
 
 use std::process::Command;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 /// Runs the docker CLI; panics with its stderr when it fails.
@@ -75,4 +76,56 @@ pub fn swarm() {
             "127.0.0.1:2377",
         ]);
     }
+}
+
+const IMAGE: &str = "remediate-test/busybox:1";
+
+/// The busybox test image (`docker import` of /bin/busybox; no registry),
+/// built once per test binary.
+#[allow(dead_code)]
+pub fn busybox() -> &'static str {
+    static DONE: OnceLock<()> = OnceLock::new();
+    DONE.get_or_init(|| {
+        assert!(
+            docker_ok(&["info"]),
+            "a running Docker Engine is required (the machine's; `docker info` failed)"
+        );
+        assert!(
+            std::path::Path::new("/bin/busybox").exists(),
+            "/bin/busybox is required: apt-get install busybox-static (.ci/run does)"
+        );
+        if docker_ok(&["image", "inspect", IMAGE]) {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let bin = dir.path().join("bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        std::fs::create_dir_all(dir.path().join("tmp")).unwrap();
+        std::fs::copy("/bin/busybox", bin.join("busybox")).unwrap();
+        for tool in [
+            "sh", "sleep", "head", "tail", "touch", "test", "true", "cat", "tr",
+        ] {
+            std::os::unix::fs::symlink("busybox", bin.join(tool)).unwrap();
+        }
+        let tar = dir.path().join("rootfs.tar");
+        let st = Command::new("tar")
+            .arg("-C")
+            .arg(dir.path())
+            .args(["-cf"])
+            .arg(&tar)
+            .args(["bin", "tmp"])
+            .status()
+            .unwrap();
+        assert!(st.success());
+        docker(&[
+            "import",
+            "--change",
+            "LABEL remediate-test=1",
+            "--change",
+            "CMD [\"/bin/sh\"]",
+            &tar.display().to_string(),
+            IMAGE,
+        ]);
+    });
+    IMAGE
 }
