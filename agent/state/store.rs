@@ -260,6 +260,12 @@ type AcceptJob = (
     oneshot::Sender<Result<AcceptResult, String>>,
 );
 
+/// A queued commit and where to answer.
+type CommitJob = (Box<Commit>, mpsc::SyncSender<Result<(), String>>);
+
+/// A committed audit log line and its sequence number.
+type LogLine = (u64, String);
+
 /// Handle to the store thread. Cloneable; the thread stops on [`Store::close`].
 #[derive(Clone, Debug)]
 pub struct Store {
@@ -909,9 +915,9 @@ impl State {
     fn transaction(
         &mut self,
         accepts: &[AcceptJob],
-        commits: &[(Box<Commit>, mpsc::SyncSender<Result<(), String>>)],
+        commits: &[CommitJob],
         done: &[u64],
-    ) -> Result<(Vec<AcceptResult>, Vec<(u64, String)>), String> {
+    ) -> Result<(Vec<AcceptResult>, Vec<LogLine>), String> {
         let window = self.opts.dedupe_window;
         let tolerance = self.opts.dedupe_tolerance;
         let written = self.written;
