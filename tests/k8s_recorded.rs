@@ -277,6 +277,8 @@ async fn losing_the_race_for_a_lapsed_lease_leaves_the_action_to_the_winner() {
         .claim(&ClaimRequest {
             policy: "default",
             limits: &[],
+            cooldown: None,
+            breaker: None,
             playbook: "restart",
             target_key: "k",
             ttl: std::time::Duration::from_secs(300),

@@ -34,7 +34,8 @@ mod registry;
 pub mod spark;
 
 pub use action::{
-    target_display, Action, ActionSpec, DriverError, Entry, Outcome, Params, Plan, Request, Scope,
+    apply_deadline, target_display, Action, ActionSpec, DriverError, Entry, Outcome, Params, Plan,
+    Request, Scope, APPLY_DEADLINE,
     ScopeKind, Target, Verdict,
 };
 pub use catalog::CATALOG;
