@@ -68,6 +68,7 @@ impl Params for BumpMemory {
         let c = self
             .container
             .as_deref()
+            .filter(|c| !c.is_empty())
             .map(|c| format!("container {c}"))
             .unwrap_or_else(|| "the OOM-killed container".into());
         format!(

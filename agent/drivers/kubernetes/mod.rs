@@ -66,7 +66,19 @@ pub async fn connect(cfg: &crate::config::KubernetesBackend) -> Result<Client, S
             format!("kubernetes: no in-cluster service account and no usable $KUBECONFIG: {e}")
         })?,
     };
-    Client::try_from(config).map_err(|e| format!("kubernetes client: {e}"))
+    Client::try_from(without_retries(config)).map_err(|e| format!("kubernetes client: {e}"))
+}
+
+/// The client config the drivers need: kube's default retry layer off. It
+/// retries 429, 503 and 504 up to 15 times with a back-off growing to
+/// minutes, inside a single call: an eviction a PodDisruptionBudget refuses
+/// would then end as a bare step timeout, and a Lease or counters write
+/// would wait past the run's own bound. The drivers retry 429 themselves
+/// within the step timeout and report 5xx as retryable; the coordinator
+/// fails closed.
+pub fn without_retries(mut config: kube::Config) -> kube::Config {
+    config.default_retry = false;
+    config
 }
 
 /// Every Kubernetes action: its catalogue entry and its driver.
