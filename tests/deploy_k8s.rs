@@ -54,7 +54,7 @@ fn find<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
 
 fn validate(path: &Path) -> std::process::Output {
     Command::new("kubernetes-validate")
-        .args(["--strict", "-k", "1.31.0", "--no-warn"])
+        .args(["--strict", "-k", "1.33.0", "--no-warn"])
         .arg(path)
         .output()
         .unwrap()

@@ -196,7 +196,15 @@ spec:
         .unwrap();
     cleanup(&client, &ns).await;
     assert_eq!(status, RunStatus::Verified);
-    let c = &d.spec.as_ref().unwrap().template.spec.as_ref().unwrap().containers[0];
+    let c = &d
+        .spec
+        .as_ref()
+        .unwrap()
+        .template
+        .spec
+        .as_ref()
+        .unwrap()
+        .containers[0];
     assert_eq!(
         c.resources.as_ref().unwrap().limits.as_ref().unwrap()["memory"].0,
         "48Mi"

@@ -147,11 +147,7 @@ impl Cluster {
     }
 
     async fn get(&self, path: &str) -> Option<Value> {
-        let r = self
-            .admin(reqwest::Method::GET, path)
-            .send()
-            .await
-            .unwrap();
+        let r = self.admin(reqwest::Method::GET, path).send().await.unwrap();
         if r.status().is_success() {
             Some(r.json().await.unwrap())
         } else {
@@ -307,9 +303,12 @@ impl Cluster {
                         )
                         .await;
                         let r = replicas as i64;
-                        c.status(WEB, json!({"observedGeneration": 1, "replicas": r, "updatedReplicas": r,
-                            "readyReplicas": r, "availableReplicas": r, "unavailableReplicas": 0}))
-                            .await;
+                        c.status(
+                            WEB,
+                            json!({"observedGeneration": 1, "replicas": r, "updatedReplicas": r,
+                            "readyReplicas": r, "availableReplicas": r, "unavailableReplicas": 0}),
+                        )
+                        .await;
                     }
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
@@ -455,9 +454,9 @@ async fn a_pod_restart_is_verified_by_the_replacement_it_caused_not_an_older_sib
     ctl.abort();
     assert_eq!(status, RunStatus::Verified, "{recs:#?}");
     assert!(
-        recs[0]
-            .outcome
-            .starts_with("pending: delete pod etl/web-5d9-a (CrashLoopBackOff, 7 restarts, not Ready)"),
+        recs[0].outcome.starts_with(
+            "pending: delete pod etl/web-5d9-a (CrashLoopBackOff, 7 restarts, not Ready)"
+        ),
         "{}",
         recs[0].outcome
     );
@@ -567,7 +566,11 @@ async fn the_bundled_crashloop_playbook_restarts_the_pod_of_a_one_and_a_two_repl
         let now = weekday_now();
         let (status, recs) = run_at(&e, &crashloop("web-5d9-a"), now, &mut ledger).await;
         ctl.abort();
-        assert_eq!(status, RunStatus::Verified, "{replicas} replicas: {recs:#?}");
+        assert_eq!(
+            status,
+            RunStatus::Verified,
+            "{replicas} replicas: {recs:#?}"
+        );
         assert_eq!(
             outcome(&recs, Phase::Applied),
             "evicted pod etl/web-5d9-a",
@@ -751,9 +754,12 @@ async fn rollout_restart_and_scale_of_a_statefulset_wait_for_its_rollout() {
     )
     .await;
     let path = format!("{sts}/db");
-    c.status(&path, json!({"observedGeneration": 1, "replicas": 2, "readyReplicas": 2, "availableReplicas": 2,
-        "updatedReplicas": 2, "currentRevision": "db-1", "updateRevision": "db-1"}))
-        .await;
+    c.status(
+        &path,
+        json!({"observedGeneration": 1, "replicas": 2, "readyReplicas": 2, "availableReplicas": 2,
+        "updatedReplicas": 2, "currentRevision": "db-1", "updateRevision": "db-1"}),
+    )
+    .await;
     let pb = r#"apiVersion: remediate/v1
 kind: Playbook
 metadata: { name: roll }
@@ -796,7 +802,10 @@ spec:
         s["spec"]["template"]["metadata"]["annotations"]["kubectl.kubernetes.io/restartedAt"]
             .is_string()
     );
-    assert_eq!(s["spec"]["replicas"], 3, "2 + step 2, capped at maxReplicas 3");
+    assert_eq!(
+        s["spec"]["replicas"], 3,
+        "2 + step 2, capped at maxReplicas 3"
+    );
     assert_eq!(s["metadata"]["generation"], 3);
     let verified: Vec<&str> = recs
         .iter()
@@ -918,7 +927,10 @@ async fn of_three_agents_with_the_shipped_rbac_one_evicts_holds_the_lease_and_ch
         run_at(&agents[2], &ev, now, lc)
     );
     ctl.abort();
-    let held_lease = watcher.await.unwrap().expect("the Lease exists while the run acts");
+    let held_lease = watcher
+        .await
+        .unwrap()
+        .expect("the Lease exists while the run acts");
     let results = [ra, rb, rc];
     let acted: Vec<usize> = (0..3)
         .filter(|i| results[*i].0 == RunStatus::Verified)
@@ -935,7 +947,9 @@ async fn of_three_agents_with_the_shipped_rbac_one_evicts_holds_the_lease_and_ch
         assert_eq!(recs[0].decision, "suppressed");
         assert!(
             recs[0].reason.starts_with("claimed by agent agent-")
-                && recs[0].reason.contains("(another agent acts on this target)"),
+                && recs[0]
+                    .reason
+                    .contains("(another agent acts on this target)"),
             "{}",
             recs[0].reason
         );
@@ -970,7 +984,11 @@ async fn of_three_agents_with_the_shipped_rbac_one_evicts_holds_the_lease_and_ch
         recs[0].reason
     );
     assert!(c.get(&format!("{PODS}/web-5d9-z")).await.is_some());
-    assert!(c.requests().iter().all(|r| r.allowed), "{:#?}", c.requests());
+    assert!(
+        c.requests().iter().all(|r| r.allowed),
+        "{:#?}",
+        c.requests()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -978,7 +996,11 @@ async fn a_dead_agents_lapsed_lease_is_taken_over_and_a_live_one_is_respected() 
     let c = Cluster::new().await;
     c.seed_web(2).await;
     let e = c.coordinated(
-        c.engine_with(&[&RESTART.replace("timeout: 5s", "timeout: 1s")], ONE_AN_HOUR, "agent-live"),
+        c.engine_with(
+            &[&RESTART.replace("timeout: 5s", "timeout: 1s")],
+            ONE_AN_HOUR,
+            "agent-live",
+        ),
         "agent-live",
     );
     let name = lease_name("restart", "web-5d9-a");
@@ -991,11 +1013,14 @@ async fn a_dead_agents_lapsed_lease_is_taken_over_and_a_live_one_is_respected() 
         })
     };
     // A live claim by another agent: respected.
-    c.create(LEASES, lease("agent-busy", chrono::Utc::now())).await;
+    c.create(LEASES, lease("agent-busy", chrono::Utc::now()))
+        .await;
     let (status, recs) = run(&e, &crashloop("web-5d9-a")).await;
     assert_eq!(status, RunStatus::NotExecuted);
     assert!(
-        recs[0].reason.starts_with("claimed by agent agent-busy until"),
+        recs[0]
+            .reason
+            .starts_with("claimed by agent agent-busy until"),
         "{}",
         recs[0].reason
     );
@@ -1016,7 +1041,11 @@ async fn a_dead_agents_lapsed_lease_is_taken_over_and_a_live_one_is_respected() 
         "took the lapsed claim and acted: {status:?} {recs:#?}"
     );
     assert!(c.get(&format!("{PODS}/web-5d9-a")).await.is_none());
-    assert!(c.requests().iter().all(|r| r.allowed), "{:#?}", c.requests());
+    assert!(
+        c.requests().iter().all(|r| r.allowed),
+        "{:#?}",
+        c.requests()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1094,8 +1123,16 @@ spec:
     dctl.abort();
     // StatefulSet and DaemonSet rollouts (already complete when checked).
     for (plural, kind, status) in [
-        ("statefulsets", "statefulset", json!({"observedGeneration": 2, "replicas": 1, "readyReplicas": 1, "availableReplicas": 1, "updatedReplicas": 1, "currentRevision": "r", "updateRevision": "r"})),
-        ("daemonsets", "daemonset", json!({"observedGeneration": 2, "desiredNumberScheduled": 1, "currentNumberScheduled": 1, "numberReady": 1, "numberAvailable": 1, "updatedNumberScheduled": 1})),
+        (
+            "statefulsets",
+            "statefulset",
+            json!({"observedGeneration": 2, "replicas": 1, "readyReplicas": 1, "availableReplicas": 1, "updatedReplicas": 1, "currentRevision": "r", "updateRevision": "r"}),
+        ),
+        (
+            "daemonsets",
+            "daemonset",
+            json!({"observedGeneration": 2, "desiredNumberScheduled": 1, "currentNumberScheduled": 1, "numberReady": 1, "numberAvailable": 1, "updatedNumberScheduled": 1}),
+        ),
     ] {
         let path = format!("/apis/apps/v1/namespaces/etl/{plural}");
         c.create(&path, json!({"metadata": {"name": "w"}, "spec": {"replicas": 1, "template": {"spec": {"containers": [{"name": "c", "image": "c"}]}}}})).await;
@@ -1137,7 +1174,10 @@ fn grants(rbac: &str) -> BTreeSet<(String, String, String, String)> {
                     .map(|v| v.as_str().unwrap().to_string())
                     .collect()
             };
-            assert!(rule["resourceNames"].is_null(), "resourceNames are not used: {rule:?}");
+            assert!(
+                rule["resourceNames"].is_null(),
+                "resourceNames are not used: {rule:?}"
+            );
             for g in list("apiGroups") {
                 for r in list("resources") {
                     for v in list("verbs") {
@@ -1156,7 +1196,10 @@ async fn the_shipped_rbac_allows_every_request_the_agent_makes_and_grants_nothin
     every_request_the_agent_makes(&c).await;
     let reqs = c.requests();
     let denied: Vec<&Req> = reqs.iter().filter(|r| !r.allowed).collect();
-    assert!(denied.is_empty(), "denied by deploy/k8s/rbac.yaml: {denied:#?}");
+    assert!(
+        denied.is_empty(),
+        "denied by deploy/k8s/rbac.yaml: {denied:#?}"
+    );
     // Every grant is needed by a recorded request (a Role's in its namespace).
     let used: BTreeSet<(String, String, String, String)> = reqs
         .iter()
@@ -1171,7 +1214,10 @@ async fn the_shipped_rbac_allows_every_request_the_agent_makes_and_grants_nothin
         .collect();
     let rbac = bundled("deploy/k8s/rbac.yaml");
     for (verb, group, res, ns) in grants(&rbac) {
-        assert!(!verb.contains('*') && !group.contains('*') && !res.contains('*'), "wildcard: {verb} {group} {res}");
+        assert!(
+            !verb.contains('*') && !group.contains('*') && !res.contains('*'),
+            "wildcard: {verb} {group} {res}"
+        );
         assert!(
             used.iter().any(|(v, g, r, n)| *v == verb && *g == group && *r == res && (ns.is_empty() || *n == ns)),
             "deploy/k8s/rbac.yaml grants {verb} on {res} ({group}){} but no request needs it; recorded: {used:#?}",
@@ -1185,7 +1231,8 @@ async fn the_shipped_rbac_allows_every_request_the_agent_makes_and_grants_nothin
         .filter(|(_, g, r, _)| g == "coordination.k8s.io" || r == "configmaps")
         .all(|(_, _, _, n)| n == "remediate"));
     // A token of this service account cannot read Secrets.
-    let secrets = kube::Api::<k8s_openapi::api::core::v1::Secret>::namespaced(c.client.clone(), "remediate");
+    let secrets =
+        kube::Api::<k8s_openapi::api::core::v1::Secret>::namespaced(c.client.clone(), "remediate");
     let err = secrets.get("remediate-webhook-token").await.unwrap_err();
     assert!(
         matches!(&err, kube::Error::Api(s) if s.code == 403 && s.message.contains("cannot get resource \"secrets\"")),
@@ -1201,7 +1248,11 @@ async fn a_role_that_lacks_a_verb_is_reported_as_forbidden_with_the_fix() {
         "remediate-coordination\nrules:\n  - apiGroups: [coordination.k8s.io]\n    resources: [leases]\n    verbs: [get, create, patch, delete]",
         "remediate-coordination\nrules:\n  - apiGroups: [coordination.k8s.io]\n    resources: [leases]\n    verbs: [get, list, create, update]",
     );
-    assert_ne!(old, bundled("deploy/k8s/rbac.yaml"), "the Role's text changed: update this test");
+    assert_ne!(
+        old,
+        bundled("deploy/k8s/rbac.yaml"),
+        "the Role's text changed: update this test"
+    );
     let path = dir.path().join("rbac.yaml");
     std::fs::write(&path, old).unwrap();
     let c = Cluster::with_rbac(&path).await;
@@ -1225,7 +1276,11 @@ async fn a_role_that_lacks_a_verb_is_reported_as_forbidden_with_the_fix() {
         "{}",
         recs[0].reason
     );
-    assert!(!recs[0].reason.contains("cannot reach"), "{}", recs[0].reason);
+    assert!(
+        !recs[0].reason.contains("cannot reach"),
+        "{}",
+        recs[0].reason
+    );
     assert!(c.get(&format!("{PODS}/web-5d9-a")).await.is_some());
     c.delete(&format!("{LEASES}/{name}")).await;
 }
@@ -1299,7 +1354,11 @@ async fn remediate_run_with_a_config_claims_the_lease_and_charges_the_cluster_co
     for d in ["playbooks", "policies"] {
         std::fs::create_dir_all(dir.path().join(d)).unwrap();
     }
-    std::fs::write(dir.path().join("playbooks/restart.yaml"), RESTART.replace("timeout: 5s", "timeout: 1s")).unwrap();
+    std::fs::write(
+        dir.path().join("playbooks/restart.yaml"),
+        RESTART.replace("timeout: 5s", "timeout: 1s"),
+    )
+    .unwrap();
     std::fs::write(dir.path().join("policies/default.yaml"), ONE_AN_HOUR).unwrap();
     let cfg = dir.path().join("agent.yaml");
     std::fs::write(
@@ -1328,7 +1387,16 @@ async fn remediate_run_with_a_config_claims_the_lease_and_charges_the_cluster_co
     std::fs::write(&alert_file, serde_json::to_vec(&body).unwrap()).unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_remediate"))
         .current_dir(dir.path())
-        .args(["run", "--playbooks", "playbooks", "--policies", "policies", "--output", "json", "--alert"])
+        .args([
+            "run",
+            "--playbooks",
+            "playbooks",
+            "--policies",
+            "policies",
+            "--output",
+            "json",
+            "--alert",
+        ])
         .arg(&alert_file)
         .arg("--audit")
         .arg(dir.path().join("audit.jsonl"))
@@ -1342,7 +1410,8 @@ async fn remediate_run_with_a_config_claims_the_lease_and_charges_the_cluster_co
         "{stdout}{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(c.get(&format!("{PODS}/web-5d9-a")).await.is_some(), "nothing was deleted");
+    assert!(
+        c.get(&format!("{PODS}/web-5d9-a")).await.is_some(),
+        "nothing was deleted"
+    );
 }
-
-

@@ -136,7 +136,9 @@ async fn start_agents(
     std::fs::write(cfg.join("playbooks/restart.yaml"), playbook).unwrap();
     std::fs::write(
         cfg.join("policies/default.yaml"),
-        format!("apiVersion: remediate/v1\nkind: Policy\nmetadata: {{ name: default }}\n{policy_spec}"),
+        format!(
+            "apiVersion: remediate/v1\nkind: Policy\nmetadata: {{ name: default }}\n{policy_spec}"
+        ),
     )
     .unwrap();
     std::fs::write(
@@ -456,11 +458,13 @@ fn decided(recs: &[remediate::audit::Record], service: &str) -> bool {
         .iter()
         .filter(|r| r.target.get("name").map(String::as_str) == Some(service))
         .collect();
-    !mine.is_empty()
-        && mine.iter().all(|r| r.decision != "execute")
-        || mine
-            .iter()
-            .any(|r| matches!(r.phase, remediate::audit::Phase::Verified | remediate::audit::Phase::Failed))
+    !mine.is_empty() && mine.iter().all(|r| r.decision != "execute")
+        || mine.iter().any(|r| {
+            matches!(
+                r.phase,
+                remediate::audit::Phase::Verified | remediate::audit::Phase::Failed
+            )
+        })
 }
 
 #[tokio::test]
@@ -470,7 +474,9 @@ async fn a_storm_against_three_agents_executes_exactly_the_policys_global_limit(
     let image = agent_image(&tag);
     let net = unique("rt-storm-net");
     let services: Vec<String> = (0..4).map(|i| unique(&format!("rt-storm{i}"))).collect();
-    let agents: Vec<String> = (0..3).map(|i| unique(&format!("rt-storm-agent{i}"))).collect();
+    let agents: Vec<String> = (0..3)
+        .map(|i| unique(&format!("rt-storm-agent{i}")))
+        .collect();
     let mut cleanup: Vec<Vec<String>> = services
         .iter()
         .map(|s| vec!["service".into(), "rm".into(), s.clone()])
@@ -483,10 +489,16 @@ async fn a_storm_against_three_agents_executes_exactly_the_policys_global_limit(
     // The counters of policy `default` outlive the run (they are the
     // budget): removed with everything else.
     let counters = || {
-        docker(&["config", "ls", "--filter", "label=remediate.io/policy=default", "-q"])
-            .lines()
-            .map(str::to_string)
-            .collect::<Vec<_>>()
+        docker(&[
+            "config",
+            "ls",
+            "--filter",
+            "label=remediate.io/policy=default",
+            "-q",
+        ])
+        .lines()
+        .map(str::to_string)
+        .collect::<Vec<_>>()
     };
     for id in counters() {
         docker(&["config", "rm", &id]);
@@ -551,7 +563,10 @@ async fn a_storm_against_three_agents_executes_exactly_the_policys_global_limit(
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
         records.push(got.unwrap_or_else(|| {
-            panic!("agent {i} did not decide every alert: {}", docker(&["logs", agent]))
+            panic!(
+                "agent {i} did not decide every alert: {}",
+                docker(&["logs", agent])
+            )
         }));
     }
     let executed: Vec<(usize, String)> = records
@@ -567,18 +582,29 @@ async fn a_storm_against_three_agents_executes_exactly_the_policys_global_limit(
     let restarted: usize = services
         .iter()
         .map(|s| {
-            docker(&["service", "inspect", "-f", "{{.Spec.TaskTemplate.ForceUpdate}}", s])
-                .parse::<usize>()
-                .unwrap()
+            docker(&[
+                "service",
+                "inspect",
+                "-f",
+                "{{.Spec.TaskTemplate.ForceUpdate}}",
+                s,
+            ])
+            .parse::<usize>()
+            .unwrap()
         })
         .sum();
     assert_eq!(restarted, 2, "two restarts among all services");
     // Every other decision says why: another agent's claim, the cluster's
     // budget, or this agent's own limit.
-    for r in records.iter().flatten().filter(|r| r.decision == "suppressed") {
+    for r in records
+        .iter()
+        .flatten()
+        .filter(|r| r.decision == "suppressed")
+    {
         assert!(
             r.reason.starts_with("claimed by agent agent-")
-                || r.reason.starts_with("cluster-wide rate-limit global 2/1h spent by all agents")
+                || r.reason
+                    .starts_with("cluster-wide rate-limit global 2/1h spent by all agents")
                 || r.reason.starts_with("rate-limit global 2/1h"),
             "{}",
             r.reason
@@ -598,12 +624,20 @@ async fn a_storm_against_three_agents_executes_exactly_the_policys_global_limit(
     let data = docker(&["config", "inspect", "-f", "{{json .Spec.Data}}", &left[0]]);
     let b64: String = serde_json::from_str(&data).unwrap();
     use base64::Engine as _;
-    let text = base64::engine::general_purpose::STANDARD.decode(b64).unwrap();
+    let text = base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .unwrap();
     let h = remediate::coord::History::parse(&String::from_utf8(text).unwrap()).unwrap();
     assert_eq!(h.e.len(), 2, "{h:?}");
     // The claims were released.
     assert_eq!(
-        docker(&["config", "ls", "--filter", "label=remediate.io/managed=true", "-q"]),
+        docker(&[
+            "config",
+            "ls",
+            "--filter",
+            "label=remediate.io/managed=true",
+            "-q"
+        ]),
         ""
     );
 }

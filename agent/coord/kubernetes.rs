@@ -19,7 +19,9 @@ use crate::drivers::kubernetes::{code, forbidden};
 /// else means the store cannot be used. Either way nothing runs.
 fn refusal(what: &str, e: kube::Error) -> Refusal {
     match &e {
-        kube::Error::Api(s) if s.code == 403 => Refusal::Forbidden(format!("{what}: {}", forbidden(s))),
+        kube::Error::Api(s) if s.code == 403 => {
+            Refusal::Forbidden(format!("{what}: {}", forbidden(s)))
+        }
         _ => Refusal::Unavailable(format!("{what}: {e}")),
     }
 }
@@ -182,8 +184,10 @@ impl LeaseCoordinator {
         if !req.counts() {
             return Ok(());
         }
-        self.update(req.policy, |h| h.admit(req, takeover).map_err(Refusal::RateLimited))
-            .await
+        self.update(req.policy, |h| {
+            h.admit(req, takeover).map_err(Refusal::RateLimited)
+        })
+        .await
     }
 
     /// Reads the policy's history, applies `change` and writes it back

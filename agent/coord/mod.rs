@@ -181,7 +181,12 @@ impl History {
     /// read as their executions. Unreadable text is an error (fail closed).
     pub fn parse(text: &str) -> Result<Self, String> {
         serde_json::from_str::<History>(text)
-            .or_else(|_| serde_json::from_str::<Vec<Charge>>(text).map(|e| History { e, ..History::default() }))
+            .or_else(|_| {
+                serde_json::from_str::<Vec<Charge>>(text).map(|e| History {
+                    e,
+                    ..History::default()
+                })
+            })
             .map_err(|e| format!("unreadable cluster-wide history: {e}"))
     }
 
@@ -251,7 +256,14 @@ impl History {
             }
         }
         let mut next = self.clone();
-        next.e = charge(&self.e, req.limits, req.playbook, req.target_key, now, req.keep())?;
+        next.e = charge(
+            &self.e,
+            req.limits,
+            req.playbook,
+            req.target_key,
+            now,
+            req.keep(),
+        )?;
         next.prune(now, req.keep());
         Ok(next)
     }
@@ -383,8 +395,15 @@ mod tests {
         let h = charge(&h, &limits, "pb", "b", t0, hour).unwrap();
         let err = charge(&h, &limits, "pb", "c", t0, hour).unwrap_err();
         assert_eq!(err, "rate-limit playbook 2/1h spent by all agents");
-        let err =
-            charge(&h, &limits, "pb", "a", t0 + chrono::Duration::minutes(61), hour).map(|h| h.len());
+        let err = charge(
+            &h,
+            &limits,
+            "pb",
+            "a",
+            t0 + chrono::Duration::minutes(61),
+            hour,
+        )
+        .map(|h| h.len());
         assert_eq!(
             err,
             Ok(1),

@@ -122,15 +122,17 @@ impl ConfigCoordinator {
         let mut l = crate::event::Labels::new();
         l.insert("policy".into(), policy.into());
         let hash = crate::event::fingerprint(&l);
-        let unavailable = |e: String| {
-            Refusal::Unavailable(format!("swarm counters of policy {policy}: {e}"))
-        };
+        let unavailable =
+            |e: String| Refusal::Unavailable(format!("swarm counters of policy {policy}: {e}"));
         for _ in 0..8 {
             let opts = bollard::query_parameters::ListConfigsOptions {
                 filters: Some(
-                    [("label".to_string(), vec![format!("{COUNTERS_LABEL}={hash}")])]
-                        .into_iter()
-                        .collect(),
+                    [(
+                        "label".to_string(),
+                        vec![format!("{COUNTERS_LABEL}={hash}")],
+                    )]
+                    .into_iter()
+                    .collect(),
                 ),
             };
             let list = self
@@ -212,7 +214,9 @@ impl Coordinator for ConfigCoordinator {
         let (claim, takeover) = self.claim_config(req).await?;
         if req.counts() {
             if let Err(r) = self
-                .update(req.policy, |h| h.admit(req, takeover).map_err(Refusal::RateLimited))
+                .update(req.policy, |h| {
+                    h.admit(req, takeover).map_err(Refusal::RateLimited)
+                })
                 .await
             {
                 self.release(claim).await;

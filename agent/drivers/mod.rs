@@ -35,8 +35,7 @@ pub mod spark;
 
 pub use action::{
     apply_deadline, target_display, Action, ActionSpec, DriverError, Entry, Outcome, Params, Plan,
-    Request, Scope, APPLY_DEADLINE,
-    ScopeKind, Target, Verdict,
+    Request, Scope, ScopeKind, Target, Verdict, APPLY_DEADLINE,
 };
 pub use catalog::CATALOG;
 pub use registry::{ByKind, Registry};

@@ -118,8 +118,18 @@ impl Engine {
         if let (Some(c), Some(coord)) = (claim, &self.coordinator) {
             if let Ok(r) = &rep {
                 match &r.status {
-                    RunStatus::Verified => coord.record_outcome(&c, true, engine_now(&r.planned)).await,
-                    RunStatus::Failed(_) => coord.record_outcome(&c, false, r.failed_at.unwrap_or_else(|| engine_now(&r.planned))).await,
+                    RunStatus::Verified => {
+                        coord.record_outcome(&c, true, engine_now(&r.planned)).await
+                    }
+                    RunStatus::Failed(_) => {
+                        coord
+                            .record_outcome(
+                                &c,
+                                false,
+                                r.failed_at.unwrap_or_else(|| engine_now(&r.planned)),
+                            )
+                            .await
+                    }
                     RunStatus::NotExecuted => {}
                 }
             }

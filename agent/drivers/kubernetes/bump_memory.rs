@@ -131,9 +131,13 @@ impl Action for KubeBumpMemory {
             (w, c)
         } else {
             let w = target_workload(&self.0, req).await?;
-            let c = p.container.clone().filter(|c| !c.is_empty()).ok_or_else(|| {
-                DriverError::permanent("name the container to bump with `container`")
-            })?;
+            let c = p
+                .container
+                .clone()
+                .filter(|c| !c.is_empty())
+                .ok_or_else(|| {
+                    DriverError::permanent("name the container to bump with `container`")
+                })?;
             (w, c)
         };
         let obj = get_workload(&self.0.client, &w).await?;

@@ -103,10 +103,9 @@ pub fn register(reg: &mut Registry, kube: Arc<Kube>) {
 /// not. A 403 names what the agent's role lacks and how to grant it.
 pub(super) fn api_err(what: &str, e: kube::Error) -> DriverError {
     match &e {
-        kube::Error::Api(s) if s.code == 403 => DriverError::permanent(format!(
-            "{what}: {}",
-            forbidden(s)
-        )),
+        kube::Error::Api(s) if s.code == 403 => {
+            DriverError::permanent(format!("{what}: {}", forbidden(s)))
+        }
         kube::Error::Api(s) if s.code == 409 || s.code == 429 || s.code >= 500 => {
             DriverError::retryable(format!("{what}: {} ({})", s.message, s.code))
         }

@@ -307,7 +307,11 @@ impl Action for KubePodRestart {
             })
             .collect();
         let Some(replacement) = new.iter().find(|p| pod_ready(p)) else {
-            let from = if direct.is_empty() { "its owner" } else { direct };
+            let from = if direct.is_empty() {
+                "its owner"
+            } else {
+                direct
+            };
             return Ok(Verdict::Pending(match new.first() {
                 Some(p) => format!(
                     "replacement pod {ns}/{} from {from} is not Ready yet ({})",
@@ -388,10 +392,7 @@ async fn owned_pods(
         })
         .unwrap_or_default();
     let lp = kube::api::ListParams::default().labels(&selector);
-    let list = pods
-        .list(&lp)
-        .await
-        .map_err(|e| api_err("list pods", e))?;
+    let list = pods.list(&lp).await.map_err(|e| api_err("list pods", e))?;
     Ok(list
         .items
         .into_iter()

@@ -169,10 +169,7 @@ impl Rollout {
                     ));
                 }
                 if self.ready < self.desired {
-                    return Progressing(format!(
-                        "{} of {} pods ready",
-                        self.ready, self.desired
-                    ));
+                    return Progressing(format!("{} of {} pods ready", self.ready, self.desired));
                 }
                 if self.available < self.desired {
                     return Progressing(format!(
