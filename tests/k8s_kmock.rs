@@ -1285,26 +1285,37 @@ async fn a_role_that_lacks_a_verb_is_reported_as_forbidden_with_the_fix() {
     c.delete(&format!("{LEASES}/{name}")).await;
 }
 
+/// A kubeconfig for the emulator at `base`, unauthenticated (the agent's identity).
+fn kubeconfig(dir: &Path, base: &str) -> PathBuf {
+    let kc = dir.join("kubeconfig");
+    std::fs::write(
+        &kc,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters: [{{name: kmock, cluster: {{server: \"{base}\"}}}}]\nusers: [{{name: u, user: {{}}}}]\ncontexts: [{{name: kmock, context: {{cluster: kmock, user: u}}}}]\ncurrent-context: kmock\n"
+        ),
+    )
+    .unwrap();
+    kc
+}
+
+/// The example crash-loop webhook body for `pod`, written to `dir/alert.json`.
+fn crashloop_payload(dir: &Path, pod: &str) -> PathBuf {
+    let mut body: Value =
+        serde_json::from_str(include_str!("../examples/alerts/crashloop-firing.json")).unwrap();
+    body["alerts"][0]["labels"]["pod"] = json!(pod);
+    body["alerts"][0]["fingerprint"] = json!("");
+    let path = dir.join("alert.json");
+    std::fs::write(&path, serde_json::to_vec(&body).unwrap()).unwrap();
+    path
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cli_dry_run_with_a_kubeconfig_plans_from_what_the_cluster_says_and_changes_nothing() {
     let c = Cluster::new().await;
     c.seed_web(2).await;
     let dir = tempfile::tempdir().unwrap();
-    let kc = dir.path().join("kubeconfig");
-    std::fs::write(
-        &kc,
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters: [{{name: kmock, cluster: {{server: \"{}\"}}}}]\nusers: [{{name: u, user: {{}}}}]\ncontexts: [{{name: kmock, context: {{cluster: kmock, user: u}}}}]\ncurrent-context: kmock\n",
-            c.base
-        ),
-    )
-    .unwrap();
-    let mut body: Value =
-        serde_json::from_str(include_str!("../examples/alerts/crashloop-firing.json")).unwrap();
-    body["alerts"][0]["labels"]["pod"] = json!("web-5d9-a");
-    body["alerts"][0]["fingerprint"] = json!("");
-    let alert_file = dir.path().join("alert.json");
-    std::fs::write(&alert_file, serde_json::to_vec(&body).unwrap()).unwrap();
+    let kc = kubeconfig(dir.path(), &c.base);
+    let alert_file = crashloop_payload(dir.path(), "web-5d9-a");
     let out = Command::new(env!("CARGO_BIN_EXE_remediate"))
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .args([
@@ -1342,15 +1353,7 @@ async fn remediate_run_with_a_config_claims_the_lease_and_charges_the_cluster_co
     let c = Cluster::new().await;
     c.seed_web(2).await;
     let dir = tempfile::tempdir().unwrap();
-    let kc = dir.path().join("kubeconfig");
-    std::fs::write(
-        &kc,
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters: [{{name: kmock, cluster: {{server: \"{}\"}}}}]\nusers: [{{name: u, user: {{}}}}]\ncontexts: [{{name: kmock, context: {{cluster: kmock, user: u}}}}]\ncurrent-context: kmock\n",
-            c.base
-        ),
-    )
-    .unwrap();
+    let kc = kubeconfig(dir.path(), &c.base);
     for d in ["playbooks", "policies"] {
         std::fs::create_dir_all(dir.path().join(d)).unwrap();
     }
@@ -1379,12 +1382,7 @@ async fn remediate_run_with_a_config_claims_the_lease_and_charges_the_cluster_co
                 "renewTime": chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()}}),
     )
     .await;
-    let mut body: Value =
-        serde_json::from_str(include_str!("../examples/alerts/crashloop-firing.json")).unwrap();
-    body["alerts"][0]["labels"]["pod"] = json!("web-5d9-a");
-    body["alerts"][0]["fingerprint"] = json!("");
-    let alert_file = dir.path().join("alert.json");
-    std::fs::write(&alert_file, serde_json::to_vec(&body).unwrap()).unwrap();
+    let alert_file = crashloop_payload(dir.path(), "web-5d9-a");
     let out = Command::new(env!("CARGO_BIN_EXE_remediate"))
         .current_dir(dir.path())
         .args([

@@ -193,6 +193,36 @@ async fn start_agents(
     urls
 }
 
+/// Each agent's audit records once `done` says they are complete.
+async fn wait_audits(
+    dir: &Path,
+    agents: &[String],
+    done: impl Fn(&[remediate::audit::Record]) -> bool,
+) -> Vec<Vec<remediate::audit::Record>> {
+    let mut records = Vec::new();
+    for (i, agent) in agents.iter().enumerate() {
+        let path = dir.join(format!("state{i}/audit.jsonl"));
+        let mut got = None;
+        for _ in 0..900 {
+            let recs = remediate::audit::read(&path)
+                .map(|r| r.records)
+                .unwrap_or_default();
+            if done(&recs) {
+                got = Some(recs);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        records.push(got.unwrap_or_else(|| {
+            panic!(
+                "agent {i} recorded nothing complete: {}",
+                docker(&["logs", agent])
+            )
+        }));
+    }
+    records
+}
+
 /// Posts `body` to every agent at once.
 async fn post_all(urls: &[String], body: &[u8]) {
     let client = reqwest::Client::new();
@@ -244,29 +274,11 @@ async fn of_three_agents_receiving_one_alert_exactly_one_restarts_the_service() 
     // The same alert to every agent at once.
     post_all(&urls, &alert(&target)).await;
     // Each agent records its decision.
-    let mut records = Vec::new();
-    for (i, agent) in agents.iter().enumerate() {
-        let path = dir.path().join(format!("state{i}/audit.jsonl"));
-        let mut got = None;
-        for _ in 0..600 {
-            let recs = remediate::audit::read(&path)
-                .map(|r| r.records)
-                .unwrap_or_default();
-            if recs
-                .iter()
-                .any(|r| r.phase != remediate::audit::Phase::Planned || r.decision == "suppressed")
-            {
-                got = Some(recs);
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-        records.push(
-            got.unwrap_or_else(|| {
-                panic!("agent {i} recorded nothing: {}", docker(&["logs", agent]))
-            }),
-        );
-    }
+    let records = wait_audits(dir.path(), &agents, |recs| {
+        recs.iter()
+            .any(|r| r.phase != remediate::audit::Phase::Planned || r.decision == "suppressed")
+    })
+    .await;
     let acted: Vec<usize> = (0..3)
         .filter(|i| {
             records[*i]
@@ -548,27 +560,10 @@ async fn a_storm_against_three_agents_executes_exactly_the_policys_global_limit(
     for s in storms {
         s.await.unwrap();
     }
-    let mut records = Vec::new();
-    for (i, agent) in agents.iter().enumerate() {
-        let path = dir.path().join(format!("state{i}/audit.jsonl"));
-        let mut got = None;
-        for _ in 0..900 {
-            let recs = remediate::audit::read(&path)
-                .map(|r| r.records)
-                .unwrap_or_default();
-            if services.iter().all(|s| decided(&recs, s)) {
-                got = Some(recs);
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-        records.push(got.unwrap_or_else(|| {
-            panic!(
-                "agent {i} did not decide every alert: {}",
-                docker(&["logs", agent])
-            )
-        }));
-    }
+    let records = wait_audits(dir.path(), &agents, |recs| {
+        services.iter().all(|s| decided(recs, s))
+    })
+    .await;
     let executed: Vec<(usize, String)> = records
         .iter()
         .enumerate()
