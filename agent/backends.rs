@@ -51,6 +51,16 @@ pub fn connect(
             .as_ref()
             .and_then(|s| s.control_available)
             .unwrap_or(false);
+        let in_swarm = info
+            .swarm
+            .as_ref()
+            .and_then(|s| s.local_node_state.as_ref())
+            .is_some_and(|s| *s == bollard::models::LocalNodeState::ACTIVE);
+        if coordinator.is_none() && in_swarm && !manager {
+            coordinator = Some(std::sync::Arc::new(crate::coord::Refusing(
+                "this agent runs on a Swarm worker: cluster-scoped runs are claimed and counted in the managers' raft store, which a worker cannot reach; a manager's agent acts".into(),
+            )));
+        }
         if coordinator.is_none() && manager {
             let host = std::fs::read_to_string("/etc/hostname")
                 .map(|h| h.trim().to_string())

@@ -326,7 +326,7 @@ async fn max_unavailable_fraction_blocks_a_restart_that_would_exceed_it_and_fail
     let (status, applied) = run_with_unavailable_limit(Some((4, 1))).await;
     assert_eq!(applied, 0);
     assert!(
-        matches!(&status, RunStatus::Failed(m) if m.contains("1 of 4 replicas of deployment etl/spark are unavailable; one more would make 50%, over policy default's blastRadius.maxUnavailableFraction 25%")),
+        matches!(&status, RunStatus::Failed(m) if m.contains("1 of 4 replicas of deployment etl/spark are unavailable; restarting this available one would make 2 (50%), over policy default's blastRadius.maxUnavailableFraction 25%")),
         "{status:?}"
     );
     // The driver cannot tell: blocked (fail closed).

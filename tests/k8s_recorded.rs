@@ -111,6 +111,15 @@ async fn eviction_refused_by_a_disruption_budget_is_retried_until_granted() {
             statefulset(3),
         )
         .await;
+        // the owner's pods now (the replacement is the one not among them)
+        expect(
+            &mut h,
+            Method::GET,
+            "/api/v1/namespaces/etl/pods",
+            200,
+            json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": [pod()]}),
+        )
+        .await;
         // apply: still the same pod; eviction 429 (PDB), then 201
         expect(
             &mut h,
@@ -138,20 +147,29 @@ async fn eviction_refused_by_a_disruption_budget_is_retried_until_granted() {
             sent["deleteOptions"]["preconditions"]["uid"], "u-1",
             "evicts only the pod it planned for"
         );
+        // A second refusal, with the budget named in the Status causes.
+        expect(&mut h, Method::POST, "/api/v1/namespaces/etl/pods/web-1/eviction", 429,
+            json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                "message": "Cannot evict pod as it would violate the pod's disruption budget.", "reason": "TooManyRequests", "code": 429,
+                "details": {"causes": [{"reason": "DisruptionBudget", "message": "The disruption budget web-pdb needs 3 healthy pods and has 3 currently"}]}})).await;
         expect(&mut h, Method::POST, "/api/v1/namespaces/etl/pods/web-1/eviction", 201,
             json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201})).await;
     });
     let plan = a.plan(&req).await.unwrap();
     assert!(
         plan.summary.starts_with(
-            "evict pod etl/web-1 (Running); statefulset etl/web recreates it (3/3 ready)"
+            "evict pod etl/web-1 (Running, not Ready); statefulset etl/web recreates it (3/3 ready)"
         ),
         "{}",
         plan.summary
     );
     assert_eq!(plan.details["workload"]["replicas"], 3);
+    assert_eq!(plan.details["siblings"], json!(["u-1"]));
     let out = a.apply(&req, &plan).await.unwrap();
-    assert_eq!(out.summary, "evicted pod etl/web-1");
+    assert_eq!(
+        out.summary,
+        "evicted pod etl/web-1 (after 2 refusals by its disruption budget)"
+    );
     server.await.unwrap();
 }
 
@@ -277,6 +295,8 @@ async fn losing_the_race_for_a_lapsed_lease_leaves_the_action_to_the_winner() {
         .claim(&ClaimRequest {
             policy: "default",
             limits: &[],
+            cooldown: None,
+            breaker: None,
             playbook: "restart",
             target_key: "k",
             ttl: std::time::Duration::from_secs(300),
@@ -292,4 +312,57 @@ async fn losing_the_race_for_a_lapsed_lease_leaves_the_action_to_the_winner() {
         }
         other => panic!("{other:?}"),
     }
+}
+
+#[tokio::test]
+async fn a_forbidden_request_names_the_verb_and_resource_the_role_lacks() {
+    let (c, mut h) = client();
+    let a = action(c, "kubernetes.pod.restart");
+    let req = request(
+        "kubernetes.pod",
+        json!({"mode": "delete", "allowBarePods": false, "gracePeriodSeconds": 5}),
+    );
+    let server = tokio::spawn(async move {
+        expect(&mut h, Method::GET, "/api/v1/namespaces/etl/pods/web-1", 403,
+            json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                "message": "pods \"web-1\" is forbidden: User \"system:serviceaccount:remediate:remediate\" cannot get resource \"pods\" in API group \"\" in the namespace \"etl\"",
+                "reason": "Forbidden", "details": {"name": "web-1", "kind": "pods"}, "code": 403})).await;
+    });
+    let err = a.plan(&req).await.unwrap_err();
+    server.await.unwrap();
+    assert!(!err.retryable);
+    assert!(
+        err.message.starts_with("pod etl/web-1: forbidden: the agent's role lacks get on pods in namespace etl; grant it to the agent's service account"),
+        "{}",
+        err.message
+    );
+}
+
+#[tokio::test]
+async fn a_rollout_past_its_progress_deadline_fails_verification_with_the_conditions_message() {
+    let (c, mut h) = client();
+    let a = action(c, "kubernetes.workload.rollout-restart");
+    let plan = remediate::drivers::Plan {
+        summary: String::new(),
+        details: json!({"kind": "Deployment", "namespace": "etl", "name": "web", "appliedGeneration": 4}),
+    };
+    let req = request("kubernetes.workload", json!({}));
+    let server = tokio::spawn(async move {
+        expect(&mut h, Method::GET, "/apis/apps/v1/namespaces/etl/deployments/web", 200,
+            json!({"apiVersion": "apps/v1", "kind": "Deployment",
+                "metadata": {"name": "web", "namespace": "etl", "generation": 4},
+                "spec": {"replicas": 3, "selector": {"matchLabels": {"app": "web"}}, "template": {}},
+                "status": {"observedGeneration": 4, "replicas": 4, "updatedReplicas": 1, "readyReplicas": 3,
+                    "availableReplicas": 3, "unavailableReplicas": 1,
+                    "conditions": [{"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded",
+                        "message": "ReplicaSet \"web-6f7\" has timed out progressing."}]}})).await;
+    });
+    let v = a.verify(&req, &plan).await.unwrap();
+    server.await.unwrap();
+    assert_eq!(
+        v,
+        remediate::drivers::Verdict::Failed(
+            "rollout of deployment etl/web: ProgressDeadlineExceeded: ReplicaSet \"web-6f7\" has timed out progressing.".into()
+        )
+    );
 }

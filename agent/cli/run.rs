@@ -99,12 +99,15 @@ pub fn run(args: RunArgs, out: &mut dyn Write) -> Result<()> {
         .enable_all()
         .build()
         .map_err(|e| Error::Action(format!("cannot start runtime: {e}")))?;
-    let mut registry = match &args.config {
+    // With --config, the agent's coordinator too: a manual run claims its
+    // Lease (or Swarm config) and charges the cluster-wide limits like the
+    // running agents, so it cannot double-act beside them.
+    let (mut registry, coordinator) = match &args.config {
         Some(path) => {
             let cfg = crate::config::AgentConfig::load(path)?;
-            crate::backends::connect(&cfg, &node, &rt)?.0
+            crate::backends::connect(&cfg, &node, &rt)?
         }
-        None => crate::drivers::host::builtin(&node),
+        None => (crate::drivers::host::builtin(&node), None),
     };
     if let Some(path) = &args.kubeconfig {
         let backend = crate::config::KubernetesBackend {
@@ -123,7 +126,8 @@ pub fn run(args: RunArgs, out: &mut dyn Write) -> Result<()> {
             }),
         );
     }
-    let engine = Engine::new(cfg, registry, node.clone());
+    let mut engine = Engine::new(cfg, registry, node.clone());
+    engine.coordinator = coordinator;
     if args.output == Output::Text {
         outln!(
             out,

@@ -1,4 +1,10 @@
 //! Kubernetes: Leases and a counters ConfigMap in the agent's namespace.
+//!
+//! The requests, and so the Role they need (deploy/k8s/rbac.yaml):
+//! leases get, create, patch (a lapsed claim taken over, conditional on the
+//! resourceVersion read), delete (release, conditional likewise);
+//! configmaps get, create, patch (the counters, conditional likewise).
+//! A 403 is reported as what the role lacks, never as an unreachable store.
 
 use super::*;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
@@ -7,7 +13,18 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use serde_json::json;
 
-use crate::drivers::kubernetes::code;
+use crate::drivers::kubernetes::{code, forbidden};
+
+/// A failed coordination request: a 403 says what the role lacks; anything
+/// else means the store cannot be used. Either way nothing runs.
+fn refusal(what: &str, e: kube::Error) -> Refusal {
+    match &e {
+        kube::Error::Api(s) if s.code == 403 => {
+            Refusal::Forbidden(format!("{what}: {}", forbidden(s)))
+        }
+        _ => Refusal::Unavailable(format!("{what}: {e}")),
+    }
+}
 
 /// Leases and counters in `namespace`, held as `holder`.
 pub struct LeaseCoordinator {
@@ -45,7 +62,9 @@ impl LeaseCoordinator {
         }
     }
 
-    async fn lease(&self, req: &ClaimRequest<'_>) -> Result<Claim, Refusal> {
+    /// Claims the Lease; true when it was taken over from another holder
+    /// whose claim lapsed (that agent died before releasing it).
+    async fn lease(&self, req: &ClaimRequest<'_>) -> Result<(Claim, bool), Refusal> {
         let api: Api<Lease> = Api::namespaced(self.client.clone(), &self.namespace);
         let name = claim_name(req.playbook, req.target_key);
         let secs = req.ttl.as_secs().clamp(1, i32::MAX as u64) as i32;
@@ -56,8 +75,8 @@ impl LeaseCoordinator {
             renew_time: Some(ts(req.now)),
             ..LeaseSpec::default()
         };
-        let unavailable =
-            |e: kube::Error| Refusal::Unavailable(format!("lease {}/{name}: {e}", self.namespace));
+        let what = format!("lease {}/{name}", self.namespace);
+        let unavailable = |e: kube::Error| refusal(&what, e);
         let current = match api.get(&name).await {
             Ok(l) => Some(l),
             Err(e) if code(&e) == Some(404) => None,
@@ -95,10 +114,14 @@ impl LeaseCoordinator {
                 spec: Some(spec),
             };
             return match api.create(&PostParams::default(), &lease).await {
-                Ok(l) => Ok(Claim {
-                    name,
-                    version: l.metadata.resource_version,
-                }),
+                Ok(l) => Ok((
+                    Claim {
+                        name,
+                        version: l.metadata.resource_version,
+                        outcome: req.outcome_key(),
+                    },
+                    false,
+                )),
                 // Another agent created it first: it acts.
                 Err(e) if code(&e) == Some(409) => Err(self.held_by(&api, &name).await),
                 Err(e) => Err(unavailable(e)),
@@ -111,6 +134,7 @@ impl LeaseCoordinator {
         if !holder.is_empty() && holder != self.holder && until > req.now {
             return Err(Refusal::Held { holder, until });
         }
+        let takeover = !holder.is_empty() && holder != self.holder;
         // Expired, released or ours: take it over, conditionally on the
         // version we read, so two agents taking over cannot both win.
         let patch = json!({
@@ -121,10 +145,19 @@ impl LeaseCoordinator {
             .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
             .await
         {
-            Ok(l) => Ok(Claim {
-                name,
-                version: l.metadata.resource_version,
-            }),
+            Ok(l) => {
+                if takeover {
+                    tracing::info!(lease = %name, %holder, "took over a lapsed claim");
+                }
+                Ok((
+                    Claim {
+                        name,
+                        version: l.metadata.resource_version,
+                        outcome: req.outcome_key(),
+                    },
+                    takeover,
+                ))
+            }
             Err(e) if code(&e) == Some(409) => Err(self.held_by(&api, &name).await),
             Err(e) => Err(unavailable(e)),
         }
@@ -142,36 +175,48 @@ impl LeaseCoordinator {
                         )),
                 }
             }
-            Err(e) => Refusal::Unavailable(format!("lease {}/{name}: {e}", self.namespace)),
+            Err(e) => refusal(&format!("lease {}/{name}", self.namespace), e),
         }
     }
 
     /// Charges the policy's limits in the counters ConfigMap (CAS, retried).
-    async fn counters(&self, req: &ClaimRequest<'_>) -> Result<(), Refusal> {
-        if req.limits.is_empty() {
+    async fn counters(&self, req: &ClaimRequest<'_>, takeover: bool) -> Result<(), Refusal> {
+        if !req.counts() {
             return Ok(());
         }
+        self.update(req.policy, |h| {
+            h.admit(req, takeover).map_err(Refusal::RateLimited)
+        })
+        .await
+    }
+
+    /// Reads the policy's history, applies `change` and writes it back
+    /// conditionally on the resourceVersion read; a 409 reads again.
+    async fn update(
+        &self,
+        policy: &str,
+        change: impl Fn(&History) -> Result<History, Refusal>,
+    ) -> Result<(), Refusal> {
         let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), &self.namespace);
-        let name = "remediate-counters";
-        let key = format!("policy.{}", req.policy);
-        let unavailable = |e: kube::Error| {
-            Refusal::Unavailable(format!("configmap {}/{name}: {e}", self.namespace))
-        };
+        let name = COUNTERS;
+        let key = format!("policy.{policy}");
+        let what = format!("configmap {}/{name}", self.namespace);
         for _ in 0..8 {
             let current = match api.get(name).await {
                 Ok(c) => Some(c),
                 Err(e) if code(&e) == Some(404) => None,
-                Err(e) => return Err(unavailable(e)),
+                Err(e) => return Err(refusal(&what, e)),
             };
-            let history: Vec<Charge> = current
+            let history = match current
                 .as_ref()
                 .and_then(|c| c.data.as_ref())
                 .and_then(|d| d.get(&key))
-                .and_then(|s| serde_json::from_str(s).ok())
-                .unwrap_or_default();
-            let next = charge(&history, req.limits, req.playbook, req.target_key, req.now)
-                .map_err(Refusal::RateLimited)?;
-            let text = serde_json::to_string(&next).unwrap_or_default();
+            {
+                Some(text) => History::parse(text)
+                    .map_err(|e| Refusal::Unavailable(format!("{what} key {key}: {e}")))?,
+                None => History::default(),
+            };
+            let text = change(&history)?.text();
             let result = match &current {
                 None => {
                     let cm = ConfigMap {
@@ -197,22 +242,25 @@ impl LeaseCoordinator {
             };
             match result {
                 Ok(()) => return Ok(()),
-                // Someone else charged in between: read again.
+                // Someone else wrote in between: read again.
                 Err(e) if code(&e) == Some(409) => continue,
-                Err(e) => return Err(unavailable(e)),
+                Err(e) => return Err(refusal(&what, e)),
             }
         }
-        Err(Refusal::Unavailable(
-            "the counters ConfigMap kept changing under 8 attempts".into(),
-        ))
+        Err(Refusal::Unavailable(format!(
+            "{what} kept changing under 8 attempts"
+        )))
     }
 }
+
+/// The counters ConfigMap's name.
+pub const COUNTERS: &str = "remediate-counters";
 
 #[async_trait]
 impl Coordinator for LeaseCoordinator {
     async fn claim(&self, req: &ClaimRequest<'_>) -> Result<Claim, Refusal> {
-        let claim = self.lease(req).await?;
-        if let Err(r) = self.counters(req).await {
+        let (claim, takeover) = self.lease(req).await?;
+        if let Err(r) = self.counters(req, takeover).await {
             self.release(claim).await;
             return Err(r);
         }
@@ -232,8 +280,19 @@ impl Coordinator for LeaseCoordinator {
             // 409: it lapsed and another agent took it; 404: gone. Either
             // way it is not ours any more.
             if !matches!(code(&e), Some(404) | Some(409)) {
-                tracing::warn!(lease = %claim.name, error = %e, "cannot release the claim; it lapses by itself");
+                let why = refusal(&format!("lease {}/{}", self.namespace, claim.name), e);
+                tracing::warn!(lease = %claim.name, error = %why, "cannot release the claim; it lapses by itself");
             }
+        }
+    }
+
+    async fn record_outcome(&self, claim: &Claim, ok: bool, at: DateTime<Utc>) {
+        let Some(key) = &claim.outcome else { return };
+        if let Err(e) = self
+            .update(&key.policy, |h| Ok(h.with_outcome(key, ok, at)))
+            .await
+        {
+            tracing::warn!(playbook = %key.playbook, error = %e, "cannot record the run's outcome cluster-wide; the other agents' breakers do not count it");
         }
     }
 }

@@ -200,6 +200,19 @@ impl Request {
     }
 }
 
+tokio::task_local! {
+    /// When the step being applied times out (set by the engine around
+    /// `apply`): a driver that waits and retries (an eviction a
+    /// PodDisruptionBudget refuses) stops just before it and says why,
+    /// rather than being cut off without a word.
+    pub static APPLY_DEADLINE: std::time::Instant;
+}
+
+/// The current step's apply deadline, when the engine set one.
+pub fn apply_deadline() -> Option<std::time::Instant> {
+    APPLY_DEADLINE.try_with(|d| *d).ok()
+}
+
 /// The result of `plan`: what would be done, read from the backend.
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct Plan {

@@ -34,8 +34,8 @@ mod registry;
 pub mod spark;
 
 pub use action::{
-    target_display, Action, ActionSpec, DriverError, Entry, Outcome, Params, Plan, Request, Scope,
-    ScopeKind, Target, Verdict,
+    apply_deadline, target_display, Action, ActionSpec, DriverError, Entry, Outcome, Params, Plan,
+    Request, Scope, ScopeKind, Target, Verdict, APPLY_DEADLINE,
 };
 pub use catalog::CATALOG;
 pub use registry::{ByKind, Registry};

@@ -74,17 +74,18 @@ impl Engine {
             }
         }
         let mut claim = None;
+        let mut refused = false;
         if let (Decision::Execute, Some(coord)) = (&planned.decision, &self.coordinator) {
             let cluster = planned.steps.iter().any(|s| {
                 crate::drivers::catalog::get(s.action)
                     .is_some_and(|a| a.scope == crate::drivers::ScopeKind::Cluster)
             });
             if cluster {
-                let limits = self
+                let spec = self
                     .config
                     .policies
                     .get(&planned.policy)
-                    .map(|p| p.doc.spec.rate_limits.clone())
+                    .map(|p| p.doc.spec.clone())
                     .unwrap_or_default();
                 let ttl = planned
                     .steps
@@ -93,31 +94,53 @@ impl Engine {
                     .sum::<std::time::Duration>()
                     + planned.verify_timeout;
                 let key = target_key(&planned.target);
-                let now = planned.decided_at
-                    + chrono::Duration::from_std(planned.decided_instant.elapsed())
-                        .unwrap_or_default();
                 let req = crate::coord::ClaimRequest {
                     policy: &planned.policy,
-                    limits: &limits,
+                    limits: &spec.rate_limits,
+                    cooldown: spec.cooldown.map(|c| c.chrono()),
+                    breaker: spec.circuit_breaker.as_ref(),
                     playbook: &planned.playbook,
                     target_key: &key,
                     ttl,
-                    now,
+                    now: engine_now(&planned),
                 };
                 match coord.claim(&req).await {
                     Ok(c) => claim = Some(c),
                     Err(refusal) => {
                         tracing::info!(playbook = %planned.playbook, reason = %refusal, "claim refused");
                         planned.decision = Decision::Suppressed(refusal.to_string());
+                        refused = true;
                     }
                 }
             }
         }
         let rep = self.execute_claimed(planned, audit).await;
         if let (Some(c), Some(coord)) = (claim, &self.coordinator) {
+            if let Ok(r) = &rep {
+                match &r.status {
+                    RunStatus::Verified => {
+                        coord.record_outcome(&c, true, engine_now(&r.planned)).await
+                    }
+                    RunStatus::Failed(_) => {
+                        coord
+                            .record_outcome(
+                                &c,
+                                false,
+                                r.failed_at.unwrap_or_else(|| engine_now(&r.planned)),
+                            )
+                            .await
+                    }
+                    RunStatus::NotExecuted => {}
+                }
+            }
             coord.release(c).await;
         }
-        rep
+        rep.map(|mut r| {
+            // The decision's ledger charge is taken back by `enter`, in the
+            // agent's pipeline and in `remediate run` alike.
+            r.claim_refused = refused;
+            r
+        })
     }
 
     async fn execute_claimed(
@@ -184,6 +207,7 @@ impl Engine {
                 status: RunStatus::NotExecuted,
                 records,
                 failed_at: None,
+                claim_refused: false,
             });
         }
 
@@ -247,6 +271,7 @@ impl Engine {
                         status,
                         records,
                         failed_at,
+                        claim_refused: false,
                     });
                 }
             }
@@ -256,14 +281,19 @@ impl Engine {
             status: RunStatus::Verified,
             records,
             failed_at: None,
+            claim_refused: false,
         })
     }
 
     /// `blastRadius.maxUnavailableFraction`: an action that takes a replica
     /// of a workload down may not push the workload's unavailable fraction
-    /// over the limit. The driver reports the workload in its plan
-    /// (`details.workload.replicas`, `.unavailable`); when it cannot, the
-    /// step is blocked (fail closed).
+    /// over the limit. What counts is the change: the driver reports the
+    /// workload (`details.workload.replicas`, `.unavailable`) and whether
+    /// the target itself is available (`.targetAvailable`, true when not
+    /// said); restarting a replica that is already unavailable leaves as
+    /// many unavailable after as before and is allowed, whatever the
+    /// fraction (it is the fix). When the driver cannot say, the step is
+    /// blocked (fail closed).
     fn check_unavailable(
         &self,
         planned: &Planned,
@@ -285,20 +315,25 @@ impl Engine {
             return Ok(());
         }
         let w = &plan.details["workload"];
-        let (Some(replicas), Some(unavailable)) =
-            (w["replicas"].as_u64(), w["unavailable"].as_u64())
+        let (Some(replicas), Some(before)) = (w["replicas"].as_u64(), w["unavailable"].as_u64())
         else {
             return Err(format!(
                 "blocked, nothing was changed: policy {} limits blastRadius.maxUnavailableFraction to {max}, and the driver did not report the workload's replicas, so the limit cannot be checked (fail closed)",
                 planned.policy
             ));
         };
-        let after = (unavailable + 1) as f64 / replicas.max(1) as f64;
-        if replicas == 0 || after > max {
+        let name = w["name"].as_str().unwrap_or("the workload");
+        let target_available = w["targetAvailable"].as_bool().unwrap_or(true);
+        let after = (before + u64::from(target_available)).min(replicas.max(before));
+        if after <= before && replicas > 0 {
+            // Restarting a replica that is down takes nothing more down.
+            return Ok(());
+        }
+        let fraction = after as f64 / replicas.max(1) as f64;
+        if replicas == 0 || fraction > max {
             return Err(format!(
-                "blocked, nothing was changed: {unavailable} of {replicas} replicas of {} are unavailable; one more would make {:.0}%, over policy {}'s blastRadius.maxUnavailableFraction {:.0}%",
-                w["name"].as_str().unwrap_or("the workload"),
-                after * 100.0,
+                "blocked, nothing was changed: {before} of {replicas} replicas of {name} are unavailable; restarting this available one would make {after} ({:.0}%), over policy {}'s blastRadius.maxUnavailableFraction {:.0}%",
+                fraction * 100.0,
                 planned.policy,
                 max * 100.0
             ));
@@ -411,7 +446,9 @@ impl Engine {
                 humantime::format_duration(s.timeout)
             )
         };
-        let outcome = tokio::time::timeout(s.timeout, driver.apply(req, plan))
+        let deadline = Instant::now() + s.timeout;
+        let apply = crate::drivers::APPLY_DEADLINE.scope(deadline, driver.apply(req, plan));
+        let outcome = tokio::time::timeout(s.timeout, apply)
             .await
             .map_err(|_| timed("apply"))?
             .map_err(|e| {
@@ -482,6 +519,12 @@ impl Drop for InterruptGuard<'_> {
             }
         }
     }
+}
+
+/// The engine clock for `planned`: its decision time plus the time elapsed since.
+fn engine_now(planned: &Planned) -> chrono::DateTime<chrono::Utc> {
+    planned.decided_at
+        + chrono::Duration::from_std(planned.decided_instant.elapsed()).unwrap_or_default()
 }
 
 fn backend_of(action: &str) -> &'static str {

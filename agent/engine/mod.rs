@@ -114,6 +114,11 @@ pub struct RunReport {
     /// When it failed, if it did (the breaker counts it).
     #[serde(skip)]
     pub failed_at: Option<DateTime<Utc>>,
+    /// Another agent held the claim (or the cluster's limits refused it):
+    /// this agent did not run it, so the execution its decision entered in
+    /// the ledger is taken back by [`RunReport::enter`].
+    #[serde(skip)]
+    pub claim_refused: bool,
 }
 
 impl RunReport {
@@ -121,6 +126,11 @@ impl RunReport {
     /// and closes after a verified half-open trial).
     pub fn enter(&self, ledger: &mut Ledger) {
         let p = &self.planned;
+        if self.claim_refused {
+            // Not run here: no cooldown, rate-limit charge or breaker trial.
+            p.uncharge(ledger);
+            return;
+        }
         if let Some(at) = self.failed_at {
             ledger.record_failure(at, &p.policy, &p.playbook);
         } else if self.status == RunStatus::Verified {

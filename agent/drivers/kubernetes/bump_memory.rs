@@ -48,7 +48,8 @@ fn yes() -> bool {
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 #[schemars(rename = "KubernetesBumpMemory")]
 pub struct BumpMemory {
-    /// Container to raise; the OOM-killed one (alert label `container`) when unset.
+    /// Container to raise; when unset or empty, the one the pod's status
+    /// says was OOM-killed last.
     #[serde(default)]
     pub container: Option<String>,
     /// Increase per run: `25%` (default) or a size such as `256Mi`.
@@ -56,7 +57,8 @@ pub struct BumpMemory {
     pub step: Step,
     /// Never raise the limit above this.
     pub ceiling: ByteSize,
-    /// Raise the memory request by the same step when one is set.
+    /// Raise the memory request (when one is set) by the same step from its
+    /// own value, never above the new limit.
     #[serde(default = "yes")]
     pub bump_request: bool,
 }
@@ -66,6 +68,7 @@ impl Params for BumpMemory {
         let c = self
             .container
             .as_deref()
+            .filter(|c| !c.is_empty())
             .map(|c| format!("container {c}"))
             .unwrap_or_else(|| "the OOM-killed container".into());
         format!(
@@ -83,7 +86,8 @@ pub struct KubeBumpMemory(pub Arc<Kube>);
 
 /// The container to bump: the one named, else the last OOM-killed one.
 fn oom_container(pod: &Pod, named: Option<&str>) -> Option<String> {
-    if let Some(n) = named {
+    // An empty name (the alert had no `container` label) is no name.
+    if let Some(n) = named.filter(|n| !n.is_empty()) {
         return Some(n.to_string());
     }
     pod.status
@@ -127,9 +131,13 @@ impl Action for KubeBumpMemory {
             (w, c)
         } else {
             let w = target_workload(&self.0, req).await?;
-            let c = p.container.clone().ok_or_else(|| {
-                DriverError::permanent("name the container to bump with `container`")
-            })?;
+            let c = p
+                .container
+                .clone()
+                .filter(|c| !c.is_empty())
+                .ok_or_else(|| {
+                    DriverError::permanent("name the container to bump with `container`")
+                })?;
             (w, c)
         };
         let obj = get_workload(&self.0.client, &w).await?;
@@ -160,17 +168,33 @@ impl Action for KubeBumpMemory {
             )));
         }
         let new = p.step.bumped(current.0, p.ceiling);
-        let request = c["resources"]["requests"]["memory"]
-            .as_str()
-            .map(str::to_string);
+        // The request is raised by the same step from its own value (never
+        // above the new limit), not set to the limit: a bigger request than
+        // needed can leave the new pod unschedulable.
+        let request = match c["resources"]["requests"]["memory"].as_str() {
+            Some(r) if p.bump_request => {
+                let cur: ByteSize = r
+                    .parse()
+                    .map_err(|e| DriverError::permanent(format!("memory request {r:?}: {e}")))?;
+                Some((cur.0, p.step.bumped(cur.0, ByteSize(new)).max(cur.0)))
+            }
+            _ => None,
+        };
         let mut details = workload_details(&w, &obj);
         details["container"] = json!(container);
         details["from"] = json!(current.0);
         details["to"] = json!(new);
-        details["bumpRequest"] = json!(p.bump_request && request.is_some());
+        details["bumpRequest"] = json!(request.is_some());
+        if let Some((from, to)) = request {
+            details["requestFrom"] = json!(from);
+            details["requestTo"] = json!(to);
+        }
+        let request_note = request
+            .map(|(from, to)| format!(", request {} to {}", ByteSize(from), ByteSize(to)))
+            .unwrap_or_default();
         Ok(Plan {
             summary: format!(
-                "raise memory of container {container} in {} from {} to {} (ceiling {})",
+                "raise memory of container {container} in {} from {} to {} (ceiling {}){request_note}",
                 w.display(),
                 current,
                 ByteSize(new),
@@ -187,7 +211,8 @@ impl Action for KubeBumpMemory {
         let q = ByteSize(new).to_string();
         let mut resources = json!({"limits": {"memory": q}});
         if d["bumpRequest"] == true {
-            resources["requests"] = json!({"memory": q});
+            let r = ByteSize(d["requestTo"].as_u64().unwrap_or(new)).to_string();
+            resources["requests"] = json!({"memory": r});
         }
         // Strategic merge by container name, with the resourceVersion read in
         // plan as a precondition: a concurrent change makes this a 409.

@@ -30,7 +30,7 @@ pub use pod_restart::{KubePodRestart, PodRestart, RestartMode};
 pub use rollout_restart::{KubeRolloutRestart, RolloutRestart};
 pub use scale::{KubeScaleOut, Scale};
 pub use spark_application::SparkApplicationBump;
-pub use workload::{owner_of, Rollout, Workload};
+pub use workload::{owner_of, Rollout, RolloutState, Workload};
 
 /// What every Kubernetes action shares.
 pub struct Kube {
@@ -66,7 +66,19 @@ pub async fn connect(cfg: &crate::config::KubernetesBackend) -> Result<Client, S
             format!("kubernetes: no in-cluster service account and no usable $KUBECONFIG: {e}")
         })?,
     };
-    Client::try_from(config).map_err(|e| format!("kubernetes client: {e}"))
+    Client::try_from(without_retries(config)).map_err(|e| format!("kubernetes client: {e}"))
+}
+
+/// The client config the drivers need: kube's default retry layer off. It
+/// retries 429, 503 and 504 up to 15 times with a back-off growing to
+/// minutes, inside a single call: an eviction a PodDisruptionBudget refuses
+/// would then end as a bare step timeout, and a Lease or counters write
+/// would wait past the run's own bound. The drivers retry 429 themselves
+/// within the step timeout and report 5xx as retryable; the coordinator
+/// fails closed.
+pub fn without_retries(mut config: kube::Config) -> kube::Config {
+    config.default_retry = false;
+    config
 }
 
 /// Every Kubernetes action: its catalogue entry and its driver.
@@ -87,9 +99,13 @@ pub fn register(reg: &mut Registry, kube: Arc<Kube>) {
     reg.register_table(ACTIONS, &kube);
 }
 
-/// An API error as a driver error: 409, 429 and 5xx may pass; the rest do not.
+/// An API error as a driver error: 409, 429 and 5xx may pass; the rest do
+/// not. A 403 names what the agent's role lacks and how to grant it.
 pub(super) fn api_err(what: &str, e: kube::Error) -> DriverError {
     match &e {
+        kube::Error::Api(s) if s.code == 403 => {
+            DriverError::permanent(format!("{what}: {}", forbidden(s)))
+        }
         kube::Error::Api(s) if s.code == 409 || s.code == 429 || s.code >= 500 => {
             DriverError::retryable(format!("{what}: {} ({})", s.message, s.code))
         }
@@ -97,6 +113,45 @@ pub(super) fn api_err(what: &str, e: kube::Error) -> DriverError {
             DriverError::permanent(format!("{what}: {} ({})", s.message, s.code))
         }
         other => DriverError::retryable(format!("{what}: {other}")),
+    }
+}
+
+/// A 403 as the fix: "forbidden: the agent's role lacks delete on leases
+/// (coordination.k8s.io) in namespace remediate; ...". The verb, resource,
+/// group and namespace are read from the API server's message (`User "..."
+/// cannot VERB resource "RESOURCE" in API group "GROUP" in the namespace
+/// "NS"`, the authorizer's fixed wording); the raw message follows.
+pub(crate) fn forbidden(s: &kube::core::Status) -> String {
+    let m = &s.message;
+    let after = |key: &str| -> Option<&str> {
+        let i = m.find(key)? + key.len();
+        let rest = &m[i..];
+        Some(&rest[..rest.find('"')?])
+    };
+    let verb = m
+        .find(" cannot ")
+        .map(|i| &m[i + " cannot ".len()..])
+        .and_then(|r| r.split_whitespace().next());
+    let resource = after("resource \"");
+    match (verb, resource) {
+        (Some(verb), Some(resource)) => {
+            let group = after("in API group \"").unwrap_or_default();
+            let what = if group.is_empty() {
+                resource.to_string()
+            } else {
+                format!("{resource} ({group})")
+            };
+            let (scope, role) = match after("in the namespace \"") {
+                Some(ns) => (format!(" in namespace {ns}"), "Role or ClusterRole"),
+                None => (" cluster-wide".to_string(), "ClusterRole"),
+            };
+            format!(
+                "forbidden: the agent's role lacks {verb} on {what}{scope}; grant it to the agent's service account in its {role} (deploy/k8s/rbac.yaml grants what every action needs: kubectl apply -k deploy/k8s). API server: {m} (403)"
+            )
+        }
+        _ => format!(
+            "forbidden: the agent's role does not allow this request; check the agent's service account against deploy/k8s/rbac.yaml. API server: {m} (403)"
+        ),
     }
 }
 

@@ -138,11 +138,20 @@ impl Action for KubePodRestart {
         };
         let w = get_workload(&self.0.client, &owner).await?;
         let r = rollout_of(&w, &owner.kind);
+        // The pods of the same owner now: the replacement is the one that
+        // is not among them (a sibling that was already there is not it).
+        let siblings: Vec<String> = owned_pods(&pods, &w, direct.as_deref().unwrap_or_default())
+            .await?
+            .into_iter()
+            .filter_map(|p| p.metadata.uid)
+            .collect();
+        let available = pod_ready(&pod);
         Ok(Plan {
             summary: format!(
-                "{} pod {ns}/{name} ({}); {} recreates it ({}/{} ready)",
+                "{} pod {ns}/{name} ({}{}); {} recreates it ({}/{} ready)",
                 verb(&p),
                 pod_state(&pod),
+                if available { "" } else { ", not Ready" },
                 owner.display(),
                 r.ready,
                 r.desired
@@ -150,11 +159,15 @@ impl Action for KubePodRestart {
             details: json!({
                 "uid": pod.metadata.uid,
                 "owner": direct,
+                "siblings": siblings,
                 "workload": {
                     "kind": owner.kind,
                     "name": owner.display(),
                     "replicas": r.desired,
                     "unavailable": (r.desired - r.ready).max(0),
+                    // A pod that is not Ready is not available: restarting
+                    // it takes nothing more down.
+                    "targetAvailable": available,
                 }
             }),
         })
@@ -195,8 +208,11 @@ impl Action for KubePodRestart {
             }
             RestartMode::Evict => {
                 // 429: a PodDisruptionBudget says not now. Wait and retry
-                // within the step's timeout (the engine bounds this loop).
+                // until just before the step's timeout, then say which
+                // budget refused (the engine bounds this loop in any case).
+                let deadline = crate::drivers::apply_deadline();
                 let mut wait = std::time::Duration::from_millis(500);
+                let mut refusals = 0u32;
                 loop {
                     match evict(
                         &self.0.client,
@@ -209,12 +225,27 @@ impl Action for KubePodRestart {
                     {
                         Ok(_) => {
                             return Ok(Outcome {
-                                summary: format!("evicted pod {ns}/{name}"),
+                                summary: if refusals == 0 {
+                                    format!("evicted pod {ns}/{name}")
+                                } else {
+                                    format!("evicted pod {ns}/{name} (after {refusals} refusals by its disruption budget)")
+                                },
                                 details: json!({}),
                             })
                         }
                         Err(e) if code(&e) == Some(429) => {
-                            tracing::info!(pod = %format!("{ns}/{name}"), "eviction refused by a PodDisruptionBudget; retrying");
+                            refusals += 1;
+                            let why = budget_refusal(&e);
+                            tracing::info!(pod = %format!("{ns}/{name}"), %why, "eviction refused; retrying");
+                            let margin = std::time::Duration::from_millis(250);
+                            if let Some(d) = deadline {
+                                let left = d.saturating_duration_since(std::time::Instant::now());
+                                if left <= wait + margin {
+                                    return Err(DriverError::retryable(format!(
+                                        "eviction of pod {ns}/{name} refused {refusals} times until the step timeout: {why}"
+                                    )));
+                                }
+                            }
                             tokio::time::sleep(wait).await;
                             wait = (wait * 2).min(std::time::Duration::from_secs(10));
                         }
@@ -258,29 +289,39 @@ impl Action for KubePodRestart {
                 .to_string(),
         };
         // The replacement: a Ready pod of the same direct owner (the
-        // ReplicaSet, StatefulSet or DaemonSet) that is not the old pod.
-        // Owners are compared on the client, so a stale selector cannot lie.
+        // ReplicaSet, StatefulSet or DaemonSet) that did not exist at plan
+        // time (a StatefulSet's has the old name and a new uid). Owners are
+        // compared on the client, so a stale selector cannot lie.
         let direct = plan.details["owner"].as_str().unwrap_or_default();
-        let all = pods
-            .list(&Default::default())
-            .await
-            .map_err(|e| api_err(&format!("pods in {ns}"), e))?;
-        let replacement = all.items.iter().find(|p| {
-            controller(p.metadata.owner_references.as_ref()).is_some_and(|o| o.name == direct)
-                && p.metadata.uid.as_deref() != uid
-                && pod_ready(p)
-        });
-        let Some(replacement) = replacement else {
-            return Ok(Verdict::Pending(format!(
-                "no Ready replacement for pod {ns}/{name} from {} yet",
-                if direct.is_empty() {
-                    "its owner"
-                } else {
-                    direct
-                }
-            )));
+        let before: Vec<&str> = plan.details["siblings"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|u| u.as_str()).collect())
+            .unwrap_or_default();
+        let workload = get_workload(&self.0.client, &owner).await?;
+        let new: Vec<Pod> = owned_pods(&pods, &workload, direct)
+            .await?
+            .into_iter()
+            .filter(|p| {
+                let u = p.metadata.uid.as_deref();
+                u != uid && !u.is_some_and(|u| before.contains(&u))
+            })
+            .collect();
+        let Some(replacement) = new.iter().find(|p| pod_ready(p)) else {
+            let from = if direct.is_empty() {
+                "its owner"
+            } else {
+                direct
+            };
+            return Ok(Verdict::Pending(match new.first() {
+                Some(p) => format!(
+                    "replacement pod {ns}/{} from {from} is not Ready yet ({})",
+                    p.metadata.name.as_deref().unwrap_or("?"),
+                    pod_state(p)
+                ),
+                None => format!("no replacement for pod {ns}/{name} from {from} yet"),
+            }));
         };
-        let r = rollout_of(&get_workload(&self.0.client, &owner).await?, kind);
+        let r = rollout_of(&workload, kind);
         if r.ready >= r.desired {
             Ok(Verdict::Verified(format!(
                 "replacement pod {ns}/{} Running and Ready; {} has {}/{} ready",
@@ -332,6 +373,54 @@ async fn evict(
         .body(serde_json::to_vec(&body).unwrap_or_default())
         .map_err(kube::Error::HttpError)?;
     client.request::<kube::core::Status>(req).await
+}
+
+/// The pods `direct` (a ReplicaSet, StatefulSet or DaemonSet) controls,
+/// listed with the workload's selector and checked by owner on the client.
+async fn owned_pods(
+    pods: &Api<Pod>,
+    workload: &kube::core::DynamicObject,
+    direct: &str,
+) -> Result<Vec<Pod>, DriverError> {
+    let selector = workload.data["spec"]["selector"]["matchLabels"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .unwrap_or_default();
+    let lp = kube::api::ListParams::default().labels(&selector);
+    let list = pods.list(&lp).await.map_err(|e| api_err("list pods", e))?;
+    Ok(list
+        .items
+        .into_iter()
+        .filter(|p| {
+            controller(p.metadata.owner_references.as_ref()).is_some_and(|o| o.name == direct)
+        })
+        .collect())
+}
+
+/// What a 429 on an eviction says: the budget that refused, from the
+/// Status causes the API server adds ("The disruption budget web needs 2
+/// healthy pods and has 2 currently").
+fn budget_refusal(e: &kube::Error) -> String {
+    let kube::Error::Api(s) = e else {
+        return e.to_string();
+    };
+    let causes: Vec<&str> = s
+        .details
+        .iter()
+        .flat_map(|d| d.causes.iter())
+        .filter(|c| c.reason == "DisruptionBudget" || c.message.contains("disruption budget"))
+        .map(|c| c.message.as_str())
+        .collect();
+    if causes.is_empty() {
+        format!("{} (429)", s.message)
+    } else {
+        format!("PodDisruptionBudget refused: {}", causes.join("; "))
+    }
 }
 
 fn verb(p: &PodRestart) -> &'static str {

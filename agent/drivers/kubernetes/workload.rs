@@ -74,26 +74,168 @@ pub async fn owner_of(client: &Client, pod: &Pod) -> Result<Option<Workload>, Dr
     }))
 }
 
-/// Replicas of a workload: (desired, ready, updated, generation, observed generation).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// Replicas of a workload as its controller reports them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Rollout {
-    /// Desired replicas.
+    /// Desired replicas (`spec.replicas`; DaemonSet: `desiredNumberScheduled`).
     pub desired: i64,
-    /// Ready replicas.
+    /// Replicas that exist, old and new (`status.replicas`; DaemonSet:
+    /// `currentNumberScheduled`).
+    pub current: i64,
+    /// Ready replicas (old ones included).
     pub ready: i64,
+    /// Available replicas (ready for `minReadySeconds`).
+    pub available: i64,
     /// Replicas on the newest template.
     pub updated: i64,
+    /// `status.unavailableReplicas` (Deployment; DaemonSet `numberUnavailable`).
+    pub unavailable: i64,
     /// metadata.generation.
     pub generation: i64,
     /// status.observedGeneration.
     pub observed: i64,
+    /// The `Progressing` condition's message when its reason is
+    /// `ProgressDeadlineExceeded` (Deployment).
+    pub deadline_exceeded: Option<String>,
+    /// StatefulSet/DaemonSet `spec.updateStrategy.type` (RollingUpdate when unset).
+    pub strategy: String,
+    /// StatefulSet `status.currentRevision` / `updateRevision`.
+    pub revisions: (String, String),
+    /// StatefulSet rolling-update partition.
+    pub partition: i64,
+}
+
+/// Where a rollout stands, as `kubectl rollout status` reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RolloutState {
+    /// The controller observed the newest generation and every replica is
+    /// updated and available, with no old replica left.
+    Complete(String),
+    /// Still going: what it waits for.
+    Progressing(String),
+    /// It will not finish by itself (`ProgressDeadlineExceeded`, OnDelete).
+    Failed(String),
 }
 
 impl Rollout {
-    pub(super) fn complete(&self) -> bool {
-        self.observed >= self.generation
-            && self.updated >= self.desired
-            && self.ready >= self.desired
+    /// The rollout's state for `kind`, following kubectl's status viewers
+    /// (rollout_status.go), stricter where the issue asked: a Deployment is
+    /// complete only when `status.replicas == updatedReplicas`, every
+    /// updated replica is available and `unavailableReplicas` is 0.
+    pub fn state(&self, kind: &str) -> RolloutState {
+        use RolloutState::*;
+        if self.observed < self.generation || (kind == "StatefulSet" && self.observed == 0) {
+            return Progressing(format!(
+                "waiting for the controller to observe generation {} (observed {})",
+                self.generation, self.observed
+            ));
+        }
+        match kind {
+            "Deployment" => {
+                if let Some(m) = &self.deadline_exceeded {
+                    return Failed(format!("ProgressDeadlineExceeded: {m}"));
+                }
+                if self.updated < self.desired {
+                    Progressing(format!(
+                        "{} out of {} new replicas have been updated",
+                        self.updated, self.desired
+                    ))
+                } else if self.current > self.updated {
+                    Progressing(format!(
+                        "{} old replicas are pending termination (status.replicas {}, updated {})",
+                        self.current - self.updated,
+                        self.current,
+                        self.updated
+                    ))
+                } else if self.available < self.updated {
+                    Progressing(format!(
+                        "{} of {} updated replicas are available",
+                        self.available, self.updated
+                    ))
+                } else if self.unavailable > 0 {
+                    Progressing(format!("{} replicas are unavailable", self.unavailable))
+                } else {
+                    Complete(format!(
+                        "{}/{} updated and available, no old replica left",
+                        self.updated, self.desired
+                    ))
+                }
+            }
+            "StatefulSet" => {
+                if self.strategy != "RollingUpdate" {
+                    return Failed(format!(
+                        "updateStrategy {}: pods take the new template only when deleted",
+                        self.strategy
+                    ));
+                }
+                if self.ready < self.desired {
+                    return Progressing(format!("{} of {} pods ready", self.ready, self.desired));
+                }
+                if self.available < self.desired {
+                    return Progressing(format!(
+                        "{} of {} pods available",
+                        self.available, self.desired
+                    ));
+                }
+                if self.partition > 0 {
+                    let want = (self.desired - self.partition).max(0);
+                    return if self.updated < want {
+                        Progressing(format!(
+                            "partitioned rollout: {} of {want} new pods updated",
+                            self.updated
+                        ))
+                    } else {
+                        Complete(format!(
+                            "partitioned rollout complete: {} new pods updated",
+                            self.updated
+                        ))
+                    };
+                }
+                let (cur, upd) = &self.revisions;
+                if cur != upd {
+                    Progressing(format!(
+                        "{} of {} pods at revision {upd}",
+                        self.updated, self.desired
+                    ))
+                } else {
+                    Complete(format!(
+                        "{}/{} pods ready at revision {upd}",
+                        self.ready, self.desired
+                    ))
+                }
+            }
+            "DaemonSet" => {
+                if self.strategy != "RollingUpdate" {
+                    return Failed(format!(
+                        "updateStrategy {}: pods take the new template only when deleted",
+                        self.strategy
+                    ));
+                }
+                if self.updated < self.desired {
+                    Progressing(format!(
+                        "{} out of {} new pods have been updated",
+                        self.updated, self.desired
+                    ))
+                } else if self.available < self.desired {
+                    Progressing(format!(
+                        "{} of {} updated pods are available",
+                        self.available, self.desired
+                    ))
+                } else {
+                    Complete(format!(
+                        "{}/{} updated and available",
+                        self.updated, self.desired
+                    ))
+                }
+            }
+            _ => {
+                if self.ready >= self.desired {
+                    Complete(format!("{}/{} ready", self.ready, self.desired))
+                } else {
+                    Progressing(format!("{}/{} ready", self.ready, self.desired))
+                }
+            }
+        }
     }
 }
 
@@ -131,24 +273,43 @@ pub(super) async fn get_workload(
 
 pub(super) fn rollout_of(obj: &DynamicObject, kind: &str) -> Rollout {
     let st = &obj.data["status"];
+    let spec = &obj.data["spec"];
     let n = |v: &serde_json::Value| v.as_i64().unwrap_or(0);
-    let desired = if kind == "DaemonSet" {
-        n(&st["desiredNumberScheduled"])
-    } else {
-        obj.data["spec"]["replicas"].as_i64().unwrap_or(1)
-    };
-    let (ready, updated) = if kind == "DaemonSet" {
-        (n(&st["numberReady"]), n(&st["updatedNumberScheduled"]))
-    } else {
-        (n(&st["readyReplicas"]), n(&st["updatedReplicas"]))
-    };
-    Rollout {
-        desired,
-        ready,
-        updated,
+    let text = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_string();
+    let mut r = Rollout {
         generation: obj.metadata.generation.unwrap_or(0),
         observed: n(&st["observedGeneration"]),
+        strategy: spec["updateStrategy"]["type"]
+            .as_str()
+            .unwrap_or("RollingUpdate")
+            .to_string(),
+        ..Rollout::default()
+    };
+    if kind == "DaemonSet" {
+        r.desired = n(&st["desiredNumberScheduled"]);
+        r.current = n(&st["currentNumberScheduled"]);
+        r.ready = n(&st["numberReady"]);
+        r.available = n(&st["numberAvailable"]);
+        r.updated = n(&st["updatedNumberScheduled"]);
+        r.unavailable = n(&st["numberUnavailable"]);
+        return r;
     }
+    r.desired = spec["replicas"].as_i64().unwrap_or(1);
+    r.current = n(&st["replicas"]);
+    r.ready = n(&st["readyReplicas"]);
+    // availableReplicas is reported by Deployments and (1.22+) StatefulSets;
+    // where a controller leaves it out, ready is the best it says.
+    r.available = st["availableReplicas"].as_i64().unwrap_or(r.ready);
+    r.updated = n(&st["updatedReplicas"]);
+    r.unavailable = n(&st["unavailableReplicas"]);
+    r.partition = n(&spec["updateStrategy"]["rollingUpdate"]["partition"]);
+    r.revisions = (text(&st["currentRevision"]), text(&st["updateRevision"]));
+    r.deadline_exceeded = st["conditions"].as_array().and_then(|cs| {
+        cs.iter()
+            .find(|c| c["type"] == "Progressing" && c["reason"] == "ProgressDeadlineExceeded")
+            .map(|c| text(&c["message"]))
+    });
+    r
 }
 
 /// The workload a target names: `kubernetes.workload` with an optional
@@ -192,25 +353,24 @@ pub(super) async fn verify_rollout(k: &Kube, plan: &Plan) -> Result<Verdict, Dri
     let obj = get_workload(&k.client, &w).await?;
     let r = rollout_of(&obj, &w.kind);
     let applied_gen = plan.details["appliedGeneration"].as_i64().unwrap_or(0);
-    if r.complete() && r.observed >= applied_gen {
-        Ok(Verdict::Verified(format!(
-            "rollout of {} complete: {}/{} updated and ready, generation {} observed",
+    if r.observed < applied_gen {
+        return Ok(Verdict::Pending(format!(
+            "rollout of {}: waiting for the controller to observe generation {applied_gen} (observed {})",
             w.display(),
-            r.updated,
-            r.desired,
             r.observed
-        )))
-    } else {
-        Ok(Verdict::Pending(format!(
-            "rollout of {}: {}/{} updated, {} ready, generation {}/{}",
-            w.display(),
-            r.updated,
-            r.desired,
-            r.ready,
-            r.observed,
-            r.generation
-        )))
+        )));
     }
+    Ok(match r.state(&w.kind) {
+        RolloutState::Complete(m) => Verdict::Verified(format!(
+            "rollout of {} complete: {m}, generation {} observed",
+            w.display(),
+            r.observed
+        )),
+        RolloutState::Progressing(m) => {
+            Verdict::Pending(format!("rollout of {}: {m}", w.display()))
+        }
+        RolloutState::Failed(m) => Verdict::Failed(format!("rollout of {}: {m}", w.display())),
+    })
 }
 
 pub(super) fn workload_details(w: &Workload, obj: &DynamicObject) -> serde_json::Value {
