@@ -160,7 +160,14 @@ impl Engine {
         ev: &Event,
     ) -> Result<(Target, Vec<PlannedStep>), String> {
         let given: Labels = match ev.trigger {
-            TriggerKind::Alert => Labels::new(),
+            // An alert's values (Grafana's query results by refId) fill the
+            // values the playbook declares; the others are not its business.
+            TriggerKind::Alert => ev
+                .values
+                .iter()
+                .filter(|(k, _)| pb.doc.spec.values.contains_key(*k))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
             TriggerKind::Schedule | TriggerKind::Manual => ev.values.clone(),
         };
         let values = pb.resolve_values(&given)?;

@@ -80,6 +80,40 @@ pub fn enqueue(shared: &Shared, inc: Incoming) -> bool {
     shared.queue.send(inc).is_ok()
 }
 
+/// The audit record of a contact point's test notification: nothing was
+/// decided or run.
+fn test_record(shared: &Shared, ev: &Event) -> crate::audit::Record {
+    crate::audit::Record {
+        ts: chrono::Utc::now(),
+        id: uuid::Uuid::now_v7().to_string(),
+        trigger: crate::audit::TriggerRef::from_event(ev),
+        playbook: String::new(),
+        action: "test-notification".into(),
+        target: Default::default(),
+        params: serde_json::Value::Null,
+        decision: "test".into(),
+        reason: "Grafana contact point test notification (alertname=TestAlert, instance=Grafana)"
+            .into(),
+        dry_run: true,
+        phase: crate::audit::Phase::Planned,
+        outcome: "received; the webhook works; nothing is decided or run for a test".into(),
+        duration_ms: 0,
+        node: shared.node.clone(),
+        policy: String::new(),
+        step: 0,
+        decided_at: None,
+    }
+}
+
+/// Audits a sender's test notifications (Grafana's contact-point "Test"):
+/// durable when it returns; nothing is decided or run for them.
+pub fn record_tests(shared: &Shared, tests: &[Event]) -> crate::audit::Result<()> {
+    use crate::engine::RecordSink;
+    tests
+        .iter()
+        .try_for_each(|ev| shared.append(&test_record(shared, ev)))
+}
+
 /// Journals one notification's events durably and queues the new ones.
 /// Returns once they are fsynced, so the caller may answer 200.
 pub async fn accept(shared: &Shared, events: Vec<Event>) -> Result<Accepted, Refused> {

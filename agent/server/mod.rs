@@ -159,6 +159,7 @@ impl Http {
 pub fn app(http: Arc<Http>) -> Router {
     Router::new()
         .route("/webhook/alertmanager", post(webhook::webhook))
+        .route("/webhook/grafana", post(webhook::grafana))
         .route("/metrics", get(api::metrics))
         .route("/healthz", get(api::healthz))
         .route("/readyz", get(api::readyz))

@@ -1,7 +1,8 @@
-//! `POST /webhook/alertmanager`: authenticated (the webhook token only),
-//! size- and time-limited body, validated payload, and a notification with
-//! more alerts than the queue can ever hold accepted in part or refused,
-//! never answered 503 forever.
+//! `POST /webhook/alertmanager` and `POST /webhook/grafana`: authenticated
+//! (the webhook token only), size- and time-limited body, validated
+//! payload, and a notification with more alerts than the queue can ever
+//! hold accepted in part or refused, never answered 503 forever. Grafana's
+//! contact-point test notification is audited as a test and runs nothing.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -18,6 +19,16 @@ use crate::config::Oversized;
 use crate::metrics::CodeLabels;
 use crate::pipeline::intake::{self, Refused};
 use crate::trigger::alertmanager::Payload;
+use crate::trigger::grafana;
+
+/// Which sender's body a route takes.
+#[derive(Debug, Clone, Copy)]
+enum Source {
+    /// Alertmanager's webhook body, version "4".
+    Alertmanager,
+    /// Grafana Unified Alerting's webhook contact point, version "1".
+    Grafana,
+}
 
 /// Bodies at least this large are followed by a memory trim once the
 /// pipeline is idle again.
@@ -43,6 +54,25 @@ pub(super) async fn webhook(
     peer: Option<Extension<Peer>>,
     headers: HeaderMap,
     body: Body,
+) -> Response {
+    handle(http, peer, headers, body, Source::Alertmanager).await
+}
+
+pub(super) async fn grafana(
+    State(http): State<Arc<Http>>,
+    peer: Option<Extension<Peer>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    handle(http, peer, headers, body, Source::Grafana).await
+}
+
+async fn handle(
+    http: Arc<Http>,
+    peer: Option<Extension<Peer>>,
+    headers: HeaderMap,
+    body: Body,
+    source: Source,
 ) -> Response {
     let peer = peer.map(|Extension(Peer(p))| p);
     let reject = |code: StatusCode, reason: &'static str, msg: String| {
@@ -87,19 +117,60 @@ pub(super) async fn webhook(
             return reject(code, reason, msg);
         }
     };
-    let payload = match Payload::parse(&bytes) {
+    let parsed = match source {
+        Source::Alertmanager => Payload::parse(&bytes)
+            .map(|p| (p.truncated_alerts, p.into_events(), Vec::new()))
+            .map_err(|e| e.to_string()),
+        Source::Grafana => grafana::Payload::parse(&bytes)
+            .map(|p| (p.truncated_alerts, p.events, p.tests))
+            .map_err(|e| e.to_string()),
+    };
+    let (truncated, mut events, tests) = match parsed {
         Ok(p) => p,
-        Err(e) => return reject(StatusCode::BAD_REQUEST, "invalid_payload", e.to_string()),
+        Err(e) => return reject(StatusCode::BAD_REQUEST, "invalid_payload", e),
     };
     let large = bytes.len() >= TRIM_AFTER_BYTES;
     drop(bytes);
-    if payload.truncated_alerts > 0 {
+    if truncated > 0 {
         tracing::warn!(
-            truncated = payload.truncated_alerts,
-            "Alertmanager left alerts out of this group (max_alerts); they are not decided"
+            truncated,
+            source = ?source,
+            "the sender left alerts out of this group (max alerts); they are not decided"
         );
     }
-    let mut events = payload.into_events();
+    let n_tests = tests.len();
+    if n_tests > 0 {
+        // Recorded before the answer, like every accepted event.
+        let sh = shared.clone();
+        let written = tokio::task::spawn_blocking(move || intake::record_tests(&sh, &tests)).await;
+        match written {
+            Ok(Ok(())) => tracing::info!(
+                tests = n_tests,
+                "Grafana contact point test notification received; nothing is run"
+            ),
+            Ok(Err(e)) => {
+                return reply(
+                    &http,
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    json!({"error": format!("cannot record the test notification durably: {e}; retry")}),
+                )
+            }
+            Err(e) => {
+                return reply(
+                    &http,
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    json!({"error": format!("recording the test notification failed: {e}")}),
+                )
+            }
+        }
+        if events.is_empty() {
+            return reply(
+                &http,
+                StatusCode::OK,
+                json!({"status": "test", "accepted": 0, "duplicates": 0, "tests": n_tests}),
+            );
+        }
+    }
     let n = events.len();
     let capacity = cfg.webhook.queue_capacity;
     let mut refused = 0;
@@ -150,6 +221,11 @@ pub(super) async fn webhook(
                 "refused": refused,
                 "error": format!("alerts[{}..{n}] refused: the notification carries {n} alerts, more than webhook.queueCapacity ({capacity}); set the Alertmanager receiver's max_alerts to at most {capacity}", n - refused),
             }),
+        ),
+        Ok(a) if n_tests > 0 => reply(
+            &http,
+            StatusCode::OK,
+            json!({"status": "accepted", "accepted": a.accepted, "duplicates": a.duplicates, "tests": n_tests}),
         ),
         Ok(a) => reply(
             &http,

@@ -61,6 +61,10 @@ pub struct Alert {
     /// Alertmanager's fingerprint; computed from labels when absent.
     #[serde(default)]
     pub fingerprint: String,
+    /// Query values that made the alert fire (Grafana's `values`); never in
+    /// an Alertmanager body.
+    #[serde(skip)]
+    pub values: Labels,
 }
 
 /// Why a payload was rejected.
@@ -77,7 +81,7 @@ pub enum Error {
         reason: String,
     },
     /// Valid JSON of an unsupported version.
-    #[error("unsupported Alertmanager webhook version {0:?}: expected \"4\"")]
+    #[error("unsupported Alertmanager webhook version {0:?}: expected \"4\"{hint}", hint = grafana_hint(.0))]
     Version(String),
     /// An alert without an alertname label.
     #[error("alerts[{0}] has no alertname label")]
@@ -113,6 +117,14 @@ impl Payload {
         if p.version != "4" {
             return Err(Error::Version(p.version));
         }
+        p.check()?;
+        Ok(p)
+    }
+
+    /// Every alert has an alertname, and no label, annotation or value
+    /// holds a control character.
+    pub fn check(&self) -> Result<(), Error> {
+        let p = self;
         if let Some(i) = p
             .alerts
             .iter()
@@ -120,8 +132,7 @@ impl Payload {
         {
             return Err(Error::NoAlertname(i));
         }
-        p.check_bytes()?;
-        Ok(p)
+        p.check_bytes()
     }
 
     /// One event per alert.
@@ -172,6 +183,13 @@ impl Payload {
             if let Some(e) = bad("field", "fingerprint", "value", &a.fingerprint, false) {
                 return Err(e);
             }
+            for (k, v) in &a.values {
+                if let Some(e) =
+                    bad("value", k, "name", k, false).or_else(|| bad("value", k, "value", v, false))
+                {
+                    return Err(e);
+                }
+            }
         }
         Ok(())
     }
@@ -203,10 +221,18 @@ impl Alert {
             },
             labels: self.labels,
             annotations: self.annotations,
-            values: Labels::new(),
+            values: self.values,
             starts_at: self.starts_at,
             playbook: None,
         }
+    }
+}
+
+fn grafana_hint(version: &str) -> &'static str {
+    if version == "1" {
+        " (Grafana's version \"1\" bodies go to /webhook/grafana)"
+    } else {
+        ""
     }
 }
 

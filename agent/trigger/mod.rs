@@ -2,4 +2,5 @@
 
 pub mod alertmanager;
 pub mod docker;
+pub mod grafana;
 pub mod schedule;
