@@ -241,9 +241,9 @@ pub fn read_payloads(text: &str) -> Result<Vec<Event>, String> {
     let mut events = Vec::new();
     for (i, p) in payloads.iter().enumerate() {
         let bytes = serde_json::to_vec(p).map_err(|e| e.to_string())?;
-        let payload = crate::trigger::alertmanager::Payload::parse(&bytes)
+        let payload = crate::trigger::parse_notification(&bytes)
             .map_err(|e| format!("payload {}: {e}", i + 1))?;
-        events.extend(payload.events());
+        events.extend(payload.events);
     }
     Ok(events)
 }

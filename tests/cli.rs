@@ -880,3 +880,49 @@ fn a_damaged_audit_log_blocks_execution_but_not_a_dry_run() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(text(&out.stderr).contains("skipped unreadable line(s) [2]"));
 }
+
+#[test]
+fn a_grafana_notification_file_is_planned_like_an_alertmanager_one_and_its_test_is_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let audit = dir.path().join("audit.jsonl");
+    let out = run(&[
+        "run",
+        "--dry-run",
+        "--alert",
+        "examples/alerts/grafana-firing.json",
+        "--audit",
+        audit.to_str().unwrap(),
+        "--output",
+        "json",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let recs = audit_lines(&audit);
+    let playbooks: Vec<&str> = recs
+        .iter()
+        .map(|r| r["playbook"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        playbooks,
+        ["postgres-idle-connections-recycle", "k8s-crashloop-restart"],
+        "{recs:#?}"
+    );
+    assert_eq!(recs[0]["trigger"]["values"]["B"], "144.0");
+
+    let test = dir.path().join("test-audit.jsonl");
+    let out = run(&[
+        "run",
+        "--dry-run",
+        "--alert",
+        "examples/alerts/grafana-test.json",
+        "--audit",
+        test.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr)
+            .contains("1 test notification(s) (Grafana's contact-point test): not decided"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(audit_lines(&test).is_empty());
+}

@@ -15,7 +15,6 @@ use crate::engine::{Engine, RunStatus};
 use crate::event::{Event, Labels, Status, TriggerKind};
 use crate::policy::Decision;
 use crate::report::{self, Row, Summary};
-use crate::trigger::alertmanager::Payload;
 
 /// Largest `--alert` body accepted.
 const MAX_ALERT_BYTES: u64 = 16 << 20;
@@ -47,8 +46,15 @@ pub fn run(args: RunArgs, out: &mut dyn Write) -> Result<()> {
     let events: Vec<Event> = match (&args.alert, &args.playbook) {
         (Some(path), _) => {
             let body = read_alert(path)?;
-            let payload = Payload::parse(&body)
+            let payload = crate::trigger::parse_notification(&body)
                 .map_err(|e| Error::Input(format!("{}: {e}", path.display())))?;
+            if !payload.tests.is_empty() {
+                eprintln!(
+                    "note: {}: {} test notification(s) (Grafana's contact-point test): not decided",
+                    path.display(),
+                    payload.tests.len()
+                );
+            }
             if payload.truncated_alerts > 0 {
                 eprintln!(
                     "warning: {}: Alertmanager left out {} alert(s) of this group (max_alerts); they are not in the payload and are not decided",
@@ -56,7 +62,7 @@ pub fn run(args: RunArgs, out: &mut dyn Write) -> Result<()> {
                     payload.truncated_alerts
                 );
             }
-            payload.events()
+            payload.events
         }
         (None, Some(name)) => {
             let pb = cfg.playbook(name).ok_or_else(|| {
