@@ -51,6 +51,22 @@ pub struct FailureLabels {
     pub action: String,
 }
 
+/// `playbook`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PlaybookLabels {
+    /// Playbook name.
+    pub playbook: String,
+}
+
+/// `playbook`, `outcome` (`resolved` or `unresolved`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    /// Playbook name.
+    pub playbook: String,
+    /// `resolved` or `unresolved`.
+    pub outcome: &'static str,
+}
+
 /// `code`: HTTP status class answered to a webhook.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CodeLabels {
@@ -108,6 +124,12 @@ pub struct Metrics {
     pub action_duration: Family<ActionLabels, Histogram>,
     /// Failed runs.
     pub failures: Family<FailureLabels, Counter>,
+    /// From the alert's start to its resolution, for verified runs (MTTR).
+    pub time_to_resolve: Family<PlaybookLabels, Histogram>,
+    /// Verified runs by what their alert did next.
+    pub outcomes: Family<OutcomeLabels, Counter>,
+    /// Verified runs whose alert has not resolved yet.
+    pub watched: Gauge,
     /// Events waiting for a decision (including those settling).
     pub queue_depth: Gauge,
     /// Runs executing now.
@@ -164,6 +186,13 @@ impl Metrics {
                 Histogram::new(exponential_buckets(0.01, 2.0, 16))
             }),
             failures: Family::default(),
+            time_to_resolve: Family::new_with_constructor(|| {
+                Histogram::new([
+                    10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 900.0, 1800.0, 3600.0, 7200.0, 21600.0,
+                ])
+            }),
+            outcomes: Family::default(),
+            watched: Gauge::default(),
             queue_depth: Gauge::default(),
             in_flight: Gauge::default(),
             reloads: Family::default(),
@@ -218,6 +247,21 @@ impl Metrics {
             "action_failures",
             "Runs that failed (apply error, verify failure, timeout, no driver)",
             self.failures.clone(),
+        );
+        r.register(
+            "time_to_resolve_seconds",
+            "From the alert's start to its resolution, for runs the agent verified (the measured MTTR), by playbook",
+            self.time_to_resolve.clone(),
+        );
+        r.register(
+            "run_outcomes",
+            "Verified runs by what their alert did next: resolved, or unresolved escalateAfter later",
+            self.outcomes.clone(),
+        );
+        r.register(
+            "runs_watched",
+            "Verified runs whose alert has not resolved yet",
+            self.watched.clone(),
         );
         r.register(
             "queue_depth",

@@ -36,7 +36,7 @@ pub struct Notice {
     pub decision: String,
     /// Why the gate decided so.
     pub reason: String,
-    /// `verified`, `failed` or `not-executed`.
+    /// `verified`, `failed`, `not-executed`, or `unresolved` (an escalation).
     pub status: String,
     /// What happened, in words.
     pub outcome: String,
@@ -55,6 +55,7 @@ impl Notice {
     fn headline(&self) -> String {
         let what = match (self.decision.as_str(), self.status.as_str()) {
             (_, "failed") => "FAILED",
+            (_, "unresolved") => "UNRESOLVED: the fix did not help",
             ("execute", _) => "remediated",
             ("dry-run", _) => "would remediate (dry-run)",
             ("needs-approval", _) => "needs approval",
@@ -155,11 +156,14 @@ impl Notifier {
         self.sinks.is_empty()
     }
 
-    /// Sends `notice` to every sink that wants it; failed runs go to all.
+    /// Sends `notice` to every sink that wants it; failed and unresolved
+    /// runs go to all.
     pub async fn send(&self, notice: &Notice) -> Vec<Delivery> {
         let mut out = Vec::new();
         for s in &self.sinks {
-            if notice.status != "failed" && !s.on.contains(&notice.decision) {
+            if !matches!(notice.status.as_str(), "failed" | "unresolved")
+                && !s.on.contains(&notice.decision)
+            {
                 continue;
             }
             let result = self.deliver(s, notice).await;
@@ -239,7 +243,7 @@ pub fn payload(kind: NotifyKind, n: &Notice) -> serde_json::Value {
         }
         NotifyKind::Discord => {
             let color = match (n.decision.as_str(), n.status.as_str()) {
-                (_, "failed") => 0xd0_30_30,
+                (_, "failed" | "unresolved") => 0xd0_30_30,
                 ("execute", _) => 0x30_a0_50,
                 ("needs-approval", _) => 0xe0_a0_20,
                 _ => 0x80_80_80,

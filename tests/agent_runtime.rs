@@ -226,7 +226,7 @@ async fn schedule_ticks_run_on_time_and_an_overlapping_tick_is_skipped_and_audit
                 assert!(open <= 1, "overlapping runs of one scheduled playbook");
             }
             Phase::Verified | Phase::Failed => open -= 1,
-            Phase::Applied => {}
+            Phase::Applied | Phase::Resolved | Phase::Unresolved => {}
         }
     }
     // Every skipped tick names its reason and the playbook's target.

@@ -133,6 +133,12 @@ pub enum Phase {
     Verified,
     /// Apply or verify failed, or no driver exists.
     Failed,
+    /// After a verified run, the alert that triggered it resolved; the
+    /// record's `duration_ms` is the time from the alert's start.
+    Resolved,
+    /// After a verified run, the alert still fired `escalateAfter` later:
+    /// the fix did not help (a failure for the circuit breaker).
+    Unresolved,
 }
 
 /// One audit line.

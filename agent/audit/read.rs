@@ -75,7 +75,7 @@ pub fn interrupted(records: &[Record], now: DateTime<Utc>) -> Vec<Record> {
             Phase::Verified | Phase::Failed => {
                 ended.insert(r.id.as_str());
             }
-            Phase::Planned | Phase::Applied => {}
+            Phase::Planned | Phase::Applied | Phase::Resolved | Phase::Unresolved => {}
         }
     }
     open.into_iter()
@@ -143,7 +143,9 @@ pub fn ledger_from(records: &[Record]) -> Ledger {
                     &crate::policy::target_key(&r.target),
                 );
             }
-            (Phase::Failed, "execute") => l.record_failure(r.ts, &r.policy, &r.playbook),
+            (Phase::Failed | Phase::Unresolved, "execute") => {
+                l.record_failure(r.ts, &r.policy, &r.playbook)
+            }
             (Phase::Verified, "execute") => l.record_success(r.ts, &r.policy, &r.playbook),
             _ => {}
         }

@@ -9,7 +9,7 @@ use tokio::task::JoinSet;
 
 use super::intake::Incoming;
 use super::settle::{Cancelled, Settler};
-use super::{approvals, decide, Shared};
+use super::{approvals, decide, outcome, Shared};
 use crate::event::{Status, TriggerKind};
 
 /// Runs until `shutdown` flips or the queue closes; then gives running
@@ -47,6 +47,7 @@ pub(super) async fn run(
                     if inc.event.status == Status::Resolved && inc.event.trigger == TriggerKind::Alert {
                         approvals::cancel_for(&shared, inc);
                         shared.board.resolved(&inc.event.fingerprint, inc.at);
+                        outcome::resolved(&shared, &inc.event.fingerprint, inc.at);
                     }
                 }
                 decide_or_hold(&shared, sorted.ready, &mut held, &slots, &mut tasks);
@@ -68,6 +69,7 @@ pub(super) async fn run(
                     decide_or_hold(&shared, Vec::new(), &mut held, &slots, &mut tasks);
                 }
                 approvals::expire(&shared);
+                outcome::tick(&shared, chrono::Utc::now(), &mut tasks);
             }
         }
     }

@@ -11,6 +11,9 @@
 //!                     ├─ needs approval ─► approvals (request, expiry, cancel on resolve)
 //!                     ├─ nothing to change ─► notify
 //!                     └─ execute ─► run: slot, execute, observe ─► notify (and escalation)
+//!                                                 │
+//!                   outcome: a verified run is watched until its alert resolves (resolved,
+//!                     time to resolve) or `escalateAfter` passes (unresolved, escalation)
 //!
 //! reload: SIGHUP or a file change, validated first, then swapped
 //! exporters: Iceberg table files on /metrics
@@ -18,7 +21,7 @@
 //! ```
 //!
 //! Each stage is a module with one job: [`intake`], [`schedule`],
-//! [`settle`], [`decide`], [`run`], [`notify`], [`approvals`], [`reload`],
+//! [`settle`], [`decide`], [`run`], [`outcome`], [`notify`], [`approvals`], [`reload`],
 //! [`exporters`]. [`dispatch`] is the one loop that moves events through
 //! settle → decide → run in event order: it is the only place that decides,
 //! so the ledger is updated in event order and a storm cannot race two runs
@@ -34,6 +37,7 @@ pub mod exporters;
 pub mod intake;
 pub mod native;
 pub mod notify;
+pub mod outcome;
 pub mod reload;
 pub mod run;
 pub mod schedule;
@@ -104,6 +108,8 @@ pub struct Shared {
     board: run::Board,
     /// Notification sinks and breaker escalations already sent.
     notify: notify::Notify,
+    /// Verified runs watched until their alert resolves.
+    outcomes: outcome::Outcomes,
     node: String,
     /// Held for the agent's life: one agent per state directory.
     _lock: std::fs::File,
@@ -329,6 +335,7 @@ impl Agent {
             approvals: Mutex::new(opened.approvals),
             board: run::Board::default(),
             notify,
+            outcomes: outcome::Outcomes::new(opened.watches),
             node,
             _lock: lock,
         });

@@ -304,6 +304,7 @@ pub(super) fn start(
                 Ok(rep) => {
                     drop(guard);
                     observe(&shared, &rep);
+                    super::outcome::after_run(&shared, &engine, &rep, received);
                     notify::after_run(&shared, &engine, &rep).await;
                 }
                 Err(e) if !sink.wrote.load(Ordering::SeqCst) => {

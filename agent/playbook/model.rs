@@ -73,10 +73,21 @@ pub struct PlaybookSpec {
     /// `enforce` acts; `dry-run` (shadow mode) only plans and audits.
     #[serde(default)]
     pub mode: Mode,
+    /// After a verified run, how long its alert may go on firing before the
+    /// run is recorded `unresolved` (the fix did not help): a failure for
+    /// the circuit breaker and one escalation notice. Until then the
+    /// alert's resolution records the run `resolved`, with the time to
+    /// resolve.
+    #[serde(default = "default_escalate_after")]
+    pub escalate_after: Duration,
 }
 
 fn default_policy() -> String {
     "default".into()
+}
+
+fn default_escalate_after() -> Duration {
+    Duration::from_secs(15 * 60)
 }
 
 /// One trigger: exactly one of `alert` or `schedule`.

@@ -8,4 +8,6 @@ pub mod approvals;
 mod legacy;
 pub mod store;
 
-pub use store::{AcceptResult, Accepted, ApprovalChange, Commit, Opened, Options, Store};
+pub use store::{
+    AcceptResult, Accepted, ApprovalChange, Commit, Opened, Options, Store, Watch, WatchChange,
+};

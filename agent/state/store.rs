@@ -28,6 +28,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
+use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
 use super::approvals::{Answer, Approvals, Pending};
@@ -72,6 +73,8 @@ CREATE TABLE IF NOT EXISTS steps (id TEXT PRIMARY KEY, record TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS approvals (
     id TEXT PRIMARY KEY, request TEXT NOT NULL, answer TEXT, answered_by TEXT, answered_at INTEGER);
 CREATE TABLE IF NOT EXISTS schedules (playbook TEXT PRIMARY KEY, last INTEGER NOT NULL);
+-- Verified runs whose alert has not resolved yet: resolved or unresolved later.
+CREATE TABLE IF NOT EXISTS watches (id TEXT PRIMARY KEY, watch TEXT NOT NULL);
 -- Audit records committed and not yet in the log, as the log lines to write.
 CREATE TABLE IF NOT EXISTS outbox (seq INTEGER PRIMARY KEY, line TEXT NOT NULL);
 ";
@@ -152,6 +155,39 @@ pub struct Commit {
     pub done: Vec<u64>,
     /// Approval requests and answers.
     pub approvals: Vec<ApprovalChange>,
+    /// Verified runs watched until their alert resolves, and watches ended.
+    pub watches: Vec<WatchChange>,
+}
+
+/// A verified run whose trigger is watched: the alert's resolution makes
+/// it `resolved`; still firing at `deadline` makes it `unresolved`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Watch {
+    /// The run's last record (verified); the outcome record is made from it.
+    pub record: Record,
+    /// When the alert started firing.
+    pub starts_at: Option<DateTime<Utc>>,
+    /// When the run was verified.
+    pub verified_at: DateTime<Utc>,
+    /// When it counts as unresolved (`escalateAfter` after verification).
+    pub deadline: DateTime<Utc>,
+}
+
+impl Watch {
+    /// The watch's identity: the run's last step id.
+    pub fn id(&self) -> &str {
+        &self.record.id
+    }
+}
+
+/// A change to the watched runs.
+#[derive(Debug, Clone)]
+pub enum WatchChange {
+    /// Start watching.
+    Add(Box<Watch>),
+    /// Stop watching (the outcome is recorded in the same commit).
+    Remove(String),
 }
 
 /// A change to the approvals.
@@ -185,6 +221,8 @@ pub struct Opened {
     pub approvals: Approvals,
     /// When each playbook last ran on its schedule.
     pub schedules: HashMap<String, DateTime<Utc>>,
+    /// Verified runs whose alert had not resolved yet.
+    pub watches: Vec<Watch>,
     /// Steps the previous agent planned and never finished, now recorded as
     /// failed (interrupted).
     pub interrupted: Vec<Record>,
@@ -411,6 +449,7 @@ impl Store {
         let pending = st.pending()?;
         let approvals = st.approvals()?;
         let schedules = st.schedules()?;
+        let watches = st.watches()?;
         let (tx, rx) = mpsc::channel();
         std::thread::Builder::new()
             .name("state".into())
@@ -425,6 +464,7 @@ impl Store {
             ledger,
             approvals,
             schedules,
+            watches,
             interrupted,
             upgraded,
         })
@@ -646,6 +686,25 @@ impl State {
                 at: from_nanos(at),
                 event,
             });
+        }
+        Ok(out)
+    }
+
+    fn watches(&self) -> Result<Vec<Watch>> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT watch FROM watches")
+            .map_err(|e| self.db(e))?;
+        let rows = stmt
+            .query_map([], |r| r.get::<_, String>(0))
+            .map_err(|e| self.db(e))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let text = row.map_err(|e| self.db(e))?;
+            out.push(
+                serde_json::from_str(&text)
+                    .map_err(|e| Error::Invalid(format!("state store: a watched run: {e}")))?,
+            );
         }
         Ok(out)
     }
@@ -1118,6 +1177,19 @@ fn apply(
     for a in &c.approvals {
         approval(tx, a)?;
     }
+    for w in &c.watches {
+        match w {
+            WatchChange::Add(w) => {
+                let text = serde_json::to_string(w).map_err(enc)?;
+                tx.prepare_cached("INSERT OR REPLACE INTO watches (id, watch) VALUES (?1, ?2)")?
+                    .execute(params![w.id(), text])?;
+            }
+            WatchChange::Remove(id) => {
+                tx.prepare_cached("DELETE FROM watches WHERE id = ?1")?
+                    .execute(params![id])?;
+            }
+        }
+    }
     Ok(())
 }
 
@@ -1165,7 +1237,17 @@ fn charge(tx: &Transaction<'_>, r: &Record, cutoff: i64) -> rusqlite::Result<()>
                 tx.prepare_cached("DELETE FROM steps WHERE id = ?1")?
                     .execute(params![r.id])?;
             }
-            Phase::Applied => {}
+            // The fix was verified but the alert kept firing: a failure
+            // for the breaker.
+            Phase::Unresolved => {
+                if nanos(r.ts) >= cutoff {
+                    tx.prepare_cached(
+                        "INSERT INTO outcomes (at, policy, playbook, ok) VALUES (?1, ?2, ?3, 0)",
+                    )?
+                    .execute(params![nanos(r.ts), r.policy, r.playbook])?;
+                }
+            }
+            Phase::Applied | Phase::Resolved => {}
         }
     }
     if r.trigger.kind == TriggerKind::Schedule {
