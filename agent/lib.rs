@@ -27,6 +27,7 @@ pub mod report;
 pub mod schema;
 pub mod server;
 pub mod state;
+pub mod summary;
 pub mod testing;
 pub mod trigger;
 pub mod units;

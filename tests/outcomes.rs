@@ -171,6 +171,53 @@ async fn a_resolved_alert_records_the_time_to_resolve_and_a_kill_does_not_lose_t
         .unwrap();
     assert!(sum >= 120.0, "{sum}");
     assert_eq!(ran(&marker), 1);
+
+    // `remediate report` over the same audit says so.
+    let audit = d.path().join("state/audit.jsonl");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_remediate"))
+        .args(["report", "--since", "1h", "--output", "json", "--audit"])
+        .arg(&audit)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let fix = &v["playbooks"][0];
+    assert_eq!(fix["playbook"], "fix", "{v}");
+    assert_eq!(
+        (
+            &fix["executed"],
+            &fix["verified"],
+            &fix["resolved"],
+            &fix["unresolved"],
+            &fix["failed"]
+        ),
+        (&1.into(), &1.into(), &1.into(), &0.into(), &0.into()),
+        "{v}"
+    );
+    assert!(fix["timeToResolveP50"].as_f64().unwrap() >= 120.0, "{v}");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_remediate"))
+        .args(["report", "--audit"])
+        .arg(&audit)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("TTR p50"), "{text}");
+    assert!(
+        text.lines().any(|l| l.contains("fix") && l.contains(" 2m")),
+        "{text}"
+    );
+    // A log that is not there is named, exit 2.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_remediate"))
+        .args(["report", "--audit", "/nonexistent/audit.jsonl"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr)
+        .contains("/nonexistent/audit.jsonl: no audit log there"));
 }
 
 /// The metric from a synchronous poll (`eventually` takes a plain closure).

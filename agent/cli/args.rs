@@ -48,6 +48,11 @@ pub enum Command {
         after_help = "Promote a playbook from shadow to enforce: set mode: enforce in a copy, then\n  remediate replay --audit /var/lib/remediate/audit.jsonl --playbooks ./candidate --changed-only"
     )]
     Replay(ReplayArgs),
+    /// Per playbook over the audit log: runs, executed, verified, resolved, unresolved, failed, suppressed by reason, time to resolve (p50, p95).
+    #[command(
+        after_help = "Example: remediate report --audit /var/lib/remediate/audit.jsonl --since 7d"
+    )]
+    Report(ReportArgs),
     /// Run playbook unit tests (*.test.yaml beside the playbooks).
     Test {
         /// Directory of playbooks and their tests [default: ./playbooks if present, else the embedded bundle]
@@ -168,6 +173,27 @@ pub struct ReplayArgs {
     pub output: Output,
     #[command(flatten)]
     pub sources: Sources,
+}
+
+#[derive(Args, Debug)]
+pub struct ReportArgs {
+    /// Audit log (its rotated files `PATH.N` are read too).
+    #[arg(
+        long,
+        value_name = "PATH",
+        default_value = ".remediate/audit.jsonl",
+        env = "REMEDIATE_AUDIT"
+    )]
+    pub audit: PathBuf,
+    /// Only records this recent, e.g. 24h, 7d [default: all history]
+    #[arg(long, value_name = "DURATION")]
+    pub since: Option<crate::units::Duration>,
+    /// Only this playbook.
+    #[arg(long, value_name = "NAME")]
+    pub playbook: Option<String>,
+    /// Output format (json: one object with every playbook's figures).
+    #[arg(long, value_enum, default_value_t = Output::Text)]
+    pub output: Output,
 }
 
 #[derive(Args, Debug)]

@@ -17,6 +17,7 @@ pub mod args;
 pub mod exec_step;
 pub mod reference;
 pub mod replay;
+pub mod report;
 pub mod run;
 pub mod sources;
 pub mod test;
@@ -72,6 +73,7 @@ pub fn main(cli: Cli, out: &mut dyn Write) -> Result<()> {
     match cli.command {
         Command::Agent(_) => Ok(()),
         Command::Replay(a) => replay::replay(a, out),
+        Command::Report(a) => report::report(a, out),
         Command::ExecStep(a) => exec_step::exec_step(a, out),
         Command::Approve(a) => approvals::answer(a, true, out),
         Command::Deny(a) => approvals::answer(a, false, out),
