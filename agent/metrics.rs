@@ -67,6 +67,15 @@ pub struct OutcomeLabels {
     pub outcome: &'static str,
 }
 
+/// `policy`, `playbook`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BreakerLabels {
+    /// Policy name.
+    pub policy: String,
+    /// Playbook name.
+    pub playbook: String,
+}
+
 /// `code`: HTTP status class answered to a webhook.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CodeLabels {
@@ -130,6 +139,8 @@ pub struct Metrics {
     pub outcomes: Family<OutcomeLabels, Counter>,
     /// Verified runs whose alert has not resolved yet.
     pub watched: Gauge,
+    /// Circuit breaker per playbook with one: 0 closed, 1 open, 2 half-open trial.
+    pub breaker_state: Family<BreakerLabels, Gauge>,
     /// Events waiting for a decision (including those settling).
     pub queue_depth: Gauge,
     /// Runs executing now.
@@ -193,6 +204,7 @@ impl Metrics {
             }),
             outcomes: Family::default(),
             watched: Gauge::default(),
+            breaker_state: Family::default(),
             queue_depth: Gauge::default(),
             in_flight: Gauge::default(),
             reloads: Family::default(),
@@ -262,6 +274,11 @@ impl Metrics {
             "runs_watched",
             "Verified runs whose alert has not resolved yet",
             self.watched.clone(),
+        );
+        r.register(
+            "circuit_breaker_state",
+            "Circuit breaker of each playbook whose policy has one: 0 closed, 1 open, 2 half-open (one trial run in flight)",
+            self.breaker_state.clone(),
         );
         r.register(
             "queue_depth",

@@ -321,6 +321,15 @@ async fn an_alert_still_firing_after_escalate_after_is_unresolved_escalated_and_
     .expect("a decision for the next alert");
     assert_eq!(next.decision, "suppressed", "{next:#?}");
     assert!(next.reason.contains("circuit"), "{}", next.reason);
+    let open = eventually(Duration::from_secs(10), || {
+        (metric_now(
+            &a,
+            "remediate_circuit_breaker_state{policy=\"default\",playbook=\"fix\"}",
+        ) == Some(1.0))
+        .then_some(())
+    })
+    .await;
+    assert!(open.is_some(), "the breaker's state is on /metrics as open");
     // A late resolution of the escalated alert records nothing more.
     assert_eq!(
         a.post(&broken("resolved", "cache", &starts), Some(TOKEN))

@@ -9,7 +9,7 @@ use tokio::task::JoinSet;
 
 use super::intake::Incoming;
 use super::settle::{Cancelled, Settler};
-use super::{approvals, decide, outcome, Shared};
+use super::{approvals, decide, exporters, outcome, Shared};
 use crate::event::{Status, TriggerKind};
 
 /// Runs until `shutdown` flips or the queue closes; then gives running
@@ -70,6 +70,7 @@ pub(super) async fn run(
                 }
                 approvals::expire(&shared);
                 outcome::tick(&shared, chrono::Utc::now(), &mut tasks);
+                exporters::breakers(&shared);
             }
         }
     }

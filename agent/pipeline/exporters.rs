@@ -1,5 +1,6 @@
 //! Exporters: state read from backends for `/metrics`, on their own
-//! schedule (today the configured Iceberg tables' files and small files).
+//! schedule (the configured Iceberg tables' files and small files), and the
+//! circuit breakers' state, every second.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -8,6 +9,48 @@ use tokio::sync::watch;
 
 use super::Shared;
 use crate::metrics::TableLabels;
+
+/// Sets `remediate_circuit_breaker_state` for every loaded playbook whose
+/// policy has a circuit breaker.
+pub(super) fn breakers(shared: &Shared) {
+    use crate::metrics::BreakerLabels;
+    use crate::policy::BreakerState;
+    let engine = shared.engine();
+    let now = chrono::Utc::now();
+    let ledger = shared.ledger();
+    for pb in &engine.config.playbooks {
+        let policy = &pb.doc.spec.policy;
+        let Some(spec) = engine
+            .config
+            .policies
+            .get(policy)
+            .and_then(|p| p.doc.spec.circuit_breaker.as_ref())
+        else {
+            continue;
+        };
+        let state = ledger.breaker_state(
+            policy,
+            pb.name(),
+            spec.failures,
+            spec.within.chrono(),
+            spec.open_for.chrono(),
+            now,
+        );
+        let v = match state {
+            BreakerState::Closed => 0,
+            BreakerState::Open { .. } => 1,
+            BreakerState::HalfOpenTrial { .. } => 2,
+        };
+        shared
+            .metrics
+            .breaker_state
+            .get_or_create(&BreakerLabels {
+                policy: policy.clone(),
+                playbook: pb.name().to_string(),
+            })
+            .set(v);
+    }
+}
 
 /// Exports the files, small files and small-file ratio of every configured
 /// Iceberg table, each catalog at its own `scrapeInterval`.

@@ -339,6 +339,7 @@ impl Agent {
             node,
             _lock: lock,
         });
+        shared.metrics.watched.set(shared.outcomes.len() as i64);
         Ok(Self {
             shared,
             rx: Some(rx),
