@@ -144,7 +144,7 @@ pub type Manifests = HashMap<String, Arc<Manifest>>;
 
 /// Loads the manifests of `list` that `cache` lacks, in parallel tasks
 /// (parsing a manifest's Avro is CPU work; this spreads it over the cores).
-async fn load_manifests(
+pub(super) async fn load_manifests(
     table: &Table,
     list: &[ManifestFile],
     cache: &mut Manifests,
@@ -599,14 +599,13 @@ async fn rewrite_bin(
 
 /// Best effort, local tables: files a failed bin wrote before failing.
 fn remove_run_files(table: &Table, prefix: &str) {
-    let root = table.metadata().location();
-    let Some(root) = root
-        .strip_prefix("file://")
-        .or(root.starts_with('/').then_some(root))
+    let Some(root) = super::location::Location::parse(table.metadata().location())
+        .ok()
+        .and_then(|l| l.local_path().map(std::path::Path::to_path_buf))
     else {
         return;
     };
-    for e in walkdir::WalkDir::new(format!("{root}/data"))
+    for e in walkdir::WalkDir::new(root.join("data"))
         .into_iter()
         .flatten()
     {
@@ -657,8 +656,14 @@ pub async fn compact(
     if let Some(current) = md.current_snapshot() {
         if Some(current.snapshot_id()) != sel.snapshot_id {
             let (live, _) = live_files(table, current, &mut cache).await?;
-            let live: HashSet<&str> = live.iter().map(|l| l.file.file_path()).collect();
-            let still = picked.iter().filter(|p| live.contains(p.as_str())).count();
+            let live: HashSet<String> = live
+                .iter()
+                .map(|l| super::location::key(l.file.file_path()))
+                .collect();
+            let still = picked
+                .iter()
+                .filter(|p| live.contains(&super::location::key(p)))
+                .count();
             if still == 0 {
                 return Ok(Report {
                     picked,
@@ -900,7 +905,12 @@ async fn stage(
     })?;
     let io = table.file_io();
     let list = manifests_of(table, &current, cache).await?;
-    let gone: HashSet<&str> = removed.iter().map(DataFile::file_path).collect();
+    // By canonical location: a concurrent writer may spell a carried-over
+    // entry's path its own way.
+    let gone: HashSet<String> = removed
+        .iter()
+        .map(|f| super::location::key(f.file_path()))
+        .collect();
     let snapshot_id = loop {
         let (a, b) = uuid::Uuid::new_v4().as_u64_pair();
         let id = ((a ^ b) & (i64::MAX as u64)) as i64;
@@ -954,7 +964,7 @@ async fn stage(
         let hit = mf.content == ManifestContentType::Data
             && m.entries()
                 .iter()
-                .any(|e| e.is_alive() && gone.contains(e.file_path()));
+                .any(|e| e.is_alive() && gone.contains(&super::location::key(e.file_path())));
         if hit {
             let key = (mf.partition_spec_id, m.metadata().schema_id());
             affected.entry(key).or_default().push((mf, m));
@@ -983,7 +993,7 @@ async fn stage(
                     continue;
                 }
                 let seq_n = e.sequence_number().unwrap_or(0);
-                let res = if gone.contains(e.file_path()) {
+                let res = if gone.contains(&super::location::key(e.file_path())) {
                     found += 1;
                     collector.remove_file(e.data_file(), meta.schema().clone(), spec.clone());
                     w.add_delete_file(
