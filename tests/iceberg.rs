@@ -415,6 +415,23 @@ async fn manifests_of_every_partition_type_read_the_same_as_the_iceberg_crate() 
     let ident = lake::ident("db.types").unwrap();
     let t = lake.load(&ident).await.unwrap();
     assert_eq!(manifests_read_alike(&t).await, 3, "one manifest per append");
+    // Partition values print in their human form: identity date, day and
+    // hour transforms as dates and hours, truncate as the value.
+    let sel = compact::select(&t, None, &params(4)).await.unwrap();
+    let names: Vec<&str> = sel
+        .partitions
+        .iter()
+        .map(|s| s.partition.as_str())
+        .collect();
+    for want in [
+        "7/true/1.5/2.25/2026-11-25/2026-11-25/2026-11-25-10/s0/",
+        "null/true/1.5/2.25/2026-11-25/2026-11-25/2026-11-25-10/s1/",
+    ] {
+        assert!(
+            names.iter().any(|n| n.starts_with(want)),
+            "{want}: {names:?}"
+        );
+    }
     // Compacting it goes through the same reader; the rows stay.
     let r = compact::compact(&lake, &t, None, &params(4), None)
         .await

@@ -45,6 +45,7 @@ use serde::Serialize;
 
 use super::ice;
 use super::lake::{CommitError, Lake};
+use super::partition::PartitionFormats;
 use super::PartitionStats;
 use crate::drivers::action::DriverError;
 
@@ -112,29 +113,6 @@ impl Selection {
             .flat_map(|g| g.bins.iter().flatten())
             .map(|f| f.file_path().to_string())
             .collect()
-    }
-}
-
-/// A partition's value as text: `alpha`, `2026-11-25/7`, `(unpartitioned)`.
-pub fn partition_text(p: &Struct) -> String {
-    let parts: Vec<String> = p
-        .iter()
-        .map(|f| match f {
-            Some(iceberg::spec::Literal::Primitive(v)) => match v {
-                iceberg::spec::PrimitiveLiteral::String(s) => s.clone(),
-                iceberg::spec::PrimitiveLiteral::Int(i) => i.to_string(),
-                iceberg::spec::PrimitiveLiteral::Long(i) => i.to_string(),
-                iceberg::spec::PrimitiveLiteral::Boolean(b) => b.to_string(),
-                other => format!("{other:?}"),
-            },
-            Some(other) => format!("{other:?}"),
-            None => "null".into(),
-        })
-        .collect();
-    if parts.is_empty() {
-        "(unpartitioned)".into()
-    } else {
-        parts.join("/")
     }
 }
 
@@ -249,8 +227,9 @@ pub(super) async fn select_cached(
     };
     let (data, deletes) = live_files(table, &snapshot, cache).await?;
     let default_spec = md.default_partition_spec_id();
+    let formats = PartitionFormats::of(md);
     let key = |l: &Listed| {
-        let t = partition_text(l.file.partition());
+        let t = formats.text(l.spec_id, l.file.partition());
         if l.spec_id == default_spec {
             t
         } else {
@@ -904,6 +883,7 @@ async fn stage(
         DriverError::permanent("the table has no current snapshot any more; nothing was committed")
     })?;
     let io = table.file_io();
+    let formats = PartitionFormats::of(md);
     let list = manifests_of(table, &current, cache).await?;
     // By canonical location: a concurrent writer may spell a carried-over
     // entry's path its own way.
@@ -951,13 +931,18 @@ async fn stage(
         {
             // A delete manifest committed since the pick: it may delete
             // rows of files being replaced.
-            if let Some(e) = m.entries().iter().find(|e| {
-                e.is_alive() && partitions.contains(&partition_text(e.data_file().partition()))
-            }) {
+            let text = |e: &iceberg::spec::ManifestEntry| {
+                formats.text(mf.partition_spec_id, e.data_file().partition())
+            };
+            if let Some(e) = m
+                .entries()
+                .iter()
+                .find(|e| e.is_alive() && partitions.contains(&text(e)))
+            {
                 return Err(DriverError::permanent(format!(
                     "a concurrent commit added delete file {} to compacted partition {}; nothing was committed",
                     e.file_path(),
-                    partition_text(e.data_file().partition())
+                    text(e)
                 )));
             }
         }

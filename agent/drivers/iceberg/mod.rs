@@ -17,6 +17,7 @@ pub mod lake;
 pub mod location;
 mod maintain;
 pub mod manifest;
+pub mod partition;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -35,8 +36,9 @@ use crate::drivers::action::{
 };
 use crate::drivers::registry::Registry;
 use crate::units::{ByteSize, Duration};
-pub use compact::{partition_text, BeforeCommit, Params, Report, Selection};
+pub use compact::{BeforeCommit, Params, Report, Selection};
 pub use lake::Lake;
+pub use partition::{PartitionFormat, PartitionFormats};
 
 /// `iceberg.table.compact` in the catalogue.
 pub const SPEC: ActionSpec = ActionSpec::of::<Compact>(
