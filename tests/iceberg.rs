@@ -729,6 +729,34 @@ async fn bad_catalog_settings_and_missing_tables_fail_with_a_clear_message() {
         "{}",
         e.message
     );
+    // A database that is no Iceberg catalog: said so, and left as it was.
+    let empty = dir.path().join("other.db");
+    sqlx::any::install_default_drivers();
+    let other = sqlx::any::AnyPoolOptions::new()
+        .max_connections(1)
+        .connect(&format!("sqlite:{}?mode=rwc", empty.display()))
+        .await
+        .unwrap();
+    sqlx::query("CREATE TABLE t (x INTEGER)")
+        .execute(&other)
+        .await
+        .unwrap();
+    let not_ice: IcebergCatalog = serde_json::from_value(
+        serde_json::json!({"uri": format!("sqlite:{}", empty.display()), "warehouse": "file:///nowhere"}),
+    )
+    .unwrap();
+    let e = Lake::open("lake", &not_ice).await.unwrap_err();
+    assert!(
+        e.message.starts_with("catalog lake: no iceberg_tables table, so not an Iceberg JDBC/SQL catalog (nothing was created): ")
+            && !e.retryable,
+        "{}",
+        e.message
+    );
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM sqlite_master")
+        .fetch_one(&other)
+        .await
+        .unwrap();
+    assert_eq!(n, 1, "no table created");
     pyice(&["make", &wh.display().to_string(), "events", "1", "4"]);
     let lake = Lake::open("lake", &sqlite_lake(&wh)).await.unwrap();
     let e = lake
@@ -1297,4 +1325,184 @@ fn orphan_removal_deletes_nothing_when_a_reference_cannot_be_read_or_normalised(
         pyice(&["inspect", &w, "events"])["checksum"],
         made["checksum"]
     );
+}
+
+/// Iceberg Java's `JdbcUtil.V0_CREATE_CATALOG_SQL`, verbatim: the layout
+/// `JdbcCatalog` creates by default (no `iceberg_type` column).
+const JAVA_V0_CREATE_CATALOG_SQL: &str = "CREATE TABLE iceberg_tables(catalog_name VARCHAR(255) NOT NULL,table_namespace VARCHAR(255) NOT NULL,table_name VARCHAR(255) NOT NULL,metadata_location VARCHAR(1000),previous_metadata_location VARCHAR(1000),PRIMARY KEY (catalog_name, table_namespace, table_name))";
+
+/// Makes a V0 catalog at `uri` (the DDL above, nothing else: no namespace
+/// properties table) registering `db.<table>` at `metadata`, as Java's
+/// `JdbcCatalog` with default settings leaves it.
+async fn java_v0_catalog(uri: &str, table: &str, metadata: &str) -> sqlx::AnyPool {
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::any::AnyPoolOptions::new()
+        .max_connections(1)
+        .connect(uri)
+        .await
+        .unwrap();
+    sqlx::query(JAVA_V0_CREATE_CATALOG_SQL)
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::query(&format!(
+        "INSERT INTO iceberg_tables(catalog_name,table_namespace,table_name,metadata_location,previous_metadata_location) VALUES('lake','db','{table}','{metadata}',null)"
+    ))
+    .execute(&pool)
+    .await
+    .unwrap();
+    pool
+}
+
+async fn v0_row(pool: &sqlx::AnyPool, table: &str) -> (String, Option<String>) {
+    use sqlx::Row;
+    let r = sqlx::query(&format!(
+        "SELECT metadata_location, previous_metadata_location FROM iceberg_tables WHERE table_name = '{table}'"
+    ))
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    (r.get(0), r.get(1))
+}
+
+#[tokio::test]
+async fn a_java_default_v0_jdbc_catalog_on_sqlite_is_compacted_and_expired_without_touching_its_schema(
+) {
+    use sqlx::Row;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = setup(
+        dir.path(),
+        ", expireSnapshotsOlderThan: 1ms, removeOrphanFiles: true, orphanMinAge: 1h",
+    );
+    let wh = dir.path().join("warehouse");
+    let w = wh.display().to_string();
+    let made = pyice(&["make", &w, "events", "10", "20"]);
+    // Java writes its locations `file:/x`.
+    let metadata = spell(made["metadata"].as_str().unwrap(), 0);
+    let v0 = format!("sqlite:{w}/v0.db?mode=rwc");
+    let pool = java_v0_catalog(&v0, "events", &metadata).await;
+    let schema = || async {
+        sqlx::query("SELECT type, name, sql FROM sqlite_master ORDER BY name")
+            .fetch_all(&pool)
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| {
+                format!(
+                    "{} {} {:?}",
+                    r.get::<String, _>(0),
+                    r.get::<String, _>(1),
+                    r.get::<Option<String>, _>(2)
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    let before = schema().await;
+    assert_eq!(
+        before.len(),
+        2,
+        "the table and its primary key index: {before:?}"
+    );
+    std::fs::write(
+        &cfg,
+        format!(
+            "backends:\n  iceberg:\n    lake: {{ uri: \"sqlite:{w}/v0.db\", warehouse: \"file://{w}\" }}\n"
+        ),
+    )
+    .unwrap();
+    let dir_path = dir.path().to_path_buf();
+    let cfg2 = cfg.clone();
+    let (code, out, err) =
+        tokio::task::spawn_blocking(move || run_cli(&dir_path, &cfg2, &["--dry-run"]))
+            .await
+            .unwrap();
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(
+        out.contains("table lake.db.events: 40 data files, 40 small; compact 4 partition(s)"),
+        "{out}{err}"
+    );
+    let dir_path = dir.path().to_path_buf();
+    let (code, out, err) = tokio::task::spawn_blocking(move || run_cli(&dir_path, &cfg, &[]))
+        .await
+        .unwrap();
+    assert_eq!(code, Some(0), "{out}{err}");
+    let outcome = applied_outcome(dir.path());
+    assert!(
+        outcome.contains("replaced 40 small files")
+            && outcome.contains("expired 10 snapshot(s), deleting 60 file(s) only they referenced")
+            && outcome.contains("removed 0 orphan file(s)"),
+        "{outcome}"
+    );
+    assert_eq!(schema().await, before, "the catalog's schema is untouched");
+    let (now, previous) = v0_row(&pool, "events").await;
+    assert_ne!(now, metadata);
+    assert!(
+        now.starts_with("file:/") && !now.starts_with("file://"),
+        "{now}"
+    );
+    assert!(
+        previous.is_some_and(|p| p != metadata && p != now),
+        "two commits: compaction, expiry"
+    );
+    // pyiceberg reads the state the V0 row points at.
+    pyice(&["repoint", &w, "events", &now]);
+    let after = pyice(&["inspect", &w, "events"]);
+    assert_eq!(after["checksum"], made["checksum"]);
+    assert_eq!(
+        (after["files"].as_u64(), after["snapshots"].as_u64()),
+        (Some(4), Some(1))
+    );
+    assert_eq!(after["operation"], "replace");
+    unchanged_shape(&made, &after);
+}
+
+#[tokio::test]
+async fn a_java_default_v0_jdbc_catalog_on_postgres_is_compacted_without_touching_its_schema() {
+    let pg = common::pg::Server::start(30);
+    let dir = tempfile::tempdir().unwrap();
+    let wh = dir.path().join("warehouse");
+    let w = wh.display().to_string();
+    let made = pyice(&["make", &w, "events", "8", "20"]);
+    let metadata = spell(made["metadata"].as_str().unwrap(), 0);
+    let uri = format!("postgres://postgres@127.0.0.1:{}/postgres", pg.port);
+    let pool = java_v0_catalog(&uri, "events", &metadata).await;
+    let tables = || async {
+        use sqlx::Row;
+        sqlx::query("SELECT table_name::text FROM information_schema.tables WHERE table_schema = 'public' ORDER BY 1")
+            .fetch_all(&pool)
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get::<String, _>(0))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(tables().await, vec!["iceberg_tables"]);
+    let cfg: IcebergCatalog = serde_json::from_value(serde_json::json!({
+        "uri": uri, "warehouse": format!("file://{w}"),
+    }))
+    .unwrap();
+    let lake = Lake::open("lake", &cfg).await.unwrap();
+    let t = lake.load(&lake::ident("db.events").unwrap()).await.unwrap();
+    assert_eq!(t.metadata_location(), Some(metadata.as_str()));
+    let r = compact::compact(&lake, &t, None, &params(4), None)
+        .await
+        .unwrap();
+    assert_eq!((r.files_removed, r.files_added), (32, 4));
+    let (now, previous) = v0_row(&pool, "events").await;
+    assert_eq!(previous.as_deref(), Some(metadata.as_str()));
+    assert_eq!(tables().await, vec!["iceberg_tables"], "nothing created");
+    let e = lake
+        .load(&lake::ident("db.missing").unwrap())
+        .await
+        .unwrap_err();
+    assert!(
+        e.message.contains("no table db.missing in catalog lake"),
+        "{}",
+        e.message
+    );
+    pyice(&["repoint", &w, "events", &now]);
+    let after = pyice(&["inspect", &w, "events"]);
+    assert_eq!(after["checksum"], made["checksum"]);
+    assert_eq!(after["files"], 4);
+    assert_eq!(after["operation"], "replace");
 }

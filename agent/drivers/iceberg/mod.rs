@@ -18,6 +18,7 @@ pub mod location;
 mod maintain;
 pub mod manifest;
 pub mod partition;
+pub mod sql_v0;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
