@@ -1006,7 +1006,17 @@ async fn stage(
             }
         }
     }
-    if found != gone.len() {
+    if found > gone.len() {
+        // The same file live twice (perhaps spelled two ways): rewriting
+        // it would duplicate its rows or lose track of one entry.
+        delete_all(table, written).await;
+        return Err(DriverError::permanent(format!(
+            "the current snapshot lists {} live entries for the {} files being compacted (a file listed more than once); nothing was committed",
+            found,
+            gone.len()
+        )));
+    }
+    if found < gone.len() {
         delete_all(table, written).await;
         return Err(DriverError::permanent(format!(
             "a concurrent commit removed or replaced {} of the {} files being compacted; nothing was committed",
