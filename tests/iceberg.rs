@@ -415,6 +415,23 @@ async fn manifests_of_every_partition_type_read_the_same_as_the_iceberg_crate() 
     let ident = lake::ident("db.types").unwrap();
     let t = lake.load(&ident).await.unwrap();
     assert_eq!(manifests_read_alike(&t).await, 3, "one manifest per append");
+    // Partition values print in their human form: identity date, day and
+    // hour transforms as dates and hours, truncate as the value.
+    let sel = compact::select(&t, None, &params(4)).await.unwrap();
+    let names: Vec<&str> = sel
+        .partitions
+        .iter()
+        .map(|s| s.partition.as_str())
+        .collect();
+    for want in [
+        "7/true/1.5/2.25/2026-11-25/2026-11-25/2026-11-25-10/s0/",
+        "null/true/1.5/2.25/2026-11-25/2026-11-25/2026-11-25-10/s1/",
+    ] {
+        assert!(
+            names.iter().any(|n| n.starts_with(want)),
+            "{want}: {names:?}"
+        );
+    }
     // Compacting it goes through the same reader; the rows stay.
     let r = compact::compact(&lake, &t, None, &params(4), None)
         .await
@@ -712,6 +729,34 @@ async fn bad_catalog_settings_and_missing_tables_fail_with_a_clear_message() {
         "{}",
         e.message
     );
+    // A database that is no Iceberg catalog: said so, and left as it was.
+    let empty = dir.path().join("other.db");
+    sqlx::any::install_default_drivers();
+    let other = sqlx::any::AnyPoolOptions::new()
+        .max_connections(1)
+        .connect(&format!("sqlite:{}?mode=rwc", empty.display()))
+        .await
+        .unwrap();
+    sqlx::query("CREATE TABLE t (x INTEGER)")
+        .execute(&other)
+        .await
+        .unwrap();
+    let not_ice: IcebergCatalog = serde_json::from_value(
+        serde_json::json!({"uri": format!("sqlite:{}", empty.display()), "warehouse": "file:///nowhere"}),
+    )
+    .unwrap();
+    let e = Lake::open("lake", &not_ice).await.unwrap_err();
+    assert!(
+        e.message.starts_with("catalog lake: no iceberg_tables table, so not an Iceberg JDBC/SQL catalog (nothing was created): ")
+            && !e.retryable,
+        "{}",
+        e.message
+    );
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM sqlite_master")
+        .fetch_one(&other)
+        .await
+        .unwrap();
+    assert_eq!(n, 1, "no table created");
     pyice(&["make", &wh.display().to_string(), "events", "1", "4"]);
     let lake = Lake::open("lake", &sqlite_lake(&wh)).await.unwrap();
     let e = lake
@@ -929,4 +974,535 @@ async fn a_partition_with_v2_delete_files_is_skipped_with_the_reason_and_keeps_i
         manifests_read_alike(&t).await > 10,
         "the delete manifest too"
     );
+}
+
+/// The three spellings of one local file real writers use: `file:/x`
+/// (Iceberg Java, Hadoop `Path`), `file:///x` (pyiceberg, the iceberg
+/// crate) and a bare `/x`; `form` picks one, rotating.
+fn spell(location: &str, form: usize) -> String {
+    let p = location
+        .strip_prefix("file://")
+        .or(location.strip_prefix("file:"))
+        .unwrap_or(location);
+    match form % 3 {
+        0 => format!("file:{p}"),
+        1 => format!("file://{p}"),
+        _ => p.to_string(),
+    }
+}
+
+/// Rewrites the records of Avro file `path` in place with `f`, keeping its
+/// schema and metadata (Iceberg's schema, partition spec, format version).
+fn rewrite_avro(path: &Path, mut f: impl FnMut(&mut apache_avro::types::Value)) {
+    let bytes = std::fs::read(path).unwrap();
+    let r = apache_avro::Reader::new(&bytes[..]).unwrap();
+    let schema = r.writer_schema().clone();
+    let meta = r.user_metadata().clone();
+    let mut values: Vec<_> = r.map(|v| v.unwrap()).collect();
+    values.iter_mut().for_each(&mut f);
+    let mut w = apache_avro::Writer::with_codec(&schema, Vec::new(), apache_avro::Codec::Null);
+    for (k, v) in meta {
+        w.add_user_metadata(k, v).unwrap();
+    }
+    for v in values {
+        w.append(v).unwrap();
+    }
+    std::fs::write(path, w.into_inner().unwrap()).unwrap();
+}
+
+fn avro_field<'a>(
+    v: &'a mut apache_avro::types::Value,
+    name: &str,
+) -> &'a mut apache_avro::types::Value {
+    match v {
+        apache_avro::types::Value::Record(fields) => {
+            &mut fields.iter_mut().find(|(n, _)| n == name).unwrap().1
+        }
+        other => panic!("not a record: {other:?}"),
+    }
+}
+
+/// Respells every location in a pyiceberg table's files so each kind of
+/// reference (data files in manifests, manifests in manifest lists,
+/// manifest lists, metadata log, statistics, the table location, the
+/// catalog's pointer) carries each of the three local forms, as a table
+/// written by Java and pyiceberg in turn does. Returns the respelled
+/// pointer.
+fn respell_table(wh: &Path, table: &str) -> String {
+    use apache_avro::types::Value as V;
+    let meta = wh.join("db").join(table).join("metadata");
+    let mut form = 0usize;
+    let mut next = |l: &str| {
+        form += 1;
+        spell(l, form)
+    };
+    let mut lengths = std::collections::HashMap::new();
+    let mut lists = Vec::new();
+    let mut jsons = Vec::new();
+    for e in std::fs::read_dir(&meta).unwrap().flatten() {
+        let p = e.path();
+        let name = p.file_name().unwrap().to_string_lossy().to_string();
+        if name.ends_with(".metadata.json") {
+            jsons.push(p);
+        } else if name.starts_with("snap-") {
+            lists.push(p);
+        } else if name.ends_with(".avro") {
+            rewrite_avro(&p, |v| {
+                if let V::String(s) = avro_field(avro_field(v, "data_file"), "file_path") {
+                    *s = next(s);
+                }
+            });
+            lengths.insert(name, std::fs::metadata(&p).unwrap().len() as i64);
+        }
+    }
+    for p in &lists {
+        rewrite_avro(p, |v| {
+            let name = match avro_field(v, "manifest_path") {
+                V::String(s) => {
+                    let name = s.rsplit('/').next().unwrap().to_string();
+                    *s = next(s);
+                    name
+                }
+                other => panic!("{other:?}"),
+            };
+            *avro_field(v, "manifest_length") = V::Long(lengths[&name]);
+        });
+    }
+    for p in &jsons {
+        let mut md: Value = serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap();
+        md["location"] = next(md["location"].as_str().unwrap()).into();
+        for s in md["snapshots"].as_array_mut().unwrap() {
+            s["manifest-list"] = next(s["manifest-list"].as_str().unwrap()).into();
+        }
+        for l in md["metadata-log"].as_array_mut().unwrap() {
+            l["metadata-file"] = next(l["metadata-file"].as_str().unwrap()).into();
+        }
+        std::fs::write(p, serde_json::to_vec(&md).unwrap()).unwrap();
+    }
+    let current = pyice(&["inspect", &wh.display().to_string(), table])["metadata"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let pointer = spell(&current, 0);
+    pyice(&["repoint", &wh.display().to_string(), table, &pointer]);
+    pointer
+}
+
+/// Adds a statistics file for the current snapshot and a partition
+/// statistics file for the first one to the table's current metadata file
+/// (`pointer`), written Java's way and bare; returns their local paths.
+fn add_statistics(pointer: &str) -> (PathBuf, PathBuf) {
+    let path = PathBuf::from(spell(pointer, 2));
+    let mut md: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    let dir = path.parent().unwrap();
+    let stats = dir.join("stats-current.puffin");
+    let pstats = dir.join("partition-stats-first.parquet");
+    std::fs::write(&stats, b"PFA1 a statistics file").unwrap();
+    std::fs::write(&pstats, b"a partition statistics file").unwrap();
+    let current = md["current-snapshot-id"].clone();
+    let first = md["snapshots"][0]["snapshot-id"].clone();
+    md["statistics"] = serde_json::json!([{
+        "snapshot-id": current, "statistics-path": spell(&stats.display().to_string(), 0),
+        "file-size-in-bytes": 22, "file-footer-size-in-bytes": 4, "blob-metadata": []
+    }]);
+    md["partition-statistics"] = serde_json::json!([{
+        "snapshot-id": first, "statistics-path": spell(&pstats.display().to_string(), 2),
+        "file-size-in-bytes": 27
+    }]);
+    std::fs::write(&path, serde_json::to_vec(&md).unwrap()).unwrap();
+    (stats, pstats)
+}
+
+fn applied_outcome(dir: &Path) -> String {
+    remediate::audit::read(&dir.join("audit.jsonl"))
+        .unwrap()
+        .records
+        .iter()
+        .rev()
+        .find(|r| r.phase == remediate::audit::Phase::Applied)
+        .expect("applied record")
+        .outcome
+        .clone()
+}
+
+#[test]
+fn maintenance_on_a_table_spelling_locations_every_way_keeps_every_referenced_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let wh = dir.path().join("warehouse");
+    let w = wh.display().to_string();
+    let made = pyice(&["make", &w, "events", "10", "20"]);
+    let pointer = respell_table(&wh, "events");
+    assert!(pointer.starts_with("file:/") && !pointer.starts_with("file://"));
+    let (stats, pstats) = add_statistics(&pointer);
+    let respelled = pyice(&["inspect", &w, "events"]);
+    assert_eq!(
+        respelled["checksum"], made["checksum"],
+        "pyiceberg reads the respelled table"
+    );
+    assert_eq!(respelled["metadata"], pointer.as_str());
+    let snapshots_before = pyice(&["scan-all", &w, "events"]);
+
+    let table = wh.join("db/events");
+    let orphan_data = table.join("data/category=alpha/crashed-writer.parquet");
+    let orphan_meta = table.join("metadata/crashed-writer-m0.avro");
+    let hidden = table.join("data/category=alpha/.crashed-writer.parquet.crc");
+    for f in [&orphan_data, &orphan_meta, &hidden] {
+        std::fs::write(f, b"never committed").unwrap();
+    }
+    let before: std::collections::BTreeSet<PathBuf> = walk(&table).into_iter().collect();
+
+    // Orphan removal alone, every file old enough.
+    let cfg = setup(dir.path(), ", removeOrphanFiles: true, orphanMinAge: 0s");
+    let (code, out, err) = run_cli(dir.path(), &cfg, &["--dry-run"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(
+        out.contains(&format!(
+            "then remove orphan files older than 0s (2 file(s), 30 B: {}, {})",
+            orphan_data.display(),
+            orphan_meta.display()
+        )),
+        "the dry-run lists exactly the two orphans: {out}"
+    );
+    assert_eq!(
+        walk(&table).len(),
+        before.len(),
+        "a dry-run deletes nothing"
+    );
+    let (code, out, err) = run_cli(dir.path(), &cfg, &[]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    let outcome = applied_outcome(dir.path());
+    assert!(
+        outcome.contains("removed 2 orphan file(s) (30 B)"),
+        "{outcome}"
+    );
+    let after: std::collections::BTreeSet<PathBuf> = walk(&table).into_iter().collect();
+    let gone: Vec<_> = before.difference(&after).collect();
+    assert_eq!(
+        gone,
+        vec![&orphan_data, &orphan_meta],
+        "exactly the orphans went"
+    );
+    assert!(hidden.exists(), "hidden files are never listed");
+    assert!(
+        stats.exists() && pstats.exists(),
+        "statistics files are referenced"
+    );
+    // Every snapshot still reads, with the same rows.
+    let snapshots_after = pyice(&["scan-all", &w, "events"]);
+    for (id, rows) in snapshots_before.as_object().unwrap() {
+        assert_eq!(&snapshots_after[id], rows, "snapshot {id}");
+    }
+    let compacted = pyice(&["inspect", &w, "events"]);
+    assert_eq!(compacted["checksum"], made["checksum"]);
+    assert_eq!(
+        (compacted["files"].as_u64(), compacted["operation"].as_str()),
+        (Some(4), Some("replace"))
+    );
+
+    // Expiry: every snapshot but the compaction's goes, and exactly the
+    // files only they referenced: 10 manifest lists, the 10 appends'
+    // manifests, the 40 small data files and both statistics files (of
+    // expired snapshots).
+    let cfg = setup(
+        dir.path(),
+        ", expireSnapshotsOlderThan: 1ms, removeOrphanFiles: true, orphanMinAge: 0s",
+    );
+    let (code, out, err) = run_cli(dir.path(), &cfg, &[]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    let outcome = applied_outcome(dir.path());
+    assert!(
+        outcome.contains("expired 10 snapshot(s), deleting 62 file(s) only they referenced")
+            && outcome.contains("removed 0 orphan file(s)"),
+        "{outcome}"
+    );
+    let left = walk(&table);
+    let data: Vec<_> = left
+        .iter()
+        .filter(|p| p.starts_with(table.join("data")) && !p.ends_with(hidden.file_name().unwrap()))
+        .collect();
+    assert_eq!(data.len(), 4, "the four compacted files: {data:#?}");
+    assert!(!stats.exists() && !pstats.exists());
+    let last = pyice(&["inspect", &w, "events"]);
+    assert_eq!(last["checksum"], made["checksum"]);
+    assert_eq!(last["snapshots"], 1);
+    let only = pyice(&["scan-all", &w, "events"]);
+    assert_eq!(only.as_object().unwrap().values().next().unwrap(), 200);
+}
+
+#[test]
+fn orphan_removal_deletes_nothing_when_a_reference_cannot_be_read_or_normalised() {
+    let dir = tempfile::tempdir().unwrap();
+    let wh = dir.path().join("warehouse");
+    let w = wh.display().to_string();
+    let made = pyice(&["make", &w, "events", "4", "20"]);
+    let pointer = respell_table(&wh, "events");
+    let table = wh.join("db/events");
+    let orphan = table.join("data/category=alpha/crashed-writer.parquet");
+    std::fs::write(&orphan, b"never committed").unwrap();
+    let cfg = setup(dir.path(), ", removeOrphanFiles: true, orphanMinAge: 0s");
+    let current = PathBuf::from(spell(&pointer, 2));
+    let md: Value = serde_json::from_slice(&std::fs::read(&current).unwrap()).unwrap();
+
+    // 1. A metadata file of the log is missing: nothing is deleted, even
+    // the real orphan, and the outcome says why.
+    let logged = PathBuf::from(spell(
+        md["metadata-log"][1]["metadata-file"].as_str().unwrap(),
+        2,
+    ));
+    let aside = dir.path().join("aside.json");
+    std::fs::rename(&logged, &aside).unwrap();
+    let before = walk(&table).len();
+    let (code, out, err) = run_cli(dir.path(), &cfg, &[]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    let outcome = applied_outcome(dir.path());
+    assert!(
+        outcome.contains("removed no orphan files: metadata log entry")
+            && outcome.contains(&format!(
+                "{} cannot be read",
+                md["metadata-log"][1]["metadata-file"].as_str().unwrap()
+            )),
+        "{outcome}"
+    );
+    assert!(orphan.exists());
+    assert_eq!(
+        walk(&table).len(),
+        before + 4 + 2 + 1 + 1,
+        "the compaction's 4 data files, 2 manifests, manifest list and metadata file added, nothing removed"
+    );
+    std::fs::rename(&aside, &logged).unwrap();
+    let compacted = pyice(&["inspect", &w, "events"]);
+    assert_eq!(compacted["checksum"], made["checksum"]);
+    let now = PathBuf::from(spell(compacted["metadata"].as_str().unwrap(), 2));
+
+    // 2. A statistics file named with another host's authority has no
+    // safe local reading.
+    let mut md: Value = serde_json::from_slice(&std::fs::read(&now).unwrap()).unwrap();
+    let stats = format!("file://otherhost{}/metadata/stats.puffin", table.display());
+    md["statistics"] = serde_json::json!([{
+        "snapshot-id": md["current-snapshot-id"], "statistics-path": stats,
+        "file-size-in-bytes": 1, "file-footer-size-in-bytes": 1, "blob-metadata": []
+    }]);
+    let good = std::fs::read(&now).unwrap();
+    std::fs::write(&now, serde_json::to_vec(&md).unwrap()).unwrap();
+    let (code, out, err) = run_cli(dir.path(), &cfg, &["--dry-run"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(
+        out.contains(&format!("(it will remove none: statistics file: location {stats:?}: file: location names a host")),
+        "{out}"
+    );
+    std::fs::write(&now, &good).unwrap();
+
+    // 3. A snapshot's manifest list is unreadable.
+    let list = PathBuf::from(spell(
+        md["snapshots"][0]["manifest-list"].as_str().unwrap(),
+        2,
+    ));
+    let list_bytes = std::fs::read(&list).unwrap();
+    std::fs::write(&list, b"not avro").unwrap();
+    let (code, out, err) = run_cli(dir.path(), &cfg, &["--dry-run"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(
+        out.contains(&format!(
+            "(it will remove none: snapshot {} (manifest list",
+            md["snapshots"][0]["snapshot-id"]
+        )) && out.contains("cannot be read"),
+        "{out}"
+    );
+    std::fs::write(&list, list_bytes).unwrap();
+
+    // Whole again, the orphan goes and only it.
+    let before = walk(&table).len();
+    let (code, out, err) = run_cli(dir.path(), &cfg, &[]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    let outcome = applied_outcome(dir.path());
+    assert!(
+        outcome.contains("removed 1 orphan file(s) (15 B)"),
+        "{outcome}"
+    );
+    assert!(!orphan.exists());
+    assert_eq!(walk(&table).len(), before - 1);
+    assert_eq!(
+        pyice(&["inspect", &w, "events"])["checksum"],
+        made["checksum"]
+    );
+}
+
+/// Iceberg Java's `JdbcUtil.V0_CREATE_CATALOG_SQL`, verbatim: the layout
+/// `JdbcCatalog` creates by default (no `iceberg_type` column).
+const JAVA_V0_CREATE_CATALOG_SQL: &str = "CREATE TABLE iceberg_tables(catalog_name VARCHAR(255) NOT NULL,table_namespace VARCHAR(255) NOT NULL,table_name VARCHAR(255) NOT NULL,metadata_location VARCHAR(1000),previous_metadata_location VARCHAR(1000),PRIMARY KEY (catalog_name, table_namespace, table_name))";
+
+/// Makes a V0 catalog at `uri` (the DDL above, nothing else: no namespace
+/// properties table) registering `db.<table>` at `metadata`, as Java's
+/// `JdbcCatalog` with default settings leaves it.
+async fn java_v0_catalog(uri: &str, table: &str, metadata: &str) -> sqlx::AnyPool {
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::any::AnyPoolOptions::new()
+        .max_connections(1)
+        .connect(uri)
+        .await
+        .unwrap();
+    sqlx::query(JAVA_V0_CREATE_CATALOG_SQL)
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::query(&format!(
+        "INSERT INTO iceberg_tables(catalog_name,table_namespace,table_name,metadata_location,previous_metadata_location) VALUES('lake','db','{table}','{metadata}',null)"
+    ))
+    .execute(&pool)
+    .await
+    .unwrap();
+    pool
+}
+
+async fn v0_row(pool: &sqlx::AnyPool, table: &str) -> (String, Option<String>) {
+    use sqlx::Row;
+    let r = sqlx::query(&format!(
+        "SELECT metadata_location, previous_metadata_location FROM iceberg_tables WHERE table_name = '{table}'"
+    ))
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    (r.get(0), r.get(1))
+}
+
+#[tokio::test]
+async fn a_java_default_v0_jdbc_catalog_on_sqlite_is_compacted_and_expired_without_touching_its_schema(
+) {
+    use sqlx::Row;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = setup(
+        dir.path(),
+        ", expireSnapshotsOlderThan: 1ms, removeOrphanFiles: true, orphanMinAge: 1h",
+    );
+    let wh = dir.path().join("warehouse");
+    let w = wh.display().to_string();
+    let made = pyice(&["make", &w, "events", "10", "20"]);
+    // Java writes its locations `file:/x`.
+    let metadata = spell(made["metadata"].as_str().unwrap(), 0);
+    let v0 = format!("sqlite:{w}/v0.db?mode=rwc");
+    let pool = java_v0_catalog(&v0, "events", &metadata).await;
+    let schema = || async {
+        sqlx::query("SELECT type, name, sql FROM sqlite_master ORDER BY name")
+            .fetch_all(&pool)
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| {
+                format!(
+                    "{} {} {:?}",
+                    r.get::<String, _>(0),
+                    r.get::<String, _>(1),
+                    r.get::<Option<String>, _>(2)
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    let before = schema().await;
+    assert_eq!(
+        before.len(),
+        2,
+        "the table and its primary key index: {before:?}"
+    );
+    std::fs::write(
+        &cfg,
+        format!(
+            "backends:\n  iceberg:\n    lake: {{ uri: \"sqlite:{w}/v0.db\", warehouse: \"file://{w}\" }}\n"
+        ),
+    )
+    .unwrap();
+    let dir_path = dir.path().to_path_buf();
+    let cfg2 = cfg.clone();
+    let (code, out, err) =
+        tokio::task::spawn_blocking(move || run_cli(&dir_path, &cfg2, &["--dry-run"]))
+            .await
+            .unwrap();
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(
+        out.contains("table lake.db.events: 40 data files, 40 small; compact 4 partition(s)"),
+        "{out}{err}"
+    );
+    let dir_path = dir.path().to_path_buf();
+    let (code, out, err) = tokio::task::spawn_blocking(move || run_cli(&dir_path, &cfg, &[]))
+        .await
+        .unwrap();
+    assert_eq!(code, Some(0), "{out}{err}");
+    let outcome = applied_outcome(dir.path());
+    assert!(
+        outcome.contains("replaced 40 small files")
+            && outcome.contains("expired 10 snapshot(s), deleting 60 file(s) only they referenced")
+            && outcome.contains("removed 0 orphan file(s)"),
+        "{outcome}"
+    );
+    assert_eq!(schema().await, before, "the catalog's schema is untouched");
+    let (now, previous) = v0_row(&pool, "events").await;
+    assert_ne!(now, metadata);
+    assert!(
+        now.starts_with("file:/") && !now.starts_with("file://"),
+        "{now}"
+    );
+    assert!(
+        previous.is_some_and(|p| p != metadata && p != now),
+        "two commits: compaction, expiry"
+    );
+    // pyiceberg reads the state the V0 row points at.
+    pyice(&["repoint", &w, "events", &now]);
+    let after = pyice(&["inspect", &w, "events"]);
+    assert_eq!(after["checksum"], made["checksum"]);
+    assert_eq!(
+        (after["files"].as_u64(), after["snapshots"].as_u64()),
+        (Some(4), Some(1))
+    );
+    assert_eq!(after["operation"], "replace");
+    unchanged_shape(&made, &after);
+}
+
+#[tokio::test]
+async fn a_java_default_v0_jdbc_catalog_on_postgres_is_compacted_without_touching_its_schema() {
+    let pg = common::pg::Server::start(30);
+    let dir = tempfile::tempdir().unwrap();
+    let wh = dir.path().join("warehouse");
+    let w = wh.display().to_string();
+    let made = pyice(&["make", &w, "events", "8", "20"]);
+    let metadata = spell(made["metadata"].as_str().unwrap(), 0);
+    let uri = format!("postgres://postgres@127.0.0.1:{}/postgres", pg.port);
+    let pool = java_v0_catalog(&uri, "events", &metadata).await;
+    let tables = || async {
+        use sqlx::Row;
+        sqlx::query("SELECT table_name::text FROM information_schema.tables WHERE table_schema = 'public' ORDER BY 1")
+            .fetch_all(&pool)
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get::<String, _>(0))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(tables().await, vec!["iceberg_tables"]);
+    let cfg: IcebergCatalog = serde_json::from_value(serde_json::json!({
+        "uri": uri, "warehouse": format!("file://{w}"),
+    }))
+    .unwrap();
+    let lake = Lake::open("lake", &cfg).await.unwrap();
+    let t = lake.load(&lake::ident("db.events").unwrap()).await.unwrap();
+    assert_eq!(t.metadata_location(), Some(metadata.as_str()));
+    let r = compact::compact(&lake, &t, None, &params(4), None)
+        .await
+        .unwrap();
+    assert_eq!((r.files_removed, r.files_added), (32, 4));
+    let (now, previous) = v0_row(&pool, "events").await;
+    assert_eq!(previous.as_deref(), Some(metadata.as_str()));
+    assert_eq!(tables().await, vec!["iceberg_tables"], "nothing created");
+    let e = lake
+        .load(&lake::ident("db.missing").unwrap())
+        .await
+        .unwrap_err();
+    assert!(
+        e.message.contains("no table db.missing in catalog lake"),
+        "{}",
+        e.message
+    );
+    pyice(&["repoint", &w, "events", &now]);
+    let after = pyice(&["inspect", &w, "events"]);
+    assert_eq!(after["checksum"], made["checksum"]);
+    assert_eq!(after["files"], 4);
+    assert_eq!(after["operation"], "replace");
 }

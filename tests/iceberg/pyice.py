@@ -13,6 +13,10 @@
                                                     truncate, day and hour transforms
   pyice.py append  WAREHOUSE TABLE ROWS [START]   -> JSON summary (ids from START)
   pyice.py delete  WAREHOUSE TABLE CATEGORY ID    -> JSON summary
+  pyice.py scan-all WAREHOUSE TABLE              -> {snapshot id: rows} for every
+                                                    snapshot (reads each one's files)
+  pyice.py repoint WAREHOUSE TABLE LOCATION      -> points the SQLite catalog's row at
+                                                    LOCATION (the same file, respelled)
 
 The catalog is SQLite at WAREHOUSE/catalog.db unless env PYICE_CATALOG_URI
 gives another SQLAlchemy URI (e.g. postgresql+psycopg2://user@127.0.0.1:5432/db);
@@ -212,6 +216,19 @@ def main():
         table = cat.load_table(f"db.{name}")
         table.delete(And(EqualTo("category", category), EqualTo("id", ident)))
         print(json.dumps(summary(table)))
+    elif cmd == "scan-all":
+        table = cat.load_table(f"db.{name}")
+        print(json.dumps({str(s.snapshot_id): table.scan(snapshot_id=s.snapshot_id).to_arrow().num_rows
+                          for s in table.metadata.snapshots}))
+    elif cmd == "repoint":
+        import sqlite3
+
+        with sqlite3.connect(f"{warehouse}/catalog.db") as db:
+            n = db.execute(
+                "UPDATE iceberg_tables SET metadata_location = ? WHERE table_namespace = 'db' AND table_name = ?",
+                (sys.argv[4], name),
+            ).rowcount
+        print(json.dumps({"updated": n}))
     else:
         sys.exit(f"unknown command {cmd}")
 

@@ -45,6 +45,7 @@ use serde::Serialize;
 
 use super::ice;
 use super::lake::{CommitError, Lake};
+use super::partition::PartitionFormats;
 use super::PartitionStats;
 use crate::drivers::action::DriverError;
 
@@ -115,36 +116,13 @@ impl Selection {
     }
 }
 
-/// A partition's value as text: `alpha`, `2026-11-25/7`, `(unpartitioned)`.
-pub fn partition_text(p: &Struct) -> String {
-    let parts: Vec<String> = p
-        .iter()
-        .map(|f| match f {
-            Some(iceberg::spec::Literal::Primitive(v)) => match v {
-                iceberg::spec::PrimitiveLiteral::String(s) => s.clone(),
-                iceberg::spec::PrimitiveLiteral::Int(i) => i.to_string(),
-                iceberg::spec::PrimitiveLiteral::Long(i) => i.to_string(),
-                iceberg::spec::PrimitiveLiteral::Boolean(b) => b.to_string(),
-                other => format!("{other:?}"),
-            },
-            Some(other) => format!("{other:?}"),
-            None => "null".into(),
-        })
-        .collect();
-    if parts.is_empty() {
-        "(unpartitioned)".into()
-    } else {
-        parts.join("/")
-    }
-}
-
 /// Manifests by path. A manifest is immutable, so one loaded for the pick
 /// serves the liveness check and every commit attempt.
 pub type Manifests = HashMap<String, Arc<Manifest>>;
 
 /// Loads the manifests of `list` that `cache` lacks, in parallel tasks
 /// (parsing a manifest's Avro is CPU work; this spreads it over the cores).
-async fn load_manifests(
+pub(super) async fn load_manifests(
     table: &Table,
     list: &[ManifestFile],
     cache: &mut Manifests,
@@ -249,8 +227,9 @@ pub(super) async fn select_cached(
     };
     let (data, deletes) = live_files(table, &snapshot, cache).await?;
     let default_spec = md.default_partition_spec_id();
+    let formats = PartitionFormats::of(md);
     let key = |l: &Listed| {
-        let t = partition_text(l.file.partition());
+        let t = formats.text(l.spec_id, l.file.partition());
         if l.spec_id == default_spec {
             t
         } else {
@@ -599,14 +578,13 @@ async fn rewrite_bin(
 
 /// Best effort, local tables: files a failed bin wrote before failing.
 fn remove_run_files(table: &Table, prefix: &str) {
-    let root = table.metadata().location();
-    let Some(root) = root
-        .strip_prefix("file://")
-        .or(root.starts_with('/').then_some(root))
+    let Some(root) = super::location::Location::parse(table.metadata().location())
+        .ok()
+        .and_then(|l| l.local_path().map(std::path::Path::to_path_buf))
     else {
         return;
     };
-    for e in walkdir::WalkDir::new(format!("{root}/data"))
+    for e in walkdir::WalkDir::new(root.join("data"))
         .into_iter()
         .flatten()
     {
@@ -657,8 +635,14 @@ pub async fn compact(
     if let Some(current) = md.current_snapshot() {
         if Some(current.snapshot_id()) != sel.snapshot_id {
             let (live, _) = live_files(table, current, &mut cache).await?;
-            let live: HashSet<&str> = live.iter().map(|l| l.file.file_path()).collect();
-            let still = picked.iter().filter(|p| live.contains(p.as_str())).count();
+            let live: HashSet<String> = live
+                .iter()
+                .map(|l| super::location::key(l.file.file_path()))
+                .collect();
+            let still = picked
+                .iter()
+                .filter(|p| live.contains(&super::location::key(p)))
+                .count();
             if still == 0 {
                 return Ok(Report {
                     picked,
@@ -899,8 +883,14 @@ async fn stage(
         DriverError::permanent("the table has no current snapshot any more; nothing was committed")
     })?;
     let io = table.file_io();
+    let formats = PartitionFormats::of(md);
     let list = manifests_of(table, &current, cache).await?;
-    let gone: HashSet<&str> = removed.iter().map(DataFile::file_path).collect();
+    // By canonical location: a concurrent writer may spell a carried-over
+    // entry's path its own way.
+    let gone: HashSet<String> = removed
+        .iter()
+        .map(|f| super::location::key(f.file_path()))
+        .collect();
     let snapshot_id = loop {
         let (a, b) = uuid::Uuid::new_v4().as_u64_pair();
         let id = ((a ^ b) & (i64::MAX as u64)) as i64;
@@ -941,20 +931,25 @@ async fn stage(
         {
             // A delete manifest committed since the pick: it may delete
             // rows of files being replaced.
-            if let Some(e) = m.entries().iter().find(|e| {
-                e.is_alive() && partitions.contains(&partition_text(e.data_file().partition()))
-            }) {
+            let text = |e: &iceberg::spec::ManifestEntry| {
+                formats.text(mf.partition_spec_id, e.data_file().partition())
+            };
+            if let Some(e) = m
+                .entries()
+                .iter()
+                .find(|e| e.is_alive() && partitions.contains(&text(e)))
+            {
                 return Err(DriverError::permanent(format!(
                     "a concurrent commit added delete file {} to compacted partition {}; nothing was committed",
                     e.file_path(),
-                    partition_text(e.data_file().partition())
+                    text(e)
                 )));
             }
         }
         let hit = mf.content == ManifestContentType::Data
             && m.entries()
                 .iter()
-                .any(|e| e.is_alive() && gone.contains(e.file_path()));
+                .any(|e| e.is_alive() && gone.contains(&super::location::key(e.file_path())));
         if hit {
             let key = (mf.partition_spec_id, m.metadata().schema_id());
             affected.entry(key).or_default().push((mf, m));
@@ -983,7 +978,7 @@ async fn stage(
                     continue;
                 }
                 let seq_n = e.sequence_number().unwrap_or(0);
-                let res = if gone.contains(e.file_path()) {
+                let res = if gone.contains(&super::location::key(e.file_path())) {
                     found += 1;
                     collector.remove_file(e.data_file(), meta.schema().clone(), spec.clone());
                     w.add_delete_file(
@@ -1011,7 +1006,17 @@ async fn stage(
             }
         }
     }
-    if found != gone.len() {
+    if found > gone.len() {
+        // The same file live twice (perhaps spelled two ways): rewriting
+        // it would duplicate its rows or lose track of one entry.
+        delete_all(table, written).await;
+        return Err(DriverError::permanent(format!(
+            "the current snapshot lists {} live entries for the {} files being compacted (a file listed more than once); nothing was committed",
+            found,
+            gone.len()
+        )));
+    }
+    if found < gone.len() {
         delete_all(table, written).await;
         return Err(DriverError::permanent(format!(
             "a concurrent commit removed or replaced {} of the {} files being compacted; nothing was committed",

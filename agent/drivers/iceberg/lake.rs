@@ -11,6 +11,12 @@
 //! crate, pyiceberg and Java's JdbcCatalog use); for REST, `POST
 //! /v1/{prefix}/namespaces/{ns}/tables/{table}` with the requirements and
 //! updates, which the server checks atomically (409 on a conflict).
+//!
+//! SQL catalogs come in two layouts (Iceberg Java's `JdbcUtil`): V1, with
+//! the `iceberg_type` column, is served by iceberg-catalog-sql; V0, Java's
+//! default, which that crate cannot read, by [`super::sql_v0`]. The layout
+//! is found by reading `iceberg_tables` before either is opened; a database
+//! without that table is refused, not given one.
 
 use std::collections::HashMap;
 use std::str::FromStr;
@@ -52,8 +58,8 @@ impl std::fmt::Display for CommitError {
 
 enum Committer {
     Sql {
-        /// Connected on the first commit: plan, verify and the /metrics
-        /// export only read, through the catalog's own connection.
+        /// Opened with the catalog (it finds the layout, and serves a V0
+        /// catalog's reads too).
         pool: tokio::sync::OnceCell<sqlx::AnyPool>,
         uri: String,
         catalog_name: String,
@@ -212,16 +218,41 @@ impl Lake {
                 "DollarNumeric".to_string(),
             );
         }
-        let catalog = iceberg_catalog_sql::SqlCatalogBuilder::default()
-            .with_storage_factory(storage)
-            .load(name.clone(), props)
+        // The layout decides who serves the catalog; finding it out reads
+        // only, where the crate's catalog would create missing tables.
+        let cell = tokio::sync::OnceCell::new();
+        let pool = sql_pool(&cell, &uri)
             .await
-            .map_err(|e| super::ice(format!("catalog {key}"), e))?;
+            .map_err(|e| DriverError::retryable(format!("catalog {key}: connect: {e}")))?;
+        let layout = super::sql_v0::layout(pool).await.map_err(|e| {
+            DriverError::permanent(format!(
+                "catalog {key}: no iceberg_tables table, so not an Iceberg JDBC/SQL catalog (nothing was created): {e}"
+            ))
+        })?;
+        let catalog: Arc<dyn Catalog> = match layout {
+            super::sql_v0::SqlLayout::V1 => Arc::new(
+                iceberg_catalog_sql::SqlCatalogBuilder::default()
+                    .with_storage_factory(storage)
+                    .load(name.clone(), props)
+                    .await
+                    .map_err(|e| super::ice(format!("catalog {key}"), e))?,
+            ),
+            super::sql_v0::SqlLayout::V0 => {
+                tracing::debug!(catalog = %key, "JDBC catalog in the V0 layout (no iceberg_type column)");
+                let io = iceberg::io::FileIOBuilder::new(storage)
+                    .with_props(props)
+                    .build();
+                Arc::new(
+                    super::sql_v0::SqlV0Catalog::new(name.clone(), pool.clone(), io, dollar)
+                        .map_err(|e| super::ice(format!("catalog {key}"), e))?,
+                )
+            }
+        };
         Ok(Lake {
             key: key.to_string(),
-            catalog: Arc::new(catalog),
+            catalog,
             committer: Committer::Sql {
-                pool: tokio::sync::OnceCell::new(),
+                pool: cell,
                 uri,
                 catalog_name: name,
                 dollar,
@@ -356,7 +387,7 @@ fn rest_message(body: &str) -> String {
         .unwrap_or_else(|| body.chars().take(300).collect())
 }
 
-/// The SQL catalog's commit connection, opened on first use.
+/// The SQL catalog's own connection (layout, V0 reads, commits).
 async fn sql_pool<'a>(
     cell: &'a tokio::sync::OnceCell<sqlx::AnyPool>,
     uri: &str,
@@ -373,22 +404,22 @@ async fn sql_pool<'a>(
 }
 
 /// Whether a compare-and-swap of the metadata location took.
-enum Swapped {
+pub(super) enum Swapped {
     Yes,
     /// The row no longer held this location.
     MovedOn(String),
 }
 
-struct SqlCommit<'a> {
-    pool: &'a sqlx::AnyPool,
-    catalog_name: &'a str,
-    dollar: bool,
+pub(super) struct SqlCommit<'a> {
+    pub(super) pool: &'a sqlx::AnyPool,
+    pub(super) catalog_name: &'a str,
+    pub(super) dollar: bool,
 }
 
 impl SqlCommit<'_> {
     /// Checks `requirements` on `on`, writes the updated metadata as the
     /// next version, and swaps the catalog row from `on`'s location to it.
-    async fn attempt(
+    pub(super) async fn attempt(
         &self,
         on: &Table,
         requirements: &[TableRequirement],

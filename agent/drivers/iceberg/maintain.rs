@@ -3,24 +3,41 @@
 //! - **Expire snapshots** older than `expireSnapshotsOlderThan` (the
 //!   current snapshot and the table's `history.expire.min-snapshots-to-keep`
 //!   always stay) with the iceberg crate's own expire action, committed
-//!   through its catalog; then the files only the expired snapshots
-//!   referenced (manifest lists, manifests, data files) are deleted, as
-//!   Java's `expireSnapshots` does.
-//! - **Remove orphan files**: files under the table's location that no
-//!   snapshot, metadata file or statistics file references and that are
-//!   older than `orphanMinAge` (default 3 days, so a writer's files that are
-//!   not committed yet are never taken). Local (`file://`) tables only.
+//!   through its catalog; then exactly the files only the expired snapshots
+//!   referenced (manifest lists, manifests, data and delete files, their
+//!   statistics files) are deleted, as Java's `expireSnapshots` does.
+//! - **Remove orphan files**: files under the table's location that nothing
+//!   references and that are older than `orphanMinAge` (default 3 days, so
+//!   a writer's files that are not committed yet are never taken). Local
+//!   tables only.
+//!
+//! Every location is compared in canonical form ([`Location`]), whichever
+//! way its writer spelled it (`file:/x` from Java, `file:///x`, `/x`).
+//! Both fail closed: when anything that decides what is kept cannot be
+//! read or its location cannot be put in canonical form, nothing is
+//! deleted and the outcome says why. Orphan removal keeps everything
+//! referenced by the current metadata and by every metadata file in its
+//! log: their snapshots' manifest lists, manifests, live data and delete
+//! files, statistics and partition-statistics files, the metadata files
+//! themselves and a Hadoop table's `version-hint.text`. Like Java's
+//! `DeleteOrphanFiles`, it never lists hidden files (`.x`, `_x`; a
+//! directory `_x=v` is a partition and is listed), and a file whose path
+//! equals a referenced one's but for scheme or authority stops it (Java's
+//! `PrefixMismatchMode.ERROR`).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
 use std::time::SystemTime;
 
+use iceberg::spec::{ManifestList, SnapshotRef, TableMetadata};
 use iceberg::table::Table;
 use iceberg::transaction::{ApplyTransactionAction, Transaction};
 use serde::Serialize;
 
-use super::compact::{manifests_of, Manifests};
+use super::compact::{load_manifests, manifests_of, Manifests};
 use super::ice;
 use super::lake::Lake;
+use super::location::Location;
 use super::Compact;
 use crate::drivers::action::DriverError;
 
@@ -32,10 +49,16 @@ pub struct Maintenance {
     pub snapshots_expired: Option<usize>,
     /// Files deleted because only expired snapshots referenced them.
     pub expired_files_deleted: usize,
+    /// Why no file of the expired snapshots was deleted, when so.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expired_files_kept: Option<String>,
     /// Orphan files removed (`None`: not asked).
     pub orphans_removed: Option<usize>,
     /// Their bytes.
     pub orphan_bytes: u64,
+    /// Why no orphan was removed, when orphan removal refused.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub orphans_kept: Option<String>,
 }
 
 impl Maintenance {
@@ -43,79 +66,365 @@ impl Maintenance {
     pub fn summary(&self) -> Option<String> {
         let mut parts = Vec::new();
         if let Some(n) = self.snapshots_expired {
-            parts.push(format!(
-                "expired {n} snapshot(s), deleting {} file(s) only they referenced",
-                self.expired_files_deleted
-            ));
+            parts.push(match &self.expired_files_kept {
+                None => format!(
+                    "expired {n} snapshot(s), deleting {} file(s) only they referenced",
+                    self.expired_files_deleted
+                ),
+                Some(why) => {
+                    format!("expired {n} snapshot(s) but deleted none of their files: {why}")
+                }
+            });
         }
         if let Some(n) = self.orphans_removed {
-            parts.push(format!(
-                "removed {n} orphan file(s) ({})",
-                crate::units::human_bytes(self.orphan_bytes)
-            ));
+            parts.push(match &self.orphans_kept {
+                None => format!(
+                    "removed {n} orphan file(s) ({})",
+                    crate::units::human_bytes(self.orphan_bytes)
+                ),
+                Some(why) => format!("removed no orphan files: {why}"),
+            });
         }
         (!parts.is_empty()).then(|| parts.join("; "))
     }
 }
 
-fn local(path: &str) -> &str {
-    path.strip_prefix("file://").unwrap_or(path)
+/// Why nothing may be deleted.
+type Refusal = String;
+
+/// Canonical locations of files that must stay.
+#[derive(Debug, Default)]
+struct Kept {
+    set: HashSet<Location>,
+    /// One kept location per path part, to catch a file that matches a
+    /// kept one except for scheme or authority.
+    by_path: HashMap<String, Location>,
 }
 
-/// Every file the table's metadata references, as local paths. Snapshots
-/// share most manifests: each is read once, through `cache`.
-async fn referenced(table: &Table, cache: &mut Manifests) -> Result<HashSet<String>, DriverError> {
-    let md = table.metadata();
-    let mut out = HashSet::new();
-    if let Some(l) = table.metadata_location() {
-        out.insert(local(l).to_string());
+impl Kept {
+    /// Adds `written` (as its writer spelled it); `what` names it in the
+    /// refusal when it has no canonical form.
+    fn add(&mut self, written: &str, what: &str) -> Result<(), Refusal> {
+        let l = Location::parse(written).map_err(|e| format!("{what}: {e}"))?;
+        for a in l.aliases() {
+            self.by_path
+                .entry(a.path().to_string())
+                .or_insert(a.clone());
+            self.set.insert(a);
+        }
+        self.by_path
+            .entry(l.path().to_string())
+            .or_insert(l.clone());
+        self.set.insert(l);
+        Ok(())
     }
-    for l in md.metadata_log() {
-        out.insert(local(&l.metadata_file).to_string());
+
+    /// Whether `l` may be deleted: `Ok(false)` when it is kept, an error
+    /// when it matches a kept file but for scheme or authority.
+    fn deletable(&self, l: &Location) -> Result<bool, Refusal> {
+        if self.set.contains(l) {
+            return Ok(false);
+        }
+        match self.by_path.get(l.path()) {
+            Some(other) => Err(format!(
+                "{l} matches the referenced {other} except for scheme or authority; a table's files may have moved, so nothing is deleted"
+            )),
+            None => Ok(true),
+        }
     }
-    for s in md.statistics_iter() {
-        out.insert(local(&s.statistics_path).to_string());
-    }
-    for s in md.partition_statistics_iter() {
-        out.insert(local(&s.statistics_path).to_string());
-    }
-    for s in md.snapshots() {
-        out.extend(snapshot_files(table, s, cache).await?);
-    }
-    Ok(out)
 }
 
-/// The manifest list, manifests and live content files of one snapshot.
+/// The manifest list, manifests and live content files of one snapshot
+/// of `table`, as written.
 async fn snapshot_files(
     table: &Table,
-    s: &iceberg::spec::SnapshotRef,
+    s: &SnapshotRef,
     cache: &mut Manifests,
-) -> Result<HashSet<String>, DriverError> {
-    let mut out = HashSet::new();
-    out.insert(local(s.manifest_list()).to_string());
+) -> Result<Vec<String>, DriverError> {
+    let mut out = vec![s.manifest_list().to_string()];
     for mf in manifests_of(table, s, cache).await? {
-        out.insert(local(&mf.manifest_path).to_string());
+        out.push(mf.manifest_path.clone());
         for e in cache[&mf.manifest_path].entries() {
             // Live entries only: a file a snapshot lists as deleted is live
             // in its parent, which counts on its own if it is retained.
             if e.is_alive() {
-                out.insert(local(e.file_path()).to_string());
+                out.push(e.file_path().to_string());
             }
         }
     }
     Ok(out)
 }
 
-/// Runs what `c` asks for.
-pub async fn run(lake: &Lake, table: &Table, c: &Compact) -> Result<Maintenance, DriverError> {
+/// The metadata file, its log, statistics and every snapshot's files of
+/// `table`: what expiry keeps. Any read failure refuses.
+async fn kept_by_current(table: &Table, cache: &mut Manifests) -> Result<Kept, Refusal> {
+    let md = table.metadata();
+    let mut kept = Kept::default();
+    if let Some(l) = table.metadata_location() {
+        kept.add(l, "current metadata file")?;
+    }
+    for l in md.metadata_log() {
+        kept.add(&l.metadata_file, "metadata log entry")?;
+    }
+    for s in md.statistics_iter() {
+        kept.add(&s.statistics_path, "statistics file")?;
+    }
+    for s in md.partition_statistics_iter() {
+        kept.add(&s.statistics_path, "partition statistics file")?;
+    }
+    for s in md.snapshots() {
+        let files = snapshot_files(table, s, cache).await.map_err(|e| {
+            format!(
+                "snapshot {} (manifest list {}) cannot be read: {}",
+                s.snapshot_id(),
+                s.manifest_list(),
+                e.message
+            )
+        })?;
+        for f in files {
+            kept.add(&f, &format!("a file of snapshot {}", s.snapshot_id()))?;
+        }
+    }
+    Ok(kept)
+}
+
+/// What orphan removal keeps: [`kept_by_current`], and everything each
+/// metadata file in the log references. A log entry must be readable; a
+/// snapshot only older metadata files know of may have been expired and
+/// its files deleted, so a manifest list or manifest of such a snapshot
+/// that no longer exists is passed over (a file that does not exist is not
+/// deleted either), while one that exists and cannot be read refuses.
+async fn kept_for_orphans(table: &Table, cache: &mut Manifests) -> Result<Kept, Refusal> {
+    let mut kept = kept_by_current(table, cache).await?;
+    let io = table.file_io();
+    let mut seen: HashSet<i64> = table
+        .metadata()
+        .snapshots()
+        .map(|s| s.snapshot_id())
+        .collect();
+    for entry in table.metadata().metadata_log() {
+        let path = &entry.metadata_file;
+        let md = TableMetadata::read_from(io, path)
+            .await
+            .map_err(|e| format!("metadata log entry {path} cannot be read: {e}"))?;
+        for s in md.statistics_iter() {
+            kept.add(&s.statistics_path, &format!("statistics file in {path}"))?;
+        }
+        for s in md.partition_statistics_iter() {
+            kept.add(
+                &s.statistics_path,
+                &format!("partition statistics file in {path}"),
+            )?;
+        }
+        for s in md.snapshots() {
+            if !seen.insert(s.snapshot_id()) {
+                continue;
+            }
+            let what = format!("snapshot {} of {path}", s.snapshot_id());
+            kept.add(s.manifest_list(), &what)?;
+            let list_path = s.manifest_list();
+            if !exists(table, list_path)
+                .await
+                .map_err(|e| format!("{what}: {e}"))?
+            {
+                continue;
+            }
+            let bytes = io
+                .new_input(list_path)
+                .map_err(|e| format!("{what}: manifest list {list_path}: {e}"))?
+                .read()
+                .await
+                .map_err(|e| format!("{what}: manifest list {list_path} cannot be read: {e}"))?;
+            let list = ManifestList::parse_with_version(&bytes, md.format_version())
+                .map_err(|e| format!("{what}: manifest list {list_path} cannot be read: {e}"))?;
+            let mut present = Vec::new();
+            for mf in list.entries() {
+                kept.add(&mf.manifest_path, &what)?;
+                if cache.contains_key(&mf.manifest_path)
+                    || exists(table, &mf.manifest_path)
+                        .await
+                        .map_err(|e| format!("{what}: {e}"))?
+                {
+                    present.push(mf.clone());
+                }
+            }
+            load_manifests(table, &present, cache)
+                .await
+                .map_err(|e| format!("{what}: {}", e.message))?;
+            for mf in &present {
+                for e in cache[&mf.manifest_path].entries() {
+                    if e.is_alive() {
+                        kept.add(e.file_path(), &what)?;
+                    }
+                }
+            }
+        }
+    }
+    Ok(kept)
+}
+
+async fn exists(table: &Table, path: &str) -> Result<bool, String> {
+    table
+        .file_io()
+        .exists(path)
+        .await
+        .map_err(|e| format!("{path}: cannot tell whether it exists: {e}"))
+}
+
+/// An orphan file: its local path and size.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Orphan {
+    /// Local path.
+    pub path: PathBuf,
+    /// Bytes.
+    pub bytes: u64,
+}
+
+/// Java's hidden-path rule: names starting with `.` or `_` are not
+/// listed, except directories named like a partition (`_x=v`).
+fn hidden(e: &walkdir::DirEntry) -> bool {
+    let name = e.file_name().to_string_lossy();
+    (name.starts_with('.') || name.starts_with('_'))
+        && !(e.file_type().is_dir() && name.contains('='))
+        && e.depth() > 0
+}
+
+/// The orphan files of `table` older than `min_age`, or why none may be
+/// deleted. Reads the whole reference set first; lists the table's
+/// directory after, so a file committed in between is seen as kept only
+/// if it was committed before the references were read (hence the age).
+pub async fn orphans(
+    table: &Table,
+    min_age: std::time::Duration,
+    cache: &mut Manifests,
+) -> Result<Vec<Orphan>, Refusal> {
+    let written = table.metadata().location();
+    let root = Location::parse(written).map_err(|e| format!("table location: {e}"))?;
+    let Some(dir) = root.local_path().map(PathBuf::from) else {
+        return Err(format!(
+            "orphan removal lists the table's directory and works on local tables only; {written} is not local"
+        ));
+    };
+    let mut kept = kept_for_orphans(table, cache).await?;
+    // A Hadoop catalog's pointer to the current metadata.
+    kept.add(
+        &format!("{}/metadata/version-hint.text", dir.display()),
+        "version hint",
+    )?;
+    let now = SystemTime::now();
+    let mut out = Vec::new();
+    let walk = walkdir::WalkDir::new(&dir)
+        .follow_links(false)
+        .into_iter()
+        .filter_entry(|e| !hidden(e));
+    for entry in walk {
+        let entry = entry.map_err(|e| format!("list {}: {e}", dir.display()))?;
+        if !entry.file_type().is_file() {
+            continue;
+        }
+        // A name that is not UTF-8 cannot be compared with the metadata's
+        // (UTF-8) locations: never a candidate.
+        let Some(p) = entry.path().to_str() else {
+            continue;
+        };
+        let l = Location::parse(p).map_err(|e| format!("listed file: {e}"))?;
+        if !kept.deletable(&l)? {
+            continue;
+        }
+        let meta = entry
+            .metadata()
+            .map_err(|e| format!("{}: {e}", entry.path().display()))?;
+        let old = meta
+            .modified()
+            .ok()
+            .and_then(|t| now.duration_since(t).ok())
+            .is_some_and(|a| a >= min_age);
+        if old {
+            out.push(Orphan {
+                path: entry.path().to_path_buf(),
+                bytes: meta.len(),
+            });
+        }
+    }
+    out.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(out)
+}
+
+/// Deletes the file at `written` (canonical `l`): locally by path, else
+/// through the table's storage.
+async fn delete(table: &Table, l: &Location, written: &str) -> std::io::Result<()> {
+    match l.local_path() {
+        Some(p) => std::fs::remove_file(p),
+        None => table
+            .file_io()
+            .delete(written)
+            .await
+            .map_err(std::io::Error::other),
+    }
+}
+
+/// Files only the snapshots `gone` of `before` referenced, given the
+/// state `after` the expiry committed: candidates by canonical location,
+/// with one spelling to delete each by.
+async fn expired_files(
+    before: &Table,
+    after: &Table,
+    gone: &HashSet<i64>,
+    cache: &mut Manifests,
+) -> Result<Vec<(Location, String)>, Refusal> {
+    let kept = kept_by_current(after, cache).await?;
+    let mut cands: HashMap<Location, String> = HashMap::new();
+    let md = before.metadata();
+    let mut written = Vec::new();
+    for id in gone {
+        if let Some(s) = md.snapshot_by_id(*id) {
+            let files = snapshot_files(before, s, cache).await.map_err(|e| {
+                format!(
+                    "expired snapshot {id} (manifest list {}) cannot be read: {}",
+                    s.manifest_list(),
+                    e.message
+                )
+            })?;
+            written.extend(files);
+        }
+    }
+    written.extend(
+        md.statistics_iter()
+            .filter(|s| gone.contains(&s.snapshot_id))
+            .map(|s| s.statistics_path.clone()),
+    );
+    written.extend(
+        md.partition_statistics_iter()
+            .filter(|s| gone.contains(&s.snapshot_id))
+            .map(|s| s.statistics_path.clone()),
+    );
+    for w in written {
+        let l = Location::parse(&w).map_err(|e| format!("a file of an expired snapshot: {e}"))?;
+        if kept.deletable(&l)? {
+            cands.entry(l).or_insert(w);
+        }
+    }
+    let mut out: Vec<_> = cands.into_iter().collect();
+    out.sort();
+    Ok(out)
+}
+
+/// Runs what `c` asks for. `planned_orphans` (the plan's list, as local
+/// paths) bounds orphan removal: a file is removed only when the plan
+/// listed it and it is still an orphan now.
+pub async fn run(
+    lake: &Lake,
+    table: &Table,
+    c: &Compact,
+    planned_orphans: Option<&HashSet<String>>,
+) -> Result<Maintenance, DriverError> {
     let mut m = Maintenance::default();
     let mut cache = Manifests::new();
-    let mut table = table.clone();
     if c.expire_snapshots_older_than.is_none() && !c.remove_orphan_files {
         return Ok(m);
     }
     // Work on the state after the compaction.
-    table = lake.load(table.identifier()).await?;
+    let mut table = lake.load(table.identifier()).await?;
     if let Some(age) = c.expire_snapshots_older_than {
         let before: HashSet<i64> = table
             .metadata()
@@ -138,71 +447,105 @@ pub async fn run(lake: &Lake, table: &Table, c: &Compact) -> Result<Maintenance,
             .snapshots()
             .map(|s| s.snapshot_id())
             .collect();
-        let gone: Vec<i64> = before.difference(&kept).copied().collect();
+        let gone: HashSet<i64> = before.difference(&kept).copied().collect();
         m.snapshots_expired = Some(gone.len());
         if !gone.is_empty() {
-            let still = referenced(&after, &mut cache).await?;
-            let mut candidates = HashSet::new();
-            for id in &gone {
-                if let Some(s) = table.metadata().snapshot_by_id(*id) {
-                    candidates.extend(snapshot_files(&table, s, &mut cache).await?);
-                }
-            }
-            for f in candidates.difference(&still) {
-                match std::fs::remove_file(f) {
-                    Ok(()) => m.expired_files_deleted += 1,
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => {
-                        tracing::warn!(path = %f, error = %e, "could not delete a file of an expired snapshot")
+            match expired_files(&table, &after, &gone, &mut cache).await {
+                Ok(files) => {
+                    for (l, w) in files {
+                        match delete(&after, &l, &w).await {
+                            Ok(()) => m.expired_files_deleted += 1,
+                            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                            Err(e) => {
+                                tracing::warn!(path = %w, error = %e, "could not delete a file of an expired snapshot")
+                            }
+                        }
                     }
+                }
+                Err(why) => {
+                    tracing::warn!(reason = %why, "expired snapshots' files kept");
+                    m.expired_files_kept = Some(why);
                 }
             }
         }
         table = after;
     }
     if c.remove_orphan_files {
-        let root = table.metadata().location();
-        if !(root.starts_with("file://") || root.starts_with('/')) {
-            return Err(DriverError::permanent(format!(
-                "removeOrphanFiles lists the table's directory and works on local (file://) tables only; {root} is not"
-            )));
-        }
-        let root = local(root).to_string();
-        let keep = referenced(&table, &mut cache).await?;
-        let min_age = c.orphan_min_age.0;
-        let now = SystemTime::now();
         let (mut n, mut bytes) = (0usize, 0u64);
-        for entry in walkdir::WalkDir::new(&root).follow_links(false) {
-            let entry = entry.map_err(|e| DriverError::retryable(format!("list {root}: {e}")))?;
-            if !entry.file_type().is_file() {
-                continue;
-            }
-            let path = entry.path().display().to_string();
-            if keep.contains(&path) {
-                continue;
-            }
-            let meta = entry
-                .metadata()
-                .map_err(|e| DriverError::retryable(format!("{path}: {e}")))?;
-            let old = meta
-                .modified()
-                .ok()
-                .and_then(|t| now.duration_since(t).ok())
-                .is_some_and(|a| a >= min_age);
-            if !old {
-                continue;
-            }
-            match std::fs::remove_file(entry.path()) {
-                Ok(()) => {
-                    n += 1;
-                    bytes += meta.len();
+        match orphans(&table, c.orphan_min_age.0, &mut cache).await {
+            Ok(found) => {
+                for o in found {
+                    let listed = o
+                        .path
+                        .to_str()
+                        .is_some_and(|p| planned_orphans.is_none_or(|planned| planned.contains(p)));
+                    if !listed {
+                        continue;
+                    }
+                    match std::fs::remove_file(&o.path) {
+                        Ok(()) => {
+                            tracing::info!(path = %o.path.display(), bytes = o.bytes, "removed orphan file");
+                            n += 1;
+                            bytes += o.bytes;
+                        }
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                        Err(e) => {
+                            return Err(DriverError::retryable(format!(
+                                "remove {}: {e}",
+                                o.path.display()
+                            )))
+                        }
+                    }
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(DriverError::retryable(format!("remove {path}: {e}"))),
+            }
+            Err(why) => {
+                tracing::warn!(reason = %why, "orphan removal refused: nothing deleted");
+                m.orphans_kept = Some(why);
             }
         }
         m.orphans_removed = Some(n);
         m.orphan_bytes = bytes;
     }
     Ok(m)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_file_matching_a_kept_one_but_for_scheme_or_authority_refuses() {
+        let mut k = Kept::default();
+        k.add("file:/wh/t/data/a.parquet", "test").unwrap();
+        k.add("s3a://lake/wh/t/data/b.parquet", "test").unwrap();
+        let l = |s| Location::parse(s).unwrap();
+        assert!(!k.deletable(&l("/wh/t/data/a.parquet")).unwrap());
+        assert!(!k.deletable(&l("file:///wh/t/data/a.parquet")).unwrap());
+        assert!(!k.deletable(&l("s3://lake/wh/t/data/b.parquet")).unwrap());
+        assert!(k.deletable(&l("/wh/t/data/c.parquet")).unwrap());
+        let e = k
+            .deletable(&l("s3://other/wh/t/data/a.parquet"))
+            .unwrap_err();
+        assert!(e.contains("except for scheme or authority"), "{e}");
+        let e = k.add("file://host/wh/x", "statistics file").unwrap_err();
+        assert!(
+            e.starts_with("statistics file: location \"file://host/wh/x\""),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn refusals_and_results_read_as_sentences() {
+        let m = Maintenance {
+            snapshots_expired: Some(2),
+            expired_files_kept: Some("expired snapshot 1 cannot be read".into()),
+            orphans_removed: Some(0),
+            orphans_kept: Some("metadata log entry x cannot be read".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            m.summary().unwrap(),
+            "expired 2 snapshot(s) but deleted none of their files: expired snapshot 1 cannot be read; removed no orphan files: metadata log entry x cannot be read"
+        );
+    }
 }

@@ -14,8 +14,11 @@
 
 pub mod compact;
 pub mod lake;
+pub mod location;
 mod maintain;
 pub mod manifest;
+pub mod partition;
+pub mod sql_v0;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -34,8 +37,9 @@ use crate::drivers::action::{
 };
 use crate::drivers::registry::Registry;
 use crate::units::{ByteSize, Duration};
-pub use compact::{partition_text, BeforeCommit, Params, Report, Selection};
+pub use compact::{BeforeCommit, Params, Report, Selection};
 pub use lake::Lake;
+pub use partition::{PartitionFormat, PartitionFormats};
 
 /// `iceberg.table.compact` in the catalogue.
 pub const SPEC: ActionSpec = ActionSpec::of::<Compact>(
@@ -78,6 +82,10 @@ pub struct Compact {
     #[serde(default = "default_retries")]
     pub commit_retries: u32,
 }
+
+/// Orphans a plan's summary names one by one (the log and the plan's
+/// details name them all).
+const ORPHANS_SHOWN: usize = 100;
 
 fn default_orphan_age() -> Duration {
     Duration(std::time::Duration::from_secs(72 * 3600))
@@ -332,6 +340,45 @@ impl Action for IcebergCompact {
             (None, true) => format!("; then remove orphan files older than {}", c.orphan_min_age),
             (None, false) => String::new(),
         };
+        // The orphans as of now, listed in full: apply removes no file
+        // this list lacks.
+        let (extra, orphans) = if c.remove_orphan_files {
+            match maintain::orphans(&t, c.orphan_min_age.0, &mut compact::Manifests::new()).await {
+                Ok(found) => {
+                    let bytes: u64 = found.iter().map(|o| o.bytes).sum();
+                    let paths: Vec<String> =
+                        found.iter().map(|o| o.path.display().to_string()).collect();
+                    for p in &paths {
+                        tracing::info!(path = %p, "orphan file to remove");
+                    }
+                    let shown = if paths.len() > ORPHANS_SHOWN {
+                        format!(
+                            "{} and {} more (every one in the log and the plan's details)",
+                            paths[..ORPHANS_SHOWN].join(", "),
+                            paths.len() - ORPHANS_SHOWN
+                        )
+                    } else {
+                        paths.join(", ")
+                    };
+                    let text = if paths.is_empty() {
+                        format!("{extra} (none now)")
+                    } else {
+                        format!(
+                            "{extra} ({} file(s), {}: {shown})",
+                            paths.len(),
+                            crate::units::human_bytes(bytes)
+                        )
+                    };
+                    (text, json!(paths))
+                }
+                Err(why) => (
+                    format!("{extra} (it will remove none: {why})"),
+                    serde_json::Value::Null,
+                ),
+            }
+        } else {
+            (extra, serde_json::Value::Null)
+        };
         Ok(Plan {
             summary: format!(
                 "table {}.{name}: {files} data files, {small} small; compact {} partition(s): {}{extra}",
@@ -343,6 +390,7 @@ impl Action for IcebergCompact {
                 "snapshotId": sel.snapshot_id,
                 "partitions": chosen,
                 "skipped": sel.skipped.iter().map(|(p, w)| json!({"partition": p, "reason": w})).collect::<Vec<_>>(),
+                "orphans": orphans,
             }),
         })
     }
@@ -385,7 +433,15 @@ impl Action for IcebergCompact {
             }
             _ => summary.push("no partition over the threshold: nothing to compact".into()),
         }
-        let m = maintain::run(&lake, &t, &c).await?;
+        let planned: HashSet<String> = plan.details["orphans"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|p| p.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let m = maintain::run(&lake, &t, &c, Some(&planned)).await?;
         if let Some(s) = m.summary() {
             summary.push(s);
         }
@@ -425,8 +481,15 @@ impl Action for IcebergCompact {
                 .await?
                 .picked(),
         };
-        let live = compact::live_paths_cached(&t, &mut cache).await?;
-        let left = picked.iter().filter(|p| live.contains(*p)).count();
+        let live: HashSet<String> = compact::live_paths_cached(&t, &mut cache)
+            .await?
+            .iter()
+            .map(|p| location::key(p))
+            .collect();
+        let left = picked
+            .iter()
+            .filter(|p| live.contains(&location::key(p)))
+            .count();
         Ok(if left == 0 {
             Verdict::Verified(format!(
                 "none of the {} picked small files is live; the table has {files} data files, {small} small",
