@@ -81,6 +81,101 @@ pub struct AgentConfig {
     /// seconds without a Prometheus rule in between.
     #[serde(default)]
     pub triggers: TriggersConfig,
+    /// Answers from chat: Slack and Discord buttons that approve, deny or
+    /// pause, and who may press them.
+    #[serde(default)]
+    pub chat: ChatConfig,
+}
+
+/// Interactive answers from chat. Requests are verified with the
+/// platform's signature before anything in them is read; the user id in
+/// the verified payload is mapped through `approvers` to a name recorded in
+/// the audit, and everyone else is told no (and that is audited too).
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ChatConfig {
+    /// Slack app: `POST /chat/slack/interactions` (its Interactivity Request URL).
+    #[serde(default)]
+    pub slack: Option<SlackChat>,
+    /// Discord application: `POST /chat/discord/interactions` (its Interactions Endpoint URL).
+    #[serde(default)]
+    pub discord: Option<DiscordChat>,
+    /// Who may answer from chat, and what.
+    #[serde(default)]
+    pub approvers: Vec<ChatApprover>,
+    /// Pause buttons offered on a notification, one per duration (at most 3).
+    #[serde(default = "default_pause_choices")]
+    pub pause_choices: Vec<Duration>,
+}
+
+fn default_pause_choices() -> Vec<Duration> {
+    vec![Duration::from_secs(3600), Duration::from_secs(4 * 3600)]
+}
+
+impl Default for ChatConfig {
+    fn default() -> Self {
+        Self {
+            slack: None,
+            discord: None,
+            approvers: Vec::new(),
+            pause_choices: default_pause_choices(),
+        }
+    }
+}
+
+/// The Slack app whose buttons the agent answers.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct SlackChat {
+    /// File holding the app's Signing Secret (Basic Information page).
+    #[serde(default)]
+    pub signing_secret_file: Option<PathBuf>,
+    /// Environment variable holding the Signing Secret instead.
+    #[serde(default)]
+    pub signing_secret_env: Option<String>,
+    /// Answers are posted to the interaction's `response_url` only when it
+    /// starts with one of these.
+    #[serde(default = "default_slack_response_urls")]
+    pub response_urls: Vec<String>,
+}
+
+fn default_slack_response_urls() -> Vec<String> {
+    vec!["https://hooks.slack.com/".into()]
+}
+
+/// The Discord application whose buttons the agent answers.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct DiscordChat {
+    /// The application's public key, hex (General Information page).
+    pub public_key: String,
+}
+
+/// One person (or group) who may answer from chat.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ChatApprover {
+    /// Name recorded in the audit, with the platform's user id.
+    pub name: String,
+    /// Slack user ids (`U012AB3CD`) this entry covers.
+    #[serde(default)]
+    pub slack_users: Vec<String>,
+    /// Discord user ids (snowflakes) this entry covers.
+    #[serde(default)]
+    pub discord_users: Vec<String>,
+    /// Discord role ids: every member holding one is covered (a group).
+    #[serde(default)]
+    pub discord_roles: Vec<String>,
+    /// Playbooks they may approve, deny and pause; empty: all.
+    #[serde(default)]
+    pub playbooks: Vec<String>,
+    /// Actions they may approve (every action of the held run must be
+    /// listed); empty: all.
+    #[serde(default)]
+    pub actions: Vec<String>,
+    /// May pause and resume the playbooks they may approve.
+    #[serde(default = "yes")]
+    pub may_pause: bool,
 }
 
 /// Native triggers. Each produces alerts named like the Prometheus alerts
@@ -743,6 +838,7 @@ impl AgentConfig {
         }
         check_server(&cfg.server, &mut |f, m| errs.push(at(f, m)));
         check_approvers(&cfg.auth.approvers, &mut |f, m| errs.push(at(f, m)));
+        check_chat(&cfg.chat, &mut |f, m| errs.push(at(f, m)));
         let mut names = std::collections::BTreeSet::new();
         for (i, s) in cfg.notify.iter().enumerate() {
             let f = |x: &str| format!("notify[{i}].{x}");
@@ -802,6 +898,14 @@ impl AgentConfig {
                 if let Some(p) = s.url_file.as_mut() {
                     fix(p);
                 }
+            }
+            if let Some(p) = cfg
+                .chat
+                .slack
+                .as_mut()
+                .and_then(|s| s.signing_secret_file.as_mut())
+            {
+                fix(p);
             }
             for c in cfg.backends.iceberg.values_mut() {
                 if let Some(p) = c.secret_file.as_mut() {
@@ -882,6 +986,72 @@ fn check_approvers(list: &[Approver], err: &mut dyn FnMut(&str, String)) {
                 "give tokenFile or tokenEnv, not both".into(),
             ),
             _ => {}
+        }
+    }
+}
+
+fn check_chat(c: &ChatConfig, err: &mut dyn FnMut(&str, String)) {
+    if let Some(s) = &c.slack {
+        match (&s.signing_secret_file, &s.signing_secret_env) {
+            (None, None) => err(
+                "chat.slack.signingSecretFile",
+                "give signingSecretFile or signingSecretEnv".into(),
+            ),
+            (Some(_), Some(_)) => err(
+                "chat.slack.signingSecretFile",
+                "give signingSecretFile or signingSecretEnv, not both".into(),
+            ),
+            _ => {}
+        }
+        for u in &s.response_urls {
+            if !(u.starts_with("https://") || u.starts_with("http://")) {
+                err(
+                    "chat.slack.responseUrls",
+                    format!("{u:?}: must start with https:// (or http://)"),
+                );
+            }
+        }
+    }
+    if let Some(d) = &c.discord {
+        if crate::chat::discord::public_key(&d.public_key).is_err() {
+            err(
+                "chat.discord.publicKey",
+                "expected the application's public key: 64 hex digits".into(),
+            );
+        }
+    }
+    if c.pause_choices.len() > 3 {
+        err("chat.pauseChoices", "at most 3 durations".into());
+    }
+    if c.pause_choices.iter().any(|d| d.std().is_zero()) {
+        err(
+            "chat.pauseChoices",
+            "durations must be longer than 0s".into(),
+        );
+    }
+    let mut names = std::collections::BTreeSet::new();
+    for (i, a) in c.approvers.iter().enumerate() {
+        let f = |x: &str| format!("chat.approvers[{i}].{x}");
+        let ok = |ch: char| ch.is_ascii_alphanumeric() || "._-@".contains(ch);
+        if a.name.is_empty() || !a.name.chars().all(ok) {
+            err(
+                &f("name"),
+                format!(
+                    "{:?}: use letters, digits, '.', '_', '-' or '@' (it is recorded in the audit)",
+                    a.name
+                ),
+            );
+        } else if !names.insert(a.name.as_str()) {
+            err(
+                &f("name"),
+                format!("duplicate chat approver name {:?}", a.name),
+            );
+        }
+        if a.slack_users.is_empty() && a.discord_users.is_empty() && a.discord_roles.is_empty() {
+            err(
+                &f("slackUsers"),
+                "give slackUsers, discordUsers or discordRoles".into(),
+            );
         }
     }
 }

@@ -10,7 +10,8 @@ use std::time::Duration;
 use serde::Serialize;
 use serde_json::json;
 
-use crate::config::{NotifyKind, NotifySink};
+use crate::chat::{self, Press};
+use crate::config::{ChatConfig, NotifyKind, NotifySink};
 
 /// What a notification says.
 #[derive(Debug, Clone, Serialize)]
@@ -49,6 +50,9 @@ pub struct Notice {
     /// For a run held for approval: how to approve or deny it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub how_to_approve: Option<String>,
+    /// For a run held for approval: the approval id (the chat buttons' value).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub approval_id: Option<String>,
 }
 
 impl Notice {
@@ -109,6 +113,11 @@ impl std::fmt::Debug for Sink {
 pub struct Notifier {
     sinks: Vec<Sink>,
     client: reqwest::Client,
+    /// Buttons on Slack messages (`chat.slack` configured).
+    slack_buttons: bool,
+    /// Buttons on Discord messages (`chat.discord` configured).
+    discord_buttons: bool,
+    pause_choices: Vec<crate::units::Duration>,
 }
 
 /// One delivery's result.
@@ -121,8 +130,9 @@ pub struct Delivery {
 }
 
 impl Notifier {
-    /// Resolves URLs (reading `urlFile`s). Errors name the sink.
-    pub fn from_config(sinks: &[NotifySink]) -> Result<Self, String> {
+    /// Resolves URLs (reading `urlFile`s). Errors name the sink. Messages
+    /// carry buttons for the platforms `chat` answers.
+    pub fn from_config(sinks: &[NotifySink], chat: &ChatConfig) -> Result<Self, String> {
         let mut out = Vec::with_capacity(sinks.len());
         for s in sinks {
             let url = match (&s.url, &s.url_file) {
@@ -147,7 +157,31 @@ impl Notifier {
             .user_agent(concat!("remediate/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| format!("notify: cannot build HTTP client: {e}"))?;
-        Ok(Self { sinks: out, client })
+        Ok(Self {
+            sinks: out,
+            client,
+            slack_buttons: chat.slack.is_some(),
+            discord_buttons: chat.discord.is_some(),
+            pause_choices: chat.pause_choices.clone(),
+        })
+    }
+
+    /// The buttons a message of `kind` carries for `n`.
+    fn buttons(&self, kind: NotifyKind, n: &Notice) -> Vec<(String, Press)> {
+        let on = match kind {
+            NotifyKind::Slack => self.slack_buttons,
+            NotifyKind::Discord => self.discord_buttons,
+            NotifyKind::Webhook => false,
+        };
+        if !on || n.decision == "suppressed" {
+            return Vec::new();
+        }
+        chat::buttons(
+            n.approval_id.as_deref(),
+            &n.playbook,
+            &n.target,
+            &self.pause_choices,
+        )
     }
 
     /// True when no sink is configured.
@@ -172,7 +206,7 @@ impl Notifier {
     }
 
     async fn deliver(&self, s: &Sink, n: &Notice) -> Result<(), String> {
-        let body = payload(s.kind, n);
+        let body = payload(s.kind, n, &self.buttons(s.kind, n));
         let mut last = String::new();
         for attempt in 0..s.attempts {
             if attempt > 0 {
@@ -218,8 +252,9 @@ fn kind_name(k: NotifyKind) -> &'static str {
     }
 }
 
-/// The JSON body a sink of `kind` receives.
-pub fn payload(kind: NotifyKind, n: &Notice) -> serde_json::Value {
+/// The JSON body a sink of `kind` receives, with `buttons` (Slack: an
+/// `actions` block; Discord: an action row) when given.
+pub fn payload(kind: NotifyKind, n: &Notice, buttons: &[(String, Press)]) -> serde_json::Value {
     let headline = n.headline();
     let body = n.body();
     match kind {
@@ -229,12 +264,14 @@ pub fn payload(kind: NotifyKind, n: &Notice) -> serde_json::Value {
                 .as_ref()
                 .map(|r| format!("\n<{r}|Runbook>"))
                 .unwrap_or_default();
+            let mut blocks = vec![
+                json!({"type": "header", "text": {"type": "plain_text", "text": truncate(&headline, 150)}}),
+                json!({"type": "section", "text": {"type": "mrkdwn", "text": format!("{}{runbook}", truncate(&body, 2800))}}),
+            ];
+            blocks.extend(chat::slack::actions_block(buttons));
             json!({
                 "text": format!("{headline}\n{body}{}", n.runbook.as_ref().map(|r| format!("\nrunbook: {r}")).unwrap_or_default()),
-                "blocks": [
-                    {"type": "header", "text": {"type": "plain_text", "text": truncate(&headline, 150)}},
-                    {"type": "section", "text": {"type": "mrkdwn", "text": format!("{}{runbook}", truncate(&body, 2800))}}
-                ]
+                "blocks": blocks
             })
         }
         NotifyKind::Discord => {
@@ -253,10 +290,14 @@ pub fn payload(kind: NotifyKind, n: &Notice) -> serde_json::Value {
             if let Some(r) = &n.runbook {
                 embed["url"] = json!(r);
             }
-            json!({
+            let mut msg = json!({
                 "content": truncate(&format!("{headline}{}", n.runbook.as_ref().map(|r| format!("\nrunbook: {r}")).unwrap_or_default()), 2000),
                 "embeds": [embed]
-            })
+            });
+            if let Some(c) = chat::discord::components(buttons) {
+                msg["components"] = c;
+            }
+            msg
         }
         NotifyKind::Webhook => serde_json::to_value(n).unwrap_or_default(),
     }
@@ -297,18 +338,19 @@ mod tests {
             how_to_approve: Some(
                 "approve within 30m: `remediate approve 01abc --agent http://n1:9095`".into(),
             ),
+            approval_id: Some("01abc".into()),
         };
-        let slack = payload(NotifyKind::Slack, &n);
+        let slack = payload(NotifyKind::Slack, &n, &[]);
         assert!(slack["text"]
             .as_str()
             .unwrap()
             .contains("remediate approve 01abc"));
-        let discord = payload(NotifyKind::Discord, &n);
+        let discord = payload(NotifyKind::Discord, &n, &[]);
         assert!(discord["embeds"][0]["description"]
             .as_str()
             .unwrap()
             .contains("remediate approve 01abc"));
-        let hook = payload(NotifyKind::Webhook, &n);
+        let hook = payload(NotifyKind::Webhook, &n, &[]);
         assert!(hook["how_to_approve"]
             .as_str()
             .unwrap()

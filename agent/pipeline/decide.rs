@@ -111,6 +111,22 @@ pub(super) fn cancelled(
     Ok(())
 }
 
+/// A run a pause covers is suppressed with the pause's reason (and the
+/// execution it charged to the limits taken back).
+fn paused(shared: &Shared, p: &mut Planned, now: chrono::DateTime<Utc>) {
+    if matches!(p.decision, Decision::Suppressed(_)) {
+        return;
+    }
+    let Some(pause) = super::pauses::covering(shared, &p.playbook, &p.target_display(), now) else {
+        return;
+    };
+    if p.charged {
+        p.uncharge(&mut shared.ledger());
+        p.charged = false;
+    }
+    p.decision = Decision::Suppressed(pause.suppression());
+}
+
 /// What a batch's decisions of one event left to record.
 struct Decided {
     token: Arc<DoneToken>,
@@ -182,6 +198,10 @@ pub(super) fn batch(
         if planned.is_empty() {
             tracing::debug!("no playbook matches");
         }
+        let mut planned = planned;
+        for p in &mut planned {
+            paused(shared, p, now);
+        }
         let mut recorded = Vec::new();
         for p in planned {
             count_decision(shared, &p);
@@ -207,8 +227,9 @@ pub(super) fn batch(
             let hold = match p.decision {
                 Decision::NeedsApproval(_) => {
                     approvals::prepare(shared, &engine, &p, &inc.event, now).map(|(req, how)| {
+                        let id = req.id.clone();
                         requests.push(req);
-                        how
+                        (how, id)
                     })
                 }
                 _ => None,
@@ -216,7 +237,10 @@ pub(super) fn batch(
             if let Some(Ok(rep)) = futures_now(engine.execute_shared(p, &batch)) {
                 if notify::wants(shared, &rep) {
                     let mut n = notify::notice(shared, &rep, runbook);
-                    n.how_to_approve = hold;
+                    if let Some((how, id)) = hold {
+                        n.how_to_approve = Some(how);
+                        n.approval_id = Some(id);
+                    }
                     quiet_notices.push(n);
                 }
             } else {

@@ -26,9 +26,12 @@ pub(super) struct Notify {
 
 impl Notify {
     /// The configured sinks.
-    pub(super) fn from_config(sinks: &[NotifySink]) -> Result<Self, String> {
+    pub(super) fn from_config(
+        sinks: &[NotifySink],
+        chat: &crate::config::ChatConfig,
+    ) -> Result<Self, String> {
         Ok(Self {
-            notifier: Notifier::from_config(sinks)?,
+            notifier: Notifier::from_config(sinks, chat)?,
             escalated: Mutex::new(HashSet::new()),
         })
     }
@@ -174,6 +177,7 @@ pub(super) fn notice(shared: &Shared, rep: &RunReport, runbook: Option<String>) 
             .unwrap_or_default(),
         decided_at: p.decided_at,
         how_to_approve: None,
+        approval_id: None,
     }
 }
 

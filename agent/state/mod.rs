@@ -6,6 +6,9 @@
 
 pub mod approvals;
 mod legacy;
+pub mod pauses;
 pub mod store;
 
-pub use store::{AcceptResult, Accepted, ApprovalChange, Commit, Opened, Options, Store};
+pub use store::{
+    AcceptResult, Accepted, ApprovalChange, Commit, Opened, Options, PauseChange, Store,
+};

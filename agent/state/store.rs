@@ -31,6 +31,7 @@ use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use tokio::sync::oneshot;
 
 use super::approvals::{Answer, Approvals, Pending};
+use super::pauses::{Pause, Pauses};
 use crate::audit::{self, Phase, Record};
 use crate::event::{Event, TriggerKind};
 use crate::policy::Ledger;
@@ -72,6 +73,8 @@ CREATE TABLE IF NOT EXISTS steps (id TEXT PRIMARY KEY, record TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS approvals (
     id TEXT PRIMARY KEY, request TEXT NOT NULL, answer TEXT, answered_by TEXT, answered_at INTEGER);
 CREATE TABLE IF NOT EXISTS schedules (playbook TEXT PRIMARY KEY, last INTEGER NOT NULL);
+-- Playbooks (or playbooks on one target) paused by a person until a time.
+CREATE TABLE IF NOT EXISTS pauses (id TEXT PRIMARY KEY, until INTEGER NOT NULL, pause TEXT NOT NULL);
 -- Audit records committed and not yet in the log, as the log lines to write.
 CREATE TABLE IF NOT EXISTS outbox (seq INTEGER PRIMARY KEY, line TEXT NOT NULL);
 ";
@@ -152,6 +155,17 @@ pub struct Commit {
     pub done: Vec<u64>,
     /// Approval requests and answers.
     pub approvals: Vec<ApprovalChange>,
+    /// Pauses set and lifted.
+    pub pauses: Vec<PauseChange>,
+}
+
+/// A change to the pauses.
+#[derive(Debug, Clone)]
+pub enum PauseChange {
+    /// A pause is set.
+    Set(Pause),
+    /// A pause is lifted before its end.
+    Lift(String),
 }
 
 /// A change to the approvals.
@@ -183,6 +197,8 @@ pub struct Opened {
     pub ledger: Ledger,
     /// Pending approvals (and recent answers).
     pub approvals: Approvals,
+    /// Pauses in force.
+    pub pauses: Pauses,
     /// When each playbook last ran on its schedule.
     pub schedules: HashMap<String, DateTime<Utc>>,
     /// Steps the previous agent planned and never finished, now recorded as
@@ -410,6 +426,7 @@ impl Store {
         let ledger = st.ledger()?;
         let pending = st.pending()?;
         let approvals = st.approvals()?;
+        let pauses = st.pauses()?;
         let schedules = st.schedules()?;
         let (tx, rx) = mpsc::channel();
         std::thread::Builder::new()
@@ -424,6 +441,7 @@ impl Store {
             pending,
             ledger,
             approvals,
+            pauses,
             schedules,
             interrupted,
             upgraded,
@@ -682,6 +700,25 @@ impl State {
         Ok(Approvals::from_parts(pending, answered))
     }
 
+    fn pauses(&self) -> Result<Pauses> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT pause FROM pauses")
+            .map_err(|e| self.db(e))?;
+        let rows = stmt
+            .query_map([], |r| r.get::<_, String>(0))
+            .map_err(|e| self.db(e))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let text = row.map_err(|e| self.db(e))?;
+            out.push(
+                serde_json::from_str(&text)
+                    .map_err(|e| Error::Invalid(format!("state store: a pause: {e}")))?,
+            );
+        }
+        Ok(Pauses::from_list(out))
+    }
+
     fn schedules(&self) -> Result<HashMap<String, DateTime<Utc>>> {
         let mut stmt = self
             .conn
@@ -703,12 +740,14 @@ impl State {
         let horizon = nanos(now - self.horizon);
         let seen = nanos(now - self.opts.dedupe_window);
         let answered = nanos(now - ANSWERED_KEPT);
+        let now_ns = nanos(now);
         self.conn
             .execute_batch(&format!(
                 "DELETE FROM executions WHERE at < {horizon};
                  DELETE FROM outcomes WHERE at < {horizon};
                  DELETE FROM seen WHERE at < {seen};
-                 DELETE FROM approvals WHERE answer IS NOT NULL AND answered_at < {answered};"
+                 DELETE FROM approvals WHERE answer IS NOT NULL AND answered_at < {answered};
+                 DELETE FROM pauses WHERE until < {now_ns};"
             ))
             .map_err(|e| self.db(e))?;
         self.last_prune = std::time::Instant::now();
@@ -1117,6 +1156,21 @@ fn apply(
     }
     for a in &c.approvals {
         approval(tx, a)?;
+    }
+    for p in &c.pauses {
+        match p {
+            PauseChange::Set(p) => {
+                let text = serde_json::to_string(p).map_err(enc)?;
+                tx.prepare_cached(
+                    "INSERT OR REPLACE INTO pauses (id, until, pause) VALUES (?1, ?2, ?3)",
+                )?
+                .execute(params![p.id, nanos(p.until), text])?;
+            }
+            PauseChange::Lift(id) => {
+                tx.prepare_cached("DELETE FROM pauses WHERE id = ?1")?
+                    .execute(params![id])?;
+            }
+        }
     }
     Ok(())
 }
