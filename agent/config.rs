@@ -616,6 +616,16 @@ pub struct NotifySink {
     /// Attempts on a connection error, 429 or 5xx.
     #[serde(default = "default_attempts")]
     pub attempts: u32,
+    /// Severity routing: only notices whose alert labels satisfy every one
+    /// of these Alertmanager matchers reach this sink, e.g.
+    /// `['severity=~"critical|high"']` for the paging channel and
+    /// `['severity!~"critical|high"']` for the rest; empty: every notice.
+    /// A label the alert lacks matches as the empty string (as in
+    /// Alertmanager), so schedule and manual runs, which carry no alert
+    /// labels, satisfy `severity!~"critical|high"` but not `severity="critical"`.
+    /// Failed runs are routed by these too.
+    #[serde(default)]
+    pub matchers: Vec<String>,
 }
 
 fn default_on() -> Vec<String> {
@@ -867,6 +877,11 @@ impl AgentConfig {
             }
             if s.attempts == 0 {
                 errs.push(at(&f("attempts"), "must be at least 1".into()));
+            }
+            for (j, m) in s.matchers.iter().enumerate() {
+                if let Err(e) = crate::playbook::matcher::parse_matcher(m) {
+                    errs.push(at(&f(&format!("matchers[{j}]")), format!("{m:?}: {e}")));
+                }
             }
         }
         if !errs.is_empty() {
@@ -1131,6 +1146,28 @@ mod tests {
         ] {
             assert!(err.contains(want), "missing {want:?} in:\n{err}");
         }
+    }
+
+    #[test]
+    fn chat_config_errors_name_their_field() {
+        let err = AgentConfig::parse(
+            Path::new("agent.yaml"),
+            "chat:\n  slack: { responseUrls: [ftp://x] }\n  discord: { publicKey: abcd }\n  pauseChoices: [1h, 2h, 3h, 0s]\n  approvers:\n    - { name: alice }\n    - { name: alice, slackUsers: [U1] }\n",
+        )
+        .unwrap_err()
+        .to_string();
+        for want in [
+            "chat.slack.signingSecretFile: give signingSecretFile or signingSecretEnv",
+            "chat.slack.responseUrls: \"ftp://x\": must start with https://",
+            "chat.discord.publicKey: expected the application's public key: 64 hex digits",
+            "chat.pauseChoices: at most 3 durations",
+            "chat.pauseChoices: durations must be longer than 0s",
+            "chat.approvers[0].slackUsers: give slackUsers, discordUsers or discordRoles",
+            "chat.approvers[1].name: duplicate chat approver name \"alice\"",
+        ] {
+            assert!(err.contains(want), "missing {want:?} in:\n{err}");
+        }
+        assert!(err.starts_with("agent.yaml:"), "{err}");
     }
 
     #[test]

@@ -50,6 +50,9 @@ pub struct Notice {
     /// For a run held for approval: how to approve or deny it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub how_to_approve: Option<String>,
+    /// The alert's labels (empty for schedule and manual runs); sinks route by them.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub labels: crate::event::Labels,
     /// For a run held for approval: the approval id (the chat buttons' value).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub approval_id: Option<String>,
@@ -96,6 +99,7 @@ struct Sink {
     on: Vec<String>,
     timeout: Duration,
     attempts: u32,
+    matchers: Vec<crate::playbook::matcher::Matcher>,
 }
 
 impl std::fmt::Debug for Sink {
@@ -144,6 +148,12 @@ impl Notifier {
             };
             reqwest::Url::parse(&url)
                 .map_err(|e| format!("notify sink {:?}: bad url: {e}", s.name))?;
+            let matchers = s
+                .matchers
+                .iter()
+                .map(|m| crate::playbook::matcher::parse_matcher(m))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| format!("notify sink {:?}: matchers: {e}", s.name))?;
             out.push(Sink {
                 name: s.name.clone(),
                 kind: s.kind,
@@ -151,6 +161,7 @@ impl Notifier {
                 on: s.on.clone(),
                 timeout: s.timeout.std(),
                 attempts: s.attempts.max(1),
+                matchers,
             });
         }
         let client = reqwest::Client::builder()
@@ -189,11 +200,26 @@ impl Notifier {
         self.sinks.is_empty()
     }
 
-    /// Sends `notice` to every sink that wants it; failed runs go to all.
+    /// The sinks `notice` goes to: those whose matchers its alert labels
+    /// satisfy, and that announce its decision (failed runs: all of those).
+    pub fn routes(&self, notice: &Notice) -> Vec<&str> {
+        self.sinks
+            .iter()
+            .filter(|s| Self::wanted(s, notice))
+            .map(|s| s.name.as_str())
+            .collect()
+    }
+
+    fn wanted(s: &Sink, notice: &Notice) -> bool {
+        (notice.status == "failed" || s.on.contains(&notice.decision))
+            && s.matchers.iter().all(|m| m.matches(&notice.labels))
+    }
+
+    /// Sends `notice` to every sink that wants it ([`Notifier::routes`]).
     pub async fn send(&self, notice: &Notice) -> Vec<Delivery> {
         let mut out = Vec::new();
         for s in &self.sinks {
-            if notice.status != "failed" && !s.on.contains(&notice.decision) {
+            if !Self::wanted(s, notice) {
                 continue;
             }
             let result = self.deliver(s, notice).await;
@@ -339,6 +365,7 @@ mod tests {
                 "approve within 30m: `remediate approve 01abc --agent http://n1:9095`".into(),
             ),
             approval_id: Some("01abc".into()),
+            labels: Default::default(),
         };
         let slack = payload(NotifyKind::Slack, &n, &[]);
         assert!(slack["text"]
@@ -359,5 +386,78 @@ mod tests {
             .as_str()
             .unwrap()
             .starts_with("[remediate] needs approval: pb on pod etl/x (n1)"));
+    }
+}
+
+#[cfg(test)]
+mod routing {
+    use super::*;
+
+    fn notice(severity: Option<&str>, decision: &str, status: &str) -> Notice {
+        Notice {
+            playbook: "pb".into(),
+            runbook: None,
+            alertname: Some("A".into()),
+            trigger: "alert".into(),
+            trigger_kind: crate::event::TriggerKind::Alert,
+            fingerprint: "f".into(),
+            target: "pod etl/x".into(),
+            actions: vec![],
+            decision: decision.into(),
+            reason: String::new(),
+            status: status.into(),
+            outcome: String::new(),
+            node: "n1".into(),
+            audit_id: "01".into(),
+            decided_at: chrono::Utc::now(),
+            how_to_approve: None,
+            approval_id: None,
+            labels: severity
+                .map(|s| [("severity".to_string(), s.to_string())].into())
+                .unwrap_or_default(),
+        }
+    }
+
+    #[test]
+    fn sinks_are_chosen_by_alert_labels_with_alertmanager_matchers() {
+        let cfg = crate::config::AgentConfig::parse(
+            std::path::Path::new("a.yaml"),
+            r#"notify:
+  - { name: page, kind: slack, url: "http://127.0.0.1:1/a", matchers: ['severity=~"critical|high"'] }
+  - { name: rest, kind: slack, url: "http://127.0.0.1:1/b", matchers: ['severity!~"critical|high"'] }
+  - { name: all, kind: webhook, url: "http://127.0.0.1:1/c", on: [execute] }
+"#,
+        )
+        .unwrap();
+        let n = Notifier::from_config(&cfg.notify, &cfg.chat).unwrap();
+        assert_eq!(
+            n.routes(&notice(Some("critical"), "execute", "verified")),
+            ["page", "all"]
+        );
+        assert_eq!(
+            n.routes(&notice(Some("high"), "needs-approval", "not-executed")),
+            ["page"]
+        );
+        assert_eq!(
+            n.routes(&notice(Some("warning"), "execute", "verified")),
+            ["rest", "all"]
+        );
+        // No severity label (a schedule run): matches as "".
+        assert_eq!(
+            n.routes(&notice(None, "execute", "verified")),
+            ["rest", "all"]
+        );
+        // Failed runs go to every sink their labels route to, whatever `on` says.
+        assert_eq!(
+            n.routes(&notice(Some("critical"), "dry-run", "failed")),
+            ["page", "all"]
+        );
+        let err = crate::config::AgentConfig::parse(
+            std::path::Path::new("a.yaml"),
+            "notify:\n  - { name: x, kind: slack, url: 'http://h/', matchers: ['severity=~\"(\"'] }\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("notify[0].matchers[0]: "), "{err}");
     }
 }

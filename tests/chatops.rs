@@ -648,3 +648,70 @@ async fn a_pause_from_the_cli_suppresses_matching_runs_survives_a_restart_and_is
     );
     assert_eq!(count(&recs, |r| r.decision == "resume"), 1);
 }
+
+#[tokio::test]
+async fn notices_are_routed_to_sinks_by_alert_labels_with_alertmanager_matchers() {
+    let rx = Receiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::create_dir_all(d.join("playbooks")).unwrap();
+    std::fs::create_dir_all(d.join("policies")).unwrap();
+    std::fs::write(
+        d.join("playbooks/needs-hands.yaml"),
+        PLAYBOOK.replace("{DIR}", &d.display().to_string()),
+    )
+    .unwrap();
+    std::fs::write(d.join("policies/default.yaml"), POLICY).unwrap();
+    let a = start_agent(
+        d,
+        &format!(
+            "node: chat-node\nlisten: 127.0.0.1:0\nplaybooks: playbooks\npolicies: policies\nstateDir: state\nschedule: {{ enabled: false }}
+notify:
+  - {{ name: page, kind: slack, url: '{u}/page', on: [needs-approval], matchers: ['severity=~\"critical|high\"'] }}
+  - {{ name: rest, kind: discord, url: '{u}/rest', on: [needs-approval], matchers: ['severity!~\"critical|high\"'] }}
+",
+            u = rx.url
+        ),
+    );
+    for (case, sev) in [("r1", "critical"), ("r2", "warning"), ("r3", "high")] {
+        let body = alert_body(
+            "firing",
+            &[
+                ("alertname", "NeedsHands"),
+                ("node", "chat-node"),
+                ("case", case),
+                ("severity", sev),
+            ],
+            "2026-11-25T10:00:00Z",
+        );
+        assert_eq!(a.post(&body, Some(TOKEN)).await.0, 200);
+        held_id(&a, case).await;
+    }
+    let r2 = held_id(&a, "r2").await;
+    rx.wait("/rest", |v| {
+        v["embeds"][0]["description"]
+            .as_str()
+            .unwrap_or("")
+            .contains(&r2)
+    })
+    .await;
+    for case in ["r1", "r3"] {
+        let id = held_id(&a, case).await;
+        rx.wait("/page", |v| v["text"].as_str().unwrap_or("").contains(&id))
+            .await;
+    }
+    // Each reached its route and, as far as has arrived, no other (the
+    // exact routes are covered by notify::routing's unit test).
+    assert_eq!(rx.count("/page"), 2);
+    assert_eq!(rx.count("/rest"), 1);
+    // Without chat configured, messages carry no buttons.
+    let page = rx.wait("/page", |_| true).await;
+    assert!(
+        !page["blocks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|b| b["type"] == "actions"),
+        "{page}"
+    );
+}

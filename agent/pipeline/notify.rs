@@ -178,6 +178,7 @@ pub(super) fn notice(shared: &Shared, rep: &RunReport, runbook: Option<String>) 
         decided_at: p.decided_at,
         how_to_approve: None,
         approval_id: None,
+        labels: p.trigger.labels.clone(),
     }
 }
 
