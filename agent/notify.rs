@@ -195,6 +195,11 @@ impl Notifier {
         )
     }
 
+    /// The HTTP client the sinks use.
+    pub fn client(&self) -> &reqwest::Client {
+        &self.client
+    }
+
     /// True when no sink is configured.
     pub fn is_empty(&self) -> bool {
         self.sinks.is_empty()

@@ -360,6 +360,30 @@ async fn slack_buttons_approve_and_pause_only_for_mapped_people_with_a_valid_sig
         .then_some(()))
     .await
     .is_some());
+    // Then the message is replaced again with the outcome, after the answer.
+    let outcome = rx
+        .wait("/resp", |v| {
+            v["text"].as_str().unwrap_or("").contains("Outcome:")
+        })
+        .await;
+    let text = outcome["text"].as_str().unwrap();
+    assert!(
+        text.starts_with("Approved by alice (slack UA8RXUSPL).\nOutcome: needs-hands on host chat-node: verified (execute): "),
+        "{text}"
+    );
+    {
+        let got = rx.got.lock().unwrap();
+        let pos = |f: &dyn Fn(&Value) -> bool| {
+            got.iter().position(|(p, v)| p == "/resp" && f(v)).unwrap()
+        };
+        assert!(
+            pos(&|v| v["text"]
+                .as_str()
+                .unwrap_or("")
+                .starts_with("Approved by alice (slack UA8RXUSPL): "))
+                < pos(&|v| v["text"].as_str().unwrap_or("").contains("Outcome:"))
+        );
+    }
     // Pressed again: already answered, nothing more.
     assert_eq!(
         post_slack_signed(&a, &slack_press(ALICE_SLACK, &approve, &resp)).await,

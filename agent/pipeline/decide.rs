@@ -155,6 +155,7 @@ pub(super) fn batch(
     let mut charged = Vec::new();
     let mut requests = Vec::new();
     let mut quiet_notices = Vec::new();
+    let mut followups = Vec::new();
     for inc in incs {
         shared.metrics.queue_depth.dec();
         let span = info_span!(
@@ -235,6 +236,7 @@ pub(super) fn batch(
                 _ => None,
             };
             if let Some(Ok(rep)) = futures_now(engine.execute_shared(p, &batch)) {
+                followups.extend(notify::take_followup(shared, &rep));
                 if notify::wants(shared, &rep) {
                     let mut n = notify::notice(shared, &rep, runbook);
                     if let Some((how, id)) = hold {
@@ -300,4 +302,8 @@ pub(super) fn batch(
     // The records are durable: the inbox may forget the events no run holds.
     drop(events);
     notify::spawn(shared, quiet_notices, tasks);
+    for (f, text) in followups {
+        let shared = shared.clone();
+        tasks.spawn(async move { notify::post_followup(&shared, f, text).await });
+    }
 }

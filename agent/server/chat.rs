@@ -17,7 +17,7 @@ use serde_json::json;
 
 use super::{content_length, read_limited, Http, Peer};
 use crate::chat::{self, discord, slack, Press, Who};
-use crate::pipeline::{approvals, pauses, Shared};
+use crate::pipeline::{approvals, notify, pauses, Shared};
 
 /// Largest interaction body (Slack sends the whole message with its blocks).
 const MAX_INTERACTION_BYTES: usize = 256 << 10;
@@ -74,8 +74,15 @@ fn refuse(shared: &Shared, who: &Who<'_>, press: &Press, playbook: &str, why: &s
     ))
 }
 
-/// Carries out a verified press.
-fn act(shared: &Shared, who: &Who<'_>, press: Press) -> Reply {
+/// Carries out a verified press. `followup`: where the outcome of an
+/// approved run is posted (Slack's `response_url`), registered before the
+/// run is queued so a fast run cannot miss it.
+fn act(
+    shared: &Shared,
+    who: &Who<'_>,
+    press: Press,
+    followup: Option<(&str, Arc<tokio::sync::Semaphore>)>,
+) -> Reply {
     let choices = &shared.cfg.chat.pause_choices;
     match &press {
         Press::Approve(id) | Press::Deny(id) => {
@@ -108,7 +115,31 @@ fn act(shared: &Shared, who: &Who<'_>, press: Press) -> Reply {
                 }
             }
             let by = who.recorded();
-            match approvals::answer(shared, id, approve, &by, &format!("from {}", who.platform)) {
+            let key = pending
+                .as_ref()
+                .filter(|_| approve)
+                .map(|p| (p.event.fingerprint.clone(), p.playbook.clone()));
+            if let (Some((fp, pb)), Some((url, answered))) = (&key, followup) {
+                notify::follow_up(
+                    shared,
+                    fp,
+                    pb,
+                    notify::Followup {
+                        url: url.to_string(),
+                        answer: format!("Approved by {by}."),
+                        at: chrono::Utc::now(),
+                        answered,
+                    },
+                );
+            }
+            let answered =
+                approvals::answer(shared, id, approve, &by, &format!("from {}", who.platform));
+            if answered.is_err() {
+                if let Some((fp, pb)) = &key {
+                    notify::drop_followup(shared, fp, pb);
+                }
+            }
+            match answered {
                 Ok(p) => Reply {
                     shape: Shape::Replace,
                     text: if approve {
@@ -269,7 +300,20 @@ pub(super) async fn slack_interactions(
         return StatusCode::OK.into_response();
     };
     let who = Who::slack(&http.shared.cfg.chat, &user.id);
-    let reply = act(&http.shared, &who, press);
+    let url = match i.response_url {
+        Some(url) if allowed_response_url(&http, &url) => Some(url),
+        Some(_) => {
+            tracing::warn!(
+                "slack response_url outside chat.slack.responseUrls: the message is not updated"
+            );
+            None
+        }
+        None => None,
+    };
+    // The outcome of an approved run is posted after the answer.
+    let answered = Arc::new(tokio::sync::Semaphore::new(0));
+    let followup = url.as_deref().map(|u| (u, answered.clone()));
+    let reply = act(&http.shared, &who, press, followup);
     let msg = match reply.shape {
         Shape::Replace => slack::replace(&reply.text, &reply.buttons),
         Shape::New => {
@@ -280,9 +324,9 @@ pub(super) async fn slack_interactions(
         }
         Shape::Private => slack::ephemeral(&reply.text),
     };
-    match i.response_url {
-        Some(url) if allowed_response_url(&http, &url) => {
-            let client = http.chat_client.clone();
+    if let Some(url) = url {
+        let client = http.chat_client.clone();
+        {
             tokio::spawn(async move {
                 let r = client
                     .post(&url)
@@ -299,12 +343,9 @@ pub(super) async fn slack_interactions(
                         tracing::warn!(error = %e.without_url(), "cannot post the answer to slack's response_url")
                     }
                 }
+                answered.add_permits(1);
             });
         }
-        Some(_) => tracing::warn!(
-            "slack response_url outside chat.slack.responseUrls: the message is not updated"
-        ),
-        None => {}
     }
     StatusCode::OK.into_response()
 }
@@ -375,7 +416,7 @@ pub(super) async fn discord_interactions(
     };
     let (user, roles) = i.who();
     let who = Who::discord(&http.shared.cfg.chat, &user, &roles);
-    let reply = act(&http.shared, &who, press);
+    let reply = act(&http.shared, &who, press, None);
     let msg = match reply.shape {
         Shape::Replace => discord::update(&reply.text, &reply.buttons),
         Shape::New => {
