@@ -149,6 +149,14 @@ fn default_slack_response_urls() -> Vec<String> {
 pub struct DiscordChat {
     /// The application's public key, hex (General Information page).
     pub public_key: String,
+    /// Discord's API, where the outcome of a run approved from a button
+    /// edits the message (`PATCH webhooks/{application}/{token}/messages/@original`).
+    #[serde(default = "default_discord_api")]
+    pub api_url: String,
+}
+
+fn default_discord_api() -> String {
+    "https://discord.com/api/v10".into()
 }
 
 /// One person (or group) who may answer from chat.
@@ -1028,6 +1036,12 @@ fn check_chat(c: &ChatConfig, err: &mut dyn FnMut(&str, String)) {
         }
     }
     if let Some(d) = &c.discord {
+        if !(d.api_url.starts_with("https://") || d.api_url.starts_with("http://")) {
+            err(
+                "chat.discord.apiUrl",
+                format!("{:?}: must start with https:// (or http://)", d.api_url),
+            );
+        }
         if crate::chat::discord::public_key(&d.public_key).is_err() {
             err(
                 "chat.discord.publicKey",

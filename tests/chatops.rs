@@ -39,7 +39,8 @@ spec:
 
 const POLICY: &str = "apiVersion: remediate/v1\nkind: Policy\nmetadata: { name: default }\nspec:\n  approval: { required: true, timeout: 10m }\n";
 
-/// What the stand-in for Slack and Discord received: (path, JSON body).
+/// What the stand-in for Slack and Discord received: (path, JSON body);
+/// requests other than POST keyed "METHOD path".
 #[derive(Clone, Default)]
 struct Receiver {
     got: Arc<Mutex<Vec<(String, Value)>>>,
@@ -50,15 +51,22 @@ impl Receiver {
     async fn start() -> Self {
         let got: Arc<Mutex<Vec<(String, Value)>>> = Arc::default();
         let g = got.clone();
-        let app =
-            axum::Router::new().fallback(move |uri: axum::http::Uri, body: axum::body::Bytes| {
+        let app = axum::Router::new().fallback(
+            move |method: axum::http::Method, uri: axum::http::Uri, body: axum::body::Bytes| {
                 let g = g.clone();
                 async move {
                     let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-                    g.lock().unwrap().push((uri.path().to_string(), v));
+                    // POSTs by path; other methods as "METHOD path".
+                    let key = if method == axum::http::Method::POST {
+                        uri.path().to_string()
+                    } else {
+                        format!("{method} {}", uri.path())
+                    };
+                    g.lock().unwrap().push((key, v));
                     "ok"
                 }
-            });
+            },
+        );
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", l.local_addr().unwrap());
         tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
@@ -116,7 +124,7 @@ notify:
   - {{ name: discord, kind: discord, url: '{u}/discord', on: [needs-approval] }}
 chat:
   slack: {{ signingSecretFile: slack.secret, responseUrls: ['{u}/'] }}
-  discord: {{ publicKey: {pk} }}
+  discord: {{ publicKey: {pk}, apiUrl: '{u}/discord-api' }}
   pauseChoices: [1h]
   approvers:
     - {{ name: alice, slackUsers: [{ALICE_SLACK}], playbooks: [needs-hands] }}
@@ -568,6 +576,39 @@ async fn discord_buttons_answer_with_update_message_for_mapped_roles_only() {
     );
     assert!(!d.join("done-d1").exists());
     assert_eq!(count(&a.audit(), |r| r.decision == "chat-refused"), 1);
+
+    // Approved from Discord: the run executes, and its outcome edits the
+    // original message through the interaction's webhook.
+    assert_eq!(a.post(&alert("d2"), Some(TOKEN)).await.0, 200);
+    let id2 = held_id(&a, "d2").await;
+    let (code, v) = post_discord(
+        &a,
+        &press(
+            "53908232506183680",
+            &[ONCALL_ROLE],
+            &format!("remediate:approve:{id2}"),
+        ),
+        &key,
+        now(),
+    )
+    .await;
+    assert_eq!((code, v["type"].clone()), (200, json!(7)), "{v}");
+    assert!(eventually(Duration::from_secs(10), || d
+        .join("done-d2")
+        .exists()
+        .then_some(()))
+    .await
+    .is_some());
+    let edit = rx
+        .wait(
+            "PATCH /discord-api/webhooks/290926444748734465/unique_interaction_token/messages/@original",
+            |_| true,
+        )
+        .await;
+    assert!(
+        edit["content"].as_str().unwrap_or_default().starts_with("Approved by oncall (discord 53908232506183680).\nOutcome: needs-hands on host chat-node: verified (execute): "),
+        "{edit}"
+    );
 }
 
 #[tokio::test]

@@ -60,6 +60,12 @@ pub struct Interaction {
     /// The component's data.
     #[serde(default)]
     pub data: Option<Data>,
+    /// The application, for the follow-up webhook.
+    #[serde(default)]
+    pub application_id: Option<String>,
+    /// The interaction token (valid 15 minutes), for the follow-up webhook.
+    #[serde(default)]
+    pub token: Option<String>,
 }
 
 /// A guild member.

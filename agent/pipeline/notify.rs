@@ -30,8 +30,11 @@ pub(super) struct Notify {
 /// Where the outcome of a run approved from chat is posted.
 #[derive(Debug, Clone)]
 pub struct Followup {
-    /// Slack's `response_url` of the message.
+    /// Slack's `response_url` of the message (POST), or Discord's
+    /// `webhooks/{application}/{token}/messages/@original` (PATCH).
     pub url: String,
+    /// Which of the two.
+    pub discord: bool,
     /// The answer, which the outcome follows.
     pub answer: String,
     /// When it was registered (Slack's `response_url` lasts 30 minutes).
@@ -86,8 +89,9 @@ pub fn follow_up(shared: &Shared, fingerprint: &str, playbook: &str, f: Followup
         .followups
         .lock()
         .unwrap_or_else(|e| e.into_inner());
-    // Slack's response_url is good for 30 minutes: older ones are dropped.
-    let cutoff = Utc::now() - chrono::Duration::minutes(30);
+    // Slack's response_url is good for 30 minutes, a Discord interaction
+    // token for 15: older ones are dropped.
+    let cutoff = Utc::now() - chrono::Duration::minutes(15);
     m.retain(|_, f| f.at >= cutoff);
     m.insert((fingerprint.to_string(), playbook.to_string()), f);
 }
@@ -127,21 +131,22 @@ pub(super) fn take_followup(shared: &Shared, rep: &RunReport) -> Option<(Followu
 pub(super) async fn post_followup(shared: &Shared, f: Followup, text: String) {
     // After the answer (or 15 s, if that post hangs).
     let _ = tokio::time::timeout(std::time::Duration::from_secs(15), f.answered.acquire()).await;
-    let msg = crate::chat::slack::replace(&text, &[]);
-    let r = shared
-        .notify
-        .notifier
-        .client()
-        .post(&f.url)
-        .timeout(std::time::Duration::from_secs(10))
-        .json(&msg)
-        .send()
-        .await;
-    match r {
+    let client = shared.notify.notifier.client();
+    let req = if f.discord {
+        client
+            .patch(&f.url)
+            .json(&serde_json::json!({"content": text, "embeds": [], "components": []}))
+    } else {
+        client
+            .post(&f.url)
+            .json(&crate::chat::slack::replace(&text, &[]))
+    };
+    let platform = if f.discord { "discord" } else { "slack" };
+    match req.timeout(std::time::Duration::from_secs(10)).send().await {
         Ok(r) if r.status().is_success() => {}
-        Ok(r) => tracing::warn!(status = %r.status(), "slack response_url refused the outcome"),
+        Ok(r) => tracing::warn!(platform, status = %r.status(), "chat refused the outcome"),
         Err(e) => {
-            tracing::warn!(error = %e.without_url(), "cannot post the outcome to slack's response_url")
+            tracing::warn!(platform, error = %e.without_url(), "cannot post the outcome to chat")
         }
     }
 }

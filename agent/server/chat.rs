@@ -74,15 +74,14 @@ fn refuse(shared: &Shared, who: &Who<'_>, press: &Press, playbook: &str, why: &s
     ))
 }
 
+/// Where the outcome of an approved run goes: (url, Discord?, a permit
+/// once the answer itself is out).
+type FollowupTo<'a> = (&'a str, bool, Arc<tokio::sync::Semaphore>);
+
 /// Carries out a verified press. `followup`: where the outcome of an
-/// approved run is posted (Slack's `response_url`), registered before the
-/// run is queued so a fast run cannot miss it.
-fn act(
-    shared: &Shared,
-    who: &Who<'_>,
-    press: Press,
-    followup: Option<(&str, Arc<tokio::sync::Semaphore>)>,
-) -> Reply {
+/// approved run is posted, registered before the run is queued so a fast
+/// run cannot miss it.
+fn act(shared: &Shared, who: &Who<'_>, press: Press, followup: Option<FollowupTo<'_>>) -> Reply {
     let choices = &shared.cfg.chat.pause_choices;
     match &press {
         Press::Approve(id) | Press::Deny(id) => {
@@ -119,13 +118,14 @@ fn act(
                 .as_ref()
                 .filter(|_| approve)
                 .map(|p| (p.event.fingerprint.clone(), p.playbook.clone()));
-            if let (Some((fp, pb)), Some((url, answered))) = (&key, followup) {
+            if let (Some((fp, pb)), Some((url, discord, answered))) = (&key, followup) {
                 notify::follow_up(
                     shared,
                     fp,
                     pb,
                     notify::Followup {
                         url: url.to_string(),
+                        discord,
                         answer: format!("Approved by {by}."),
                         at: chrono::Utc::now(),
                         answered,
@@ -312,7 +312,7 @@ pub(super) async fn slack_interactions(
     };
     // The outcome of an approved run is posted after the answer.
     let answered = Arc::new(tokio::sync::Semaphore::new(0));
-    let followup = url.as_deref().map(|u| (u, answered.clone()));
+    let followup = url.as_deref().map(|u| (u, false, answered.clone()));
     let reply = act(&http.shared, &who, press, followup);
     let msg = match reply.shape {
         Shape::Replace => slack::replace(&reply.text, &reply.buttons),
@@ -416,7 +416,31 @@ pub(super) async fn discord_interactions(
     };
     let (user, roles) = i.who();
     let who = Who::discord(&http.shared.cfg.chat, &user, &roles);
-    let reply = act(&http.shared, &who, press, None);
+    // The outcome edits the original message through the interaction's
+    // webhook, after this response is on its way.
+    let answered = Arc::new(tokio::sync::Semaphore::new(0));
+    let api = http
+        .shared
+        .cfg
+        .chat
+        .discord
+        .as_ref()
+        .map(|d| d.api_url.trim_end_matches('/').to_string())
+        .unwrap_or_default();
+    let url = match (&i.application_id, &i.token) {
+        (Some(app), Some(token)) if !app.is_empty() && !token.is_empty() => {
+            Some(format!("{api}/webhooks/{app}/{token}/messages/@original"))
+        }
+        _ => None,
+    };
+    let followup = url.as_deref().map(|u| (u, true, answered.clone()));
+    let reply = act(&http.shared, &who, press, followup);
+    let permit = answered.clone();
+    tokio::spawn(async move {
+        // Give the response a moment to reach Discord first.
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        permit.add_permits(1);
+    });
     let msg = match reply.shape {
         Shape::Replace => discord::update(&reply.text, &reply.buttons),
         Shape::New => {
