@@ -31,7 +31,9 @@ impl std::fmt::Display for PauseError {
     }
 }
 
-/// An audit record of a pause set or lifted (or a chat answer refused).
+/// An audit record of a pause set or lifted (or a chat answer refused):
+/// `decision` is `pause`, `resume` or `chat-refused`; never charged to a
+/// limit, never replayed.
 pub(crate) fn record(
     shared: &Shared,
     decision: &str,
@@ -40,10 +42,6 @@ pub(crate) fn record(
     reason: String,
     outcome: String,
 ) -> Record {
-    let mut t = std::collections::BTreeMap::new();
-    if let Some(target) = target {
-        t.insert("display".to_string(), target.to_string());
-    }
     Record {
         ts: Utc::now(),
         id: uuid::Uuid::now_v7().to_string(),
@@ -59,8 +57,12 @@ pub(crate) fn record(
         },
         playbook: playbook.to_string(),
         action: decision.to_string(),
-        target: t,
-        params: serde_json::Value::Null,
+        // The target as people name it, not the driver's fields.
+        target: Default::default(),
+        params: match target {
+            Some(t) => serde_json::json!({ "target": t }),
+            None => serde_json::Value::Null,
+        },
         decision: decision.to_string(),
         reason,
         dry_run: true,
