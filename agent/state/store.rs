@@ -1645,6 +1645,50 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn pauses_survive_reopen_until_lifted_or_ended() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = Utc::now();
+        let pause = |id: &str, mins: i64| Pause {
+            id: id.into(),
+            playbook: "pb".into(),
+            target: Some("pod etl/x".into()),
+            by: "alice".into(),
+            reason: "OPS-7".into(),
+            at: now,
+            until: now + chrono::Duration::minutes(mins),
+        };
+        let o = Store::open(opts(dir.path()), now).unwrap();
+        o.store
+            .commit(Commit {
+                pauses: vec![
+                    PauseChange::Set(pause("a", 60)),
+                    PauseChange::Set(pause("b", 60)),
+                    PauseChange::Set(pause("c", 1)),
+                ],
+                ..Commit::default()
+            })
+            .unwrap();
+        o.store
+            .commit(Commit {
+                pauses: vec![PauseChange::Lift("b".into())],
+                ..Commit::default()
+            })
+            .unwrap();
+        o.store.close().await;
+        // Reopened five minutes later: "a" is in force, "b" was lifted, "c" ended.
+        let later = now + chrono::Duration::minutes(5);
+        let o = Store::open(opts(dir.path()), later).unwrap();
+        let mut p = o.pauses;
+        let ids: Vec<String> = p.active(later).into_iter().map(|p| p.id).collect();
+        assert_eq!(ids, ["a"]);
+        assert_eq!(
+            p.covering("pb", "pod etl/x", later).unwrap().reason,
+            "OPS-7"
+        );
+        o.store.close().await;
+    }
+
+    #[tokio::test]
     async fn a_state_directory_of_the_journal_format_is_upgraded_with_its_limits_and_pending_events(
     ) {
         let dir = tempfile::tempdir().unwrap();
