@@ -251,6 +251,19 @@ async fn body_of(
     })
 }
 
+/// The 401 of a request whose signature does not verify (no bearer
+/// challenge: a signature, not a token, is what is missing).
+fn unsigned(http: &Http, bad: chat::BadSignature, peer: Option<std::net::SocketAddr>) -> Response {
+    let mut r = http.reject(
+        StatusCode::UNAUTHORIZED,
+        bad.reason(),
+        peer,
+        bad.message().into(),
+    );
+    r.headers_mut().remove(axum::http::header::WWW_AUTHENTICATE);
+    r
+}
+
 fn now_secs() -> i64 {
     chrono::Utc::now().timestamp()
 }
@@ -282,12 +295,7 @@ pub(super) async fn slack_interactions(
         &bytes,
         now_secs(),
     ) {
-        return http.reject(
-            StatusCode::UNAUTHORIZED,
-            bad.reason(),
-            peer,
-            bad.message().into(),
-        );
+        return unsigned(&http, bad, peer);
     }
     let i = match slack::parse(&bytes) {
         Ok(i) => i,
@@ -386,12 +394,7 @@ pub(super) async fn discord_interactions(
         &bytes,
         now_secs(),
     ) {
-        return http.reject(
-            StatusCode::UNAUTHORIZED,
-            bad.reason(),
-            peer,
-            bad.message().into(),
-        );
+        return unsigned(&http, bad, peer);
     }
     let i: discord::Interaction = match serde_json::from_slice(&bytes) {
         Ok(i) => i,
