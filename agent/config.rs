@@ -81,6 +81,109 @@ pub struct AgentConfig {
     /// seconds without a Prometheus rule in between.
     #[serde(default)]
     pub triggers: TriggersConfig,
+    /// Answers from chat: Slack and Discord buttons that approve, deny or
+    /// pause, and who may press them.
+    #[serde(default)]
+    pub chat: ChatConfig,
+}
+
+/// Interactive answers from chat. Requests are verified with the
+/// platform's signature before anything in them is read; the user id in
+/// the verified payload is mapped through `approvers` to a name recorded in
+/// the audit, and everyone else is told no (and that is audited too).
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ChatConfig {
+    /// Slack app: `POST /chat/slack/interactions` (its Interactivity Request URL).
+    #[serde(default)]
+    pub slack: Option<SlackChat>,
+    /// Discord application: `POST /chat/discord/interactions` (its Interactions Endpoint URL).
+    #[serde(default)]
+    pub discord: Option<DiscordChat>,
+    /// Who may answer from chat, and what.
+    #[serde(default)]
+    pub approvers: Vec<ChatApprover>,
+    /// Pause buttons offered on a notification, one per duration (at most 3).
+    #[serde(default = "default_pause_choices")]
+    pub pause_choices: Vec<Duration>,
+}
+
+fn default_pause_choices() -> Vec<Duration> {
+    vec![Duration::from_secs(3600), Duration::from_secs(4 * 3600)]
+}
+
+impl Default for ChatConfig {
+    fn default() -> Self {
+        Self {
+            slack: None,
+            discord: None,
+            approvers: Vec::new(),
+            pause_choices: default_pause_choices(),
+        }
+    }
+}
+
+/// The Slack app whose buttons the agent answers.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct SlackChat {
+    /// File holding the app's Signing Secret (Basic Information page).
+    #[serde(default)]
+    pub signing_secret_file: Option<PathBuf>,
+    /// Environment variable holding the Signing Secret instead.
+    #[serde(default)]
+    pub signing_secret_env: Option<String>,
+    /// Answers are posted to the interaction's `response_url` only when it
+    /// starts with one of these.
+    #[serde(default = "default_slack_response_urls")]
+    pub response_urls: Vec<String>,
+}
+
+fn default_slack_response_urls() -> Vec<String> {
+    vec!["https://hooks.slack.com/".into()]
+}
+
+/// The Discord application whose buttons the agent answers.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct DiscordChat {
+    /// The application's public key, hex (General Information page).
+    pub public_key: String,
+    /// Discord's API, where the outcome of a run approved from a button
+    /// edits the message (`PATCH webhooks/{application}/{token}/messages/@original`).
+    #[serde(default = "default_discord_api")]
+    pub api_url: String,
+}
+
+fn default_discord_api() -> String {
+    "https://discord.com/api/v10".into()
+}
+
+/// One person (or group) who may answer from chat.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ChatApprover {
+    /// Name recorded in the audit, with the platform's user id.
+    pub name: String,
+    /// Slack user ids (`U012AB3CD`) this entry covers.
+    #[serde(default)]
+    pub slack_users: Vec<String>,
+    /// Discord user ids (snowflakes) this entry covers.
+    #[serde(default)]
+    pub discord_users: Vec<String>,
+    /// Discord role ids: every member holding one is covered (a group).
+    #[serde(default)]
+    pub discord_roles: Vec<String>,
+    /// Playbooks they may approve, deny and pause; empty: all.
+    #[serde(default)]
+    pub playbooks: Vec<String>,
+    /// Actions they may approve (every action of the held run must be
+    /// listed); empty: all.
+    #[serde(default)]
+    pub actions: Vec<String>,
+    /// May pause and resume the playbooks they may approve.
+    #[serde(default = "yes")]
+    pub may_pause: bool,
 }
 
 /// Native triggers. Each produces alerts named like the Prometheus alerts
@@ -521,6 +624,16 @@ pub struct NotifySink {
     /// Attempts on a connection error, 429 or 5xx.
     #[serde(default = "default_attempts")]
     pub attempts: u32,
+    /// Severity routing: only notices whose alert labels satisfy every one
+    /// of these Alertmanager matchers reach this sink, e.g.
+    /// `['severity=~"critical|high"']` for the paging channel and
+    /// `['severity!~"critical|high"']` for the rest; empty: every notice.
+    /// A label the alert lacks matches as the empty string (as in
+    /// Alertmanager), so schedule and manual runs, which carry no alert
+    /// labels, satisfy `severity!~"critical|high"` but not `severity="critical"`.
+    /// Failed runs are routed by these too.
+    #[serde(default)]
+    pub matchers: Vec<String>,
 }
 
 fn default_on() -> Vec<String> {
@@ -743,6 +856,7 @@ impl AgentConfig {
         }
         check_server(&cfg.server, &mut |f, m| errs.push(at(f, m)));
         check_approvers(&cfg.auth.approvers, &mut |f, m| errs.push(at(f, m)));
+        check_chat(&cfg.chat, &mut |f, m| errs.push(at(f, m)));
         let mut names = std::collections::BTreeSet::new();
         for (i, s) in cfg.notify.iter().enumerate() {
             let f = |x: &str| format!("notify[{i}].{x}");
@@ -771,6 +885,11 @@ impl AgentConfig {
             }
             if s.attempts == 0 {
                 errs.push(at(&f("attempts"), "must be at least 1".into()));
+            }
+            for (j, m) in s.matchers.iter().enumerate() {
+                if let Err(e) = crate::playbook::matcher::parse_matcher(m) {
+                    errs.push(at(&f(&format!("matchers[{j}]")), format!("{m:?}: {e}")));
+                }
             }
         }
         if !errs.is_empty() {
@@ -802,6 +921,14 @@ impl AgentConfig {
                 if let Some(p) = s.url_file.as_mut() {
                     fix(p);
                 }
+            }
+            if let Some(p) = cfg
+                .chat
+                .slack
+                .as_mut()
+                .and_then(|s| s.signing_secret_file.as_mut())
+            {
+                fix(p);
             }
             for c in cfg.backends.iceberg.values_mut() {
                 if let Some(p) = c.secret_file.as_mut() {
@@ -886,6 +1013,78 @@ fn check_approvers(list: &[Approver], err: &mut dyn FnMut(&str, String)) {
     }
 }
 
+fn check_chat(c: &ChatConfig, err: &mut dyn FnMut(&str, String)) {
+    if let Some(s) = &c.slack {
+        match (&s.signing_secret_file, &s.signing_secret_env) {
+            (None, None) => err(
+                "chat.slack.signingSecretFile",
+                "give signingSecretFile or signingSecretEnv".into(),
+            ),
+            (Some(_), Some(_)) => err(
+                "chat.slack.signingSecretFile",
+                "give signingSecretFile or signingSecretEnv, not both".into(),
+            ),
+            _ => {}
+        }
+        for u in &s.response_urls {
+            if !(u.starts_with("https://") || u.starts_with("http://")) {
+                err(
+                    "chat.slack.responseUrls",
+                    format!("{u:?}: must start with https:// (or http://)"),
+                );
+            }
+        }
+    }
+    if let Some(d) = &c.discord {
+        if !(d.api_url.starts_with("https://") || d.api_url.starts_with("http://")) {
+            err(
+                "chat.discord.apiUrl",
+                format!("{:?}: must start with https:// (or http://)", d.api_url),
+            );
+        }
+        if crate::chat::discord::public_key(&d.public_key).is_err() {
+            err(
+                "chat.discord.publicKey",
+                "expected the application's public key: 64 hex digits".into(),
+            );
+        }
+    }
+    if c.pause_choices.len() > 3 {
+        err("chat.pauseChoices", "at most 3 durations".into());
+    }
+    if c.pause_choices.iter().any(|d| d.std().is_zero()) {
+        err(
+            "chat.pauseChoices",
+            "durations must be longer than 0s".into(),
+        );
+    }
+    let mut names = std::collections::BTreeSet::new();
+    for (i, a) in c.approvers.iter().enumerate() {
+        let f = |x: &str| format!("chat.approvers[{i}].{x}");
+        let ok = |ch: char| ch.is_ascii_alphanumeric() || "._-@".contains(ch);
+        if a.name.is_empty() || !a.name.chars().all(ok) {
+            err(
+                &f("name"),
+                format!(
+                    "{:?}: use letters, digits, '.', '_', '-' or '@' (it is recorded in the audit)",
+                    a.name
+                ),
+            );
+        } else if !names.insert(a.name.as_str()) {
+            err(
+                &f("name"),
+                format!("duplicate chat approver name {:?}", a.name),
+            );
+        }
+        if a.slack_users.is_empty() && a.discord_users.is_empty() && a.discord_roles.is_empty() {
+            err(
+                &f("slackUsers"),
+                "give slackUsers, discordUsers or discordRoles".into(),
+            );
+        }
+    }
+}
+
 /// Reads a secret from a file (trimmed) or an environment variable.
 pub fn read_secret(file: Option<&Path>, env: Option<&str>) -> Result<Option<String>, String> {
     if let Some(f) = file {
@@ -961,6 +1160,28 @@ mod tests {
         ] {
             assert!(err.contains(want), "missing {want:?} in:\n{err}");
         }
+    }
+
+    #[test]
+    fn chat_config_errors_name_their_field() {
+        let err = AgentConfig::parse(
+            Path::new("agent.yaml"),
+            "chat:\n  slack: { responseUrls: [ftp://x] }\n  discord: { publicKey: abcd }\n  pauseChoices: [1h, 2h, 3h, 0s]\n  approvers:\n    - { name: alice }\n    - { name: alice, slackUsers: [U1] }\n",
+        )
+        .unwrap_err()
+        .to_string();
+        for want in [
+            "chat.slack.signingSecretFile: give signingSecretFile or signingSecretEnv",
+            "chat.slack.responseUrls: \"ftp://x\": must start with https://",
+            "chat.discord.publicKey: expected the application's public key: 64 hex digits",
+            "chat.pauseChoices: at most 3 durations",
+            "chat.pauseChoices: durations must be longer than 0s",
+            "chat.approvers[0].slackUsers: give slackUsers, discordUsers or discordRoles",
+            "chat.approvers[1].name: duplicate chat approver name \"alice\"",
+        ] {
+            assert!(err.contains(want), "missing {want:?} in:\n{err}");
+        }
+        assert!(err.starts_with("agent.yaml:"), "{err}");
     }
 
     #[test]

@@ -10,6 +10,7 @@
 pub mod audit;
 pub mod backends;
 pub mod bundle;
+pub mod chat;
 pub mod cli;
 pub mod config;
 pub mod coord;

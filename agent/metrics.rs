@@ -177,6 +177,8 @@ pub struct Metrics {
     pub iceberg_small_files: Family<TableLabels, Gauge>,
     /// small / total.
     pub iceberg_small_files_ratio: Family<TableLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    /// Pauses in force, by playbook.
+    pub paused: Family<PlaybookLabels, Gauge>,
 }
 
 impl Metrics {
@@ -223,6 +225,7 @@ impl Metrics {
             iceberg_total_files: Family::default(),
             iceberg_small_files: Family::default(),
             iceberg_small_files_ratio: Family::default(),
+            paused: Family::default(),
             registry,
         };
         m.register()
@@ -369,6 +372,11 @@ impl Metrics {
             "iceberg_table_small_files_ratio",
             "Small data files / all data files of the current snapshot",
             self.iceberg_small_files_ratio.clone(),
+        );
+        r.register(
+            "paused",
+            "Pauses in force (remediate pause, the API or a chat button), by playbook",
+            self.paused.clone(),
         );
         self.config_ok.set(1);
         self

@@ -10,7 +10,8 @@ use std::time::Duration;
 use serde::Serialize;
 use serde_json::json;
 
-use crate::config::{NotifyKind, NotifySink};
+use crate::chat::{self, Press};
+use crate::config::{ChatConfig, NotifyKind, NotifySink};
 
 /// What a notification says.
 #[derive(Debug, Clone, Serialize)]
@@ -49,6 +50,12 @@ pub struct Notice {
     /// For a run held for approval: how to approve or deny it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub how_to_approve: Option<String>,
+    /// The alert's labels (empty for schedule and manual runs); sinks route by them.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub labels: crate::event::Labels,
+    /// For a run held for approval: the approval id (the chat buttons' value).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub approval_id: Option<String>,
 }
 
 impl Notice {
@@ -93,6 +100,7 @@ struct Sink {
     on: Vec<String>,
     timeout: Duration,
     attempts: u32,
+    matchers: Vec<crate::playbook::matcher::Matcher>,
 }
 
 impl std::fmt::Debug for Sink {
@@ -110,6 +118,11 @@ impl std::fmt::Debug for Sink {
 pub struct Notifier {
     sinks: Vec<Sink>,
     client: reqwest::Client,
+    /// Buttons on Slack messages (`chat.slack` configured).
+    slack_buttons: bool,
+    /// Buttons on Discord messages (`chat.discord` configured).
+    discord_buttons: bool,
+    pause_choices: Vec<crate::units::Duration>,
 }
 
 /// One delivery's result.
@@ -122,8 +135,9 @@ pub struct Delivery {
 }
 
 impl Notifier {
-    /// Resolves URLs (reading `urlFile`s). Errors name the sink.
-    pub fn from_config(sinks: &[NotifySink]) -> Result<Self, String> {
+    /// Resolves URLs (reading `urlFile`s). Errors name the sink. Messages
+    /// carry buttons for the platforms `chat` answers.
+    pub fn from_config(sinks: &[NotifySink], chat: &ChatConfig) -> Result<Self, String> {
         let mut out = Vec::with_capacity(sinks.len());
         for s in sinks {
             let url = match (&s.url, &s.url_file) {
@@ -135,6 +149,12 @@ impl Notifier {
             };
             reqwest::Url::parse(&url)
                 .map_err(|e| format!("notify sink {:?}: bad url: {e}", s.name))?;
+            let matchers = s
+                .matchers
+                .iter()
+                .map(|m| crate::playbook::matcher::parse_matcher(m))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| format!("notify sink {:?}: matchers: {e}", s.name))?;
             out.push(Sink {
                 name: s.name.clone(),
                 kind: s.kind,
@@ -142,13 +162,43 @@ impl Notifier {
                 on: s.on.clone(),
                 timeout: s.timeout.std(),
                 attempts: s.attempts.max(1),
+                matchers,
             });
         }
         let client = reqwest::Client::builder()
             .user_agent(concat!("remediate/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| format!("notify: cannot build HTTP client: {e}"))?;
-        Ok(Self { sinks: out, client })
+        Ok(Self {
+            sinks: out,
+            client,
+            slack_buttons: chat.slack.is_some(),
+            discord_buttons: chat.discord.is_some(),
+            pause_choices: chat.pause_choices.clone(),
+        })
+    }
+
+    /// The buttons a message of `kind` carries for `n`.
+    fn buttons(&self, kind: NotifyKind, n: &Notice) -> Vec<(String, Press)> {
+        let on = match kind {
+            NotifyKind::Slack => self.slack_buttons,
+            NotifyKind::Discord => self.discord_buttons,
+            NotifyKind::Webhook => false,
+        };
+        if !on || n.decision == "suppressed" {
+            return Vec::new();
+        }
+        chat::buttons(
+            n.approval_id.as_deref(),
+            &n.playbook,
+            &n.target,
+            &self.pause_choices,
+        )
+    }
+
+    /// The HTTP client the sinks use.
+    pub fn client(&self) -> &reqwest::Client {
+        &self.client
     }
 
     /// True when no sink is configured.
@@ -156,14 +206,28 @@ impl Notifier {
         self.sinks.is_empty()
     }
 
-    /// Sends `notice` to every sink that wants it; failed and unresolved
-    /// runs go to all.
+    /// The sinks `notice` goes to: those whose matchers its alert labels
+    /// satisfy, and that announce its decision (failed and unresolved runs:
+    /// all of those).
+    pub fn routes(&self, notice: &Notice) -> Vec<&str> {
+        self.sinks
+            .iter()
+            .filter(|s| Self::wanted(s, notice))
+            .map(|s| s.name.as_str())
+            .collect()
+    }
+
+    fn wanted(s: &Sink, notice: &Notice) -> bool {
+        (matches!(notice.status.as_str(), "failed" | "unresolved")
+            || s.on.contains(&notice.decision))
+            && s.matchers.iter().all(|m| m.matches(&notice.labels))
+    }
+
+    /// Sends `notice` to every sink that wants it ([`Notifier::routes`]).
     pub async fn send(&self, notice: &Notice) -> Vec<Delivery> {
         let mut out = Vec::new();
         for s in &self.sinks {
-            if !matches!(notice.status.as_str(), "failed" | "unresolved")
-                && !s.on.contains(&notice.decision)
-            {
+            if !Self::wanted(s, notice) {
                 continue;
             }
             let result = self.deliver(s, notice).await;
@@ -176,7 +240,7 @@ impl Notifier {
     }
 
     async fn deliver(&self, s: &Sink, n: &Notice) -> Result<(), String> {
-        let body = payload(s.kind, n);
+        let body = payload(s.kind, n, &self.buttons(s.kind, n));
         let mut last = String::new();
         for attempt in 0..s.attempts {
             if attempt > 0 {
@@ -222,8 +286,9 @@ fn kind_name(k: NotifyKind) -> &'static str {
     }
 }
 
-/// The JSON body a sink of `kind` receives.
-pub fn payload(kind: NotifyKind, n: &Notice) -> serde_json::Value {
+/// The JSON body a sink of `kind` receives, with `buttons` (Slack: an
+/// `actions` block; Discord: an action row) when given.
+pub fn payload(kind: NotifyKind, n: &Notice, buttons: &[(String, Press)]) -> serde_json::Value {
     let headline = n.headline();
     let body = n.body();
     match kind {
@@ -233,12 +298,14 @@ pub fn payload(kind: NotifyKind, n: &Notice) -> serde_json::Value {
                 .as_ref()
                 .map(|r| format!("\n<{r}|Runbook>"))
                 .unwrap_or_default();
+            let mut blocks = vec![
+                json!({"type": "header", "text": {"type": "plain_text", "text": truncate(&headline, 150)}}),
+                json!({"type": "section", "text": {"type": "mrkdwn", "text": format!("{}{runbook}", truncate(&body, 2800))}}),
+            ];
+            blocks.extend(chat::slack::actions_block(buttons));
             json!({
                 "text": format!("{headline}\n{body}{}", n.runbook.as_ref().map(|r| format!("\nrunbook: {r}")).unwrap_or_default()),
-                "blocks": [
-                    {"type": "header", "text": {"type": "plain_text", "text": truncate(&headline, 150)}},
-                    {"type": "section", "text": {"type": "mrkdwn", "text": format!("{}{runbook}", truncate(&body, 2800))}}
-                ]
+                "blocks": blocks
             })
         }
         NotifyKind::Discord => {
@@ -257,10 +324,14 @@ pub fn payload(kind: NotifyKind, n: &Notice) -> serde_json::Value {
             if let Some(r) = &n.runbook {
                 embed["url"] = json!(r);
             }
-            json!({
+            let mut msg = json!({
                 "content": truncate(&format!("{headline}{}", n.runbook.as_ref().map(|r| format!("\nrunbook: {r}")).unwrap_or_default()), 2000),
                 "embeds": [embed]
-            })
+            });
+            if let Some(c) = chat::discord::components(buttons) {
+                msg["components"] = c;
+            }
+            msg
         }
         NotifyKind::Webhook => serde_json::to_value(n).unwrap_or_default(),
     }
@@ -301,18 +372,20 @@ mod tests {
             how_to_approve: Some(
                 "approve within 30m: `remediate approve 01abc --agent http://n1:9095`".into(),
             ),
+            approval_id: Some("01abc".into()),
+            labels: Default::default(),
         };
-        let slack = payload(NotifyKind::Slack, &n);
+        let slack = payload(NotifyKind::Slack, &n, &[]);
         assert!(slack["text"]
             .as_str()
             .unwrap()
             .contains("remediate approve 01abc"));
-        let discord = payload(NotifyKind::Discord, &n);
+        let discord = payload(NotifyKind::Discord, &n, &[]);
         assert!(discord["embeds"][0]["description"]
             .as_str()
             .unwrap()
             .contains("remediate approve 01abc"));
-        let hook = payload(NotifyKind::Webhook, &n);
+        let hook = payload(NotifyKind::Webhook, &n, &[]);
         assert!(hook["how_to_approve"]
             .as_str()
             .unwrap()
@@ -321,5 +394,78 @@ mod tests {
             .as_str()
             .unwrap()
             .starts_with("[remediate] needs approval: pb on pod etl/x (n1)"));
+    }
+}
+
+#[cfg(test)]
+mod routing {
+    use super::*;
+
+    fn notice(severity: Option<&str>, decision: &str, status: &str) -> Notice {
+        Notice {
+            playbook: "pb".into(),
+            runbook: None,
+            alertname: Some("A".into()),
+            trigger: "alert".into(),
+            trigger_kind: crate::event::TriggerKind::Alert,
+            fingerprint: "f".into(),
+            target: "pod etl/x".into(),
+            actions: vec![],
+            decision: decision.into(),
+            reason: String::new(),
+            status: status.into(),
+            outcome: String::new(),
+            node: "n1".into(),
+            audit_id: "01".into(),
+            decided_at: chrono::Utc::now(),
+            how_to_approve: None,
+            approval_id: None,
+            labels: severity
+                .map(|s| [("severity".to_string(), s.to_string())].into())
+                .unwrap_or_default(),
+        }
+    }
+
+    #[test]
+    fn sinks_are_chosen_by_alert_labels_with_alertmanager_matchers() {
+        let cfg = crate::config::AgentConfig::parse(
+            std::path::Path::new("a.yaml"),
+            r#"notify:
+  - { name: page, kind: slack, url: "http://127.0.0.1:1/a", matchers: ['severity=~"critical|high"'] }
+  - { name: rest, kind: slack, url: "http://127.0.0.1:1/b", matchers: ['severity!~"critical|high"'] }
+  - { name: all, kind: webhook, url: "http://127.0.0.1:1/c", on: [execute] }
+"#,
+        )
+        .unwrap();
+        let n = Notifier::from_config(&cfg.notify, &cfg.chat).unwrap();
+        assert_eq!(
+            n.routes(&notice(Some("critical"), "execute", "verified")),
+            ["page", "all"]
+        );
+        assert_eq!(
+            n.routes(&notice(Some("high"), "needs-approval", "not-executed")),
+            ["page"]
+        );
+        assert_eq!(
+            n.routes(&notice(Some("warning"), "execute", "verified")),
+            ["rest", "all"]
+        );
+        // No severity label (a schedule run): matches as "".
+        assert_eq!(
+            n.routes(&notice(None, "execute", "verified")),
+            ["rest", "all"]
+        );
+        // Failed runs go to every sink their labels route to, whatever `on` says.
+        assert_eq!(
+            n.routes(&notice(Some("critical"), "dry-run", "failed")),
+            ["page", "all"]
+        );
+        let err = crate::config::AgentConfig::parse(
+            std::path::Path::new("a.yaml"),
+            "notify:\n  - { name: x, kind: slack, url: 'http://h/', matchers: ['severity=~\"(\"'] }\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("notify[0].matchers[0]: "), "{err}");
     }
 }

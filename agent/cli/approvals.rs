@@ -4,7 +4,7 @@
 
 use std::io::Write;
 
-use super::args::{AgentClient, AnswerArgs};
+use super::args::{AgentClient, AnswerArgs, PauseArgs, ResumeArgs};
 use super::{Error, Result};
 
 /// Where the approver's token is read from when `--token-file` is not given.
@@ -102,6 +102,76 @@ pub fn list(c: AgentClient, out: &mut dyn Write) -> Result<()> {
             p["reason"].as_str().unwrap_or_default(),
             p["expiresAt"].as_str().unwrap_or_default()
         );
+    }
+    Ok(())
+}
+
+fn pause_line(p: &serde_json::Value) -> String {
+    let scope = match p["target"].as_str() {
+        Some(t) => format!("{} on {t}", p["playbook"].as_str().unwrap_or_default()),
+        None => format!(
+            "{} (every target)",
+            p["playbook"].as_str().unwrap_or_default()
+        ),
+    };
+    let reason = p["reason"].as_str().filter(|r| !r.is_empty());
+    format!(
+        "{}  {scope}  paused by {} until {}{}",
+        p["id"].as_str().unwrap_or_default(),
+        p["by"].as_str().unwrap_or_default(),
+        p["until"].as_str().unwrap_or_default(),
+        reason.map(|r| format!(" ({r})")).unwrap_or_default()
+    )
+}
+
+/// `remediate pause`: silences a playbook (or a playbook on one target).
+pub fn pause(a: PauseArgs, out: &mut dyn Write) -> Result<()> {
+    let d: crate::units::Duration = a
+        .duration
+        .parse()
+        .map_err(|e| Error::Input(format!("--for {:?}: {e}", a.duration)))?;
+    let v = call(
+        &a.client,
+        reqwest::Method::POST,
+        "/api/v1/pauses",
+        Some(serde_json::json!({
+            "playbook": a.playbook,
+            "target": a.target,
+            "for": d.to_string(),
+            "reason": a.reason,
+        })),
+    )?;
+    outln!(out, "paused {}", pause_line(&v));
+    Ok(())
+}
+
+/// `remediate resume`: lifts a pause.
+pub fn resume(a: ResumeArgs, out: &mut dyn Write) -> Result<()> {
+    let v = call(
+        &a.client,
+        reqwest::Method::DELETE,
+        &format!("/api/v1/pauses/{}", a.id),
+        None,
+    )?;
+    outln!(
+        out,
+        "resumed {} by {}",
+        pause_line(&v),
+        v["resumedBy"].as_str().unwrap_or_default()
+    );
+    Ok(())
+}
+
+/// `remediate pauses`: the pauses in force.
+pub fn pauses(c: AgentClient, out: &mut dyn Write) -> Result<()> {
+    let v = call(&c, reqwest::Method::GET, "/api/v1/pauses", None)?;
+    let list = v["pauses"].as_array().cloned().unwrap_or_default();
+    if list.is_empty() {
+        outln!(out, "no pauses in force on {}", c.agent);
+        return Ok(());
+    }
+    for p in list {
+        outln!(out, "{}", pause_line(&p));
     }
     Ok(())
 }

@@ -73,6 +73,12 @@ pub enum Command {
     Deny(AnswerArgs),
     /// List the runs an agent holds for approval.
     Approvals(AgentClient),
+    /// Pause a playbook (or a playbook on one target) on an agent for a while: matching runs are suppressed.
+    Pause(PauseArgs),
+    /// Lift a pause before its end.
+    Resume(ResumeArgs),
+    /// List the pauses in force on an agent.
+    Pauses(AgentClient),
     /// Run one step of a node-scoped action on this host and print the result as JSON (used by an agent over SSH).
     #[command(hide = true)]
     ExecStep(ExecStepArgs),
@@ -242,6 +248,31 @@ pub struct AnswerArgs {
     /// A note recorded in the audit.
     #[arg(long, value_name = "TEXT", default_value = "")]
     pub comment: String,
+}
+
+#[derive(Args, Debug)]
+pub struct PauseArgs {
+    /// Playbook to pause.
+    pub playbook: String,
+    /// Only on this target, as notifications show it (e.g. "pod etl/spark-driver-1") [default: every target]
+    #[arg(long, value_name = "TARGET")]
+    pub target: Option<String>,
+    /// How long, e.g. 30m, 4h (at most 30 days).
+    #[arg(long = "for", value_name = "DURATION")]
+    pub duration: String,
+    /// Why (recorded in the audit and in the suppressed runs' reason).
+    #[arg(long, value_name = "TEXT", default_value = "")]
+    pub reason: String,
+    #[command(flatten)]
+    pub client: AgentClient,
+}
+
+#[derive(Args, Debug)]
+pub struct ResumeArgs {
+    /// Pause id (from `remediate pauses` or the pause's notification).
+    pub id: String,
+    #[command(flatten)]
+    pub client: AgentClient,
 }
 
 #[derive(Args, Debug)]

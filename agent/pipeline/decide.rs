@@ -111,6 +111,22 @@ pub(super) fn cancelled(
     Ok(())
 }
 
+/// A run a pause covers is suppressed with the pause's reason (and the
+/// execution it charged to the limits taken back).
+fn paused(shared: &Shared, p: &mut Planned, now: chrono::DateTime<Utc>) {
+    if matches!(p.decision, Decision::Suppressed(_)) {
+        return;
+    }
+    let Some(pause) = super::pauses::covering(shared, &p.playbook, &p.target_display(), now) else {
+        return;
+    };
+    if p.charged {
+        p.uncharge(&mut shared.ledger());
+        p.charged = false;
+    }
+    p.decision = Decision::Suppressed(pause.suppression());
+}
+
 /// What a batch's decisions of one event left to record.
 struct Decided {
     token: Arc<DoneToken>,
@@ -139,6 +155,7 @@ pub(super) fn batch(
     let mut charged = Vec::new();
     let mut requests = Vec::new();
     let mut quiet_notices = Vec::new();
+    let mut followups = Vec::new();
     for inc in incs {
         shared.metrics.queue_depth.dec();
         let span = info_span!(
@@ -182,6 +199,10 @@ pub(super) fn batch(
         if planned.is_empty() {
             tracing::debug!("no playbook matches");
         }
+        let mut planned = planned;
+        for p in &mut planned {
+            paused(shared, p, now);
+        }
         let mut recorded = Vec::new();
         for p in planned {
             count_decision(shared, &p);
@@ -207,16 +228,21 @@ pub(super) fn batch(
             let hold = match p.decision {
                 Decision::NeedsApproval(_) => {
                     approvals::prepare(shared, &engine, &p, &inc.event, now).map(|(req, how)| {
+                        let id = req.id.clone();
                         requests.push(req);
-                        how
+                        (how, id)
                     })
                 }
                 _ => None,
             };
             if let Some(Ok(rep)) = futures_now(engine.execute_shared(p, &batch)) {
+                followups.extend(notify::take_followup(shared, &rep));
                 if notify::wants(shared, &rep) {
                     let mut n = notify::notice(shared, &rep, runbook);
-                    n.how_to_approve = hold;
+                    if let Some((how, id)) = hold {
+                        n.how_to_approve = Some(how);
+                        n.approval_id = Some(id);
+                    }
                     quiet_notices.push(n);
                 }
             } else {
@@ -276,4 +302,8 @@ pub(super) fn batch(
     // The records are durable: the inbox may forget the events no run holds.
     drop(events);
     notify::spawn(shared, quiet_notices, tasks);
+    for (f, text) in followups {
+        let shared = shared.clone();
+        tasks.spawn(async move { notify::post_followup(&shared, f, text).await });
+    }
 }

@@ -38,6 +38,7 @@ pub mod intake;
 pub mod native;
 pub mod notify;
 pub mod outcome;
+pub mod pauses;
 pub mod reload;
 pub mod run;
 pub mod schedule;
@@ -104,6 +105,8 @@ pub struct Shared {
     next_group: std::sync::atomic::AtomicU64,
     /// Runs held for approval.
     approvals: Mutex<crate::state::approvals::Approvals>,
+    /// Pauses in force.
+    pauses: Mutex<crate::state::pauses::Pauses>,
     /// Runs queued or executing, and alerts resolved meanwhile.
     board: run::Board,
     /// Notification sinks and breaker escalations already sent.
@@ -141,6 +144,10 @@ impl Shared {
         self.ledger.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    fn pauses(&self) -> std::sync::MutexGuard<'_, crate::state::pauses::Pauses> {
+        self.pauses.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Commits to the store (one group commit); a failure is counted and logged.
     fn commit(&self, c: Commit) -> Result<(), crate::state::store::Error> {
         let records = c.records.len();
@@ -157,6 +164,7 @@ impl Shared {
         let h = self.store.health();
         self.metrics.storage_failing.set(i64::from(h.failing()));
         self.metrics.storage_reopened.set(h.reopened() as i64);
+        pauses::export(self);
     }
 }
 
@@ -288,7 +296,7 @@ impl Agent {
         let sources_fp = reload::fingerprint(&cfg);
         let config = reload::load_config(&cfg)?;
         let token = webhook_token(&cfg)?;
-        let notify = notify::Notify::from_config(&cfg.notify).map_err(Error::Setup)?;
+        let notify = notify::Notify::from_config(&cfg.notify, &cfg.chat).map_err(Error::Setup)?;
         std::fs::create_dir_all(&cfg.state_dir)
             .map_err(|e| Error::Setup(format!("stateDir {}: {e}", cfg.state_dir.display())))?;
         let lock = lock_state_dir(&cfg.state_dir)?;
@@ -333,6 +341,7 @@ impl Agent {
             queue: tx,
             next_group: std::sync::atomic::AtomicU64::new(1),
             approvals: Mutex::new(opened.approvals),
+            pauses: Mutex::new(opened.pauses),
             board: run::Board::default(),
             notify,
             outcomes: outcome::Outcomes::new(opened.watches),

@@ -2,7 +2,7 @@
 //! escalation per circuit-breaker opening, and an audit record for every
 //! delivery that failed. The sinks themselves are [`crate::notify`].
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
@@ -22,14 +22,37 @@ use crate::policy::BreakerState;
 pub(super) struct Notify {
     notifier: Notifier,
     escalated: Mutex<HashSet<(String, String, DateTime<Utc>)>>,
+    /// Chat messages to update with the outcome of a run approved from
+    /// them, by (event fingerprint, playbook).
+    followups: Mutex<HashMap<(String, String), Followup>>,
+}
+
+/// Where the outcome of a run approved from chat is posted.
+#[derive(Debug, Clone)]
+pub struct Followup {
+    /// Slack's `response_url` of the message (POST), or Discord's
+    /// `webhooks/{application}/{token}/messages/@original` (PATCH).
+    pub url: String,
+    /// Which of the two.
+    pub discord: bool,
+    /// The answer, which the outcome follows.
+    pub answer: String,
+    /// When it was registered (Slack's `response_url` lasts 30 minutes).
+    pub at: DateTime<Utc>,
+    /// Gets a permit once the answer is posted: the outcome goes after it.
+    pub answered: Arc<tokio::sync::Semaphore>,
 }
 
 impl Notify {
     /// The configured sinks.
-    pub(super) fn from_config(sinks: &[NotifySink]) -> Result<Self, String> {
+    pub(super) fn from_config(
+        sinks: &[NotifySink],
+        chat: &crate::config::ChatConfig,
+    ) -> Result<Self, String> {
         Ok(Self {
-            notifier: Notifier::from_config(sinks)?,
+            notifier: Notifier::from_config(sinks, chat)?,
             escalated: Mutex::new(HashSet::new()),
+            followups: Mutex::new(HashMap::new()),
         })
     }
 }
@@ -45,6 +68,9 @@ pub(super) fn runbook_of(engine: &Engine, playbook: &str) -> Option<String> {
 /// After a run: its notice (if a sink wants it), then the breaker's
 /// escalation if this run opened it.
 pub(super) async fn after_run(shared: &Shared, engine: &Engine, rep: &RunReport) {
+    if let Some((f, text)) = take_followup(shared, rep) {
+        post_followup(shared, f, text).await;
+    }
     let runbook = runbook_of(engine, &rep.planned.playbook);
     let escalation = escalation(shared, engine, rep, runbook.clone());
     if wants(shared, rep) {
@@ -52,6 +78,76 @@ pub(super) async fn after_run(shared: &Shared, engine: &Engine, rep: &RunReport)
     }
     if let Some(n) = escalation {
         send(shared, n).await;
+    }
+}
+
+/// Remembers a chat message to update with the outcome of the approved run
+/// of `playbook` for the event `fingerprint`.
+pub fn follow_up(shared: &Shared, fingerprint: &str, playbook: &str, f: Followup) {
+    let mut m = shared
+        .notify
+        .followups
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    // Slack's response_url is good for 30 minutes, a Discord interaction
+    // token for 15: older ones are dropped.
+    let cutoff = Utc::now() - chrono::Duration::minutes(15);
+    m.retain(|_, f| f.at >= cutoff);
+    m.insert((fingerprint.to_string(), playbook.to_string()), f);
+}
+
+/// Forgets a followup whose approval was not recorded.
+pub fn drop_followup(shared: &Shared, fingerprint: &str, playbook: &str) {
+    shared
+        .notify
+        .followups
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(&(fingerprint.to_string(), playbook.to_string()));
+}
+
+/// The followup a decided run answers, if it was approved from chat (a run
+/// held again is not an outcome).
+pub(super) fn take_followup(shared: &Shared, rep: &RunReport) -> Option<(Followup, String)> {
+    let p = &rep.planned;
+    if p.decision.as_str() == "needs-approval" {
+        return None;
+    }
+    let f = shared
+        .notify
+        .followups
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(&(p.trigger.fingerprint.clone(), p.playbook.clone()))?;
+    let n = notice(shared, rep, None);
+    let text = format!(
+        "{}\nOutcome: {} on {}: {} ({}): {}",
+        f.answer, n.playbook, n.target, n.status, n.decision, n.outcome
+    );
+    Some((f, text))
+}
+
+/// Posts a followup's outcome, replacing the chat message.
+pub(super) async fn post_followup(shared: &Shared, f: Followup, text: String) {
+    // After the answer (or 15 s, if that post hangs).
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(15), f.answered.acquire()).await;
+    let client = shared.notify.notifier.client();
+    let req = if f.discord {
+        client
+            .patch(&f.url)
+            .json(&serde_json::json!({"content": text, "embeds": [], "components": []}))
+    } else {
+        client
+            .post(&f.url)
+            .json(&crate::chat::slack::replace(&text, &[]))
+    };
+    let platform = if f.discord { "discord" } else { "slack" };
+    match req.timeout(std::time::Duration::from_secs(10)).send().await {
+        Ok(r) if r.status().is_success() => {}
+        Ok(r) => tracing::warn!(platform, status = %r.status(), "chat refused the outcome"),
+        Err(e) => {
+            tracing::warn!(platform, error = %e.without_url(), "cannot post the outcome to chat")
+        }
     }
 }
 
@@ -174,6 +270,8 @@ pub(super) fn notice(shared: &Shared, rep: &RunReport, runbook: Option<String>) 
             .unwrap_or_default(),
         decided_at: p.decided_at,
         how_to_approve: None,
+        approval_id: None,
+        labels: p.trigger.labels.clone(),
     }
 }
 

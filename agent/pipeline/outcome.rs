@@ -310,6 +310,8 @@ fn finish(shared: &Shared, id: &str, watched: bool) -> Option<Notice> {
                 audit_id: rec.id.clone(),
                 decided_at: rec.decided_at.unwrap_or(rec.ts),
                 how_to_approve: None,
+                approval_id: None,
+                labels: rec.trigger.labels.clone(),
             })
         }
     }

@@ -13,7 +13,7 @@ use serde_json::json;
 
 use super::{content_length, read_limited, Caller, Http, Peer};
 use crate::metrics::CONTENT_TYPE;
-use crate::pipeline::approvals;
+use crate::pipeline::{approvals, pauses};
 
 /// Largest approval answer body.
 const MAX_ANSWER_BYTES: usize = 64 << 10;
@@ -191,4 +191,130 @@ pub(super) async fn readyz(State(http): State<Arc<Http>>) -> Response {
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "loading\n").into_response()
     }
+}
+
+/// A pause as the API shows it.
+fn pause_json(p: &crate::state::pauses::Pause) -> serde_json::Value {
+    json!({
+        "id": p.id,
+        "playbook": p.playbook,
+        "target": p.target,
+        "by": p.by,
+        "reason": p.reason,
+        "at": p.at,
+        "until": p.until,
+    })
+}
+
+pub(super) async fn list_pauses(
+    State(http): State<Arc<Http>>,
+    peer: Option<Extension<Peer>>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err((code, reason, msg)) = approver(&http, &headers) {
+        return http.reject(code, reason, peer.map(|Extension(Peer(p))| p), msg);
+    }
+    let list: Vec<serde_json::Value> = pauses::active(&http.shared, chrono::Utc::now())
+        .iter()
+        .map(pause_json)
+        .collect();
+    axum::Json(json!({ "pauses": list })).into_response()
+}
+
+/// Body of `POST /api/v1/pauses`.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PauseBody {
+    /// Playbook to pause.
+    playbook: String,
+    /// Only on this target (as displayed: `pod etl/x`); absent: every target.
+    #[serde(default)]
+    target: Option<String>,
+    /// How long: `30m`, `4h`.
+    #[serde(rename = "for")]
+    duration: crate::units::Duration,
+    /// Why (recorded in the audit and in the suppressed runs' reason).
+    #[serde(default)]
+    reason: String,
+}
+
+pub(super) async fn add_pause(
+    State(http): State<Arc<Http>>,
+    peer: Option<Extension<Peer>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let peer = peer.map(|Extension(Peer(p))| p);
+    let by = match approver(&http, &headers) {
+        Ok(name) => name.to_string(),
+        Err((code, reason, msg)) => return http.reject(code, reason, peer, msg),
+    };
+    let timeout = http.shared.cfg.server.body_timeout;
+    let bytes = match read_limited(
+        body,
+        MAX_ANSWER_BYTES,
+        timeout.std(),
+        content_length(&headers),
+    )
+    .await
+    {
+        Ok(b) => b,
+        Err(e) => {
+            let (code, reason, msg) = e.rejection(&format!("{MAX_ANSWER_BYTES} bytes"), timeout);
+            return http.reject(code, reason, peer, msg);
+        }
+    };
+    let b: PauseBody = match serde_json::from_slice(&bytes) {
+        Ok(b) => b,
+        Err(e) => {
+            return http.reject(
+                StatusCode::BAD_REQUEST,
+                "invalid_pause",
+                peer,
+                format!("body: {e} (expected {{\"playbook\": NAME, \"target\": TARGET, \"for\": \"1h\", \"reason\": TEXT}})"),
+            )
+        }
+    };
+    match pauses::pause(
+        &http.shared,
+        &b.playbook,
+        b.target.as_deref(),
+        b.duration.chrono(),
+        &by,
+        &b.reason,
+    ) {
+        Ok(p) => axum::Json(pause_json(&p)).into_response(),
+        Err(e) => pause_error(e),
+    }
+}
+
+pub(super) async fn lift_pause(
+    State(http): State<Arc<Http>>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+    peer: Option<Extension<Peer>>,
+    headers: HeaderMap,
+) -> Response {
+    let by = match approver(&http, &headers) {
+        Ok(name) => name.to_string(),
+        Err((code, reason, msg)) => {
+            return http.reject(code, reason, peer.map(|Extension(Peer(p))| p), msg)
+        }
+    };
+    match pauses::resume(&http.shared, &id, &by) {
+        Ok(p) => {
+            let mut v = pause_json(&p);
+            v["resumedBy"] = json!(by);
+            axum::Json(v).into_response()
+        }
+        Err(e) => pause_error(e),
+    }
+}
+
+fn pause_error(e: pauses::PauseError) -> Response {
+    let code = match e {
+        pauses::PauseError::Invalid(_) => StatusCode::BAD_REQUEST,
+        pauses::PauseError::NotFound(_) => StatusCode::NOT_FOUND,
+        pauses::PauseError::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    (code, axum::Json(json!({"error": e.to_string()}))).into_response()
 }

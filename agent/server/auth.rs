@@ -21,6 +21,10 @@ pub struct Auth {
     webhook: Option<String>,
     /// Approvers by token.
     approvers: Vec<(String, String)>,
+    /// The Slack app's signing secret (`chat.slack`).
+    slack_secret: Option<Vec<u8>>,
+    /// The Discord application's public key (`chat.discord`).
+    discord_key: Option<ed25519_dalek::VerifyingKey>,
 }
 
 impl std::fmt::Debug for Auth {
@@ -32,6 +36,8 @@ impl std::fmt::Debug for Auth {
                 "approvers",
                 &self.approvers.iter().map(|(n, _)| n).collect::<Vec<_>>(),
             )
+            .field("slack", &self.slack_secret.is_some())
+            .field("discord", &self.discord_key.is_some())
             .finish()
     }
 }
@@ -118,7 +124,51 @@ impl Auth {
             }
             approvers.push((a.name.clone(), token));
         }
-        Ok(Self { webhook, approvers })
+        let slack_secret = match &cfg.chat.slack {
+            None => None,
+            Some(s) => {
+                let field = if s.signing_secret_file.is_some() {
+                    "chat.slack.signingSecretFile"
+                } else {
+                    "chat.slack.signingSecretEnv"
+                };
+                let secret = read_secret(
+                    s.signing_secret_file.as_deref(),
+                    s.signing_secret_env.as_deref(),
+                )
+                .map_err(|e| format!("{field}: {e}"))?
+                .ok_or_else(|| {
+                    format!(
+                        "{field}: ${} is unset or empty",
+                        s.signing_secret_env.as_deref().unwrap_or_default()
+                    )
+                })?;
+                Some(secret.into_bytes())
+            }
+        };
+        let discord_key = match &cfg.chat.discord {
+            None => None,
+            Some(d) => Some(
+                crate::chat::discord::public_key(&d.public_key)
+                    .map_err(|e| format!("chat.discord.publicKey: {e}"))?,
+            ),
+        };
+        Ok(Self {
+            webhook,
+            approvers,
+            slack_secret,
+            discord_key,
+        })
+    }
+
+    /// The Slack signing secret, when `chat.slack` is configured.
+    pub fn slack_secret(&self) -> Option<&[u8]> {
+        self.slack_secret.as_deref()
+    }
+
+    /// The Discord public key, when `chat.discord` is configured.
+    pub fn discord_key(&self) -> Option<&ed25519_dalek::VerifyingKey> {
+        self.discord_key.as_ref()
     }
 
     /// True when the webhook needs no token (`auth.allowUnauthenticated`).
@@ -252,6 +302,8 @@ mod tests {
         Auth {
             webhook: Some("hook".into()),
             approvers: vec![("alice".into(), "a-tok".into())],
+            slack_secret: None,
+            discord_key: None,
         }
     }
 

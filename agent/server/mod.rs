@@ -18,6 +18,7 @@
 
 mod api;
 pub mod auth;
+mod chat;
 mod conn;
 mod trim;
 mod webhook;
@@ -51,6 +52,8 @@ pub struct Http {
     auth: Auth,
     rejects: auth::RejectLog,
     trim: trim::Trim,
+    /// Posts answers to Slack's `response_url`.
+    chat_client: reqwest::Client,
 }
 
 /// Serves the HTTP app on `listener` and runs `agent` until `stop` flips to
@@ -114,6 +117,10 @@ impl Http {
             auth,
             rejects,
             trim: trim::Trim::default(),
+            chat_client: reqwest::Client::builder()
+                .user_agent(concat!("remediate/", env!("CARGO_PKG_VERSION")))
+                .build()
+                .unwrap_or_default(),
         })
     }
 
@@ -165,6 +172,16 @@ pub fn app(http: Arc<Http>) -> Router {
         .route("/readyz", get(api::readyz))
         .route("/api/v1/approvals", get(api::list_approvals))
         .route("/api/v1/approvals/{id}", post(api::answer_approval))
+        .route("/api/v1/pauses", get(api::list_pauses).post(api::add_pause))
+        .route(
+            "/api/v1/pauses/{id}",
+            axum::routing::delete(api::lift_pause),
+        )
+        .route("/chat/slack/interactions", post(chat::slack_interactions))
+        .route(
+            "/chat/discord/interactions",
+            post(chat::discord_interactions),
+        )
         .with_state(http)
 }
 

@@ -6,8 +6,10 @@
 
 pub mod approvals;
 mod legacy;
+pub mod pauses;
 pub mod store;
 
 pub use store::{
-    AcceptResult, Accepted, ApprovalChange, Commit, Opened, Options, Store, Watch, WatchChange,
+    AcceptResult, Accepted, ApprovalChange, Commit, Opened, Options, PauseChange, Store, Watch,
+    WatchChange,
 };

@@ -32,6 +32,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
 use super::approvals::{Answer, Approvals, Pending};
+use super::pauses::{Pause, Pauses};
 use crate::audit::{self, Phase, Record};
 use crate::event::{Event, TriggerKind};
 use crate::policy::Ledger;
@@ -75,6 +76,8 @@ CREATE TABLE IF NOT EXISTS approvals (
 CREATE TABLE IF NOT EXISTS schedules (playbook TEXT PRIMARY KEY, last INTEGER NOT NULL);
 -- Verified runs whose alert has not resolved yet: resolved or unresolved later.
 CREATE TABLE IF NOT EXISTS watches (id TEXT PRIMARY KEY, watch TEXT NOT NULL);
+-- Playbooks (or playbooks on one target) paused by a person until a time.
+CREATE TABLE IF NOT EXISTS pauses (id TEXT PRIMARY KEY, until INTEGER NOT NULL, pause TEXT NOT NULL);
 -- Audit records committed and not yet in the log, as the log lines to write.
 CREATE TABLE IF NOT EXISTS outbox (seq INTEGER PRIMARY KEY, line TEXT NOT NULL);
 ";
@@ -157,6 +160,8 @@ pub struct Commit {
     pub approvals: Vec<ApprovalChange>,
     /// Verified runs watched until their alert resolves, and watches ended.
     pub watches: Vec<WatchChange>,
+    /// Pauses set and lifted.
+    pub pauses: Vec<PauseChange>,
 }
 
 /// A verified run whose trigger is watched: the alert's resolution makes
@@ -190,6 +195,15 @@ pub enum WatchChange {
     Remove(String),
 }
 
+/// A change to the pauses.
+#[derive(Debug, Clone)]
+pub enum PauseChange {
+    /// A pause is set.
+    Set(Pause),
+    /// A pause is lifted before its end.
+    Lift(String),
+}
+
 /// A change to the approvals.
 #[derive(Debug, Clone)]
 pub enum ApprovalChange {
@@ -219,6 +233,8 @@ pub struct Opened {
     pub ledger: Ledger,
     /// Pending approvals (and recent answers).
     pub approvals: Approvals,
+    /// Pauses in force.
+    pub pauses: Pauses,
     /// When each playbook last ran on its schedule.
     pub schedules: HashMap<String, DateTime<Utc>>,
     /// Verified runs whose alert had not resolved yet.
@@ -448,6 +464,7 @@ impl Store {
         let ledger = st.ledger()?;
         let pending = st.pending()?;
         let approvals = st.approvals()?;
+        let pauses = st.pauses()?;
         let schedules = st.schedules()?;
         let watches = st.watches()?;
         let (tx, rx) = mpsc::channel();
@@ -463,6 +480,7 @@ impl Store {
             pending,
             ledger,
             approvals,
+            pauses,
             schedules,
             watches,
             interrupted,
@@ -741,6 +759,25 @@ impl State {
         Ok(Approvals::from_parts(pending, answered))
     }
 
+    fn pauses(&self) -> Result<Pauses> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT pause FROM pauses")
+            .map_err(|e| self.db(e))?;
+        let rows = stmt
+            .query_map([], |r| r.get::<_, String>(0))
+            .map_err(|e| self.db(e))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let text = row.map_err(|e| self.db(e))?;
+            out.push(
+                serde_json::from_str(&text)
+                    .map_err(|e| Error::Invalid(format!("state store: a pause: {e}")))?,
+            );
+        }
+        Ok(Pauses::from_list(out))
+    }
+
     fn schedules(&self) -> Result<HashMap<String, DateTime<Utc>>> {
         let mut stmt = self
             .conn
@@ -762,12 +799,14 @@ impl State {
         let horizon = nanos(now - self.horizon);
         let seen = nanos(now - self.opts.dedupe_window);
         let answered = nanos(now - ANSWERED_KEPT);
+        let now_ns = nanos(now);
         self.conn
             .execute_batch(&format!(
                 "DELETE FROM executions WHERE at < {horizon};
                  DELETE FROM outcomes WHERE at < {horizon};
                  DELETE FROM seen WHERE at < {seen};
-                 DELETE FROM approvals WHERE answer IS NOT NULL AND answered_at < {answered};"
+                 DELETE FROM approvals WHERE answer IS NOT NULL AND answered_at < {answered};
+                 DELETE FROM pauses WHERE until < {now_ns};"
             ))
             .map_err(|e| self.db(e))?;
         self.last_prune = std::time::Instant::now();
@@ -1186,6 +1225,21 @@ fn apply(
             }
             WatchChange::Remove(id) => {
                 tx.prepare_cached("DELETE FROM watches WHERE id = ?1")?
+                    .execute(params![id])?;
+            }
+        }
+    }
+    for p in &c.pauses {
+        match p {
+            PauseChange::Set(p) => {
+                let text = serde_json::to_string(p).map_err(enc)?;
+                tx.prepare_cached(
+                    "INSERT OR REPLACE INTO pauses (id, until, pause) VALUES (?1, ?2, ?3)",
+                )?
+                .execute(params![p.id, nanos(p.until), text])?;
+            }
+            PauseChange::Lift(id) => {
+                tx.prepare_cached("DELETE FROM pauses WHERE id = ?1")?
                     .execute(params![id])?;
             }
         }
@@ -1668,6 +1722,50 @@ mod tests {
         assert_eq!(
             o.approvals.answered("a"),
             Some(&(Answer::Approved, "alice".to_string()))
+        );
+        o.store.close().await;
+    }
+
+    #[tokio::test]
+    async fn pauses_survive_reopen_until_lifted_or_ended() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = Utc::now();
+        let pause = |id: &str, mins: i64| Pause {
+            id: id.into(),
+            playbook: "pb".into(),
+            target: Some("pod etl/x".into()),
+            by: "alice".into(),
+            reason: "OPS-7".into(),
+            at: now,
+            until: now + chrono::Duration::minutes(mins),
+        };
+        let o = Store::open(opts(dir.path()), now).unwrap();
+        o.store
+            .commit(Commit {
+                pauses: vec![
+                    PauseChange::Set(pause("a", 60)),
+                    PauseChange::Set(pause("b", 60)),
+                    PauseChange::Set(pause("c", 1)),
+                ],
+                ..Commit::default()
+            })
+            .unwrap();
+        o.store
+            .commit(Commit {
+                pauses: vec![PauseChange::Lift("b".into())],
+                ..Commit::default()
+            })
+            .unwrap();
+        o.store.close().await;
+        // Reopened five minutes later: "a" is in force, "b" was lifted, "c" ended.
+        let later = now + chrono::Duration::minutes(5);
+        let o = Store::open(opts(dir.path()), later).unwrap();
+        let mut p = o.pauses;
+        let ids: Vec<String> = p.active(later).into_iter().map(|p| p.id).collect();
+        assert_eq!(ids, ["a"]);
+        assert_eq!(
+            p.covering("pb", "pod etl/x", later).unwrap().reason,
+            "OPS-7"
         );
         o.store.close().await;
     }
