@@ -85,6 +85,29 @@ pub struct AgentConfig {
     /// pause, and who may press them.
     #[serde(default)]
     pub chat: ChatConfig,
+    /// The Alertmanager whose API (v2) the agent creates silences in while
+    /// it acts, for policies with `silenceWhileActing`.
+    #[serde(default)]
+    pub alertmanager: Option<AlertmanagerApi>,
+}
+
+/// An Alertmanager's API, for silences while the agent acts.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct AlertmanagerApi {
+    /// Base URL, e.g. `http://alertmanager.monitoring.svc:9093`.
+    pub url: String,
+    /// File holding a bearer token for it (behind an auth proxy).
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+    /// Each API call's timeout; a silence that cannot be made in time is
+    /// logged and the run goes on without it.
+    #[serde(default = "default_am_timeout")]
+    pub timeout: Duration,
+}
+
+fn default_am_timeout() -> Duration {
+    Duration::from_secs(5)
 }
 
 /// Interactive answers from chat. Requests are verified with the
@@ -921,6 +944,13 @@ impl AgentConfig {
                 if let Some(p) = s.url_file.as_mut() {
                     fix(p);
                 }
+            }
+            if let Some(p) = cfg
+                .alertmanager
+                .as_mut()
+                .and_then(|a| a.token_file.as_mut())
+            {
+                fix(p);
             }
             if let Some(p) = cfg
                 .chat

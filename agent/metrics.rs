@@ -139,6 +139,8 @@ pub struct Metrics {
     pub outcomes: Family<OutcomeLabels, Counter>,
     /// Verified runs whose alert has not resolved yet.
     pub watched: Gauge,
+    /// Alertmanager silences while acting, by result.
+    pub silences: Family<ResultLabels, Counter>,
     /// Circuit breaker per playbook with one: 0 closed, 1 open, 2 half-open trial.
     pub breaker_state: Family<BreakerLabels, Gauge>,
     /// Events waiting for a decision (including those settling).
@@ -206,6 +208,7 @@ impl Metrics {
             }),
             outcomes: Family::default(),
             watched: Gauge::default(),
+            silences: Family::default(),
             breaker_state: Family::default(),
             queue_depth: Gauge::default(),
             in_flight: Gauge::default(),
@@ -272,6 +275,11 @@ impl Metrics {
             "run_outcomes",
             "Verified runs by what their alert did next: resolved, or unresolved escalateAfter later",
             self.outcomes.clone(),
+        );
+        r.register(
+            "alertmanager_silences",
+            "Alertmanager silences while acting (silenceWhileActing): created, expired, failure",
+            self.silences.clone(),
         );
         r.register(
             "runs_watched",

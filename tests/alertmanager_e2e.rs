@@ -46,8 +46,11 @@ fn alertmanager_binary() -> &'static str {
 }
 
 async fn start_alertmanager(dir: &std::path::Path, agent_addr: &str) -> Alertmanager {
+    start_alertmanager_on(dir, agent_addr, free_port()).await
+}
+
+async fn start_alertmanager_on(dir: &std::path::Path, agent_addr: &str, port: u16) -> Alertmanager {
     let bin = alertmanager_binary();
-    let port = free_port();
     let config = format!(
         r#"route:
   receiver: remediate
@@ -259,4 +262,200 @@ async fn alerts_flow_from_a_real_alertmanager_to_audited_decisions() {
         0
     );
     assert!(!agent.log_text().contains(TOKEN), "the token was logged");
+}
+
+async fn silences(am: &Alertmanager) -> Vec<serde_json::Value> {
+    let v: serde_json::Value = reqwest::get(format!("{}/api/v2/silences", am.url))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    v.as_array().cloned().unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_with_silence_while_acting_silences_the_alert_during_the_run_and_expires_it_after()
+{
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::create_dir_all(d.join("playbooks")).unwrap();
+    std::fs::create_dir_all(d.join("policies")).unwrap();
+    let marker = d.join("ran.txt");
+    // The action takes a few seconds: long enough to see the silence.
+    std::fs::write(
+        d.join("playbooks/slow.yaml"),
+        format!(
+            "apiVersion: remediate/v1\nkind: Playbook\nmetadata: {{ name: slow-fix }}\nspec:\n  triggers: [{{ alert: ['alertname=\"KubePodCrashLooping\"'] }}]\n  target: {{ kind: host, node: am-node }}\n  steps:\n    - action: host.command\n      with: {{ argv: [sh, -c, 'sleep 4; echo done >> {}'] }}\n      timeout: 30s\n  verify: {{ timeout: 10s }}\n",
+            marker.display()
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("policies/default.yaml"),
+        "apiVersion: remediate/v1\nkind: Policy\nmetadata: { name: default }\nspec: { cooldown: 10m, silenceWhileActing: true }\n",
+    )
+    .unwrap();
+    let port = free_port();
+    let agent = start_agent(
+        d,
+        &format!("node: am-node\nlisten: 127.0.0.1:0\nplaybooks: playbooks\npolicies: policies\nstateDir: state\nschedule: {{ enabled: false }}\nwebhook: {{ settle: 0s }}\nalertmanager: {{ url: \"http://127.0.0.1:{port}\" }}\n"),
+    );
+    let am = start_alertmanager_on(d, &agent.addr, port).await;
+    post_alert(&am, "am-silenced", &[], false).await;
+
+    // While the run acts: one active silence by remediate, matching exactly
+    // the alert's labels.
+    let mut active = None;
+    for _ in 0..200 {
+        active = silences(&am)
+            .await
+            .into_iter()
+            .find(|s| s["createdBy"] == "remediate" && s["status"]["state"] == "active");
+        if active.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let active = active.unwrap_or_else(|| {
+        panic!(
+            "no active silence while the run acts; agent log:\n{}",
+            agent.log_text()
+        )
+    });
+    assert!(
+        !marker.exists(),
+        "the silence is made before the action finishes"
+    );
+    let mut matchers: Vec<(String, String)> = active["matchers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            assert_eq!(m["isRegex"], false);
+            (
+                m["name"].as_str().unwrap().to_string(),
+                m["value"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    matchers.sort();
+    assert_eq!(
+        matchers,
+        vec![
+            ("alertname".to_string(), "KubePodCrashLooping".to_string()),
+            ("namespace".into(), "etl".into()),
+            ("pod".into(), "am-silenced".into()),
+            ("severity".into(), "warning".into()),
+        ]
+    );
+    // Alertmanager itself now reports the alert as silenced.
+    let alerts: serde_json::Value = reqwest::get(format!("{}/api/v2/alerts", am.url))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let a = alerts
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["labels"]["pod"] == "am-silenced")
+        .unwrap();
+    assert_eq!(a["status"]["state"], "suppressed", "{a}");
+
+    // After the run: verified, and the silence expired.
+    let ended = eventually(Duration::from_secs(30), || {
+        agent
+            .audit()
+            .iter()
+            .any(|r| r.phase == remediate::audit::Phase::Verified)
+            .then_some(())
+    })
+    .await;
+    assert!(
+        ended.is_some(),
+        "the run was not verified: {:#?}",
+        agent.audit()
+    );
+    let id = active["id"].as_str().unwrap().to_string();
+    let mut state = String::new();
+    for _ in 0..100 {
+        state = silences(&am)
+            .await
+            .into_iter()
+            .find(|s| s["id"] == id.as_str())
+            .map(|s| {
+                s["status"]["state"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string()
+            })
+            .unwrap_or_default();
+        if state == "expired" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(state, "expired", "agent log:\n{}", agent.log_text());
+    assert_eq!(
+        agent
+            .metric("remediate_alertmanager_silences_total{result=\"created\"}")
+            .await,
+        Some(1.0)
+    );
+    assert_eq!(
+        agent
+            .metric("remediate_alertmanager_silences_total{result=\"expired\"}")
+            .await,
+        Some(1.0)
+    );
+}
+
+#[tokio::test]
+async fn an_unreachable_alertmanager_never_stops_the_fix_and_is_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::create_dir_all(d.join("playbooks")).unwrap();
+    std::fs::create_dir_all(d.join("policies")).unwrap();
+    std::fs::write(
+        d.join("playbooks/fix.yaml"),
+        "apiVersion: remediate/v1\nkind: Playbook\nmetadata: { name: fix }\nspec:\n  triggers: [{ alert: ['alertname=\"KubePodCrashLooping\"'] }]\n  target: { kind: host, node: am-node }\n  steps:\n    - action: host.command\n      with: { argv: [\"true\"] }\n  verify: { timeout: 10s }\n",
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("policies/default.yaml"),
+        "apiVersion: remediate/v1\nkind: Policy\nmetadata: { name: default }\nspec: { cooldown: 10m, silenceWhileActing: true }\n",
+    )
+    .unwrap();
+    // Nothing listens on this port.
+    let port = free_port();
+    let agent = start_agent(
+        d,
+        &format!("node: am-node\nlisten: 127.0.0.1:0\nplaybooks: playbooks\npolicies: policies\nstateDir: state\nschedule: {{ enabled: false }}\nwebhook: {{ settle: 0s }}\nalertmanager: {{ url: \"http://127.0.0.1:{port}\", timeout: 2s }}\n"),
+    );
+    let body = common::alert_body(
+        "firing",
+        &[("alertname", "KubePodCrashLooping"), ("pod", "p")],
+        "2026-11-25T10:00:00Z",
+    );
+    assert_eq!(agent.post(&body, Some(TOKEN)).await.0, 200);
+    let verified = eventually(Duration::from_secs(30), || {
+        agent
+            .audit()
+            .iter()
+            .any(|r| r.phase == remediate::audit::Phase::Verified)
+            .then_some(())
+    })
+    .await;
+    assert!(verified.is_some(), "{:#?}", agent.audit());
+    assert_eq!(
+        agent
+            .metric("remediate_alertmanager_silences_total{result=\"failure\"}")
+            .await,
+        Some(1.0)
+    );
+    assert!(agent
+        .log_text()
+        .contains("cannot silence the alert in Alertmanager; acting without a silence"));
 }

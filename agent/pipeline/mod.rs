@@ -43,6 +43,7 @@ pub mod reload;
 pub mod run;
 pub mod schedule;
 pub mod settle;
+pub mod silence;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -113,6 +114,8 @@ pub struct Shared {
     notify: notify::Notify,
     /// Verified runs watched until their alert resolves.
     outcomes: outcome::Outcomes,
+    /// Alertmanager's silences API, for policies with `silenceWhileActing`.
+    silencer: Option<silence::Silencer>,
     node: String,
     /// Held for the agent's life: one agent per state directory.
     _lock: std::fs::File,
@@ -297,6 +300,8 @@ impl Agent {
         let config = reload::load_config(&cfg)?;
         let token = webhook_token(&cfg)?;
         let notify = notify::Notify::from_config(&cfg.notify, &cfg.chat).map_err(Error::Setup)?;
+        let silencer =
+            silence::Silencer::from_config(cfg.alertmanager.as_ref()).map_err(Error::Setup)?;
         std::fs::create_dir_all(&cfg.state_dir)
             .map_err(|e| Error::Setup(format!("stateDir {}: {e}", cfg.state_dir.display())))?;
         let lock = lock_state_dir(&cfg.state_dir)?;
@@ -345,6 +350,7 @@ impl Agent {
             board: run::Board::default(),
             notify,
             outcomes: outcome::Outcomes::new(opened.watches),
+            silencer,
             node,
             _lock: lock,
         });

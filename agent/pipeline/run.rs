@@ -296,7 +296,9 @@ pub(super) fn start(
                 backlog: Mutex::new(Vec::new()),
             };
             shared.metrics.in_flight.inc();
+            let silence = super::silence::begin(&shared, &engine, &planned).await;
             let rep = engine.execute_shared(planned, &sink).await;
+            super::silence::end(&shared, silence).await;
             shared.metrics.in_flight.dec();
             drop(slot);
             sink.flush().await;

@@ -61,6 +61,12 @@ pub struct PolicySpec {
     /// Notification sinks (names from the agent config).
     #[serde(default)]
     pub notify: Vec<String>,
+    /// While a run executes, silence its alert in Alertmanager (the agent
+    /// config's `alertmanager`), so on-call is not paged for what the agent
+    /// is already fixing; the silence is expired when the run ends, and
+    /// ends by itself after the run's timeouts if the agent dies.
+    #[serde(default)]
+    pub silence_while_acting: bool,
 }
 
 /// What a rate limit counts over.
