@@ -53,6 +53,11 @@ pub struct Notice {
     /// The alert's labels (empty for schedule and manual runs); sinks route by them.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub labels: crate::event::Labels,
+    /// What the driver saw (the step records' `evidence`): last termination,
+    /// log lines, sessions terminated, bytes freed. Scrubbed and capped
+    /// already; each sink caps it again to its own limits.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub evidence: std::collections::BTreeMap<String, String>,
     /// For a run held for approval: the approval id (the chat buttons' value).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub approval_id: Option<String>,
@@ -302,6 +307,22 @@ pub fn payload(kind: NotifyKind, n: &Notice, buttons: &[(String, Press)]) -> ser
                 json!({"type": "header", "text": {"type": "plain_text", "text": truncate(&headline, 150)}}),
                 json!({"type": "section", "text": {"type": "mrkdwn", "text": format!("{}{runbook}", truncate(&body, 2800))}}),
             ];
+            if !n.evidence.is_empty() {
+                // Slack: a section's text is at most 3,000 characters, a
+                // message at most 50 blocks: one section, lines cut to fit.
+                let text: Vec<String> = n
+                    .evidence
+                    .iter()
+                    .map(|(k, v)| {
+                        if v.contains('\n') {
+                            format!("*{k}*\n```{}```", truncate(v, 1200))
+                        } else {
+                            format!("*{k}*: {}", truncate(v, 300))
+                        }
+                    })
+                    .collect();
+                blocks.push(json!({"type": "section", "text": {"type": "mrkdwn", "text": truncate(&text.join("\n"), 2900)}}));
+            }
             blocks.extend(chat::slack::actions_block(buttons));
             json!({
                 "text": format!("{headline}\n{body}{}", n.runbook.as_ref().map(|r| format!("\nrunbook: {r}")).unwrap_or_default()),
@@ -323,6 +344,26 @@ pub fn payload(kind: NotifyKind, n: &Notice, buttons: &[(String, Press)]) -> ser
             });
             if let Some(r) = &n.runbook {
                 embed["url"] = json!(r);
+            }
+            if !n.evidence.is_empty() {
+                // Discord: at most 25 fields, a name 256 and a value 1,024
+                // characters, an embed 6,000 in all.
+                let mut budget: usize = 1800;
+                let mut fields: Vec<serde_json::Value> = Vec::new();
+                for (k, v) in n.evidence.iter().take(20) {
+                    if budget <= 40 {
+                        break;
+                    }
+                    let room = budget.min(900);
+                    let value = if v.contains('\n') {
+                        format!("```{}```", truncate(v, room))
+                    } else {
+                        truncate(v, room)
+                    };
+                    budget = budget.saturating_sub(value.chars().count() + k.len());
+                    fields.push(json!({"name": truncate(k, 256), "value": value, "inline": !v.contains('\n') && v.len() < 40}));
+                }
+                embed["fields"] = json!(fields);
             }
             let mut msg = json!({
                 "content": truncate(&format!("{headline}{}", n.runbook.as_ref().map(|r| format!("\nrunbook: {r}")).unwrap_or_default()), 2000),
@@ -374,6 +415,7 @@ mod tests {
             ),
             approval_id: Some("01abc".into()),
             labels: Default::default(),
+            evidence: Default::default(),
         };
         let slack = payload(NotifyKind::Slack, &n, &[]);
         assert!(slack["text"]
@@ -423,6 +465,7 @@ mod routing {
             labels: severity
                 .map(|s| [("severity".to_string(), s.to_string())].into())
                 .unwrap_or_default(),
+            evidence: Default::default(),
         }
     }
 
@@ -467,5 +510,68 @@ mod routing {
         .unwrap_err()
         .to_string();
         assert!(err.contains("notify[0].matchers[0]: "), "{err}");
+    }
+
+    #[test]
+    fn evidence_is_shown_within_each_platforms_limits() {
+        let mut n = notice_for_evidence();
+        n.evidence = (0..30)
+            .map(|i| {
+                (
+                    format!("item {i:02}"),
+                    format!("line a {i}\n{}", "x".repeat(3000)),
+                )
+            })
+            .collect();
+        n.evidence.insert("exit code".into(), "137".into());
+        let slack = payload(NotifyKind::Slack, &n, &[]);
+        let blocks = slack["blocks"].as_array().unwrap();
+        let ev = blocks
+            .iter()
+            .find(|b| {
+                b["text"]["text"]
+                    .as_str()
+                    .is_some_and(|t| t.contains("*exit code*: 137"))
+            })
+            .expect("an evidence section");
+        assert!(ev["text"]["text"].as_str().unwrap().chars().count() <= 3000);
+        let discord = payload(NotifyKind::Discord, &n, &[]);
+        let embed = &discord["embeds"][0];
+        let fields = embed["fields"].as_array().unwrap();
+        assert!(!fields.is_empty() && fields.len() <= 25);
+        let mut total = embed["title"].as_str().unwrap().chars().count()
+            + embed["description"].as_str().unwrap().chars().count();
+        for f in fields {
+            let v = f["value"].as_str().unwrap().chars().count();
+            assert!(v <= 1024, "{v}");
+            total += v + f["name"].as_str().unwrap().chars().count();
+        }
+        assert!(total <= 6000, "{total}");
+        let hook = payload(NotifyKind::Webhook, &n, &[]);
+        assert_eq!(hook["evidence"]["exit code"], "137");
+    }
+
+    fn notice_for_evidence() -> Notice {
+        Notice {
+            playbook: "pb".into(),
+            runbook: None,
+            alertname: Some("A".into()),
+            trigger: "alert".into(),
+            trigger_kind: crate::event::TriggerKind::Alert,
+            fingerprint: "f".into(),
+            target: "container web on n1".into(),
+            actions: vec!["docker.container.restart".into()],
+            decision: "execute".into(),
+            reason: "all gates passed".into(),
+            status: "verified".into(),
+            outcome: "container web running again".into(),
+            node: "n1".into(),
+            audit_id: "01".into(),
+            decided_at: chrono::Utc::now(),
+            how_to_approve: None,
+            approval_id: None,
+            labels: Default::default(),
+            evidence: Default::default(),
+        }
     }
 }

@@ -255,6 +255,7 @@ mod tests {
             policy: "default".into(),
             step,
             decided_at: Some(t),
+            evidence: Default::default(),
         }
     }
 

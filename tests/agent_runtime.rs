@@ -278,6 +278,7 @@ async fn a_tick_missed_while_down_is_caught_up_once_on_start_and_not_with_catch_
             policy: "default".into(),
             step: 0,
             decided_at: None,
+            evidence: Default::default(),
         };
         audit::Writer::open(&state.join("audit.jsonl"))
             .unwrap()

@@ -474,6 +474,7 @@ fn executed(
         policy: "default".into(),
         step: 0,
         decided_at: Some(at),
+        evidence: Default::default(),
     }
 }
 

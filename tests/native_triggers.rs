@@ -42,7 +42,7 @@ fn oom_container(name: &str) {
     docker(&[
         "run", "-d", "--name", name, "--label", "remediate-test=1", "--label", &run, "--memory", "8m", "--memory-swap", "8m",
         busybox(), "sh", "-c",
-        "if [ ! -f /tmp/ran ]; then touch /tmp/ran; head -c 67108864 /dev/zero | tail; exit 137; fi; sleep 3600",
+        "if [ ! -f /tmp/ran ]; then touch /tmp/ran; echo 'loading 64 MiB into memory'; head -c 67108864 /dev/zero | tail; exit 137; fi; sleep 3600",
     ]);
 }
 
@@ -84,6 +84,24 @@ fn assert_restarted(recs: &[Record], name: &str) {
         docker(&["inspect", "-f", "{{.State.Running}}", name]),
         "true",
         "{name} runs again"
+    );
+    // What on-call would look up is in the record: the OOM flag, the exit
+    // code and the container's last log lines.
+    let ev = &verified.evidence;
+    assert_eq!(
+        ev.get("OOM-killed").map(String::as_str),
+        Some("yes"),
+        "{ev:?}"
+    );
+    assert_eq!(
+        ev.get("exit code").map(String::as_str),
+        Some("137"),
+        "{ev:?}"
+    );
+    assert!(
+        ev.get("last log lines")
+            .is_some_and(|l| l.contains("loading 64 MiB into memory")),
+        "{ev:?}"
     );
 }
 

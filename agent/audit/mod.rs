@@ -182,6 +182,12 @@ pub struct Record {
     /// a ledger rebuilt from the log decides exactly as the one in memory.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub decided_at: Option<DateTime<Utc>>,
+    /// What the driver saw that on-call would look up (added field): the
+    /// last termination and exit code, log lines, sessions terminated,
+    /// bytes freed, limits before and after. Read-only observations,
+    /// size-capped and with secrets scrubbed.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub evidence: BTreeMap<String, String>,
 }
 
 /// Audit errors.
@@ -240,6 +246,7 @@ mod tests {
             policy: "default".into(),
             step: 0,
             decided_at: None,
+            evidence: Default::default(),
         }
     }
 

@@ -12,6 +12,9 @@ use crate::audit::{self, Phase, Record};
 use crate::drivers::{Request, Verdict};
 use crate::policy::{target_key, Decision, Ledger};
 
+/// What a driver saw, by name (see [`super::evidence`]).
+type Evidence = std::collections::BTreeMap<String, String>;
+
 impl Engine {
     /// Executes (or, for any decision but `execute`, only records) one
     /// planned run. Every record is fsynced before the next phase starts;
@@ -179,6 +182,7 @@ impl Engine {
                     policy: planned.policy.clone(),
                     step: idx,
                     decided_at: Some(planned.decided_at),
+                    evidence: Default::default(),
                 }
             };
         let write = |rec: Record, records: &mut Vec<Record>| -> audit::Result<()> {
@@ -217,11 +221,16 @@ impl Engine {
             // Plan first (reads only), so the planned record says what the
             // driver found: "pending: evict pod etl/x (CrashLoopBackOff, 14 restarts) ...".
             let prepared = self.plan_step(&planned, s).instrument(span.clone()).await;
-            let pending = match &prepared {
-                Ok((_, _, plan)) => format!("pending: {}", plan.summary),
-                Err(_) => format!("pending: {}", s.description),
+            let (pending, seen) = match &prepared {
+                Ok((_, _, plan)) => (
+                    format!("pending: {}", plan.summary),
+                    super::evidence::from_details(&plan.details),
+                ),
+                Err(_) => (format!("pending: {}", s.description), Default::default()),
             };
-            write(base(Some(s), i, Phase::Planned, pending, 0), &mut records)?;
+            let mut rec = base(Some(s), i, Phase::Planned, pending, 0);
+            rec.evidence = seen.clone();
+            write(rec, &mut records)?;
             // If this future is dropped mid-step (the agent's shutdown grace
             // ran out), the guard records the step as interrupted.
             let mut guard = InterruptGuard {
@@ -246,24 +255,27 @@ impl Engine {
             guard.record = None;
             let ms = started.elapsed().as_millis() as u64;
             match result {
-                Ok((applied, verified)) => {
-                    write(base(Some(s), i, Phase::Applied, applied, ms), &mut records)?;
-                    write(
-                        base(
-                            Some(s),
-                            i,
-                            Phase::Verified,
-                            verified,
-                            started.elapsed().as_millis() as u64,
-                        ),
-                        &mut records,
-                    )?;
+                Ok((applied, verified, after)) => {
+                    // What the plan saw, and what the apply reported.
+                    let mut all = seen;
+                    all.extend(after);
+                    let mut rec = base(Some(s), i, Phase::Applied, applied, ms);
+                    rec.evidence = all.clone();
+                    write(rec, &mut records)?;
+                    let mut rec = base(
+                        Some(s),
+                        i,
+                        Phase::Verified,
+                        verified,
+                        started.elapsed().as_millis() as u64,
+                    );
+                    rec.evidence = all;
+                    write(rec, &mut records)?;
                 }
                 Err(msg) => {
-                    write(
-                        base(Some(s), i, Phase::Failed, msg.clone(), ms),
-                        &mut records,
-                    )?;
+                    let mut rec = base(Some(s), i, Phase::Failed, msg.clone(), ms);
+                    rec.evidence = seen;
+                    write(rec, &mut records)?;
                     let failed_at = Some(clock());
                     let status = RunStatus::Failed(format!("{}: {msg}", s.action));
                     return Ok(RunReport {
@@ -410,11 +422,11 @@ impl Engine {
         driver: &dyn crate::drivers::Action,
         req: &Request,
         plan: &crate::drivers::Plan,
-    ) -> Result<(String, String), String> {
+    ) -> Result<(String, String, Evidence), String> {
         let result = self.apply_and_verify(planned, s, driver, req, plan).await;
         // Leave a trace on the target (a Kubernetes Event): best effort.
         let (ok, msg) = match &result {
-            Ok((applied, verified)) => (true, format!("{applied}; {verified}")),
+            Ok((applied, verified, _)) => (true, format!("{applied}; {verified}")),
             Err(m) => (false, m.clone()),
         };
         if tokio::time::timeout(
@@ -439,7 +451,7 @@ impl Engine {
         driver: &dyn crate::drivers::Action,
         req: &Request,
         plan: &crate::drivers::Plan,
-    ) -> Result<(String, String), String> {
+    ) -> Result<(String, String, Evidence), String> {
         let timed = |what: &str| {
             format!(
                 "{what} timed out after {}",
@@ -462,7 +474,10 @@ impl Engine {
             let left = deadline.saturating_duration_since(Instant::now());
             let verdict = tokio::time::timeout(left, driver.verify(req, plan)).await;
             match verdict {
-                Ok(Ok(Verdict::Verified(msg))) => return Ok((outcome.summary, msg)),
+                Ok(Ok(Verdict::Verified(msg))) => {
+                    let seen = super::evidence::from_details(&outcome.details);
+                    return Ok((outcome.summary, msg, seen));
+                }
                 Ok(Ok(Verdict::Failed(msg))) => {
                     return Err(format!(
                         "applied ({}) but not verified: {msg}",

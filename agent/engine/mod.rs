@@ -7,6 +7,7 @@
 //! records, written and fsynced before and after every change.
 
 mod decide;
+pub mod evidence;
 mod execute;
 
 use std::time::Instant;

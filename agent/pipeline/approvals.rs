@@ -118,6 +118,7 @@ fn record(shared: &Shared, p: &Pending, answer: Answer, outcome: String) -> Reco
         policy: p.policy.clone(),
         step: 0,
         decided_at: None,
+        evidence: Default::default(),
     }
 }
 

@@ -102,6 +102,7 @@ fn test_record(shared: &Shared, ev: &Event) -> crate::audit::Record {
         policy: String::new(),
         step: 0,
         decided_at: None,
+        evidence: Default::default(),
     }
 }
 

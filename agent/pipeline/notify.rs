@@ -272,6 +272,13 @@ pub(super) fn notice(shared: &Shared, rep: &RunReport, runbook: Option<String>) 
         how_to_approve: None,
         approval_id: None,
         labels: p.trigger.labels.clone(),
+        // Every step's evidence; a later record of a step has all of it.
+        evidence: rep
+            .records
+            .iter()
+            .flat_map(|r| r.evidence.iter())
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
     }
 }
 
@@ -319,6 +326,7 @@ async fn send(shared: &Shared, n: Notice) {
                 policy: String::new(),
                 step: 0,
                 decided_at: None,
+                evidence: Default::default(),
             };
             if let Err(e) = shared.append(&rec) {
                 tracing::error!(error = %e, "cannot audit a failed notification");

@@ -312,6 +312,7 @@ fn finish(shared: &Shared, id: &str, watched: bool) -> Option<Notice> {
                 how_to_approve: None,
                 approval_id: None,
                 labels: rec.trigger.labels.clone(),
+                evidence: rec.evidence.clone(),
             })
         }
     }

@@ -73,6 +73,7 @@ pub(crate) fn record(
         policy: String::new(),
         step: 0,
         decided_at: None,
+        evidence: Default::default(),
     }
 }
 

@@ -1449,6 +1449,7 @@ mod tests {
             policy: "default".into(),
             step: 0,
             decided_at: Some(ts),
+            evidence: Default::default(),
         }
     }
 

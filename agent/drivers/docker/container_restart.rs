@@ -71,6 +71,35 @@ fn describe_state(s: &bollard::models::ContainerState) -> String {
     parts.join(", ")
 }
 
+/// The container's last `n` log lines (stdout and stderr), read within 3 s;
+/// None when there are none or they cannot be read in time (evidence never
+/// holds the action back).
+async fn last_log_lines(docker: &bollard::Docker, id: &str, n: usize) -> Option<String> {
+    use futures::StreamExt;
+    let opts = qp::LogsOptionsBuilder::new()
+        .stdout(true)
+        .stderr(true)
+        .tail(&n.to_string())
+        .build();
+    let read = async {
+        let mut stream = docker.logs(id, Some(opts));
+        let mut out = String::new();
+        while let Some(chunk) = stream.next().await {
+            let Ok(chunk) = chunk else { break };
+            out.push_str(&String::from_utf8_lossy(&chunk.into_bytes()));
+            if out.len() > 16 << 10 {
+                break;
+            }
+        }
+        out
+    };
+    let text = tokio::time::timeout(std::time::Duration::from_secs(3), read)
+        .await
+        .ok()?;
+    let text = text.trim_end().to_string();
+    (!text.is_empty()).then_some(text)
+}
+
 #[async_trait]
 impl Action for DockerContainerRestart {
     fn name(&self) -> &'static str {
@@ -92,13 +121,30 @@ impl Action for DockerContainerRestart {
             .await
             .map_err(|e| derr(&format!("container {name}"), e))?;
         let st = c.state.unwrap_or_default();
+        let id = c.id.clone().unwrap_or_else(|| name.to_string());
+        let mut evidence = json!({
+            "state": describe_state(&st),
+            "exit code": st.exit_code,
+            "OOM-killed": if st.oom_killed == Some(true) { "yes" } else { "no" },
+            "restarts": c.restart_count.unwrap_or(0),
+        });
+        if let Some(f) = st
+            .finished_at
+            .as_deref()
+            .filter(|f| !f.starts_with("0001-"))
+        {
+            evidence["finished at"] = json!(f);
+        }
+        if let Some(lines) = last_log_lines(&self.0.docker, &id, 20).await {
+            evidence["last log lines"] = json!(lines);
+        }
         Ok(Plan {
             summary: format!(
                 "restart container {name} ({}; {} restarts)",
                 describe_state(&st),
                 c.restart_count.unwrap_or(0)
             ),
-            details: json!({"id": c.id, "startedAt": st.started_at}),
+            details: json!({"id": c.id, "startedAt": st.started_at, "evidence": evidence}),
         })
     }
     async fn apply(&self, req: &Request, plan: &Plan) -> Result<Outcome, DriverError> {
