@@ -15,7 +15,6 @@
 //! (`REMEDIATE_BENCH_ROUNDS`, default 5 OOM kills and 20 webhooks).
 
 #[path = "../tests/common/mod.rs"]
-#[allow(dead_code)]
 mod common;
 
 use std::time::{Duration, Instant};
