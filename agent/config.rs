@@ -195,6 +195,46 @@ pub struct TriggersConfig {
     /// failed exits, unhealthy containers, Swarm task failures.
     #[serde(default)]
     pub docker: DockerTrigger,
+    /// The pods of this agent's node (`backends.kubernetes`): crash loops,
+    /// OOM kills, evictions, image pull failures, readiness failing.
+    #[serde(default)]
+    pub kubernetes: KubernetesTrigger,
+}
+
+/// The Kubernetes pod-watch trigger: a watch of the pods on one node
+/// (`spec.nodeName`), so a DaemonSet of agents covers the cluster with no
+/// leader and no duplicate work.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct KubernetesTrigger {
+    /// Watch the node's pods (needs `backends.kubernetes`).
+    #[serde(default)]
+    pub enabled: bool,
+    /// The node whose pods are watched. Default: `$NODE_NAME`, else the
+    /// agent's node name.
+    #[serde(default)]
+    pub node: Option<String>,
+    /// A pod whose `Ready` condition is false this long is `KubePodNotReady`.
+    #[serde(default = "default_readiness_failing_for")]
+    pub readiness_failing_for: Duration,
+    /// Watch only pods in these namespaces; empty: every namespace.
+    #[serde(default)]
+    pub namespaces: Vec<String>,
+}
+
+fn default_readiness_failing_for() -> Duration {
+    Duration::from_secs(300)
+}
+
+impl Default for KubernetesTrigger {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            node: None,
+            readiness_failing_for: default_readiness_failing_for(),
+            namespaces: Vec::new(),
+        }
+    }
 }
 
 /// The Docker Engine events trigger.
@@ -852,6 +892,18 @@ impl AgentConfig {
             errs.push(at(
                 "triggers.docker.enabled",
                 "the Docker trigger needs backends.docker (the engine to watch)".into(),
+            ));
+        }
+        if cfg.triggers.kubernetes.enabled && cfg.backends.kubernetes.is_none() {
+            errs.push(at(
+                "triggers.kubernetes.enabled",
+                "the Kubernetes trigger needs backends.kubernetes (the API server to watch)".into(),
+            ));
+        }
+        if cfg.triggers.kubernetes.node.as_deref() == Some("") {
+            errs.push(at(
+                "triggers.kubernetes.node",
+                "must not be empty (leave it out for $NODE_NAME or the agent's node)".into(),
             ));
         }
         check_server(&cfg.server, &mut |f, m| errs.push(at(f, m)));
