@@ -1104,6 +1104,11 @@ spec:
         std::fs::create_dir_all(dir.path().join(d)).unwrap();
     }
     std::fs::write(dir.path().join("policies/default.yaml"), POLICY).unwrap();
+    std::fs::write(
+        dir.path().join("playbooks/crashloop.yaml"),
+        bundled("playbooks/k8s-crashloop-restart.yaml"),
+    )
+    .unwrap();
     let kc = kubeconfig(dir.path(), &c.base);
     let agent = common::start_agent(
         dir.path(),
