@@ -1187,6 +1187,46 @@ mod tests {
     }
 
     #[test]
+    fn the_kubernetes_trigger_has_defaults_and_needs_its_backend() {
+        let c = AgentConfig::default();
+        let k = &c.triggers.kubernetes;
+        assert!(!k.enabled && k.node.is_none() && k.namespaces.is_empty());
+        assert_eq!(k.readiness_failing_for.std().as_secs(), 300);
+        let ok = AgentConfig::parse(
+            Path::new("agent.yaml"),
+            "backends: { kubernetes: {} }\ntriggers: { kubernetes: { enabled: true, node: node-a, readinessFailingFor: 2m, namespaces: [etl] } }\n",
+        )
+        .unwrap();
+        assert_eq!(ok.triggers.kubernetes.node.as_deref(), Some("node-a"));
+        assert_eq!(
+            ok.triggers.kubernetes.readiness_failing_for.std().as_secs(),
+            120
+        );
+        let err = AgentConfig::parse(
+            Path::new("agent.yaml"),
+            "triggers: { kubernetes: { enabled: true, node: \"\" } }\n",
+        )
+        .unwrap_err()
+        .to_string();
+        for want in [
+            "triggers.kubernetes.enabled: the Kubernetes trigger needs backends.kubernetes",
+            "triggers.kubernetes.node: must not be empty",
+        ] {
+            assert!(err.contains(want), "missing {want:?} in:\n{err}");
+        }
+        let err = AgentConfig::parse(
+            Path::new("agent.yaml"),
+            "triggers: { kubernetes: { enabled: true, readinessFailingFor: soon } }\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("agent.yaml") && err.contains("readinessFailingFor"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn server_limits_and_approvers_have_defaults_and_are_checked() {
         let c = AgentConfig::default();
         assert_eq!(c.server.max_connections, 512);
