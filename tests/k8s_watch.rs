@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 use remediate::audit::Record;
 use serde_json::{json, Value};
 
-use common::kmock::{kubeconfig, pod_watch_config, start_kmock, KMock, SHIPPED_RBAC};
+use common::kmock::{
+    kubeconfig, pod_watch_config, start_kmock, start_kmock_on, KMock, SHIPPED_RBAC,
+};
 use common::{eventually, repo, start_agent, AgentProc};
 
 const PODS: &str = "/api/v1/namespaces/etl/pods";
@@ -148,6 +150,22 @@ fn log_count(a: &AgentProc, message: &str) -> usize {
 }
 
 async fn start(kmock: &KMock) -> (tempfile::TempDir, AgentProc) {
+    let (dir, agent) = spawn(&kmock.url);
+    wait_watching(&agent, 1).await;
+    (dir, agent)
+}
+
+async fn wait_watching(agent: &AgentProc, n: usize) {
+    let watching = eventually(Duration::from_secs(45), || {
+        (log_count(agent, "watching the node's pods") >= n).then_some(())
+    })
+    .await;
+    assert!(watching.is_some(), "not watching:\n{}", agent.log_text());
+}
+
+/// The agent on node-a, dry-run, with the bundled crash-loop playbook,
+/// against the API server at `base`.
+fn spawn(base: &str) -> (tempfile::TempDir, AgentProc) {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     for sub in ["playbooks", "policies"] {
@@ -159,13 +177,8 @@ async fn start(kmock: &KMock) -> (tempfile::TempDir, AgentProc) {
     )
     .unwrap();
     std::fs::write(d.join("policies/default.yaml"), POLICY).unwrap();
-    let kc = kubeconfig(d, &kmock.url);
+    let kc = kubeconfig(d, base);
     let agent = start_agent(d, &pod_watch_config(&kc, "node-a", "dryRun: true\n"));
-    let watching = eventually(Duration::from_secs(30), || {
-        (log_count(&agent, "watching the node's pods") > 0).then_some(())
-    })
-    .await;
-    assert!(watching.is_some(), "not watching:\n{}", agent.log_text());
     (dir, agent)
 }
 
@@ -312,4 +325,45 @@ async fn a_410_gone_on_the_watch_is_answered_with_a_relist_and_the_watch_goes_on
         native_events(&agent),
         vec![("KubePodCrashLooping".to_string(), "firing".to_string())]
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unavailable_api_server_is_retried_with_a_growing_backoff_until_it_answers() {
+    // A loopback port nothing listens on (yet).
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let (_dir, agent) = spawn(&format!("http://127.0.0.1:{port}"));
+    let retries = eventually(Duration::from_secs(30), || {
+        let waits: Vec<String> = agent
+            .logs
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|v| v["message"] == "kubernetes trigger: cannot list pods")
+            .map(|v| v["retry_in"].as_str().unwrap_or_default().to_string())
+            .collect();
+        (waits.len() >= 3).then_some(waits)
+    })
+    .await
+    .unwrap_or_else(|| panic!("no retries:\n{}", agent.log_text()));
+    assert_eq!(retries[..3], ["1s", "2s", "4s"], "{}", agent.log_text());
+    // The API server comes up: the agent lists, watches and decides.
+    let kmock = start_kmock_on(std::path::Path::new(SHIPPED_RBAC), port);
+    let admin = Admin {
+        http: reqwest::Client::new(),
+        base: kmock.url.clone(),
+    };
+    seed(&admin).await;
+    wait_watching(&agent, 1).await;
+    admin.pod_status("web-5d9-a", crash_looping(2)).await;
+    let decided = eventually(Duration::from_secs(30), || {
+        let recs = for_pod(&records(&agent), "web-5d9-a");
+        (!recs.is_empty()).then_some(recs)
+    })
+    .await;
+    assert!(decided.is_some(), "{}", agent.log_text());
 }

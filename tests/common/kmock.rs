@@ -25,6 +25,11 @@ impl Drop for KMock {
 
 /// Starts kmock authorizing the agent's requests with `rbac`.
 pub fn start_kmock(rbac: &Path) -> KMock {
+    start_kmock_on(rbac, 0)
+}
+
+/// [`start_kmock`] on loopback port `port` (0: any).
+pub fn start_kmock_on(rbac: &Path, port: u16) -> KMock {
     let probe = Command::new("python3")
         .args(["-c", "import kmock, yaml"])
         .output();
@@ -39,7 +44,9 @@ pub fn start_kmock(rbac: &Path) -> KMock {
             env!("CARGO_MANIFEST_DIR"),
             "/tests/k8s/kmock_server.py"
         ))
-        .args(["--port", "0", "--rbac"])
+        .arg("--port")
+        .arg(port.to_string())
+        .arg("--rbac")
         .arg(rbac)
         .arg("--log")
         .arg(&log)
