@@ -166,6 +166,10 @@ async fn wait_watching(agent: &AgentProc, n: usize) {
 /// The agent on node-a, dry-run, with the bundled crash-loop playbook,
 /// against the API server at `base`.
 fn spawn(base: &str) -> (tempfile::TempDir, AgentProc) {
+    spawn_with(base, "dryRun: true\n")
+}
+
+fn spawn_with(base: &str, extra: &str) -> (tempfile::TempDir, AgentProc) {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     for sub in ["playbooks", "policies"] {
@@ -178,7 +182,7 @@ fn spawn(base: &str) -> (tempfile::TempDir, AgentProc) {
     .unwrap();
     std::fs::write(d.join("policies/default.yaml"), POLICY).unwrap();
     let kc = kubeconfig(d, base);
-    let agent = start_agent(d, &pod_watch_config(&kc, "node-a", "dryRun: true\n"));
+    let agent = start_agent(d, &pod_watch_config(&kc, "node-a", extra));
     (dir, agent)
 }
 
@@ -366,4 +370,62 @@ async fn an_unavailable_api_server_is_retried_with_a_growing_backoff_until_it_an
     })
     .await;
     assert!(decided.is_some(), "{}", agent.log_text());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enforced_the_crash_looping_pod_of_the_agents_node_is_evicted_and_the_other_nodes_is_not() {
+    let kmock = start_kmock(std::path::Path::new(SHIPPED_RBAC));
+    let admin = Admin {
+        http: reqwest::Client::new(),
+        base: kmock.url.clone(),
+    };
+    seed(&admin).await;
+    let (_dir, agent) = spawn_with(&kmock.url, "");
+    wait_watching(&agent, 1).await;
+    admin.pod_status("web-5d9-b", crash_looping(3)).await;
+    let patched = Instant::now();
+    admin.pod_status("web-5d9-a", crash_looping(3)).await;
+    let evictions = |pod: &str| {
+        std::fs::read_to_string(&kmock.log)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|r| r["subresource"] == "eviction" && r["name"] == pod)
+            .count()
+    };
+    let evicted = eventually(Duration::from_secs(30), || {
+        (evictions("web-5d9-a") > 0).then_some(())
+    })
+    .await;
+    let took = patched.elapsed();
+    assert!(evicted.is_some(), "no eviction:\n{}", agent.log_text());
+    eprintln!(
+        "k8s pod watch: CrashLoopBackOff status patch to the eviction request: {} ms",
+        took.as_millis()
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(evictions("web-5d9-a"), 1);
+    assert_eq!(
+        evictions("web-5d9-b"),
+        0,
+        "node-b's pod is not this agent's"
+    );
+    let get = |pod: &str| {
+        admin
+            .http
+            .get(format!("{}{PODS}/{pod}", kmock.url))
+            .header("authorization", "Bearer admin")
+            .send()
+    };
+    assert_eq!(get("web-5d9-a").await.unwrap().status(), 404, "evicted");
+    assert!(get("web-5d9-b").await.unwrap().status().is_success());
+    // The deleted pod ends its episode: one resolved event.
+    let resolved = eventually(Duration::from_secs(30), || {
+        native_events(&agent)
+            .iter()
+            .any(|(_, s)| s == "resolved")
+            .then_some(())
+    })
+    .await;
+    assert!(resolved.is_some(), "{}", agent.log_text());
 }
