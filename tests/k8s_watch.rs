@@ -166,10 +166,11 @@ async fn wait_watching(agent: &AgentProc, n: usize) {
 /// The agent on node-a, dry-run, with the bundled crash-loop playbook,
 /// against the API server at `base`.
 fn spawn(base: &str) -> (tempfile::TempDir, AgentProc) {
-    spawn_with(base, "dryRun: true\n")
+    spawn_with(base, None, "dryRun: true\n")
 }
 
-fn spawn_with(base: &str, extra: &str) -> (tempfile::TempDir, AgentProc) {
+/// [`spawn`] with `readinessFailingFor` and `extra` config lines.
+fn spawn_with(base: &str, readiness: Option<&str>, extra: &str) -> (tempfile::TempDir, AgentProc) {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     for sub in ["playbooks", "policies"] {
@@ -182,7 +183,14 @@ fn spawn_with(base: &str, extra: &str) -> (tempfile::TempDir, AgentProc) {
     .unwrap();
     std::fs::write(d.join("policies/default.yaml"), POLICY).unwrap();
     let kc = kubeconfig(d, base);
-    let agent = start_agent(d, &pod_watch_config(&kc, "node-a", extra));
+    let mut cfg = pod_watch_config(&kc, "node-a", extra);
+    if let Some(r) = readiness {
+        cfg = cfg.replace(
+            "node: node-a }",
+            &format!("node: node-a, readinessFailingFor: {r} }}"),
+        );
+    }
+    let agent = start_agent(d, &cfg);
     (dir, agent)
 }
 
@@ -380,7 +388,7 @@ async fn enforced_the_crash_looping_pod_of_the_agents_node_is_evicted_and_the_ot
         base: kmock.url.clone(),
     };
     seed(&admin).await;
-    let (_dir, agent) = spawn_with(&kmock.url, "");
+    let (_dir, agent) = spawn_with(&kmock.url, None, "");
     wait_watching(&agent, 1).await;
     admin.pod_status("web-5d9-b", crash_looping(3)).await;
     let patched = Instant::now();
@@ -428,4 +436,44 @@ async fn enforced_the_crash_looping_pod_of_the_agents_node_is_evicted_and_the_ot
     })
     .await;
     assert!(resolved.is_some(), "{}", agent.log_text());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_not_ready_past_the_threshold_fires_once_and_resolves_when_ready() {
+    let kmock = start_kmock(std::path::Path::new(SHIPPED_RBAC));
+    let admin = Admin {
+        http: reqwest::Client::new(),
+        base: kmock.url.clone(),
+    };
+    seed(&admin).await;
+    let (_dir, agent) = spawn_with(&kmock.url, Some("1s"), "dryRun: true\n");
+    wait_watching(&agent, 1).await;
+    // Running, not crash-looping, but its readiness probe fails.
+    let mut unready = running();
+    unready["conditions"][0]["status"] = json!("False");
+    unready["containerStatuses"][0]["ready"] = json!(false);
+    admin.pod_status("web-5d9-a", unready.clone()).await;
+    let fired = eventually(Duration::from_secs(30), || {
+        (!native_events(&agent).is_empty()).then_some(())
+    })
+    .await;
+    assert!(fired.is_some(), "{}", agent.log_text());
+    // Still not ready, more updates: nothing new. Then ready: resolved.
+    unready["containerStatuses"][0]["restartCount"] = json!(1);
+    admin.pod_status("web-5d9-a", unready).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    admin.pod_status("web-5d9-a", running()).await;
+    let resolved = eventually(Duration::from_secs(30), || {
+        (native_events(&agent).len() >= 2).then_some(())
+    })
+    .await;
+    assert!(resolved.is_some(), "{}", agent.log_text());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        native_events(&agent),
+        vec![
+            ("KubePodNotReady".to_string(), "firing".to_string()),
+            ("KubePodNotReady".to_string(), "resolved".to_string())
+        ]
+    );
 }

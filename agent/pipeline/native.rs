@@ -270,12 +270,11 @@ pub(super) async fn kubernetes_pods(shared: Arc<Shared>, mut stop: watch::Receiv
         let mut failed = false;
         loop {
             // Wake for the next readiness threshold, at least every 30s.
-            let wake = episodes
-                .next_due()
-                .and_then(|d| (d - Utc::now()).to_std().ok())
-                .unwrap_or(Duration::ZERO)
-                .min(Duration::from_secs(30))
-                .max(Duration::from_millis(100));
+            let wake = match episodes.next_due() {
+                None => Duration::from_secs(30),
+                Some(d) => (d - Utc::now()).to_std().unwrap_or(Duration::ZERO),
+            }
+            .clamp(Duration::from_millis(100), Duration::from_secs(30));
             tokio::select! {
                 _ = stop.changed() => return,
                 _ = tokio::time::sleep(wake) => {
