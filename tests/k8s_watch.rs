@@ -3,9 +3,14 @@
 //! binary lists and watches the pods of its node (`spec.nodeName`), and a
 //! pod reaching CrashLoopBackOff is decided by the bundled
 //! `k8s-crashloop-restart` playbook with no Prometheus in between (dry-run:
-//! the plan reads the cluster, nothing is evicted). A crash-looping pod on
-//! another node is not this agent's. A 410 Gone on the watch (kmock's
-//! compaction) is answered with a re-list.
+//! the plan reads the cluster; enforced: the pod is evicted). A
+//! crash-looping pod on another node is not this agent's. Readiness past
+//! `readinessFailingFor` fires through the real watch. A watch that ends is
+//! resumed from its resourceVersion; a 410 Gone (kmock's compaction) is
+//! answered with a re-list; an API server that is not there yet is retried
+//! with a growing backoff. The times from the status patch to the decision
+//! and to the eviction request are logged (docs/benchmarks.md), not
+//! asserted.
 
 mod common;
 
@@ -475,5 +480,37 @@ async fn a_pod_not_ready_past_the_threshold_fires_once_and_resolves_when_ready()
             ("KubePodNotReady".to_string(), "firing".to_string()),
             ("KubePodNotReady".to_string(), "resolved".to_string())
         ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_that_ends_is_resumed_from_its_resource_version_and_sees_what_changed_meanwhile() {
+    let kmock = start_kmock(std::path::Path::new(SHIPPED_RBAC));
+    let admin = Admin {
+        http: reqwest::Client::new(),
+        base: kmock.url.clone(),
+    };
+    seed(&admin).await;
+    let (_dir, agent) = start(&kmock).await;
+    admin
+        .send(reqwest::Method::POST, "/_kmock/close-watches", json!({}))
+        .await;
+    admin.pod_status("web-5d9-a", crash_looping(1)).await;
+    let fired = eventually(Duration::from_secs(30), || {
+        (!native_events(&agent).is_empty()).then_some(())
+    })
+    .await;
+    assert!(fired.is_some(), "{}", agent.log_text());
+    wait_watching(&agent, 2).await;
+    assert_eq!(
+        log_count(&agent, "listed the node's pods"),
+        1,
+        "resumed, not listed again: {}",
+        agent.log_text()
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        native_events(&agent),
+        vec![("KubePodCrashLooping".to_string(), "firing".to_string())]
     );
 }

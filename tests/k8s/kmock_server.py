@@ -45,6 +45,8 @@ as strict as the API server where it matters to the agent:
   than the last compaction is the API server's 410 Gone, as an ERROR event.
   POST /_kmock/compact (admin) compacts at the current resourceVersion and
   ends every open watch with that 410 ERROR event, as etcd compaction does.
+  POST /_kmock/close-watches (admin) ends every open watch cleanly (as the
+  API server's timeoutSeconds or a restart does); the client resumes.
 Not emulated (the tests play these parts, or recorded responses cover them):
 controllers (ReplicaSet, Deployment, StatefulSet, DaemonSet, PDB status),
 graceful pod termination (a deleted pod is gone at once), admission, field
@@ -372,6 +374,15 @@ class Facade:
                     pass
                 self.watches.discard(w)
             return aiohttp.web.json_response({'compacted': self.compacted})
+        if request.path == '/_kmock/close-watches' and admin:
+            n = len(self.watches)
+            for w in list(self.watches):
+                self.watches.discard(w)
+                try:
+                    await w.write_eof()
+                except Exception:
+                    pass
+            return aiohttp.web.json_response({'closed': n})
         if info and not admin and self.rbac:
             allowed = self.rbac.allows(info)
             if self.log:
