@@ -218,6 +218,46 @@ pub struct TriggersConfig {
     /// failed exits, unhealthy containers, Swarm task failures.
     #[serde(default)]
     pub docker: DockerTrigger,
+    /// The pods of this agent's node (`backends.kubernetes`): crash loops,
+    /// OOM kills, evictions, image pull failures, readiness failing.
+    #[serde(default)]
+    pub kubernetes: KubernetesTrigger,
+}
+
+/// The Kubernetes pod-watch trigger: a watch of the pods on one node
+/// (`spec.nodeName`), so a DaemonSet of agents covers the cluster with no
+/// leader and no duplicate work.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct KubernetesTrigger {
+    /// Watch the node's pods (needs `backends.kubernetes`).
+    #[serde(default)]
+    pub enabled: bool,
+    /// The node whose pods are watched. Default: `$NODE_NAME`, else the
+    /// agent's node name.
+    #[serde(default)]
+    pub node: Option<String>,
+    /// A pod whose `Ready` condition is false this long is `KubePodNotReady`.
+    #[serde(default = "default_readiness_failing_for")]
+    pub readiness_failing_for: Duration,
+    /// Watch only pods in these namespaces; empty: every namespace.
+    #[serde(default)]
+    pub namespaces: Vec<String>,
+}
+
+fn default_readiness_failing_for() -> Duration {
+    Duration::from_secs(300)
+}
+
+impl Default for KubernetesTrigger {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            node: None,
+            readiness_failing_for: default_readiness_failing_for(),
+            namespaces: Vec::new(),
+        }
+    }
 }
 
 /// The Docker Engine events trigger.
@@ -877,6 +917,18 @@ impl AgentConfig {
                 "the Docker trigger needs backends.docker (the engine to watch)".into(),
             ));
         }
+        if cfg.triggers.kubernetes.enabled && cfg.backends.kubernetes.is_none() {
+            errs.push(at(
+                "triggers.kubernetes.enabled",
+                "the Kubernetes trigger needs backends.kubernetes (the API server to watch)".into(),
+            ));
+        }
+        if cfg.triggers.kubernetes.node.as_deref() == Some("") {
+            errs.push(at(
+                "triggers.kubernetes.node",
+                "must not be empty (leave it out for $NODE_NAME or the agent's node)".into(),
+            ));
+        }
         check_server(&cfg.server, &mut |f, m| errs.push(at(f, m)));
         check_approvers(&cfg.auth.approvers, &mut |f, m| errs.push(at(f, m)));
         check_chat(&cfg.chat, &mut |f, m| errs.push(at(f, m)));
@@ -1161,6 +1213,46 @@ mod tests {
         assert_eq!(
             partial.webhook.settle.std(),
             std::time::Duration::from_secs(5)
+        );
+    }
+
+    #[test]
+    fn the_kubernetes_trigger_has_defaults_and_needs_its_backend() {
+        let c = AgentConfig::default();
+        let k = &c.triggers.kubernetes;
+        assert!(!k.enabled && k.node.is_none() && k.namespaces.is_empty());
+        assert_eq!(k.readiness_failing_for.std().as_secs(), 300);
+        let ok = AgentConfig::parse(
+            Path::new("agent.yaml"),
+            "backends: { kubernetes: {} }\ntriggers: { kubernetes: { enabled: true, node: node-a, readinessFailingFor: 2m, namespaces: [etl] } }\n",
+        )
+        .unwrap();
+        assert_eq!(ok.triggers.kubernetes.node.as_deref(), Some("node-a"));
+        assert_eq!(
+            ok.triggers.kubernetes.readiness_failing_for.std().as_secs(),
+            120
+        );
+        let err = AgentConfig::parse(
+            Path::new("agent.yaml"),
+            "triggers: { kubernetes: { enabled: true, node: \"\" } }\n",
+        )
+        .unwrap_err()
+        .to_string();
+        for want in [
+            "triggers.kubernetes.enabled: the Kubernetes trigger needs backends.kubernetes",
+            "triggers.kubernetes.node: must not be empty",
+        ] {
+            assert!(err.contains(want), "missing {want:?} in:\n{err}");
+        }
+        let err = AgentConfig::parse(
+            Path::new("agent.yaml"),
+            "triggers: { kubernetes: { enabled: true, readinessFailingFor: soon } }\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("agent.yaml") && err.contains("readinessFailingFor"),
+            "{err}"
         );
     }
 

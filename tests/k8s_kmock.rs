@@ -13,9 +13,8 @@
 //! client, which RBAC does not apply to.
 
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,61 +27,9 @@ use remediate::playbook::load::{Config, Source};
 use remediate::policy::Ledger;
 use serde_json::{json, Value};
 
-const SHIPPED_RBAC: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/k8s/rbac.yaml");
+mod common;
 
-struct KMock {
-    child: Child,
-    url: String,
-    log: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for KMock {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_kmock(rbac: &Path) -> KMock {
-    let probe = Command::new("python3")
-        .args(["-c", "import kmock, yaml"])
-        .output();
-    assert!(
-        probe.is_ok_and(|o| o.status.success()),
-        "python3 with kmock and PyYAML is required: pip install kmock pyyaml (.ci/run does)"
-    );
-    let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("requests.jsonl");
-    let mut child = Command::new("python3")
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/k8s/kmock_server.py"
-        ))
-        .args(["--port", "0", "--rbac"])
-        .arg(rbac)
-        .arg("--log")
-        .arg(&log)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start kmock");
-    let out = child.stdout.take().unwrap();
-    let mut line = String::new();
-    BufReader::new(out).read_line(&mut line).unwrap();
-    let url = line
-        .trim()
-        .strip_prefix("KMOCK_URL=")
-        .unwrap_or_else(|| panic!("kmock did not start: {line:?}"))
-        .to_string();
-    assert!(url.starts_with("http://127.0.0.1:"));
-    KMock {
-        child,
-        url,
-        log,
-        _dir: dir,
-    }
-}
+use common::kmock::{kubeconfig, start_kmock, KMock, SHIPPED_RBAC};
 
 /// One request the agent made, as the facade logged it.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, serde::Deserialize)]
@@ -1151,6 +1098,30 @@ spec:
     let spark = "apiVersion: remediate/v1\nkind: Playbook\nmetadata: { name: spark }\nspec:\n  triggers: [{ alert: ['alertname=\"Spark\"'] }]\n  target: { kind: spark.application, namespace: etl, name: agg }\n  steps: [{ action: spark.executor.bump-memory, with: { step: 50%, ceiling: 8g } }]\n";
     let (status, recs) = run(&coordinated(spark), &alert(&[("alertname", "Spark")])).await;
     assert_eq!(status, RunStatus::Verified, "{recs:#?}");
+    // The pod-watch trigger: the node's pods listed and watched cluster-wide.
+    let dir = tempfile::tempdir().unwrap();
+    for d in ["playbooks", "policies"] {
+        std::fs::create_dir_all(dir.path().join(d)).unwrap();
+    }
+    std::fs::write(dir.path().join("policies/default.yaml"), POLICY).unwrap();
+    std::fs::write(
+        dir.path().join("playbooks/crashloop.yaml"),
+        bundled("playbooks/k8s-crashloop-restart.yaml"),
+    )
+    .unwrap();
+    let kc = kubeconfig(dir.path(), &c.base);
+    let agent = common::start_agent(
+        dir.path(),
+        &common::kmock::pod_watch_config(&kc, "node-a", "dryRun: true\n"),
+    );
+    let watched = common::eventually(Duration::from_secs(30), || {
+        c.requests()
+            .iter()
+            .any(|r| r.verb == "watch" && r.resource == "pods")
+            .then_some(())
+    })
+    .await;
+    assert!(watched.is_some(), "no pod watch:\n{}", agent.log_text());
 }
 
 /// (verb, group, resource[/subresource], namespace or "" for any) granted.
@@ -1286,18 +1257,6 @@ async fn a_role_that_lacks_a_verb_is_reported_as_forbidden_with_the_fix() {
 }
 
 /// A kubeconfig for the emulator at `base`, unauthenticated (the agent's identity).
-fn kubeconfig(dir: &Path, base: &str) -> PathBuf {
-    let kc = dir.join("kubeconfig");
-    std::fs::write(
-        &kc,
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters: [{{name: kmock, cluster: {{server: \"{base}\"}}}}]\nusers: [{{name: u, user: {{}}}}]\ncontexts: [{{name: kmock, context: {{cluster: kmock, user: u}}}}]\ncurrent-context: kmock\n"
-        ),
-    )
-    .unwrap();
-    kc
-}
-
 /// The example crash-loop webhook body for `pod`, written to `dir/alert.json`.
 fn crashloop_payload(dir: &Path, pod: &str) -> PathBuf {
     let mut body: Value =

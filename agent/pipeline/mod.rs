@@ -388,6 +388,12 @@ impl Agent {
             .docker
             .enabled
             .then(|| tokio::spawn(native::docker_events(shared.clone(), shutdown.clone())));
+        let pod_events = shared
+            .cfg
+            .triggers
+            .kubernetes
+            .enabled
+            .then(|| tokio::spawn(native::kubernetes_pods(shared.clone(), shutdown.clone())));
         let reloader = tokio::spawn(reload::watch(
             shared.clone(),
             shutdown.clone(),
@@ -399,7 +405,7 @@ impl Agent {
         let _ = reloader.await;
         exporter.abort();
         let _ = exporter.await;
-        if let Some(w) = docker_events {
+        for w in [docker_events, pod_events].into_iter().flatten() {
             w.abort();
             let _ = w.await;
         }

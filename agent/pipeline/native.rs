@@ -2,7 +2,9 @@
 //! (and, after every connect, its container list, so what happened while
 //! the agent was away is caught up) becomes alerts through
 //! [`crate::trigger::docker`], journaled by intake like a webhook's. A lost
-//! connection (an engine restart) is retried with a backoff.
+//! connection (an engine restart) is retried with a backoff. The pods of
+//! the agent's node, listed and then watched, become alerts through
+//! [`crate::trigger::kubernetes`] the same way.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -16,6 +18,7 @@ use tokio::sync::watch;
 use super::{intake, Shared};
 use crate::event::Event;
 use crate::trigger::docker::{self, Episodes};
+use crate::trigger::kubernetes;
 
 /// Hands alerts to intake, retrying while the store cannot write (they
 /// are not lost while the agent runs; a webhook would be retried by
@@ -167,5 +170,163 @@ async fn sleep_or_stop(d: Duration, stop: &mut watch::Receiver<bool>) -> bool {
     tokio::select! {
         _ = tokio::time::sleep(d) => *stop.borrow(),
         _ = stop.changed() => true,
+    }
+}
+
+/// The node whose pods the Kubernetes trigger watches: configured, else
+/// `$NODE_NAME` (the DaemonSet's `spec.nodeName`), else the agent's node.
+pub fn kubernetes_node(cfg: &crate::config::KubernetesTrigger, agent_node: &str) -> String {
+    cfg.node
+        .clone()
+        .or_else(|| std::env::var("NODE_NAME").ok().filter(|n| !n.is_empty()))
+        .unwrap_or_else(|| agent_node.to_string())
+}
+
+/// Runs the Kubernetes pod trigger until `stop` flips: a list of the node's
+/// pods (`fieldSelector=spec.nodeName=<node>`), then a watch resumed from
+/// the last resourceVersion seen; a 410 Gone (the version was compacted)
+/// lists again; an unavailable API server is retried with a backoff
+/// (1s doubling to 30s).
+pub(super) async fn kubernetes_pods(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    use k8s_openapi::api::core::v1::Pod;
+    use kube::api::{Api, ListParams, WatchEvent, WatchParams};
+
+    let Some(backend) = shared.cfg.backends.kubernetes.clone() else {
+        return;
+    };
+    let t = shared.cfg.triggers.kubernetes.clone();
+    let node = kubernetes_node(&t, &shared.node);
+    let mut episodes = kubernetes::Episodes::new(
+        node.clone(),
+        t.readiness_failing_for.chrono(),
+        t.namespaces.clone(),
+    );
+    let fields = format!("spec.nodeName={node}");
+    let mut client: Option<kube::Client> = None;
+    // None: list first (at start, and after a 410).
+    let mut version: Option<String> = None;
+    let mut backoff = Duration::from_secs(1);
+    let cap = Duration::from_secs(30);
+    loop {
+        let c = match &client {
+            Some(c) => c.clone(),
+            None => match crate::drivers::kubernetes::connect(&backend).await {
+                Ok(c) => {
+                    client = Some(c.clone());
+                    c
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "kubernetes trigger: cannot connect to the API server");
+                    if sleep_or_stop(backoff, &mut stop).await {
+                        return;
+                    }
+                    backoff = (backoff * 2).min(cap);
+                    continue;
+                }
+            },
+        };
+        let api: Api<Pod> = Api::all(c);
+        let rv = match &version {
+            Some(v) => v.clone(),
+            None => match api.list(&ListParams::default().fields(&fields)).await {
+                Ok(list) => {
+                    backoff = Duration::from_secs(1);
+                    let evs = episodes.on_listing(&list.items, Utc::now());
+                    tracing::info!(node = %node, pods = list.items.len(), open = episodes.open(), "kubernetes trigger: listed the node's pods");
+                    deliver(&shared, kubernetes::SOURCE, evs, &stop).await;
+                    let v = list.metadata.resource_version.unwrap_or_default();
+                    version = Some(v.clone());
+                    v
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in = ?backoff, "kubernetes trigger: cannot list pods");
+                    if sleep_or_stop(backoff, &mut stop).await {
+                        return;
+                    }
+                    backoff = (backoff * 2).min(cap);
+                    continue;
+                }
+            },
+        };
+        let wp = WatchParams::default().fields(&fields).timeout(290);
+        let mut stream = match api.watch(&wp, &rv).await {
+            Ok(s) => Box::pin(s),
+            Err(kube::Error::Api(s)) if s.code == 410 => {
+                tracing::info!(resource_version = %rv, "kubernetes trigger: resourceVersion expired (410); listing again");
+                version = None;
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in = ?backoff, "kubernetes trigger: cannot watch pods");
+                if sleep_or_stop(backoff, &mut stop).await {
+                    return;
+                }
+                backoff = (backoff * 2).min(cap);
+                continue;
+            }
+        };
+        tracing::info!(node = %node, resource_version = %rv, "kubernetes trigger: watching the node's pods");
+        let started = std::time::Instant::now();
+        let mut failed = false;
+        loop {
+            // Wake for the next readiness threshold, at least every 30s.
+            let wake = match episodes.next_due() {
+                None => Duration::from_secs(30),
+                Some(d) => (d - Utc::now()).to_std().unwrap_or(Duration::ZERO),
+            }
+            .clamp(Duration::from_millis(100), Duration::from_secs(30));
+            tokio::select! {
+                _ = stop.changed() => return,
+                _ = tokio::time::sleep(wake) => {
+                    let evs = episodes.tick(Utc::now());
+                    deliver(&shared, kubernetes::SOURCE, evs, &stop).await;
+                }
+                item = stream.next() => {
+                    let (pod, deleted) = match item {
+                        Some(Ok(WatchEvent::Added(p) | WatchEvent::Modified(p))) => (p, false),
+                        Some(Ok(WatchEvent::Deleted(p))) => (p, true),
+                        Some(Ok(WatchEvent::Bookmark(b))) => {
+                            version = Some(b.metadata.resource_version);
+                            continue;
+                        }
+                        Some(Ok(WatchEvent::Error(s))) if s.code == 410 => {
+                            tracing::info!("kubernetes trigger: the watch's resourceVersion expired (410); listing again");
+                            version = None;
+                            break;
+                        }
+                        Some(Ok(WatchEvent::Error(s))) => {
+                            tracing::warn!(code = s.code, message = %s.message, "kubernetes trigger: the watch failed; resuming");
+                            failed = true;
+                            break;
+                        }
+                        Some(Err(e)) => {
+                            tracing::warn!(error = %e, "kubernetes trigger: the watch stream failed; resuming");
+                            failed = true;
+                            break;
+                        }
+                        None => break,
+                    };
+                    backoff = Duration::from_secs(1);
+                    if let Some(v) = pod.metadata.resource_version.clone() {
+                        version = Some(v);
+                    }
+                    let now = Utc::now();
+                    let evs = if deleted {
+                        episodes.on_delete(&pod, now)
+                    } else {
+                        episodes.on_pod(&pod, now)
+                    };
+                    deliver(&shared, kubernetes::SOURCE, evs, &stop).await;
+                }
+            }
+        }
+        // A watch that ends at once (or fails) is retried with the backoff,
+        // not in a tight loop.
+        if failed || started.elapsed() < Duration::from_secs(1) {
+            if sleep_or_stop(backoff, &mut stop).await {
+                return;
+            }
+            backoff = (backoff * 2).min(cap);
+        }
     }
 }

@@ -3,6 +3,7 @@
 pub mod alertmanager;
 pub mod docker;
 pub mod grafana;
+pub mod kubernetes;
 pub mod schedule;
 
 use crate::event::Event;

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod docker;
+pub mod kmock;
 pub mod pg;
 
 use std::io::{BufRead, BufReader};

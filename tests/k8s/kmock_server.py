@@ -37,11 +37,20 @@ as strict as the API server where it matters to the agent:
   status.disruptionsAllowed < 1 the answer is the API server's 429 with the
   DisruptionBudget cause naming the budget; else disruptionsAllowed is
   decremented and the pod deleted (201).
-- LIST honours equality labelSelectors (k=v,k2=v2).
+- LIST honours equality labelSelectors (k=v,k2=v2) and fieldSelectors
+  (spec.nodeName=n, any dotted path, = and !=), and answers the current
+  resourceVersion.
+- WATCH through the facade: the fieldSelector as for LIST; ?resourceVersion=V
+  replays only objects changed after V (kmock replays everything); a V older
+  than the last compaction is the API server's 410 Gone, as an ERROR event.
+  POST /_kmock/compact (admin) compacts at the current resourceVersion and
+  ends every open watch with that 410 ERROR event, as etcd compaction does.
+  POST /_kmock/close-watches (admin) ends every open watch cleanly (as the
+  API server's timeoutSeconds or a restart does); the client resumes.
 Not emulated (the tests play these parts, or recorded responses cover them):
 controllers (ReplicaSet, Deployment, StatefulSet, DaemonSet, PDB status),
 graceful pod termination (a deleted pod is gone at once), admission, field
-validation, set-based selectors, watch through the facade.
+validation, set-based selectors, BOOKMARK events, timeoutSeconds.
 
 Binds 127.0.0.1 only, prints one line `KMOCK_URL=http://127.0.0.1:PORT` when ready,
 serves until SIGTERM/SIGINT (exit code 0, open watches are cut after ~1s).
@@ -300,6 +309,34 @@ def selector_matches(sel, labels):
     return True
 
 
+def field_value(obj, path):
+    cur = obj
+    for part in path.split('.'):
+        if not isinstance(cur, dict):
+            return None
+        cur = cur.get(part)
+    return cur
+
+
+def fields_match(sel, obj):
+    for term in [t for t in (sel or '').split(',') if t]:
+        if '!=' in term:
+            k, v = term.split('!=', 1)
+            if str(field_value(obj, k) or '') == v:
+                return False
+        elif '=' in term:
+            k, v = term.replace('==', '=').split('=', 1)
+            if str(field_value(obj, k) or '') != v:
+                return False
+    return True
+
+
+def gone(rv):
+    return {'type': 'ERROR', 'object': {
+        'kind': 'Status', 'apiVersion': 'v1', 'metadata': {}, 'status': 'Failure',
+        'message': f'too old resource version: {rv}', 'reason': 'Expired', 'code': 410}}
+
+
 class Facade:
     def __init__(self, inner, rbac, log):
         self.inner = inner
@@ -308,6 +345,8 @@ class Facade:
         self.rv = 1000
         self.lock = asyncio.Lock()
         self.http = None
+        self.compacted = 0
+        self.watches = set()
 
     def next_rv(self):
         self.rv += 1
@@ -326,6 +365,24 @@ class Facade:
     async def handle(self, request):
         info = request_info(request.method, request.path, request.query)
         admin = request.headers.get('Authorization') == ADMIN
+        if request.path == '/_kmock/compact' and admin:
+            self.compacted = self.rv
+            for w in list(self.watches):
+                try:
+                    await w.write((json.dumps(gone(self.rv)) + '\n').encode())
+                except Exception:
+                    pass
+                self.watches.discard(w)
+            return aiohttp.web.json_response({'compacted': self.compacted})
+        if request.path == '/_kmock/close-watches' and admin:
+            n = len(self.watches)
+            for w in list(self.watches):
+                self.watches.discard(w)
+                try:
+                    await w.write_eof()
+                except Exception:
+                    pass
+            return aiohttp.web.json_response({'closed': n})
         if info and not admin and self.rbac:
             allowed = self.rbac.allows(info)
             if self.log:
@@ -333,7 +390,9 @@ class Facade:
             if not allowed:
                 return self.rbac.forbidden(info)
         body = await request.read()
-        if info is None or request.query.get('watch') in ('1', 'true'):
+        if info is not None and request.query.get('watch') in ('1', 'true'):
+            return await self.watch(request)
+        if info is None:
             return await self.forward(request, body)
         async with self.lock:
             return await self.strict(request, info, body)
@@ -346,6 +405,41 @@ class Facade:
             async for chunk in r.content.iter_any():
                 await resp.write(chunk)
             return resp
+
+    async def watch(self, request):
+        since = request.query.get('resourceVersion') or ''
+        sel = request.query.get('fieldSelector')
+        lsel = request.query.get('labelSelector')
+        resp = aiohttp.web.StreamResponse(status=200, headers={'content-type': 'application/json'})
+        await resp.prepare(request)
+        if since not in ('', '0') and int(since) < self.compacted:
+            await resp.write((json.dumps(gone(since)) + '\n').encode())
+            return resp
+        self.watches.add(resp)
+        try:
+            async with self.http.get(self.inner + request.path, params={'watch': 'true'}) as r:
+                async for line in r.content:
+                    if resp not in self.watches:
+                        break
+                    try:
+                        ev = json.loads(line)
+                    except ValueError:
+                        continue
+                    obj = ev.get('object') or {}
+                    md = obj.get('metadata') or {}
+                    if ev.get('type') != 'DELETED' and since not in ('', '0') \
+                            and int(md.get('resourceVersion') or 0) <= int(since):
+                        continue
+                    if not fields_match(sel, obj):
+                        continue
+                    if lsel and not selector_matches(lsel, md.get('labels') or {}):
+                        continue
+                    await resp.write((json.dumps(ev) + '\n').encode())
+        except (ConnectionResetError, asyncio.CancelledError):
+            pass
+        finally:
+            self.watches.discard(resp)
+        return resp
 
     def obj_path(self, info):
         base = '/api/v1' if not info['group'] else f"/apis/{info['group']}/{info['version']}"
@@ -362,6 +456,11 @@ class Facade:
             if code == 200 and isinstance(lst, dict) and sel:
                 lst['items'] = [i for i in lst.get('items', [])
                                 if selector_matches(sel, (i.get('metadata') or {}).get('labels') or {})]
+            fsel = request.query.get('fieldSelector')
+            if code == 200 and isinstance(lst, dict):
+                if fsel:
+                    lst['items'] = [i for i in lst.get('items', []) if fields_match(fsel, i)]
+                lst.setdefault('metadata', {})['resourceVersion'] = str(self.rv)
             return aiohttp.web.json_response(lst, status=code)
         if m == 'POST' and res == 'pods' and sub == 'eviction':
             return await self.evict(info, payload or {})
