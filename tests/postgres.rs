@@ -217,6 +217,25 @@ async fn leaked_idle_sessions_are_recycled_through_the_cli_and_protected_ones_su
     assert!(recs
         .iter()
         .any(|r| r.phase == remediate::audit::Phase::Verified));
+    // The evidence on-call would look up: connections against
+    // max_connections, whose sessions went, and the oldest idle one.
+    let ev = &applied.evidence;
+    assert!(
+        ev.get("connections")
+            .is_some_and(|c| c.ends_with("(max_connections)")),
+        "{ev:?}"
+    );
+    assert!(
+        ev.get("sessions to terminate")
+            .is_some_and(|c| c.starts_with(&format!("{expected} app/airflow-worker on "))),
+        "{ev:?}"
+    );
+    assert!(ev.contains_key("oldest idle"), "{ev:?}");
+    assert_eq!(
+        ev.get("terminated by user/application").map(String::as_str),
+        Some(format!("{expected} app/airflow-worker").as_str()),
+        "{ev:?}"
+    );
     // The audit names pids, users, applications and ages, never query text.
     let line = std::fs::read_to_string(dir.path().join("audit.jsonl")).unwrap();
     assert!(

@@ -346,6 +346,43 @@ const TERMINATE: &str = "
        AND a.state = ANY($2)
        AND now() - a.state_change >= make_interval(secs => $3)";
 
+fn human_age(secs: f64) -> String {
+    let s = secs.max(0.0) as u64;
+    match s {
+        0..=59 => format!("{s}s"),
+        60..=3599 => format!("{}m{:02}s", s / 60, s % 60),
+        _ => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
+    }
+}
+
+/// What on-call would look up before sessions are terminated: connections
+/// against `max_connections`, whose sessions, and the oldest idle one.
+fn plan_evidence(chosen: &[Session], used: i64, max: &str) -> serde_json::Value {
+    let mut by: BTreeMap<String, usize> = BTreeMap::new();
+    for s in chosen {
+        let app = if s.application.is_empty() {
+            "-"
+        } else {
+            &s.application
+        };
+        *by.entry(format!("{}/{app} on {}", s.user, s.database))
+            .or_default() += 1;
+    }
+    let oldest = chosen
+        .iter()
+        .map(|s| s.age_seconds)
+        .fold(None, |m: Option<f64>, a| Some(m.map_or(a, |m| m.max(a))));
+    json!({
+        "connections": format!("{used}/{max} (max_connections)"),
+        "sessions to terminate": if by.is_empty() {
+            "none".to_string()
+        } else {
+            by.iter().map(|(k, n)| format!("{n} {k}")).collect::<Vec<_>>().join(", ")
+        },
+        "oldest idle": oldest.map(human_age),
+    })
+}
+
 fn describe(sessions: &[Session]) -> String {
     sessions
         .iter()
@@ -439,7 +476,7 @@ impl Action for PgRecycle {
                     describe(&chosen)
                 )
             },
-            details: json!({"sessions": chosen, "used": used}),
+            details: json!({"sessions": chosen, "used": used, "evidence": plan_evidence(&chosen, used, &max)}),
         })
     }
     async fn apply(&self, req: &Request, plan: &Plan) -> Result<Outcome, DriverError> {
@@ -494,7 +531,13 @@ impl Action for PgRecycle {
                 whose.iter().map(|(k, v)| format!("{v} {k}")).collect::<Vec<_>>().join(", "),
                 sessions.len() - done.len()
             ),
-            details: json!({"terminated": gone}),
+            details: json!({
+                "terminated": gone,
+                "evidence": {
+                    "terminated": format!("{} of {} planned", done.len(), sessions.len()),
+                    "terminated by user/application": whose.iter().map(|(k, v)| format!("{v} {k}")).collect::<Vec<_>>().join(", "),
+                },
+            }),
         })
     }
     async fn verify(&self, req: &Request, plan: &Plan) -> Result<Verdict, DriverError> {
