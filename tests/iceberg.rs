@@ -1512,6 +1512,8 @@ async fn a_java_default_v0_jdbc_catalog_on_postgres_is_compacted_without_touchin
 struct Moto {
     child: std::process::Child,
     endpoint: String,
+    /// The server's request log.
+    log: tempfile::NamedTempFile,
 }
 
 impl Moto {
@@ -1529,15 +1531,17 @@ impl Moto {
             .local_addr()
             .unwrap()
             .port();
+        let log = tempfile::NamedTempFile::new().unwrap();
         let child = Command::new("moto_server")
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
+            .stderr(log.reopen().unwrap())
             .spawn()
             .unwrap();
         let moto = Moto {
             child,
             endpoint: format!("http://127.0.0.1:{port}"),
+            log,
         };
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
@@ -1561,6 +1565,15 @@ impl Moto {
         ]
     }
 
+    /// Requests so far with `method` whose path contains `part`.
+    fn requests(&self, method: &str, part: &str) -> usize {
+        std::fs::read_to_string(self.log.path())
+            .unwrap()
+            .lines()
+            .filter(|l| l.contains(&format!("\"{method} ")) && l.contains(part))
+            .count()
+    }
+
     /// Every key under `prefix` (`lake/wh/...`) with its size.
     fn ls(&self, prefix: &str) -> serde_json::Map<String, Value> {
         match pyice_env(&self.env(), &["s3-ls", prefix]) {
@@ -1578,7 +1591,8 @@ impl Drop for Moto {
 }
 
 #[tokio::test]
-async fn a_table_on_s3_is_surveyed_compacted_expired_and_cleaned_of_orphans() {
+async fn a_table_on_s3_is_surveyed_compacted_expired_and_cleaned_of_orphans_and_a_failed_rewrite_leaves_nothing(
+) {
     let moto = tokio::task::spawn_blocking(Moto::start).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let wh = dir.path().join("warehouse");
@@ -1655,6 +1669,53 @@ async fn a_table_on_s3_is_surveyed_compacted_expired_and_cleaned_of_orphans() {
             Some(1.0)
         );
     }
+
+    // A rewrite that fails (one input file is gone for the moment) commits
+    // nothing and leaves none of the files the other bins wrote.
+    let data_key = data_before
+        .keys()
+        .find(|k| k.contains("/category=alpha/") && !k.contains("crashed-writer"))
+        .unwrap()
+        .clone();
+    let aside = format!("lake/aside/{}", data_key.rsplit('/').next().unwrap());
+    let mv = |from: &str, to: &str| {
+        let e: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        pyice_env(&e, &["s3-mv", from, to]);
+    };
+    mv(&data_key, &aside);
+    let lake_cfg: IcebergCatalog = serde_yaml::from_str(&catalog).unwrap();
+    let lake = Lake::open("lake", &lake_cfg).await.unwrap();
+    let t = lake.load(&lake::ident("db.events").unwrap()).await.unwrap();
+    let snapshots = t.metadata().snapshots().count();
+    let e = compact::compact(&lake, &t, None, &params(0), None)
+        .await
+        .unwrap_err();
+    assert!(
+        e.message.contains("rewrite failed, nothing was committed"),
+        "{}",
+        e.message
+    );
+    let left = moto.ls("lake/wh/db/events/data");
+    assert!(
+        !left.keys().any(|k| k.contains("/compact-")),
+        "the other bins' files are removed: {left:#?}"
+    );
+    assert_eq!(left.len(), 81, "all but the file set aside");
+    let (put, deleted) = (
+        moto.requests("PUT", "/compact-"),
+        moto.requests("DELETE", "/compact-"),
+    );
+    assert!(
+        put > 0 && deleted >= put,
+        "the other bins wrote {put} file(s) to S3 and {deleted} deletes removed them"
+    );
+    let t = lake.load(&lake::ident("db.events").unwrap()).await.unwrap();
+    assert_eq!(
+        t.metadata().snapshots().count(),
+        snapshots,
+        "nothing committed"
+    );
+    mv(&aside, &data_key);
 
     // Compaction, expiry and orphan removal through the CLI, as in the
     // local tests.

@@ -18,6 +18,7 @@
   pyice.py repoint WAREHOUSE TABLE LOCATION      -> points the SQLite catalog's row at
                                                     LOCATION (the same file, respelled)
   pyice.py s3-mkbucket BUCKET | s3-ls BUCKET/PREFIX | s3-put BUCKET/KEY TEXT
+           | s3-mv BUCKET/KEY BUCKET/KEY
                                                  -> the S3 server through s3fs
 
 The catalog is SQLite at WAREHOUSE/catalog.db unless env PYICE_CATALOG_URI
@@ -213,7 +214,8 @@ def s3fs_client():
 
 def s3_command(cmd, arg, rest):
     """s3-mkbucket BUCKET, s3-ls BUCKET/PREFIX (every key under it, with
-    sizes), s3-put BUCKET/KEY TEXT: the S3 server seen through s3fs."""
+    sizes), s3-put BUCKET/KEY TEXT, s3-mv FROM TO: the S3 server seen
+    through s3fs."""
     fs = s3fs_client()
     if cmd == "s3-mkbucket":
         fs.call_s3("create_bucket", Bucket=arg)
@@ -225,6 +227,9 @@ def s3_command(cmd, arg, rest):
         with fs.open(arg, "wb") as f:
             f.write(rest[0].encode())
         print(json.dumps({"put": arg}))
+    elif cmd == "s3-mv":
+        fs.mv(arg, rest[0])
+        print(json.dumps({"moved": arg, "to": rest[0]}))
 
 
 def main():
