@@ -1670,6 +1670,26 @@ async fn a_table_on_s3_is_surveyed_compacted_expired_and_cleaned_of_orphans_and_
         );
     }
 
+    // Without the s3 settings the catalog refuses the table, naming them,
+    // and touches no local path.
+    let no_s3: IcebergCatalog = serde_json::from_value(serde_json::json!({
+        "uri": format!("sqlite:{w}/catalog.db"),
+        "warehouse": "s3://lake/wh",
+    }))
+    .unwrap();
+    let e = Lake::open("lake", &no_s3)
+        .await
+        .unwrap()
+        .load(&lake::ident("db.events").unwrap())
+        .await
+        .unwrap_err();
+    assert!(
+        e.message
+            .contains("the table is on S3 and backends.iceberg.lake.s3 is not set"),
+        "{}",
+        e.message
+    );
+
     // A rewrite that fails (one input file is gone for the moment) commits
     // nothing and leaves none of the files the other bins wrote.
     let data_key = data_before

@@ -274,10 +274,37 @@ impl Lake {
 
     /// Loads a table's current state.
     pub async fn load(&self, ident: &TableIdent) -> Result<Table, DriverError> {
-        self.catalog
-            .load_table(ident)
-            .await
-            .map_err(|e| super::ice(format!("table {}.{ident}", self.key), e))
+        let t = self.catalog.load_table(ident).await.map_err(|e| {
+            let mut err = super::ice(format!("table {}.{ident}", self.key), e);
+            // The crate's local storage reads `s3://b/k` as a relative
+            // path and says only that it is not there.
+            if !self.store.has_s3()
+                && ["s3://", "s3a://", "s3n://"]
+                    .iter()
+                    .any(|s| err.message.contains(s))
+            {
+                err.message.push_str(&format!(
+                    " (the table is on S3 and backends.iceberg.{}.s3 is not set)",
+                    self.key
+                ));
+                err.retryable = false;
+            }
+            err
+        })?;
+        // Never let the local storage act on an S3 table's files.
+        if !self.store.has_s3() {
+            if let Ok(l) = super::location::Location::parse(t.metadata().location()) {
+                if l.scheme() == "s3" {
+                    return Err(DriverError::permanent(format!(
+                        "table {}.{ident} is on S3 ({}) and backends.iceberg.{}.s3 is not set",
+                        self.key,
+                        t.metadata().location(),
+                        self.key
+                    )));
+                }
+            }
+        }
+        Ok(t)
     }
 
     /// The underlying catalog (for the crate's own transactions).
