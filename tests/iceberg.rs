@@ -1805,3 +1805,25 @@ async fn a_table_on_s3_is_surveyed_compacted_expired_and_cleaned_of_orphans_and_
         "{keys:#?}"
     );
 }
+
+#[tokio::test]
+async fn a_local_table_in_a_catalog_with_s3_settings_still_compacts() {
+    let dir = tempfile::tempdir().unwrap();
+    let wh = dir.path().join("warehouse");
+    let w = wh.display().to_string();
+    let made = pyice(&["make", &w, "events", "10", "10"]);
+    let mut cfg = serde_json::to_value(sqlite_lake(&wh)).unwrap();
+    // Never contacted: the table is local.
+    cfg["s3"] = serde_json::json!({"endpoint": "http://127.0.0.1:9", "pathStyle": true});
+    let cfg: IcebergCatalog = serde_json::from_value(cfg).unwrap();
+    let lake = Lake::open("lake", &cfg).await.unwrap();
+    let t = lake.load(&lake::ident("db.events").unwrap()).await.unwrap();
+    let r = compact::compact(&lake, &t, None, &params(0), None)
+        .await
+        .unwrap();
+    assert_eq!((r.files_removed, r.files_added), (40, 4));
+    let after = pyice(&["inspect", &w, "events"]);
+    assert_eq!(after["checksum"], made["checksum"]);
+    assert_eq!(after["files"], 4);
+    assert_eq!(after["operation"], "replace");
+}
