@@ -775,6 +775,37 @@ pub struct IcebergCatalog {
     /// How often the exported figures are refreshed.
     #[serde(default = "default_iceberg_interval")]
     pub scrape_interval: Duration,
+    /// S3-compatible object storage for tables at `s3://`, `s3a://` or
+    /// `s3n://` locations (AWS S3, MinIO, Ceph RGW, …).
+    #[serde(default)]
+    pub s3: Option<IcebergS3>,
+}
+
+/// How the agent reaches a catalog's tables on S3-compatible storage.
+/// Credentials: the two key files together, or else the environment's
+/// (`AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY` / `AWS_SESSION_TOKEN`,
+/// the shared profile, the instance's role).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct IcebergS3 {
+    /// The S3 API endpoint, e.g. `http://minio.lake:9000`; default AWS's
+    /// endpoint for the region.
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// Signing region; default `AWS_REGION`, else `us-east-1`.
+    #[serde(default)]
+    pub region: Option<String>,
+    /// Path-style addressing (`endpoint/bucket/key`, what MinIO and most
+    /// S3-compatible servers expect) instead of virtual-host style
+    /// (`bucket.endpoint/key`).
+    #[serde(default)]
+    pub path_style: bool,
+    /// A file holding the access key ID (with `secretAccessKeyFile`).
+    #[serde(default)]
+    pub access_key_id_file: Option<PathBuf>,
+    /// A file holding the secret access key (with `accessKeyIdFile`).
+    #[serde(default)]
+    pub secret_access_key_file: Option<PathBuf>,
 }
 
 fn default_small_file() -> crate::units::ByteSize {

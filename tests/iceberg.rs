@@ -1506,3 +1506,324 @@ async fn a_java_default_v0_jdbc_catalog_on_postgres_is_compacted_without_touchin
     assert_eq!(after["files"], 4);
     assert_eq!(after["operation"], "replace");
 }
+
+/// A real S3 API server on loopback (`moto_server`, PyPI `moto[server]`),
+/// with the bucket `lake`; killed on drop.
+struct Moto {
+    child: std::process::Child,
+    endpoint: String,
+    /// The server's request log.
+    log: tempfile::NamedTempFile,
+}
+
+impl Moto {
+    const KEY_ID: &'static str = "remediate-test-key";
+    const SECRET: &'static str = "remediate-test-secret";
+
+    fn start() -> Self {
+        let probe = Command::new("moto_server").arg("--help").output();
+        assert!(
+            probe.is_ok_and(|o| o.status.success()),
+            "moto_server is required: pip install 'moto[server]' s3fs (.ci/run does)"
+        );
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let log = tempfile::NamedTempFile::new().unwrap();
+        let child = Command::new("moto_server")
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(log.reopen().unwrap())
+            .spawn()
+            .unwrap();
+        let moto = Moto {
+            child,
+            endpoint: format!("http://127.0.0.1:{port}"),
+            log,
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "moto_server did not listen on 127.0.0.1:{port}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        pyice_env(&moto.env(), &["s3-mkbucket", "lake"]);
+        moto
+    }
+
+    /// pyice.py's settings for this server (warehouse `s3://lake/wh`).
+    fn env(&self) -> Vec<(&str, &str)> {
+        vec![
+            ("PYICE_S3_ENDPOINT", self.endpoint.as_str()),
+            ("PYICE_S3_KEY_ID", Self::KEY_ID),
+            ("PYICE_S3_SECRET", Self::SECRET),
+            ("PYICE_WAREHOUSE", "s3://lake/wh"),
+        ]
+    }
+
+    /// Requests so far with `method` whose path contains `part`.
+    fn requests(&self, method: &str, part: &str) -> usize {
+        std::fs::read_to_string(self.log.path())
+            .unwrap()
+            .lines()
+            .filter(|l| l.contains(&format!("\"{method} ")) && l.contains(part))
+            .count()
+    }
+
+    /// Every key under `prefix` (`lake/wh/...`) with its size.
+    fn ls(&self, prefix: &str) -> serde_json::Map<String, Value> {
+        match pyice_env(&self.env(), &["s3-ls", prefix]) {
+            Value::Object(m) => m,
+            v => panic!("s3-ls: {v}"),
+        }
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn a_table_on_s3_is_surveyed_compacted_expired_and_cleaned_of_orphans_and_a_failed_rewrite_leaves_nothing(
+) {
+    let moto = tokio::task::spawn_blocking(Moto::start).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let wh = dir.path().join("warehouse");
+    let w = wh.display().to_string();
+    let env: Vec<(String, String)> = moto
+        .env()
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let e2 = env.clone();
+    let w2 = w.clone();
+    let made = tokio::task::spawn_blocking(move || {
+        let e: Vec<(&str, &str)> = e2.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        pyice_env(&e, &["make", &w2, "events", "20", "10"])
+    })
+    .await
+    .unwrap();
+    assert_eq!(made["files"], 80, "20 appends over 4 partitions");
+    assert!(
+        made["metadata"]
+            .as_str()
+            .unwrap()
+            .starts_with("s3://lake/wh/db/events/metadata/"),
+        "{made}"
+    );
+    // An old writer's leftover and a hidden file (never listed, never
+    // removed) under the table's prefix.
+    for (key, text) in [
+        (
+            "data/category=alpha/crashed-writer.parquet",
+            "never committed",
+        ),
+        ("data/_temporary/part-0.parquet", "a job's scratch file"),
+    ] {
+        let e: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        pyice_env(&e, &["s3-put", &format!("lake/wh/db/events/{key}"), text]);
+    }
+    let data_before = moto.ls("lake/wh/db/events/data");
+    assert_eq!(data_before.len(), 82, "{data_before:#?}");
+
+    std::fs::write(dir.path().join("key-id"), Moto::KEY_ID).unwrap();
+    std::fs::write(dir.path().join("secret"), format!("{}\n", Moto::SECRET)).unwrap();
+    let s3 = format!(
+        "s3: {{ endpoint: \"{}\", region: us-east-1, pathStyle: true, accessKeyIdFile: \"{d}/key-id\", secretAccessKeyFile: \"{d}/secret\" }}",
+        moto.endpoint,
+        d = dir.path().display()
+    );
+    let catalog = format!(
+        "{{ uri: \"sqlite:{w}/catalog.db\", warehouse: \"s3://lake/wh\", tables: [db.events], smallFileThreshold: 1Mi, scrapeInterval: 1s, {s3} }}"
+    );
+
+    // The /metrics exporter reads the table's manifests on S3.
+    let cfg = setup(
+        dir.path(),
+        ", expireSnapshotsOlderThan: 1ms, removeOrphanFiles: true, orphanMinAge: 0s",
+    );
+    let agent_cfg = format!(
+        "listen: 127.0.0.1:0\nplaybooks: playbooks\npolicies: policies\nstateDir: state\nschedule: {{ enabled: false }}\nbackends:\n  iceberg:\n    lake: {catalog}\n"
+    );
+    {
+        let a = common::start_agent(dir.path(), &agent_cfg);
+        let series = "remediate_iceberg_table_total_files{catalog=\"lake\",namespace=\"db\",table=\"events\"}";
+        let mut got = None;
+        for _ in 0..300 {
+            got = a.metric(series).await;
+            if got.is_some() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        assert_eq!(got, Some(80.0), "{}", a.log_text());
+        assert_eq!(
+            a.metric("remediate_iceberg_table_small_files_ratio{catalog=\"lake\",namespace=\"db\",table=\"events\"}").await,
+            Some(1.0)
+        );
+    }
+
+    // Without the s3 settings the catalog refuses the table, naming them,
+    // and touches no local path.
+    let no_s3: IcebergCatalog = serde_json::from_value(serde_json::json!({
+        "uri": format!("sqlite:{w}/catalog.db"),
+        "warehouse": "s3://lake/wh",
+    }))
+    .unwrap();
+    let e = Lake::open("lake", &no_s3)
+        .await
+        .unwrap()
+        .load(&lake::ident("db.events").unwrap())
+        .await
+        .unwrap_err();
+    assert!(
+        e.message
+            .contains("the table is on S3 and backends.iceberg.lake.s3 is not set"),
+        "{}",
+        e.message
+    );
+
+    // A rewrite that fails (one input file is gone for the moment) commits
+    // nothing and leaves none of the files the other bins wrote.
+    let data_key = data_before
+        .keys()
+        .find(|k| k.contains("/category=alpha/") && !k.contains("crashed-writer"))
+        .unwrap()
+        .clone();
+    let aside = format!("lake/aside/{}", data_key.rsplit('/').next().unwrap());
+    let mv = |from: &str, to: &str| {
+        let e: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        pyice_env(&e, &["s3-mv", from, to]);
+    };
+    mv(&data_key, &aside);
+    let lake_cfg: IcebergCatalog = serde_yaml::from_str(&catalog).unwrap();
+    let lake = Lake::open("lake", &lake_cfg).await.unwrap();
+    let t = lake.load(&lake::ident("db.events").unwrap()).await.unwrap();
+    let snapshots = t.metadata().snapshots().count();
+    let e = compact::compact(&lake, &t, None, &params(0), None)
+        .await
+        .unwrap_err();
+    assert!(
+        e.message.contains("rewrite failed, nothing was committed"),
+        "{}",
+        e.message
+    );
+    let left = moto.ls("lake/wh/db/events/data");
+    assert!(
+        !left.keys().any(|k| k.contains("/compact-")),
+        "the other bins' files are removed: {left:#?}"
+    );
+    assert_eq!(left.len(), 81, "all but the file set aside");
+    let (put, deleted) = (
+        moto.requests("PUT", "/compact-"),
+        moto.requests("DELETE", "/compact-"),
+    );
+    assert!(
+        put > 0 && deleted >= put,
+        "the other bins wrote {put} file(s) to S3 and {deleted} deletes removed them"
+    );
+    let t = lake.load(&lake::ident("db.events").unwrap()).await.unwrap();
+    assert_eq!(
+        t.metadata().snapshots().count(),
+        snapshots,
+        "nothing committed"
+    );
+    mv(&aside, &data_key);
+
+    // Compaction, expiry and orphan removal through the CLI, as in the
+    // local tests.
+    std::fs::write(
+        &cfg,
+        format!("backends:\n  iceberg:\n    lake: {catalog}\n"),
+    )
+    .unwrap();
+    let d = dir.path().to_path_buf();
+    let c2 = cfg.clone();
+    let (code, out, err) = tokio::task::spawn_blocking(move || run_cli(&d, &c2, &["--dry-run"]))
+        .await
+        .unwrap();
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(
+        out.contains("table lake.db.events: 80 data files, 80 small; compact 4 partition(s):")
+            && out.contains(
+                "(1 file(s), 15 B: s3://lake/wh/db/events/data/category=alpha/crashed-writer.parquet)"
+            ),
+        "the dry-run lists exactly the one orphan: {out}"
+    );
+    let d = dir.path().to_path_buf();
+    let c2 = cfg.clone();
+    let (code, out, err) = tokio::task::spawn_blocking(move || run_cli(&d, &c2, &[]))
+        .await
+        .unwrap();
+    assert_eq!(code, Some(0), "{out}{err}");
+    let outcome = applied_outcome(dir.path());
+    assert!(
+        outcome.contains("replaced 80 small files")
+            && outcome.contains("with 4 (")
+            && outcome.contains("expired 20 snapshot(s), deleting")
+            && outcome.contains("removed 1 orphan file(s) (15 B)"),
+        "{outcome}"
+    );
+
+    // pyiceberg reads the same rows from fewer files.
+    let e2 = env.clone();
+    let w2 = w.clone();
+    let after = tokio::task::spawn_blocking(move || {
+        let e: Vec<(&str, &str)> = e2.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        pyice_env(&e, &["inspect", &w2, "events"])
+    })
+    .await
+    .unwrap();
+    assert_eq!(after["checksum"], made["checksum"], "same rows");
+    assert_eq!(after["rows"], 200);
+    assert_eq!(after["files"], 4, "one file per partition");
+    assert_eq!(after["operation"], "replace");
+    assert_eq!(after["snapshots"], 1, "the appends' snapshots expired");
+    unchanged_shape(&made, &after);
+
+    // In the bucket: the compacted files, and the hidden file, nothing else
+    // under data/ (the expired snapshots' files and the orphan are gone).
+    let data_after = moto.ls("lake/wh/db/events/data");
+    let mut keys: Vec<&String> = data_after.keys().collect();
+    keys.sort();
+    assert_eq!(keys.len(), 5, "{keys:#?}");
+    assert!(keys
+        .iter()
+        .any(|k| k.ends_with("data/_temporary/part-0.parquet")));
+    assert_eq!(
+        keys.iter()
+            .filter(|k| k.rsplit('/').next().unwrap().starts_with("compact-"))
+            .count(),
+        4,
+        "{keys:#?}"
+    );
+}
+
+#[tokio::test]
+async fn a_local_table_in_a_catalog_with_s3_settings_still_compacts() {
+    let dir = tempfile::tempdir().unwrap();
+    let wh = dir.path().join("warehouse");
+    let w = wh.display().to_string();
+    let made = pyice(&["make", &w, "events", "10", "10"]);
+    let mut cfg = serde_json::to_value(sqlite_lake(&wh)).unwrap();
+    // Never contacted: the table is local.
+    cfg["s3"] = serde_json::json!({"endpoint": "http://127.0.0.1:9", "pathStyle": true});
+    let cfg: IcebergCatalog = serde_json::from_value(cfg).unwrap();
+    let lake = Lake::open("lake", &cfg).await.unwrap();
+    let t = lake.load(&lake::ident("db.events").unwrap()).await.unwrap();
+    let r = compact::compact(&lake, &t, None, &params(0), None)
+        .await
+        .unwrap();
+    assert_eq!((r.files_removed, r.files_added), (40, 4));
+    let after = pyice(&["inspect", &w, "events"]);
+    assert_eq!(after["checksum"], made["checksum"]);
+    assert_eq!(after["files"], 4);
+    assert_eq!(after["operation"], "replace");
+}

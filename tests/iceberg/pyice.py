@@ -17,10 +17,15 @@
                                                     snapshot (reads each one's files)
   pyice.py repoint WAREHOUSE TABLE LOCATION      -> points the SQLite catalog's row at
                                                     LOCATION (the same file, respelled)
+  pyice.py s3-mkbucket BUCKET | s3-ls BUCKET/PREFIX | s3-put BUCKET/KEY TEXT
+           | s3-mv BUCKET/KEY BUCKET/KEY
+                                                 -> the S3 server through s3fs
 
 The catalog is SQLite at WAREHOUSE/catalog.db unless env PYICE_CATALOG_URI
 gives another SQLAlchemy URI (e.g. postgresql+psycopg2://user@127.0.0.1:5432/db);
-the warehouse is file://WAREHOUSE either way.
+the warehouse is file://WAREHOUSE unless env PYICE_WAREHOUSE gives another
+(s3://bucket/wh, with PYICE_S3_ENDPOINT, PYICE_S3_KEY_ID and PYICE_S3_SECRET
+naming the S3 API server and its keys: files go through s3fs).
 
 `delete` removes the rows with category == CATEGORY and id == ID. pyiceberg
 (0.12) only deletes copy-on-write: whole data files that match are dropped
@@ -52,11 +57,31 @@ CATEGORIES = ["alpha", "beta", "gamma", "delta"]
 
 def catalog(warehouse):
     os.makedirs(warehouse, exist_ok=True)
+    props = {}
+    endpoint = os.environ.get("PYICE_S3_ENDPOINT")
+    if endpoint:
+        # Through s3fs: moto's server answers pyarrow's multipart upload
+        # completion wrongly.
+        props = {
+            "py-io-impl": "pyiceberg.io.fsspec.FsspecFileIO",
+            "s3.endpoint": endpoint,
+            "s3.access-key-id": os.environ["PYICE_S3_KEY_ID"],
+            "s3.secret-access-key": os.environ["PYICE_S3_SECRET"],
+            "s3.region": "us-east-1",
+            "s3.force-virtual-addressing": "false",
+        }
     return SqlCatalog(
         "lake",
         uri=os.environ.get("PYICE_CATALOG_URI") or f"sqlite:///{warehouse}/catalog.db",
-        warehouse=f"file://{warehouse}",
+        warehouse=os.environ.get("PYICE_WAREHOUSE") or f"file://{warehouse}",
+        **props,
     )
+
+
+def parquet(table, path):
+    """A data file's Parquet reader, through the table's own FileIO (local
+    or S3)."""
+    return pq.ParquetFile(table.io.new_input(path).open())
 
 
 def batch(start, rows):
@@ -88,10 +113,11 @@ def summary(table):
     sorted_desc = True
     codecs = set()
     for f in files:
-        meta = pq.ParquetFile(f["file_path"].removeprefix("file://")).metadata
+        pf = parquet(table, f["file_path"])
+        meta = pf.metadata
         if meta.num_row_groups:
             codecs.add(meta.row_group(0).column(0).compression)
-        ids = pq.read_table(f["file_path"].removeprefix("file://"), columns=["id"]).column("id").to_pylist()
+        ids = pf.read(columns=["id"]).column("id").to_pylist()
         if any(a is not None and b is not None and a < b for a, b in zip(ids, ids[1:])):
             sorted_desc = False
     return {
@@ -175,7 +201,40 @@ def make_types(cat, name, appends, rows):
     print(json.dumps(summary(table)))
 
 
+def s3fs_client():
+    import s3fs
+
+    return s3fs.S3FileSystem(
+        endpoint_url=os.environ["PYICE_S3_ENDPOINT"],
+        key=os.environ["PYICE_S3_KEY_ID"],
+        secret=os.environ["PYICE_S3_SECRET"],
+        client_kwargs={"region_name": "us-east-1"},
+    )
+
+
+def s3_command(cmd, arg, rest):
+    """s3-mkbucket BUCKET, s3-ls BUCKET/PREFIX (every key under it, with
+    sizes), s3-put BUCKET/KEY TEXT, s3-mv FROM TO: the S3 server seen
+    through s3fs."""
+    fs = s3fs_client()
+    if cmd == "s3-mkbucket":
+        fs.call_s3("create_bucket", Bucket=arg)
+        print(json.dumps({"bucket": arg}))
+    elif cmd == "s3-ls":
+        fs.invalidate_cache()
+        print(json.dumps({k: v["size"] for k, v in fs.find(arg, detail=True).items()}))
+    elif cmd == "s3-put":
+        with fs.open(arg, "wb") as f:
+            f.write(rest[0].encode())
+        print(json.dumps({"put": arg}))
+    elif cmd == "s3-mv":
+        fs.mv(arg, rest[0])
+        print(json.dumps({"moved": arg, "to": rest[0]}))
+
+
 def main():
+    if sys.argv[1].startswith("s3-"):
+        return s3_command(sys.argv[1], sys.argv[2], sys.argv[3:])
     cmd, warehouse, name = sys.argv[1], sys.argv[2], sys.argv[3]
     cat = catalog(warehouse)
     if cmd in ("make", "make-v1", "make-sorted", "make-evolved"):

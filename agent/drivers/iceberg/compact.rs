@@ -576,20 +576,28 @@ async fn rewrite_bin(
         .collect()
 }
 
-/// Best effort, local tables: files a failed bin wrote before failing.
-fn remove_run_files(table: &Table, prefix: &str) {
-    let Some(root) = super::location::Location::parse(table.metadata().location())
+/// Best effort: files a failed bin wrote before failing, found by listing
+/// the table's `data/` (its directory, or its prefix in the bucket).
+async fn remove_run_files(lake: &Lake, table: &Table, prefix: &str) {
+    let Some(data) = super::location::Location::parse(table.metadata().location())
         .ok()
-        .and_then(|l| l.local_path().map(std::path::Path::to_path_buf))
+        .and_then(|l| super::location::Location::parse(&format!("{l}/data")).ok())
     else {
         return;
     };
-    for e in walkdir::WalkDir::new(root.join("data"))
-        .into_iter()
-        .flatten()
-    {
-        if e.file_type().is_file() && e.file_name().to_string_lossy().starts_with(prefix) {
-            let _ = std::fs::remove_file(e.path());
+    let files = match lake.store().list(&data).await {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not list the files a failed rewrite may have left");
+            return;
+        }
+    };
+    for f in files {
+        let name = f.location.path().rsplit('/').next().unwrap_or_default();
+        if name.starts_with(prefix) {
+            if let Err(e) = lake.store().delete(&f).await {
+                tracing::warn!(path = %f.written, error = %e, "could not remove an uncommitted file");
+            }
         }
     }
 }
@@ -729,7 +737,7 @@ pub async fn compact(
     if let Some(e) = first_err {
         delete_all(table, paths(&added)).await;
         // A failed bin may have left files under the run's prefix.
-        remove_run_files(table, &format!("compact-{run}-"));
+        remove_run_files(lake, table, &format!("compact-{run}-")).await;
         return Err(DriverError {
             message: format!("rewrite failed, nothing was committed: {}", e.message),
             retryable: e.retryable,

@@ -79,6 +79,7 @@ pub struct Lake {
     pub key: String,
     catalog: Arc<dyn Catalog>,
     committer: Committer,
+    store: super::store::Store,
 }
 
 impl std::fmt::Debug for Lake {
@@ -123,7 +124,8 @@ impl Lake {
                     DriverError::permanent(format!("backends.iceberg.{key}: secret: {e}"))
                 })?;
         let name = cfg.name.clone().unwrap_or_else(|| key.to_string());
-        let storage = Arc::new(iceberg::io::LocalFsStorageFactory);
+        let store = super::store::Store::new(key, cfg.s3.as_ref())?;
+        let storage = store.factory();
         if is_rest(&cfg.uri) {
             let mut props = HashMap::from([(
                 iceberg_catalog_rest::REST_CATALOG_PROP_URI.to_string(),
@@ -138,6 +140,7 @@ impl Lake {
             if let Some(t) = &secret {
                 props.insert("token".into(), t.clone());
             }
+            props.extend(store.props());
             let catalog = iceberg_catalog_rest::RestCatalogBuilder::default()
                 .with_storage_factory(storage)
                 .load(name, props)
@@ -180,6 +183,7 @@ impl Lake {
                     base: format!("{root}/v1/{prefix}"),
                     token: secret,
                 },
+                store,
             });
         }
         let uri = if is_postgres(&cfg.uri) {
@@ -218,6 +222,7 @@ impl Lake {
                 "DollarNumeric".to_string(),
             );
         }
+        props.extend(store.props());
         // The layout decides who serves the catalog; finding it out reads
         // only, where the crate's catalog would create missing tables.
         let cell = tokio::sync::OnceCell::new();
@@ -257,15 +262,49 @@ impl Lake {
                 catalog_name: name,
                 dollar,
             },
+            store,
         })
+    }
+
+    /// Where the catalog's tables live (listing and deleting what
+    /// `FileIO` cannot).
+    pub fn store(&self) -> &super::store::Store {
+        &self.store
     }
 
     /// Loads a table's current state.
     pub async fn load(&self, ident: &TableIdent) -> Result<Table, DriverError> {
-        self.catalog
-            .load_table(ident)
-            .await
-            .map_err(|e| super::ice(format!("table {}.{ident}", self.key), e))
+        let t = self.catalog.load_table(ident).await.map_err(|e| {
+            let mut err = super::ice(format!("table {}.{ident}", self.key), e);
+            // The crate's local storage reads `s3://b/k` as a relative
+            // path and says only that it is not there.
+            if !self.store.has_s3()
+                && ["s3://", "s3a://", "s3n://"]
+                    .iter()
+                    .any(|s| err.message.contains(s))
+            {
+                err.message.push_str(&format!(
+                    " (the table is on S3 and backends.iceberg.{}.s3 is not set)",
+                    self.key
+                ));
+                err.retryable = false;
+            }
+            err
+        })?;
+        // Never let the local storage act on an S3 table's files.
+        if !self.store.has_s3() {
+            if let Ok(l) = super::location::Location::parse(t.metadata().location()) {
+                if l.scheme() == "s3" {
+                    return Err(DriverError::permanent(format!(
+                        "table {}.{ident} is on S3 ({}) and backends.iceberg.{}.s3 is not set",
+                        self.key,
+                        t.metadata().location(),
+                        self.key
+                    )));
+                }
+            }
+        }
+        Ok(t)
     }
 
     /// The underlying catalog (for the crate's own transactions).

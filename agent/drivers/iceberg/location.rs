@@ -115,6 +115,16 @@ impl Location {
         (self.scheme == "file").then(|| Path::new(&self.path))
     }
 
+    /// The scheme, lower case (`file`, `s3`, …).
+    pub fn scheme(&self) -> &str {
+        &self.scheme
+    }
+
+    /// The authority: an S3 bucket, empty for local files.
+    pub fn authority(&self) -> &str {
+        &self.authority
+    }
+
     /// The path part (after scheme and authority).
     pub fn path(&self) -> &str {
         &self.path

@@ -9,7 +9,7 @@
 //! - **Remove orphan files**: files under the table's location that nothing
 //!   references and that are older than `orphanMinAge` (default 3 days, so
 //!   a writer's files that are not committed yet are never taken). Local
-//!   tables only.
+//!   and S3 tables (the bucket listed under the table's prefix).
 //!
 //! Every location is compared in canonical form ([`Location`]), whichever
 //! way its writer spelled it (`file:/x` from Java, `file:///x`, `/x`).
@@ -26,7 +26,6 @@
 //! `PrefixMismatchMode.ERROR`).
 
 use std::collections::{HashMap, HashSet};
-use std::path::PathBuf;
 use std::time::SystemTime;
 
 use iceberg::spec::{ManifestList, SnapshotRef, TableMetadata};
@@ -38,6 +37,7 @@ use super::compact::{load_manifests, manifests_of, Manifests};
 use super::ice;
 use super::lake::Lake;
 use super::location::Location;
+use super::store::{Listed, Store};
 use super::Compact;
 use crate::drivers::action::DriverError;
 
@@ -271,78 +271,67 @@ async fn exists(table: &Table, path: &str) -> Result<bool, String> {
         .map_err(|e| format!("{path}: cannot tell whether it exists: {e}"))
 }
 
-/// An orphan file: its local path and size.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// An orphan file: where it is and its size.
+#[derive(Debug, Clone)]
 pub struct Orphan {
-    /// Local path.
-    pub path: PathBuf,
+    /// The file as listed: a local path, or `s3://bucket/key`.
+    pub path: String,
     /// Bytes.
     pub bytes: u64,
-}
-
-/// Java's hidden-path rule: names starting with `.` or `_` are not
-/// listed, except directories named like a partition (`_x=v`).
-fn hidden(e: &walkdir::DirEntry) -> bool {
-    let name = e.file_name().to_string_lossy();
-    (name.starts_with('.') || name.starts_with('_'))
-        && !(e.file_type().is_dir() && name.contains('='))
-        && e.depth() > 0
+    listed: Listed,
 }
 
 /// The orphan files of `table` older than `min_age`, or why none may be
 /// deleted. Reads the whole reference set first; lists the table's
-/// directory after, so a file committed in between is seen as kept only
-/// if it was committed before the references were read (hence the age).
+/// location after (its directory, or its prefix in the bucket), so a file
+/// committed in between is seen as kept only if it was committed before
+/// the references were read (hence the age). A file whose age the storage
+/// does not tell is kept.
 pub async fn orphans(
+    store: &Store,
     table: &Table,
     min_age: std::time::Duration,
     cache: &mut Manifests,
 ) -> Result<Vec<Orphan>, Refusal> {
     let written = table.metadata().location();
     let root = Location::parse(written).map_err(|e| format!("table location: {e}"))?;
-    let Some(dir) = root.local_path().map(PathBuf::from) else {
+    if root.local_path().is_none() && root.scheme() != "s3" {
         return Err(format!(
-            "orphan removal lists the table's directory and works on local tables only; {written} is not local"
+            "orphan removal lists the table's location and works on local and s3 tables only; {written} is neither"
         ));
-    };
+    }
+    if root.scheme() == "s3" && !store.has_s3() {
+        return Err(format!(
+            "{written} is on S3 but the catalog has no s3 settings (backends.iceberg.<catalog>.s3)"
+        ));
+    }
     let mut kept = kept_for_orphans(table, cache).await?;
     // A Hadoop catalog's pointer to the current metadata.
     kept.add(
-        &format!("{}/metadata/version-hint.text", dir.display()),
+        &format!("{root}/metadata/version-hint.text"),
         "version hint",
     )?;
     let now = SystemTime::now();
     let mut out = Vec::new();
-    let walk = walkdir::WalkDir::new(&dir)
-        .follow_links(false)
-        .into_iter()
-        .filter_entry(|e| !hidden(e));
-    for entry in walk {
-        let entry = entry.map_err(|e| format!("list {}: {e}", dir.display()))?;
-        if !entry.file_type().is_file() {
+    for f in store.list(&root).await? {
+        if !f.location.is_under(&root) {
+            return Err(format!(
+                "listing {root} gave {}, which is not under it",
+                f.written
+            ));
+        }
+        if !kept.deletable(&f.location)? {
             continue;
         }
-        // A name that is not UTF-8 cannot be compared with the metadata's
-        // (UTF-8) locations: never a candidate.
-        let Some(p) = entry.path().to_str() else {
-            continue;
-        };
-        let l = Location::parse(p).map_err(|e| format!("listed file: {e}"))?;
-        if !kept.deletable(&l)? {
-            continue;
-        }
-        let meta = entry
-            .metadata()
-            .map_err(|e| format!("{}: {e}", entry.path().display()))?;
-        let old = meta
-            .modified()
-            .ok()
+        let old = f
+            .modified
             .and_then(|t| now.duration_since(t).ok())
             .is_some_and(|a| a >= min_age);
         if old {
             out.push(Orphan {
-                path: entry.path().to_path_buf(),
-                bytes: meta.len(),
+                path: f.written.clone(),
+                bytes: f.bytes,
+                listed: f,
             });
         }
     }
@@ -472,28 +461,22 @@ pub async fn run(
     }
     if c.remove_orphan_files {
         let (mut n, mut bytes) = (0usize, 0u64);
-        match orphans(&table, c.orphan_min_age.0, &mut cache).await {
+        match orphans(lake.store(), &table, c.orphan_min_age.0, &mut cache).await {
             Ok(found) => {
                 for o in found {
-                    let listed = o
-                        .path
-                        .to_str()
-                        .is_some_and(|p| planned_orphans.is_none_or(|planned| planned.contains(p)));
+                    let listed = planned_orphans.is_none_or(|planned| planned.contains(&o.path));
                     if !listed {
                         continue;
                     }
-                    match std::fs::remove_file(&o.path) {
+                    match lake.store().delete(&o.listed).await {
                         Ok(()) => {
-                            tracing::info!(path = %o.path.display(), bytes = o.bytes, "removed orphan file");
+                            tracing::info!(path = %o.path, bytes = o.bytes, "removed orphan file");
                             n += 1;
                             bytes += o.bytes;
                         }
                         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                         Err(e) => {
-                            return Err(DriverError::retryable(format!(
-                                "remove {}: {e}",
-                                o.path.display()
-                            )))
+                            return Err(DriverError::retryable(format!("remove {}: {e}", o.path)))
                         }
                     }
                 }

@@ -19,6 +19,7 @@ mod maintain;
 pub mod manifest;
 pub mod partition;
 pub mod sql_v0;
+pub mod store;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -72,7 +73,7 @@ pub struct Compact {
     #[serde(default)]
     pub expire_snapshots_older_than: Option<Duration>,
     /// Optionally remove files under the table's location that nothing
-    /// references (local tables only).
+    /// references (local and S3 tables).
     #[serde(default)]
     pub remove_orphan_files: bool,
     /// Orphans younger than this are kept: a writer's uncommitted files.
@@ -343,11 +344,17 @@ impl Action for IcebergCompact {
         // The orphans as of now, listed in full: apply removes no file
         // this list lacks.
         let (extra, orphans) = if c.remove_orphan_files {
-            match maintain::orphans(&t, c.orphan_min_age.0, &mut compact::Manifests::new()).await {
+            match maintain::orphans(
+                lake.store(),
+                &t,
+                c.orphan_min_age.0,
+                &mut compact::Manifests::new(),
+            )
+            .await
+            {
                 Ok(found) => {
                     let bytes: u64 = found.iter().map(|o| o.bytes).sum();
-                    let paths: Vec<String> =
-                        found.iter().map(|o| o.path.display().to_string()).collect();
+                    let paths: Vec<String> = found.iter().map(|o| o.path.clone()).collect();
                     for p in &paths {
                         tracing::info!(path = %p, "orphan file to remove");
                     }
