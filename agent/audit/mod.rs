@@ -15,9 +15,10 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 pub use read::{
-    damaged_error, interrupted, last_seq, ledger_from, read, read_all, ReadResult, INTERRUPTED,
+    damaged_error, enter, interrupted, last_seq, ledger_from, read, read_all, scan, scan_all,
+    ReadResult, INTERRUPTED,
 };
-pub use write::{Rotation, Writer};
+pub use write::{GroupCommit, Rotation, Writer};
 
 /// Longest label, annotation or value name kept in an audit record.
 pub const MAX_NAME_BYTES: usize = 256;

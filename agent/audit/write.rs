@@ -181,6 +181,84 @@ impl Writer {
     }
 }
 
+/// Group commit for a batch run (`remediate run`): records that change
+/// nothing (dry-run, suppressed, needs-approval) are buffered and written
+/// with one fsync per [`GroupCommit::MAX_PENDING`] records or
+/// [`GroupCommit::MAX_BYTES`]; a record of a real execution is written at
+/// once, with everything before it, and fsynced before `append` returns,
+/// so the log is durable before any apply starts. [`GroupCommit::commit`]
+/// writes the rest (call it before exiting).
+#[derive(Debug)]
+pub struct GroupCommit {
+    writer: Writer,
+    buf: Vec<u8>,
+    pending: usize,
+    /// fsyncs done (for tests and benchmarks).
+    syncs: usize,
+}
+
+impl GroupCommit {
+    /// Buffered records written at most.
+    pub const MAX_PENDING: usize = 4096;
+    /// Buffered bytes written at most.
+    pub const MAX_BYTES: usize = 1 << 20;
+
+    /// Group commit over `writer`.
+    pub fn new(writer: Writer) -> Self {
+        Self {
+            writer,
+            buf: Vec::with_capacity(Self::MAX_BYTES + (64 << 10)),
+            pending: 0,
+            syncs: 0,
+        }
+    }
+
+    /// Appends a record: buffered, or (a real execution's record, or a
+    /// full buffer) written and fsynced with those before it.
+    pub fn append(&mut self, rec: &Record) -> Result<()> {
+        serde_json::to_writer(&mut self.buf, rec)?;
+        self.buf.push(b'\n');
+        self.pending += 1;
+        let acts = rec.decision == "execute" && !rec.dry_run;
+        if acts || self.pending >= Self::MAX_PENDING || self.buf.len() >= Self::MAX_BYTES {
+            self.commit()?;
+        }
+        Ok(())
+    }
+
+    /// Writes and fsyncs what is buffered. On failure nothing of the batch
+    /// stays in the file (it is cut back) and the batch is dropped.
+    pub fn commit(&mut self) -> Result<()> {
+        if self.pending == 0 {
+            return Ok(());
+        }
+        let (n, buf) = (self.pending, std::mem::take(&mut self.buf));
+        self.pending = 0;
+        let res = self.writer.append_bytes(&buf, n);
+        self.buf = buf;
+        self.buf.clear();
+        if res.is_ok() {
+            self.syncs += 1;
+        }
+        res
+    }
+
+    /// Records written and fsynced.
+    pub fn written(&self) -> usize {
+        self.writer.written()
+    }
+
+    /// Records buffered, not yet written.
+    pub fn pending(&self) -> usize {
+        self.pending
+    }
+
+    /// fsyncs done so far.
+    pub fn syncs(&self) -> usize {
+        self.syncs
+    }
+}
+
 /// Opens `path` for appending, with a torn last line cut back; returns the
 /// file and its length.
 fn open_whole(path: &Path) -> std::io::Result<(File, u64)> {

@@ -102,14 +102,28 @@ pub enum Error {
     },
 }
 
-impl Payload {
-    /// Parses and checks a webhook body.
-    pub fn parse(body: &[u8]) -> Result<Self, Error> {
-        let p: Payload = serde_json::from_slice(body).map_err(|e| Error::Malformed {
+impl Error {
+    /// A body that is not a payload, at the decoder's position.
+    pub fn malformed(e: &serde_json::Error) -> Self {
+        Error::Malformed {
             line: e.line(),
             column: e.column(),
             reason: strip_position(&e.to_string()),
-        })?;
+        }
+    }
+}
+
+impl Payload {
+    /// Parses and checks a webhook body.
+    pub fn parse(body: &[u8]) -> Result<Self, Error> {
+        let p: Payload = serde_json::from_slice(body).map_err(|e| Error::malformed(&e))?;
+        p.validate()
+    }
+
+    /// The checks [`Payload::parse`] makes after decoding: version 4, an
+    /// alertname on every alert, no control characters.
+    pub fn validate(self) -> Result<Self, Error> {
+        let p = self;
         if p.version != "4" {
             return Err(Error::Version(p.version));
         }
