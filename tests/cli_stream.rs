@@ -124,3 +124,151 @@ fn run_and_replay_print_what_they_printed_before_they_streamed() {
     ]);
     check("replay-alerts.jsonl", &normalized(&out, d));
 }
+
+fn alert(name: &str, target: &str, i: usize) -> serde_json::Value {
+    serde_json::json!({
+        "status": "firing",
+        "labels": {"alertname": name, "target": target},
+        "annotations": {},
+        "startsAt": "2026-11-25T11:00:00Z",
+        "fingerprint": format!("{i:016x}"),
+    })
+}
+
+fn payload(alerts: Vec<serde_json::Value>) -> String {
+    serde_json::json!({"version": "4", "status": "firing", "receiver": "r", "alerts": alerts})
+        .to_string()
+}
+
+/// `run` without `--dry-run` over 5,000 decisions that change nothing
+/// (a shadow playbook) and two real executions: every record is in the
+/// file when the process exits, and when each apply runs (it copies the
+/// audit log aside) every record before it, its own planned record
+/// included, is already in the file.
+#[test]
+fn run_group_commits_the_audit_and_has_it_on_disk_before_each_apply_and_at_exit() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    for sub in ["playbooks", "policies", "snap"] {
+        std::fs::create_dir_all(d.join(sub)).unwrap();
+    }
+    let audit = d.join("audit.jsonl");
+    std::fs::write(
+        d.join("playbooks/mark.yaml"),
+        format!(
+            r#"apiVersion: remediate/v1
+kind: Playbook
+metadata: {{ name: mark }}
+spec:
+  triggers: [{{ alert: ['alertname="Mark"'] }}]
+  target: {{ kind: host, node: stream-node }}
+  steps:
+    - action: host.command
+      with: {{ argv: [cp, {}, "{}/{{{{ labels.target }}}}.jsonl"] }}
+"#,
+            audit.display(),
+            d.join("snap").display()
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("playbooks/noise.yaml"),
+        r#"apiVersion: remediate/v1
+kind: Playbook
+metadata: { name: noise }
+spec:
+  mode: dry-run
+  triggers: [{ alert: ['alertname="Noise"'] }]
+  target: { kind: host, node: stream-node }
+  steps:
+    - action: host.command
+      with: { argv: ["true"] }
+"#,
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("policies/default.yaml"),
+        "apiVersion: remediate/v1\nkind: Policy\nmetadata: { name: default }\nspec: {}\n",
+    )
+    .unwrap();
+    // Two notifications: 3,000 noise then mark a; 2,000 noise then mark b.
+    let first: Vec<_> = (0..3000)
+        .map(|i| alert("Noise", "n", i))
+        .chain([alert("Mark", "a", 100_000)])
+        .collect();
+    let second: Vec<_> = (3000..5000)
+        .map(|i| alert("Noise", "n", i))
+        .chain([alert("Mark", "b", 100_001)])
+        .collect();
+    let alerts = d.join("alerts.ndjson");
+    std::fs::write(
+        &alerts,
+        format!("{}\n{}\n", payload(first), payload(second)),
+    )
+    .unwrap();
+    let s = |p: &Path| p.display().to_string();
+    let out = bin()
+        .args([
+            "run",
+            "--alert",
+            &s(&alerts),
+            "--audit",
+            &s(&audit),
+            "--playbooks",
+            &s(&d.join("playbooks")),
+            "--policies",
+            &s(&d.join("policies")),
+            "--node",
+            "stream-node",
+            "--at",
+            AT,
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let records = |p: &Path| -> Vec<serde_json::Value> {
+        std::fs::read_to_string(p)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let all = records(&audit);
+    let by = |pb: &str, phase: &str| {
+        all.iter()
+            .filter(|r| r["playbook"] == pb && r["phase"] == phase)
+            .count()
+    };
+    assert_eq!(
+        by("noise", "planned"),
+        5000,
+        "every decision recorded by exit"
+    );
+    assert_eq!(by("mark", "planned"), 2);
+    assert_eq!(by("mark", "verified"), 2, "{stdout}");
+    assert!(
+        stdout.contains(&format!("(+{} records)", all.len())),
+        "the summary counts what is on disk: {stdout}"
+    );
+    // The table is capped; the rest is counted.
+    assert!(
+        stdout.contains("… and 4002 more row(s): the table shows the first 1000"),
+        "{stdout}"
+    );
+    // What the apply saw: everything decided before it, and its own planned record.
+    for (target, noise_before) in [("a", 3000), ("b", 5000)] {
+        let seen = records(&d.join("snap").join(format!("{target}.jsonl")));
+        let noise = seen.iter().filter(|r| r["playbook"] == "noise").count();
+        assert_eq!(noise, noise_before, "apply of {target}");
+        let last = seen.last().unwrap();
+        assert_eq!(last["playbook"], "mark");
+        assert_eq!(last["phase"], "planned");
+        assert_eq!(last["decision"], "execute");
+        assert_eq!(last["trigger"]["labels"]["target"], target);
+    }
+}

@@ -239,6 +239,69 @@ mod tests {
     }
 
     #[test]
+    fn group_commit_batches_what_changes_nothing_and_writes_an_execution_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("audit.jsonl");
+        let mut g = GroupCommit::new(Writer::open(&p).unwrap());
+        let mut quiet = rec("dry");
+        quiet.decision = "dry-run".into();
+        quiet.dry_run = true;
+        for _ in 0..10_000 {
+            g.append(&quiet).unwrap();
+        }
+        // Full batches (4096 records or 1 MiB) are on disk, the rest waits:
+        // a handful of fsyncs, not 10,000.
+        let syncs = g.syncs();
+        assert!((2..=5).contains(&syncs), "{syncs} fsyncs");
+        assert_eq!(g.written() + g.pending(), 10_000);
+        assert!(g.pending() > 0);
+        assert_eq!(read(&p).unwrap().records.len(), g.written());
+        // A real execution's record goes out at once, with all before it.
+        g.append(&rec("exec")).unwrap();
+        assert_eq!(g.pending(), 0);
+        let on_disk = read(&p).unwrap().records;
+        assert_eq!(on_disk.len(), 10_001);
+        assert_eq!(on_disk.last().unwrap().id, "exec");
+        g.append(&quiet).unwrap();
+        assert_eq!(g.pending(), 1);
+        g.commit().unwrap();
+        assert_eq!(read(&p).unwrap().records.len(), 10_002);
+        assert_eq!(g.syncs(), syncs + 2);
+        // Nothing pending: no write.
+        g.commit().unwrap();
+        assert_eq!(g.syncs(), syncs + 2);
+    }
+
+    #[test]
+    fn scanning_hands_on_every_record_as_read_all_reads_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("audit.jsonl");
+        let mut w = Writer::open_rotating(
+            &p,
+            Rotation {
+                max_bytes: 2000,
+                keep: 5,
+            },
+        )
+        .unwrap();
+        for i in 0..20 {
+            w.append(&rec(&format!("r{i}"))).unwrap();
+        }
+        drop(w);
+        let mut torn = OpenOptions::new().append(true).open(&p).unwrap();
+        torn.write_all(b"{\"ts\":").unwrap();
+        let all = read_all(&p).unwrap();
+        let mut ids = Vec::new();
+        let scanned = scan_all(&p, &mut |r| ids.push(r.id)).unwrap();
+        let want: Vec<String> = all.records.iter().map(|r| r.id.clone()).collect();
+        assert_eq!(ids, want);
+        assert!(ids.len() > 5 && ids.len() <= 20, "{ids:?}");
+        assert_eq!(scanned.skipped, all.skipped);
+        assert_eq!(scanned.skipped.len(), 1);
+        assert!(scanned.damaged.is_empty());
+    }
+
+    #[test]
     fn a_torn_last_line_is_skipped_on_read_and_cut_back_before_the_next_append() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("sub/audit.jsonl");
