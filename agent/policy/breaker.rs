@@ -112,7 +112,7 @@ impl Ledger {
         // newest window back, the first that fits.
         let Some(mut opened) = (k - 1..n)
             .rev()
-            .map(|j| (fails.0[j - (k - 1)], fails.0[j]))
+            .filter_map(|j| Some((fails.nth(j - (k - 1))?, fails.nth(j)?)))
             .find(|(first, last)| *last - *first <= within)
             .map(|(_, last)| last)
         else {

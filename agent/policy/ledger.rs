@@ -29,46 +29,99 @@ pub fn target_key(target: &crate::drivers::Target) -> String {
     s
 }
 
-/// Times in ascending order. Appending in time order is O(1); a time out
-/// of order (an `--at` what-if) is inserted in place.
+/// Times in ascending order, run-length encoded: equal times (a batch
+/// decided at one `now`) are one run. Each run carries the number of
+/// entries before it (a running count, wrapping), so counting the entries
+/// after a time is a binary search. Appending in time order is O(1); a
+/// time out of order (an `--at` what-if) is inserted in place.
 #[derive(Debug, Default, Clone)]
-pub(super) struct Times(pub(super) std::collections::VecDeque<DateTime<Utc>>);
+pub(super) struct Times {
+    runs: std::collections::VecDeque<Run>,
+    /// The running count after the last run.
+    end: u32,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Run {
+    at: DateTime<Utc>,
+    /// The running count before this run's entries.
+    before: u32,
+}
 
 impl Times {
+    /// Entries in run `i` onwards (`i == runs.len()`: none).
+    fn from_run(&self, i: usize) -> usize {
+        self.runs
+            .get(i)
+            .map_or(0, |r| self.end.wrapping_sub(r.before) as usize)
+    }
+
+    /// The running count at the start of run `i` (the end past the last).
+    fn before(&self, i: usize) -> u32 {
+        self.runs.get(i).map_or(self.end, |r| r.before)
+    }
+
     fn insert(&mut self, at: DateTime<Utc>) {
-        if self.0.back().is_none_or(|b| *b <= at) {
-            self.0.push_back(at);
-        } else {
-            let i = self.0.partition_point(|t| *t <= at);
-            self.0.insert(i, at);
+        match self.runs.back() {
+            Some(last) if last.at == at => {}
+            None => self.runs.push_back(Run {
+                at,
+                before: self.end,
+            }),
+            Some(last) if last.at < at => self.runs.push_back(Run {
+                at,
+                before: self.end,
+            }),
+            Some(_) => {
+                let i = self.runs.partition_point(|r| r.at < at);
+                let next = i + 1;
+                if self.runs[i].at != at {
+                    let before = self.runs[i].before;
+                    self.runs.insert(i, Run { at, before });
+                }
+                for r in self.runs.range_mut(next..) {
+                    r.before = r.before.wrapping_add(1);
+                }
+            }
         }
+        self.end = self.end.wrapping_add(1);
     }
 
     /// Removes one entry equal to `at`; true if there was one.
     fn remove(&mut self, at: DateTime<Utc>) -> bool {
-        let i = self.0.partition_point(|t| *t < at);
-        if self.0.get(i) == Some(&at) {
-            self.0.remove(i);
-            true
-        } else {
-            false
+        let i = self.runs.partition_point(|r| r.at < at);
+        if self.runs.get(i).is_none_or(|r| r.at != at) {
+            return false;
         }
+        let alone = self.before(i + 1).wrapping_sub(self.runs[i].before) == 1;
+        for r in self.runs.range_mut(i + 1..) {
+            r.before = r.before.wrapping_sub(1);
+        }
+        if alone {
+            self.runs.remove(i);
+        }
+        self.end = self.end.wrapping_sub(1);
+        true
     }
 
     /// Drops entries before `before`; returns how many.
     fn prune(&mut self, before: DateTime<Utc>) -> usize {
-        let n = self.0.partition_point(|t| *t < before);
-        self.0.drain(..n);
-        if self.0.capacity() > 64 && self.0.len() < self.0.capacity() / 4 {
-            self.0.shrink_to(self.0.len() * 2);
+        let n = self.runs.partition_point(|r| r.at < before);
+        if n == 0 {
+            return 0;
         }
-        n
+        let dropped = self.before(n).wrapping_sub(self.runs[0].before) as usize;
+        self.runs.drain(..n);
+        if self.runs.capacity() > 64 && self.runs.len() < self.runs.capacity() / 4 {
+            self.runs.shrink_to(self.runs.len() * 2);
+        }
+        dropped
     }
 
     /// Entries after `since`, and the oldest of them.
     fn after(&self, since: DateTime<Utc>) -> (usize, Option<DateTime<Utc>>) {
-        let i = self.0.partition_point(|t| *t <= since);
-        (self.0.len() - i, self.0.get(i).copied())
+        let i = self.runs.partition_point(|r| r.at <= since);
+        (self.from_run(i), self.runs.get(i).map(|r| r.at))
     }
 
     /// The first entry at or after `from` and at or before `to`.
@@ -77,21 +130,31 @@ impl Times {
         from: DateTime<Utc>,
         to: DateTime<Utc>,
     ) -> Option<DateTime<Utc>> {
-        let i = self.0.partition_point(|t| *t < from);
-        self.0.get(i).copied().filter(|t| *t <= to)
+        let i = self.runs.partition_point(|r| r.at < from);
+        self.runs.get(i).map(|r| r.at).filter(|t| *t <= to)
     }
 
     /// How many entries are at or before `to`.
     pub(super) fn count_until(&self, to: DateTime<Utc>) -> usize {
-        self.0.partition_point(|t| *t <= to)
+        self.from_run(0) - self.from_run(self.runs.partition_point(|r| r.at <= to))
+    }
+
+    /// The `j`-th entry (0-based, ascending); `j` below the count.
+    pub(super) fn nth(&self, j: usize) -> Option<DateTime<Utc>> {
+        let base = self.runs.front()?.before;
+        // The last run that starts at or before entry j.
+        let i = self
+            .runs
+            .partition_point(|r| (r.before.wrapping_sub(base) as usize) <= j);
+        (j < self.from_run(0)).then(|| self.runs[i - 1].at)
     }
 
     fn last(&self) -> Option<DateTime<Utc>> {
-        self.0.back().copied()
+        self.runs.back().map(|r| r.at)
     }
 
     fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.runs.is_empty()
     }
 }
 
