@@ -50,7 +50,7 @@ struct Run {
 
 impl Times {
     /// Entries in run `i` onwards (`i == runs.len()`: none).
-    fn from_run(&self, i: usize) -> usize {
+    fn count_from(&self, i: usize) -> usize {
         self.runs
             .get(i)
             .map_or(0, |r| self.end.wrapping_sub(r.before) as usize)
@@ -121,7 +121,7 @@ impl Times {
     /// Entries after `since`, and the oldest of them.
     fn after(&self, since: DateTime<Utc>) -> (usize, Option<DateTime<Utc>>) {
         let i = self.runs.partition_point(|r| r.at <= since);
-        (self.from_run(i), self.runs.get(i).map(|r| r.at))
+        (self.count_from(i), self.runs.get(i).map(|r| r.at))
     }
 
     /// The first entry at or after `from` and at or before `to`.
@@ -136,7 +136,7 @@ impl Times {
 
     /// How many entries are at or before `to`.
     pub(super) fn count_until(&self, to: DateTime<Utc>) -> usize {
-        self.from_run(0) - self.from_run(self.runs.partition_point(|r| r.at <= to))
+        self.count_from(0) - self.count_from(self.runs.partition_point(|r| r.at <= to))
     }
 
     /// The `j`-th entry (0-based, ascending); `j` below the count.
@@ -146,7 +146,7 @@ impl Times {
         let i = self
             .runs
             .partition_point(|r| (r.before.wrapping_sub(base) as usize) <= j);
-        (j < self.from_run(0)).then(|| self.runs[i - 1].at)
+        (j < self.count_from(0)).then(|| self.runs[i - 1].at)
     }
 
     fn last(&self) -> Option<DateTime<Utc>> {
