@@ -39,6 +39,9 @@ pub(super) struct Times {
     runs: std::collections::VecDeque<Run>,
     /// The running count after the last run.
     end: u32,
+    /// Where the last window started (a guess, checked before use):
+    /// consecutive decisions ask about nearly the same window.
+    hint: std::cell::Cell<usize>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -120,8 +123,29 @@ impl Times {
 
     /// Entries after `since`, and the oldest of them.
     fn after(&self, since: DateTime<Utc>) -> (usize, Option<DateTime<Utc>>) {
-        let i = self.runs.partition_point(|r| r.at <= since);
+        let i = self.first_after(since);
         (self.count_from(i), self.runs.get(i).map(|r| r.at))
+    }
+
+    /// The first run after `since`: the last answer or the next one when
+    /// it still fits (O(1)), else a binary search.
+    fn first_after(&self, since: DateTime<Utc>) -> usize {
+        let len = self.runs.len();
+        let fits = |i: usize| {
+            i <= len
+                && (i == 0 || self.runs[i - 1].at <= since)
+                && (i == len || self.runs[i].at > since)
+        };
+        let h = self.hint.get();
+        let i = if fits(h) {
+            h
+        } else if fits(h + 1) {
+            h + 1
+        } else {
+            self.runs.partition_point(|r| r.at <= since)
+        };
+        self.hint.set(i);
+        i
     }
 
     /// The first entry at or after `from` and at or before `to`.
