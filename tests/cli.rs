@@ -365,9 +365,14 @@ fn malformed_payload_exits_2_naming_file_and_position_and_records_nothing() {
 #[test]
 fn huge_payload_is_refused() {
     let dir = tempfile::tempdir().unwrap();
+    // One body (an annotation of 17 MiB): payloads are read one at a time,
+    // and no single one may be larger than 16 MiB.
     let big = dir.path().join("big.json");
-    let f = std::fs::File::create(&big).unwrap();
-    f.set_len(17 << 20).unwrap();
+    let body = format!(
+        r#"{{"version":"4","status":"firing","alerts":[{{"status":"firing","labels":{{"alertname":"X"}},"annotations":{{"a":"{}"}}}}]}}"#,
+        "x".repeat(17 << 20)
+    );
+    std::fs::write(&big, body).unwrap();
     let out = run(&[
         "run",
         "--dry-run",

@@ -15,9 +15,10 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 pub use read::{
-    damaged_error, interrupted, last_seq, ledger_from, read, read_all, ReadResult, INTERRUPTED,
+    damaged_error, enter, interrupted, last_seq, ledger_from, read, read_all, scan, scan_all,
+    ReadResult, INTERRUPTED,
 };
-pub use write::{Rotation, Writer};
+pub use write::{GroupCommit, Rotation, Writer};
 
 /// Longest label, annotation or value name kept in an audit record.
 pub const MAX_NAME_BYTES: usize = 256;
@@ -248,6 +249,72 @@ mod tests {
             decided_at: None,
             evidence: Default::default(),
         }
+    }
+
+    #[test]
+    fn group_commit_batches_what_changes_nothing_and_writes_an_execution_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("audit.jsonl");
+        let mut g = GroupCommit::new(Writer::open(&p).unwrap());
+        let mut quiet = rec("dry");
+        quiet.decision = "dry-run".into();
+        quiet.dry_run = true;
+        for _ in 0..10_000 {
+            g.append(&quiet).unwrap();
+        }
+        // Full batches (4096 records or 1 MiB) are written, the rest waits;
+        // under 32 MiB written, none is fsynced yet: not 10,000 fsyncs.
+        assert_eq!(g.syncs(), 0);
+        assert!(g.unsynced() > 0);
+        assert_eq!(g.written() + g.pending(), 10_000);
+        assert!(g.pending() > 0);
+        assert_eq!(read(&p).unwrap().records.len(), g.written());
+        let syncs = 0;
+        // A real execution's record goes out at once, with all before it.
+        g.append(&rec("exec")).unwrap();
+        assert_eq!(g.pending(), 0);
+        assert_eq!(g.unsynced(), 0);
+        let on_disk = read(&p).unwrap().records;
+        assert_eq!(on_disk.len(), 10_001);
+        assert_eq!(on_disk.last().unwrap().id, "exec");
+        g.append(&quiet).unwrap();
+        assert_eq!(g.pending(), 1);
+        g.commit().unwrap();
+        assert_eq!(g.unsynced(), 0);
+        assert_eq!(read(&p).unwrap().records.len(), 10_002);
+        assert_eq!(g.syncs(), syncs + 2);
+        // Nothing pending: no write.
+        g.commit().unwrap();
+        assert_eq!(g.syncs(), syncs + 2);
+    }
+
+    #[test]
+    fn scanning_hands_on_every_record_as_read_all_reads_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("audit.jsonl");
+        let mut w = Writer::open_rotating(
+            &p,
+            Rotation {
+                max_bytes: 2000,
+                keep: 5,
+            },
+        )
+        .unwrap();
+        for i in 0..20 {
+            w.append(&rec(&format!("r{i}"))).unwrap();
+        }
+        drop(w);
+        let mut torn = OpenOptions::new().append(true).open(&p).unwrap();
+        torn.write_all(b"{\"ts\":").unwrap();
+        let all = read_all(&p).unwrap();
+        let mut ids = Vec::new();
+        let scanned = scan_all(&p, &mut |r| ids.push(r.id)).unwrap();
+        let want: Vec<String> = all.records.iter().map(|r| r.id.clone()).collect();
+        assert_eq!(ids, want);
+        assert!(ids.len() > 5 && ids.len() <= 20, "{ids:?}");
+        assert_eq!(scanned.skipped, all.skipped);
+        assert_eq!(scanned.skipped.len(), 1);
+        assert!(scanned.damaged.is_empty());
     }
 
     #[test]

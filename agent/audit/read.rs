@@ -27,6 +27,16 @@ pub struct ReadResult {
 /// Reads a log, tolerating a torn or corrupt line (reported in `skipped`).
 /// A missing file reads as empty.
 pub fn read(path: &Path) -> Result<ReadResult> {
+    let mut records = Vec::new();
+    let mut out = scan(path, &mut |r| records.push(r))?;
+    out.records = records;
+    Ok(out)
+}
+
+/// Reads a log line by line, handing each record to `each` (nothing is
+/// kept): what [`read`] does, in memory bounded by one line. The result
+/// has no records, only the lines skipped and the damage.
+pub fn scan(path: &Path, each: &mut dyn FnMut(Record)) -> Result<ReadResult> {
     let io = |source| Error::Io {
         path: path.to_path_buf(),
         source,
@@ -38,15 +48,25 @@ pub fn read(path: &Path) -> Result<ReadResult> {
     };
     let mut out = ReadResult::default();
     let mut last = 0;
-    for (i, line) in BufReader::new(file).split(b'\n').enumerate() {
-        let line = line.map_err(io)?;
+    let mut reader = BufReader::with_capacity(1 << 16, file);
+    let mut line = Vec::new();
+    let mut i = 0;
+    loop {
+        line.clear();
+        if reader.read_until(b'\n', &mut line).map_err(io)? == 0 {
+            break;
+        }
+        i += 1;
+        if line.last() == Some(&b'\n') {
+            line.pop();
+        }
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
-        last = i + 1;
+        last = i;
         match serde_json::from_slice::<Record>(&line) {
-            Ok(r) => out.records.push(r),
-            Err(_) => out.skipped.push(i + 1),
+            Ok(r) => each(r),
+            Err(_) => out.skipped.push(i),
         }
     }
     // A torn last line is what a crash mid-append leaves; anything else is damage.
@@ -103,6 +123,15 @@ pub fn damaged_error(path: &Path, damaged: &[String]) -> String {
 /// Reads a log and its rotated files (`PATH.N` ... `PATH.1`, then `PATH`),
 /// oldest first. Skipped line numbers are those of the current file.
 pub fn read_all(path: &Path) -> Result<ReadResult> {
+    let mut records = Vec::new();
+    let mut out = scan_all(path, &mut |r| records.push(r))?;
+    out.records = records;
+    Ok(out)
+}
+
+/// [`read_all`] as a stream: each record of the rotated files and then of
+/// the current one handed to `each`, oldest first, none kept.
+pub fn scan_all(path: &Path, each: &mut dyn FnMut(Record)) -> Result<ReadResult> {
     let mut rotated = Vec::new();
     for n in 1.. {
         let p = PathBuf::from(format!("{}.{n}", path.display()));
@@ -113,14 +142,12 @@ pub fn read_all(path: &Path) -> Result<ReadResult> {
     }
     let mut out = ReadResult::default();
     for p in rotated.iter().rev() {
-        let r = read(p)?;
-        out.records.extend(r.records);
+        let r = scan(p, each)?;
         // A rotated file was complete when it was rotated: every bad line is damage.
         out.damaged
             .extend(r.skipped.iter().map(|n| format!("{}:{n}", p.display())));
     }
-    let current = read(path)?;
-    out.records.extend(current.records);
+    let current = scan(path, each)?;
     out.skipped = current.skipped;
     out.damaged.extend(current.damaged);
     Ok(out)
@@ -130,27 +157,35 @@ pub fn read_all(path: &Path) -> Result<ReadResult> {
 pub fn ledger_from(records: &[Record]) -> Ledger {
     let mut l = Ledger::default();
     for r in records {
-        if r.dry_run {
-            continue;
-        }
-        match (r.phase, r.decision.as_str()) {
-            // One execution per planned step 0: a multi-step run counts once.
-            (Phase::Planned, "execute") if r.step == 0 => {
-                l.record_execution(
-                    r.decided_at.unwrap_or(r.ts),
-                    &r.policy,
-                    &r.playbook,
-                    &crate::policy::target_key(&r.target),
-                );
-            }
-            (Phase::Failed | Phase::Unresolved, "execute") => {
-                l.record_failure(r.ts, &r.policy, &r.playbook)
-            }
-            (Phase::Verified, "execute") => l.record_success(r.ts, &r.policy, &r.playbook),
-            _ => {}
-        }
+        enter(&mut l, r);
     }
     l
+}
+
+/// Enters what one record says about limits into `ledger` (the step of
+/// [`ledger_from`], for a stream of records).
+pub fn enter(l: &mut Ledger, r: &Record) {
+    if r.dry_run {
+        return;
+    }
+    match (r.phase, r.decision.as_str()) {
+        // One execution per planned step 0: a multi-step run counts once.
+        (Phase::Planned, "execute") if r.step == 0 => {
+            l.record_execution(
+                r.decided_at.unwrap_or(r.ts),
+                &r.policy,
+                &r.playbook,
+                &crate::policy::target_key(&r.target),
+            );
+        }
+        // An unresolved run (verified, but its alert kept firing) is a
+        // failure for the breaker too.
+        (Phase::Failed | Phase::Unresolved, "execute") => {
+            l.record_failure(r.ts, &r.policy, &r.playbook)
+        }
+        (Phase::Verified, "execute") => l.record_success(r.ts, &r.policy, &r.playbook),
+        _ => {}
+    }
 }
 
 /// The `seq` of the last record written to the log (the store's sequence

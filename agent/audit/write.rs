@@ -15,6 +15,8 @@ pub struct Writer {
     written: usize,
     size: u64,
     rotate: Option<Rotation>,
+    /// Bytes written and not yet fsynced (group commit).
+    dirty: u64,
 }
 
 /// Size-based rotation: `audit.jsonl` becomes `audit.jsonl.1`, `.1` becomes
@@ -47,6 +49,7 @@ impl Writer {
             written: 0,
             size,
             rotate: None,
+            dirty: 0,
         })
     }
 
@@ -62,6 +65,10 @@ impl Writer {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => "deleted",
             Err(_) => return None,
         };
+        // What went to the old file unsynced goes to disk with it.
+        if self.dirty > 0 && self.file.sync_data().is_ok() {
+            self.dirty = 0;
+        }
         match open_whole(&self.path) {
             Ok((file, size)) => {
                 self.file = file;
@@ -98,6 +105,10 @@ impl Writer {
             path: self.path.clone(),
             source,
         };
+        if self.dirty > 0 {
+            self.file.sync_data().map_err(io)?;
+            self.dirty = 0;
+        }
         let nth = |n: usize| PathBuf::from(format!("{}.{n}", self.path.display()));
         if r.keep == 0 {
             std::fs::remove_file(&self.path).map_err(io)?;
@@ -146,8 +157,14 @@ impl Writer {
     /// Writes and fsyncs `buf` (`n` records). A write that fails part-way
     /// (a full disk) is cut back, so what follows never glues onto a torn line.
     fn append_bytes(&mut self, buf: &[u8], n: usize) -> Result<()> {
+        self.write_bytes(buf, n, true)
+    }
+
+    /// Writes `buf` (`n` records), fsynced (with whatever was written
+    /// unsynced before it) when `sync`.
+    fn write_bytes(&mut self, buf: &[u8], n: usize, sync: bool) -> Result<()> {
         if buf.is_empty() {
-            return Ok(());
+            return if sync { self.sync() } else { Ok(()) };
         }
         self.maybe_rotate()?;
         let io = |source| Error::Io {
@@ -155,11 +172,17 @@ impl Writer {
             source,
         };
         let before = self.size;
-        if let Err(e) = self
-            .file
-            .write_all(buf)
-            .and_then(|()| self.file.sync_data())
-        {
+        let res =
+            self.file.write_all(buf).and_then(
+                |()| {
+                    if sync {
+                        self.file.sync_data()
+                    } else {
+                        Ok(())
+                    }
+                },
+            );
+        if let Err(e) = res {
             if let Err(cut) = self.file.set_len(before) {
                 tracing::error!(path = %self.path.display(), error = %cut, "cannot cut back a failed audit write; the next open cuts the torn line");
             }
@@ -167,6 +190,24 @@ impl Writer {
         }
         self.written += n;
         self.size += buf.len() as u64;
+        self.dirty = if sync {
+            0
+        } else {
+            self.dirty + buf.len() as u64
+        };
+        Ok(())
+    }
+
+    /// fsyncs what was written unsynced.
+    fn sync(&mut self) -> Result<()> {
+        if self.dirty == 0 {
+            return Ok(());
+        }
+        self.file.sync_data().map_err(|source| Error::Io {
+            path: self.path.clone(),
+            source,
+        })?;
+        self.dirty = 0;
         Ok(())
     }
 
@@ -178,6 +219,99 @@ impl Writer {
     /// The log's path.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+}
+
+/// Group commit for a batch run (`remediate run`): records that change
+/// nothing (dry-run, suppressed, needs-approval) are buffered, written
+/// [`GroupCommit::MAX_BYTES`] at a time and fsynced once
+/// [`GroupCommit::SYNC_BYTES`] are written (large writes are what a disk
+/// does fast); a record of a real execution is written at once, with
+/// everything before it, and fsynced before `append` returns, so the log is
+/// durable before any apply starts. [`GroupCommit::commit`] writes and
+/// fsyncs the rest (call it before exiting).
+#[derive(Debug)]
+pub struct GroupCommit {
+    writer: Writer,
+    buf: Vec<u8>,
+    pending: usize,
+    /// fsyncs done (for tests and benchmarks).
+    syncs: usize,
+}
+
+impl GroupCommit {
+    /// Buffered records written at most.
+    pub const MAX_PENDING: usize = 4096;
+    /// Buffered bytes written at most.
+    pub const MAX_BYTES: usize = 1 << 20;
+    /// Bytes written between fsyncs at most.
+    pub const SYNC_BYTES: u64 = 32 << 20;
+
+    /// Group commit over `writer`.
+    pub fn new(writer: Writer) -> Self {
+        Self {
+            writer,
+            buf: Vec::with_capacity(Self::MAX_BYTES + (64 << 10)),
+            pending: 0,
+            syncs: 0,
+        }
+    }
+
+    /// Appends a record: buffered; written when the buffer is full; and
+    /// (a real execution's record) written and fsynced with all before it.
+    pub fn append(&mut self, rec: &Record) -> Result<()> {
+        serde_json::to_writer(&mut self.buf, rec)?;
+        self.buf.push(b'\n');
+        self.pending += 1;
+        if rec.decision == "execute" && !rec.dry_run {
+            return self.commit();
+        }
+        if self.pending >= Self::MAX_PENDING || self.buf.len() >= Self::MAX_BYTES {
+            let sync = self.writer.dirty + self.buf.len() as u64 >= Self::SYNC_BYTES;
+            return self.flush(sync);
+        }
+        Ok(())
+    }
+
+    /// Writes and fsyncs everything appended. On a failed write nothing of
+    /// the batch stays in the file (it is cut back) and the batch is dropped.
+    pub fn commit(&mut self) -> Result<()> {
+        self.flush(true)
+    }
+
+    fn flush(&mut self, sync: bool) -> Result<()> {
+        if self.pending == 0 && !(sync && self.writer.dirty > 0) {
+            return Ok(());
+        }
+        let (n, buf) = (self.pending, std::mem::take(&mut self.buf));
+        self.pending = 0;
+        let res = self.writer.write_bytes(&buf, n, sync);
+        self.buf = buf;
+        self.buf.clear();
+        if res.is_ok() && sync {
+            self.syncs += 1;
+        }
+        res
+    }
+
+    /// Records written (fsynced or not).
+    pub fn written(&self) -> usize {
+        self.writer.written()
+    }
+
+    /// Records buffered, not yet written.
+    pub fn pending(&self) -> usize {
+        self.pending
+    }
+
+    /// Bytes written and not yet fsynced.
+    pub fn unsynced(&self) -> u64 {
+        self.writer.dirty
+    }
+
+    /// fsyncs done so far.
+    pub fn syncs(&self) -> usize {
+        self.syncs
     }
 }
 

@@ -116,7 +116,9 @@ pub struct RunArgs {
     /// Plan, gate and audit only: change nothing.
     #[arg(long)]
     pub dry_run: bool,
-    /// Alertmanager webhook body (version 4) to act on; - reads stdin.
+    /// Alertmanager webhook body (version 4) to act on, or several one after
+    /// another (one per line), each decided as one notification, read one at
+    /// a time (at most 16 MiB each); - reads stdin.
     #[arg(long, value_name = "FILE|-")]
     pub alert: Option<PathBuf>,
     /// Run this playbook by hand, as a cron tick would.
@@ -133,7 +135,8 @@ pub struct RunArgs {
         env = "REMEDIATE_AUDIT"
     )]
     pub audit: PathBuf,
-    /// Output format.
+    /// Output format (text: the table shows the first 1000 rows and counts
+    /// the rest; json: every record, one a line, as it is written).
     #[arg(long, value_enum, default_value_t = Output::Text)]
     pub output: Output,
     /// Evaluate the gate as of this time (RFC 3339) instead of now: what-if for windows and limits.
@@ -165,7 +168,8 @@ pub struct ReplayArgs {
     /// --alerts: the history the alerts are decided against.
     #[arg(long, value_name = "PATH")]
     pub audit: Option<PathBuf>,
-    /// Alertmanager payloads to decide: one JSON object, an array, or one per line.
+    /// Alertmanager payloads to decide: one JSON object, an array (read
+    /// whole), or one per line (read one at a time).
     #[arg(long, value_name = "FILE")]
     pub alerts: Option<PathBuf>,
     /// With --alerts: decide as of this time (RFC 3339) [default: now]
@@ -174,7 +178,9 @@ pub struct ReplayArgs {
     /// Only rows whose decision changed.
     #[arg(long)]
     pub changed_only: bool,
-    /// Output format (json: one row object a line, then the summary).
+    /// Output format (text: the table shows the first 1000 rows and counts
+    /// the rest; json: every row, one object a line as decided, then the
+    /// summary).
     #[arg(long, value_enum, default_value_t = Output::Text)]
     pub output: Output,
     #[command(flatten)]

@@ -3,6 +3,7 @@
 //! with the audit appended and a table or the records printed.
 
 use std::io::{Read, Write};
+
 use std::path::Path;
 
 use chrono::Utc;
@@ -15,55 +16,88 @@ use crate::engine::{Engine, RunStatus};
 use crate::event::{Event, Labels, Status, TriggerKind};
 use crate::policy::Decision;
 use crate::report::{self, Row, Summary};
+use crate::trigger::alertmanager::Payload;
 
-/// Largest `--alert` body accepted.
-const MAX_ALERT_BYTES: u64 = 16 << 20;
+/// Rows the text table shows at most; the rest are counted under it
+/// (`--output json` lists every record).
+pub const TABLE_ROWS: usize = 1000;
 
-fn read_alert(path: &Path) -> Result<Vec<u8>> {
-    let mut buf = Vec::new();
-    let shown = path.display();
-    let res = if path == Path::new("-") {
-        std::io::stdin()
-            .take(MAX_ALERT_BYTES + 1)
-            .read_to_end(&mut buf)
-    } else {
-        std::fs::File::open(path).and_then(|f| f.take(MAX_ALERT_BYTES + 1).read_to_end(&mut buf))
-    };
-    res.map_err(|e| Error::Input(format!("{shown}: cannot read: {e}")))?;
-    if buf.len() as u64 > MAX_ALERT_BYTES {
-        return Err(Error::Input(format!(
-            "{shown}: larger than {} MiB: not an Alertmanager webhook body",
-            MAX_ALERT_BYTES >> 20
-        )));
+/// A row kept for the table.
+enum Kept {
+    Run(Box<crate::engine::RunReport>),
+    NoMatch(Event),
+}
+
+/// Where the events come from: payloads read one at a time, or the one
+/// event of a manual run.
+enum Source {
+    Payloads {
+        shown: String,
+        first: Option<Payload>,
+        rest: crate::replay::Payloads<Box<dyn Read>>,
+    },
+    One(Option<Event>),
+}
+
+impl Source {
+    /// The next notification's events (None at the end).
+    fn next(&mut self) -> Result<Option<Vec<Event>>> {
+        match self {
+            Source::One(ev) => Ok(ev.take().map(|e| vec![e])),
+            Source::Payloads { shown, first, rest } => {
+                let p = match first.take() {
+                    Some(p) => p,
+                    None => match rest.next() {
+                        None => return Ok(None),
+                        Some(p) => p.map_err(|e| Error::Input(format!("{shown}: {e}")))?,
+                    },
+                };
+                if p.truncated_alerts > 0 {
+                    eprintln!(
+                        "warning: {shown}: Alertmanager left out {} alert(s) of this group (max_alerts); they are not in the payload and are not decided",
+                        p.truncated_alerts
+                    );
+                }
+                Ok(Some(p.into_events()))
+            }
+        }
     }
-    Ok(buf)
+}
+
+/// Opens `--alert`: a file or stdin, read as a stream of payloads; the
+/// first is read now, so a bad body is refused before anything is recorded.
+fn open_alerts(path: &Path) -> Result<Source> {
+    let shown = path.display().to_string();
+    let reader: Box<dyn Read> = if path == Path::new("-") {
+        Box::new(std::io::BufReader::new(std::io::stdin()))
+    } else {
+        let f = std::fs::File::open(path)
+            .map_err(|e| Error::Input(format!("{shown}: cannot read: {e}")))?;
+        Box::new(f)
+    };
+    let mut rest = crate::replay::Payloads::new(reader);
+    // The first body's errors read as they did when `--alert` was one body.
+    let first = match rest.next() {
+        Some(p) => p.map_err(|e| Error::Input(format!("{shown}: {}", e.message)))?,
+        None => {
+            return Err(Error::Input(format!(
+                "{shown}: empty: not an Alertmanager webhook body"
+            )))
+        }
+    };
+    Ok(Source::Payloads {
+        shown,
+        first: Some(first),
+        rest,
+    })
 }
 
 /// Runs `remediate run`.
 pub fn run(args: RunArgs, out: &mut dyn Write) -> Result<()> {
     let (cfg, pb_origin, pol_origin) = load(&args.sources)?;
     let now = args.at.unwrap_or_else(Utc::now);
-    let events: Vec<Event> = match (&args.alert, &args.playbook) {
-        (Some(path), _) => {
-            let body = read_alert(path)?;
-            let payload = crate::trigger::parse_notification(&body)
-                .map_err(|e| Error::Input(format!("{}: {e}", path.display())))?;
-            if !payload.tests.is_empty() {
-                eprintln!(
-                    "note: {}: {} test notification(s) (Grafana's contact-point test): not decided",
-                    path.display(),
-                    payload.tests.len()
-                );
-            }
-            if payload.truncated_alerts > 0 {
-                eprintln!(
-                    "warning: {}: Alertmanager left out {} alert(s) of this group (max_alerts); they are not in the payload and are not decided",
-                    path.display(),
-                    payload.truncated_alerts
-                );
-            }
-            payload.events
-        }
+    let mut source = match (&args.alert, &args.playbook) {
+        (Some(path), _) => open_alerts(path)?,
         (None, Some(name)) => {
             let pb = cfg.playbook(name).ok_or_else(|| {
                 let names: Vec<&str> = cfg.playbooks.iter().map(|p| p.name()).collect();
@@ -75,12 +109,20 @@ pub fn run(args: RunArgs, out: &mut dyn Write) -> Result<()> {
             let values: Labels = args.set.iter().cloned().collect();
             // Reject unknown or missing values before anything is recorded.
             pb.resolve_values(&values).map_err(Error::Input)?;
-            vec![Event::for_playbook(TriggerKind::Manual, name, values, now)]
+            Source::One(Some(Event::for_playbook(
+                TriggerKind::Manual,
+                name,
+                values,
+                now,
+            )))
         }
         (None, None) => return Err(Error::Input("give --alert FILE or --playbook NAME".into())),
     };
 
-    let history = audit::read_all(&args.audit).map_err(|e| Error::Input(e.to_string()))?;
+    // The history, streamed into the ledger (nothing else is kept).
+    let mut ledger = crate::policy::Ledger::with_horizon(crate::pipeline::horizon(&cfg));
+    let history = audit::scan_all(&args.audit, &mut |r| audit::enter(&mut ledger, &r))
+        .map_err(|e| Error::Input(e.to_string()))?;
     if !history.damaged.is_empty() && !args.dry_run {
         return Err(Error::Input(audit::damaged_error(
             &args.audit,
@@ -94,12 +136,11 @@ pub fn run(args: RunArgs, out: &mut dyn Write) -> Result<()> {
             history.skipped
         );
     }
-    let mut ledger = audit::ledger_from(&history.records);
-    // One payload is one notification: maxTargetsPerRun counts within it.
-    ledger.begin_group(0);
-    let writer = std::sync::Mutex::new(
+    // Group commit: one fsync per batch of records that change nothing;
+    // a real execution's records are durable before its apply starts.
+    let writer = std::sync::Mutex::new(audit::GroupCommit::new(
         audit::Writer::open(&args.audit).map_err(|e| Error::Input(e.to_string()))?,
-    );
+    ));
     let node = crate::config::node_name(args.node.clone());
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -134,6 +175,7 @@ pub fn run(args: RunArgs, out: &mut dyn Write) -> Result<()> {
     }
     let mut engine = Engine::new(cfg, registry, node.clone());
     engine.coordinator = coordinator;
+    let mut out = std::io::BufWriter::with_capacity(1 << 16, out);
     if args.output == Output::Text {
         outln!(
             out,
@@ -149,57 +191,89 @@ pub fn run(args: RunArgs, out: &mut dyn Write) -> Result<()> {
         );
     }
 
-    let mut summary = Summary {
-        events: events.len(),
-        ..Summary::default()
-    };
-    let mut reports = Vec::new();
-    let mut unmatched = Vec::new();
-    for (i, ev) in events.iter().enumerate() {
-        if ev.status == Status::Resolved {
-            summary.resolved += 1;
-        }
-        let planned = engine.decide(ev, args.dry_run, now, &mut ledger);
-        if planned.is_empty() {
-            summary.unmatched += 1;
-            unmatched.push(i);
-        }
-        for p in planned {
-            match &p.decision {
-                Decision::Execute => summary.execute += 1,
-                Decision::DryRun(_) => summary.dry_run += 1,
-                Decision::Suppressed(_) => summary.suppressed += 1,
-                Decision::NeedsApproval(_) => summary.needs_approval += 1,
-            }
-            let rep = rt
-                .block_on(engine.execute(p, &writer, &mut ledger))
-                .map_err(|e| {
-                    Error::Action(format!(
-                        "audit write failed, stopping before any further action: {e}"
-                    ))
-                })?;
-            if matches!(rep.status, RunStatus::Failed(_)) {
-                summary.failed += 1;
-            }
-            if args.output == Output::Json {
-                for r in &rep.records {
-                    outln!(out, "{}", serde_json::to_string(r).unwrap_or_default());
+    let mut summary = Summary::default();
+    let mut kept: Vec<Kept> = Vec::new();
+    let mut more = 0usize;
+    let decided = (|| -> Result<()> {
+        let mut group = 0u64;
+        while let Some(events) = source.next()? {
+            // One payload is one notification: maxTargetsPerRun counts within it.
+            ledger.begin_group(group);
+            group += 1;
+            for ev in events {
+                summary.events += 1;
+                if ev.status == Status::Resolved {
+                    summary.resolved += 1;
+                }
+                let planned = engine.decide(&ev, args.dry_run, now, &mut ledger);
+                if planned.is_empty() {
+                    summary.unmatched += 1;
+                    if args.output == Output::Text && kept.len() < TABLE_ROWS {
+                        kept.push(Kept::NoMatch(ev));
+                    } else {
+                        more += 1;
+                    }
+                    continue;
+                }
+                for p in planned {
+                    match &p.decision {
+                        Decision::Execute => summary.execute += 1,
+                        Decision::DryRun(_) => summary.dry_run += 1,
+                        Decision::Suppressed(_) => summary.suppressed += 1,
+                        Decision::NeedsApproval(_) => summary.needs_approval += 1,
+                    }
+                    let rep = rt
+                        .block_on(engine.execute(p, &writer, &mut ledger))
+                        .map_err(|e| {
+                            Error::Action(format!(
+                                "audit write failed, stopping before any further action: {e}"
+                            ))
+                        })?;
+                    if matches!(rep.status, RunStatus::Failed(_)) {
+                        summary.failed += 1;
+                    }
+                    if args.output == Output::Json {
+                        for r in &rep.records {
+                            outln!(out, "{}", serde_json::to_string(r).unwrap_or_default());
+                        }
+                    } else if kept.len() < TABLE_ROWS {
+                        kept.push(Kept::Run(Box::new(rep)));
+                    } else {
+                        more += 1;
+                    }
                 }
             }
-            reports.push((i, rep));
         }
-    }
+        Ok(())
+    })();
+    // Durable before exit, whatever stopped the loop.
+    let committed = writer
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .commit()
+        .map_err(|e| Error::Action(format!("audit write failed: {e}")));
+    decided?;
+    committed?;
     summary.records = writer.lock().map(|w| w.written()).unwrap_or_default();
 
     if args.output == Output::Text {
-        let mut rows: Vec<(usize, Row<'_>)> =
-            reports.iter().map(|(i, r)| (*i, Row::Run(r))).collect();
-        rows.extend(unmatched.iter().map(|i| (*i, Row::NoMatch(&events[*i]))));
-        rows.sort_by_key(|(i, _)| *i);
-        let rows: Vec<Row<'_>> = rows.into_iter().map(|(_, r)| r).collect();
+        let rows: Vec<Row<'_>> = kept
+            .iter()
+            .map(|k| match k {
+                Kept::Run(r) => Row::Run(r),
+                Kept::NoMatch(e) => Row::NoMatch(e),
+            })
+            .collect();
         outln!(out, "{}", report::table(&rows));
+        if more > 0 {
+            outln!(
+                out,
+                "… and {more} more row(s): the table shows the first {TABLE_ROWS}; --output json lists every record"
+            );
+        }
         outln!(out, "{}", summary.line(&args.audit.display().to_string()));
     }
+    out.flush().map_err(Error::output)?;
     if summary.failed > 0 {
         return Err(Error::Action(format!(
             "{} run(s) failed; see {}",

@@ -157,6 +157,17 @@ impl RecordSink for std::sync::Mutex<audit::Writer> {
     }
 }
 
+/// Group commit (`remediate run`): a record that precedes or follows a
+/// change (a real execution's) is durable when `append` returns; the
+/// others are durable at the next such record, a full batch, or
+/// [`audit::GroupCommit::commit`].
+impl RecordSink for std::sync::Mutex<audit::GroupCommit> {
+    fn append(&self, rec: &Record) -> audit::Result<()> {
+        let mut w = self.lock().unwrap_or_else(|p| p.into_inner());
+        w.append(rec)
+    }
+}
+
 /// The engine: validated config plus the drivers of this build.
 #[derive(Debug)]
 pub struct Engine {

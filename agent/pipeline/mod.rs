@@ -328,6 +328,9 @@ impl Agent {
             tracing::warn!(id = %r.id, playbook = %r.playbook, action = %r.action, target_ref = %crate::drivers::target_display(&r.target), "step was interrupted by the previous stop; recorded as failed, not retried");
         }
         let recovered = intake::recover(opened.pending);
+        // The ledger drops what no window can see, as the store does.
+        let mut ledger = opened.ledger;
+        ledger.set_horizon(Some(horizon(&config)));
         let (tx, rx) = mpsc::unbounded_channel();
         let metrics = Metrics::new();
         metrics.playbooks.set(config.playbooks.len() as i64);
@@ -337,7 +340,7 @@ impl Agent {
         let shared = Arc::new(Shared {
             cfg,
             engine: RwLock::new(Arc::new(engine)),
-            ledger: Mutex::new(opened.ledger),
+            ledger: Mutex::new(ledger),
             store: opened.store,
             metrics,
             token,

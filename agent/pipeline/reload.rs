@@ -144,6 +144,7 @@ pub fn reload(shared: &Shared, why: &str) -> bool {
         Ok(config) => {
             let n = config.playbooks.len();
             shared.store.set_horizon(super::horizon(&config));
+            shared.ledger().set_horizon(Some(super::horizon(&config)));
             let old = shared.engine();
             let mut engine = Engine::new(config, old.registry.clone(), old.node.clone());
             engine.verify_interval = old.verify_interval;

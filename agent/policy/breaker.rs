@@ -98,30 +98,26 @@ impl Ledger {
         open_for: chrono::Duration,
         now: DateTime<Utc>,
     ) -> BreakerState {
-        let mine = |v: &[(DateTime<Utc>, String, String)]| -> Vec<DateTime<Utc>> {
-            let mut t: Vec<DateTime<Utc>> = v
-                .iter()
-                .filter(|(at, pol, pb)| pol == policy && pb == playbook && *at <= now)
-                .map(|(at, ..)| *at)
-                .collect();
-            t.sort_unstable();
-            t
+        let Some(pb) = self.playbook(policy, playbook) else {
+            return BreakerState::Closed;
         };
-        let fails = mine(&self.failures);
+        // Failures at or before `now`, ascending: fails[..n].
+        let fails = &pb.failures;
+        let n = fails.count_until(now);
         let k = failures as usize;
-        if k == 0 || fails.len() < k {
+        if k == 0 || n < k {
             return BreakerState::Closed;
         }
-        // The latest moment k failures within `within` opened it.
-        let Some(mut opened) = fails
-            .windows(k)
-            .filter(|w| w[k - 1] - w[0] <= within)
-            .map(|w| w[k - 1])
-            .max()
+        // The latest moment k failures within `within` opened it: from the
+        // newest window back, the first that fits.
+        let Some(mut opened) = (k - 1..n)
+            .rev()
+            .filter_map(|j| Some((fails.nth(j - (k - 1))?, fails.nth(j)?)))
+            .find(|(first, last)| *last - *first <= within)
+            .map(|(_, last)| last)
         else {
             return BreakerState::Closed;
         };
-        let oks = mine(&self.successes);
         let mut reopened = false;
         loop {
             let half_open = opened + open_for;
@@ -129,19 +125,11 @@ impl Ledger {
                 return BreakerState::Open { opened, reopened };
             }
             // The trial: the first execution of the playbook after half-open.
-            let trial = self
-                .executions
-                .iter()
-                .filter(|(at, pol, pb, _)| {
-                    pol == policy && pb == playbook && *at >= half_open && *at <= now
-                })
-                .map(|(at, ..)| *at)
-                .min();
-            let Some(started) = trial else {
+            let Some(started) = pb.executions.first_between(half_open, now) else {
                 return BreakerState::Closed;
             };
-            let failed = fails.iter().find(|t| **t >= started).copied();
-            let verified = oks.iter().find(|t| **t >= started).copied();
+            let failed = fails.first_between(started, now);
+            let verified = pb.successes.first_between(started, now);
             match (failed, verified) {
                 (Some(f), Some(v)) if v < f => return BreakerState::Closed,
                 (None, Some(_)) => return BreakerState::Closed,

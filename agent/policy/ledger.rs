@@ -1,5 +1,13 @@
 //! The ledger: what has happened, as far as limits care (executions,
 //! failures, successes, runs in flight, the notification being decided).
+//!
+//! Indexed: executions are kept as sorted times per policy, per (policy,
+//! playbook) and per (policy, playbook, target), outcomes per (policy,
+//! playbook), so a rate-limit count, a cooldown or a failure count is a
+//! binary search, not a walk over every earlier execution. With a horizon
+//! (the longest window of the policies, see `pipeline::horizon`), entries
+//! older than the newest time minus the horizon are dropped as new ones
+//! come in, so memory is bounded by what the windows can see.
 
 use std::collections::HashMap;
 
@@ -21,27 +29,270 @@ pub fn target_key(target: &crate::drivers::Target) -> String {
     s
 }
 
+/// Times in ascending order, run-length encoded: equal times (a batch
+/// decided at one `now`) are one run. Each run carries the number of
+/// entries before it (a running count, wrapping), so counting the entries
+/// after a time is a binary search. Appending in time order is O(1); a
+/// time out of order (an `--at` what-if) is inserted in place.
+#[derive(Debug, Default, Clone)]
+pub(super) struct Times {
+    runs: std::collections::VecDeque<Run>,
+    /// The running count after the last run.
+    end: u32,
+    /// Where the last window started (a guess, checked before use):
+    /// consecutive decisions ask about nearly the same window.
+    hint: std::cell::Cell<usize>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Run {
+    at: DateTime<Utc>,
+    /// The running count before this run's entries.
+    before: u32,
+}
+
+impl Times {
+    /// Entries in run `i` onwards (`i == runs.len()`: none).
+    fn count_from(&self, i: usize) -> usize {
+        self.runs
+            .get(i)
+            .map_or(0, |r| self.end.wrapping_sub(r.before) as usize)
+    }
+
+    /// The running count at the start of run `i` (the end past the last).
+    fn before(&self, i: usize) -> u32 {
+        self.runs.get(i).map_or(self.end, |r| r.before)
+    }
+
+    fn insert(&mut self, at: DateTime<Utc>) {
+        match self.runs.back() {
+            Some(last) if last.at == at => {}
+            None => self.runs.push_back(Run {
+                at,
+                before: self.end,
+            }),
+            Some(last) if last.at < at => self.runs.push_back(Run {
+                at,
+                before: self.end,
+            }),
+            Some(_) => {
+                let i = self.runs.partition_point(|r| r.at < at);
+                let next = i + 1;
+                if self.runs[i].at != at {
+                    let before = self.runs[i].before;
+                    self.runs.insert(i, Run { at, before });
+                }
+                for r in self.runs.range_mut(next..) {
+                    r.before = r.before.wrapping_add(1);
+                }
+            }
+        }
+        self.end = self.end.wrapping_add(1);
+    }
+
+    /// Removes one entry equal to `at`; true if there was one.
+    fn remove(&mut self, at: DateTime<Utc>) -> bool {
+        let i = self.runs.partition_point(|r| r.at < at);
+        if self.runs.get(i).is_none_or(|r| r.at != at) {
+            return false;
+        }
+        let alone = self.before(i + 1).wrapping_sub(self.runs[i].before) == 1;
+        for r in self.runs.range_mut(i + 1..) {
+            r.before = r.before.wrapping_sub(1);
+        }
+        if alone {
+            self.runs.remove(i);
+        }
+        self.end = self.end.wrapping_sub(1);
+        true
+    }
+
+    /// Drops entries before `before`; returns how many.
+    fn prune(&mut self, before: DateTime<Utc>) -> usize {
+        let n = self.runs.partition_point(|r| r.at < before);
+        if n == 0 {
+            return 0;
+        }
+        let dropped = self.before(n).wrapping_sub(self.runs[0].before) as usize;
+        self.runs.drain(..n);
+        if self.runs.capacity() > 64 && self.runs.len() < self.runs.capacity() / 4 {
+            self.runs.shrink_to(self.runs.len() * 2);
+        }
+        dropped
+    }
+
+    /// Entries after `since`, and the oldest of them.
+    fn after(&self, since: DateTime<Utc>) -> (usize, Option<DateTime<Utc>>) {
+        let i = self.first_after(since);
+        (self.count_from(i), self.runs.get(i).map(|r| r.at))
+    }
+
+    /// The first run after `since`: the last answer or the next one when
+    /// it still fits (O(1)), else a binary search.
+    fn first_after(&self, since: DateTime<Utc>) -> usize {
+        let len = self.runs.len();
+        let fits = |i: usize| {
+            i <= len
+                && (i == 0 || self.runs[i - 1].at <= since)
+                && (i == len || self.runs[i].at > since)
+        };
+        let h = self.hint.get();
+        let i = if fits(h) {
+            h
+        } else if fits(h + 1) {
+            h + 1
+        } else {
+            self.runs.partition_point(|r| r.at <= since)
+        };
+        self.hint.set(i);
+        i
+    }
+
+    /// The first entry at or after `from` and at or before `to`.
+    pub(super) fn first_between(
+        &self,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Option<DateTime<Utc>> {
+        let i = self.runs.partition_point(|r| r.at < from);
+        self.runs.get(i).map(|r| r.at).filter(|t| *t <= to)
+    }
+
+    /// How many entries are at or before `to`.
+    pub(super) fn count_until(&self, to: DateTime<Utc>) -> usize {
+        self.count_from(0) - self.count_from(self.runs.partition_point(|r| r.at <= to))
+    }
+
+    /// The `j`-th entry (0-based, ascending); `j` below the count.
+    pub(super) fn nth(&self, j: usize) -> Option<DateTime<Utc>> {
+        let base = self.runs.front()?.before;
+        // The last run that starts at or before entry j.
+        let i = self
+            .runs
+            .partition_point(|r| (r.before.wrapping_sub(base) as usize) <= j);
+        (j < self.count_from(0)).then(|| self.runs[i - 1].at)
+    }
+
+    fn last(&self) -> Option<DateTime<Utc>> {
+        self.runs.back().map(|r| r.at)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.runs.is_empty()
+    }
+}
+
+/// One playbook of one policy.
+#[derive(Debug, Default, Clone)]
+pub(super) struct PlaybookIndex {
+    pub(super) executions: Times,
+    pub(super) failures: Times,
+    pub(super) successes: Times,
+    targets: HashMap<String, Times>,
+}
+
+/// One policy.
+#[derive(Debug, Default, Clone)]
+struct PolicyIndex {
+    executions: Times,
+    playbooks: HashMap<String, PlaybookIndex>,
+}
+
 /// What has happened, as far as limits care: executions, their outcomes
-/// and runs in flight, rebuilt from the audit log and extended as decisions
-/// are made.
+/// and runs in flight, rebuilt from the state store or the audit log and
+/// extended as decisions are made.
 #[derive(Debug, Default, Clone)]
 pub struct Ledger {
-    /// (time, policy, playbook, target key) of each executed run.
-    pub(super) executions: Vec<(DateTime<Utc>, String, String, String)>,
-    /// (time, policy, playbook) of each failed run.
-    pub(super) failures: Vec<(DateTime<Utc>, String, String)>,
-    /// (time, policy, playbook) of each verified run.
-    pub(super) successes: Vec<(DateTime<Utc>, String, String)>,
-    last: HashMap<(String, String, String), DateTime<Utc>>,
+    policies: HashMap<String, PolicyIndex>,
+    /// Entries older than the newest time minus this are dropped.
+    horizon: Option<chrono::Duration>,
+    /// The newest time recorded.
+    newest: Option<DateTime<Utc>>,
+    /// Times held (every index counted), and the count after the last full sweep.
+    held: usize,
+    swept: usize,
     /// Runs executing now, per policy (the agent keeps this; a CLI run is sequential).
     in_flight: HashMap<String, usize>,
     /// The notification (Alertmanager group delivery) being decided, and
     /// executions per (policy, playbook) within it.
     group: Option<u64>,
-    group_counts: HashMap<(String, String), usize>,
+    group_counts: HashMap<String, HashMap<String, usize>>,
 }
 
 impl Ledger {
+    /// An empty ledger that keeps `horizon` of history behind the newest
+    /// entry (older entries are dropped as new ones come in).
+    pub fn with_horizon(horizon: chrono::Duration) -> Self {
+        Self {
+            horizon: Some(horizon),
+            ..Self::default()
+        }
+    }
+
+    /// Sets how much history is kept behind the newest entry (None: all).
+    pub fn set_horizon(&mut self, horizon: Option<chrono::Duration>) {
+        self.horizon = horizon;
+        self.swept = 0;
+        self.maybe_sweep();
+    }
+
+    /// Times held over all indexes (three per execution, one per outcome).
+    pub fn held(&self) -> usize {
+        self.held
+    }
+
+    fn playbook_mut(&mut self, policy: &str, playbook: &str) -> &mut PlaybookIndex {
+        self.policies
+            .entry(policy.to_string())
+            .or_default()
+            .playbooks
+            .entry(playbook.to_string())
+            .or_default()
+    }
+
+    pub(super) fn playbook(&self, policy: &str, playbook: &str) -> Option<&PlaybookIndex> {
+        self.policies.get(policy)?.playbooks.get(playbook)
+    }
+
+    /// The cut-off before which entries are dropped, if there is a horizon.
+    fn cutoff(&self) -> Option<DateTime<Utc>> {
+        Some(self.newest? - self.horizon?)
+    }
+
+    fn saw(&mut self, at: DateTime<Utc>) {
+        if self.newest.is_none_or(|n| at > n) {
+            self.newest = Some(at);
+        }
+    }
+
+    /// Drops entries behind the horizon everywhere once the ledger has
+    /// doubled since the last sweep (amortised O(1) per entry).
+    fn maybe_sweep(&mut self) {
+        let Some(cut) = self.cutoff() else {
+            return;
+        };
+        if self.held < 1024 || self.held < self.swept * 2 {
+            return;
+        }
+        let mut dropped = 0;
+        self.policies.retain(|_, pol| {
+            dropped += pol.executions.prune(cut);
+            pol.playbooks.retain(|_, pb| {
+                dropped += pb.executions.prune(cut);
+                dropped += pb.failures.prune(cut);
+                dropped += pb.successes.prune(cut);
+                pb.targets.retain(|_, t| {
+                    dropped += t.prune(cut);
+                    !t.is_empty()
+                });
+                !(pb.executions.is_empty() && pb.failures.is_empty() && pb.successes.is_empty())
+            });
+            !(pol.executions.is_empty() && pol.playbooks.is_empty())
+        });
+        self.held -= dropped;
+        self.swept = self.held;
+    }
+
     /// Records an executed run.
     pub fn record_execution(
         &mut self,
@@ -50,21 +301,32 @@ impl Ledger {
         playbook: &str,
         target_key: &str,
     ) {
-        self.executions
-            .push((at, policy.into(), playbook.into(), target_key.into()));
-        let e = self
-            .last
-            .entry((policy.into(), playbook.into(), target_key.into()))
-            .or_insert(at);
-        if at > *e {
-            *e = at;
+        self.saw(at);
+        let cut = self.cutoff();
+        let mut dropped = 0;
+        let pol = self.policies.entry(policy.to_string()).or_default();
+        pol.executions.insert(at);
+        if let Some(c) = cut {
+            dropped += pol.executions.prune(c);
         }
+        let pb = pol.playbooks.entry(playbook.to_string()).or_default();
+        pb.executions.insert(at);
+        let t = pb.targets.entry(target_key.to_string()).or_default();
+        t.insert(at);
+        if let Some(c) = cut {
+            dropped += t.prune(c);
+            dropped += pb.executions.prune(c);
+        }
+        self.held = self.held + 3 - dropped;
         if self.group.is_some() {
             *self
                 .group_counts
-                .entry((policy.into(), playbook.into()))
+                .entry(policy.to_string())
+                .or_default()
+                .entry(playbook.to_string())
                 .or_insert(0) += 1;
         }
+        self.maybe_sweep();
     }
 
     /// Takes back an execution recorded at `at` (one whose records could
@@ -76,35 +338,30 @@ impl Ledger {
         playbook: &str,
         target_key: &str,
     ) {
-        let Some(i) = self.executions.iter().rposition(|(t, pol, pb, tk)| {
-            *t == at && pol == policy && pb == playbook && tk == target_key
-        }) else {
+        let Some(pol) = self.policies.get_mut(policy) else {
             return;
         };
-        self.executions.remove(i);
-        let key = (
-            policy.to_string(),
-            playbook.to_string(),
-            target_key.to_string(),
-        );
-        let last = self
-            .executions
-            .iter()
-            .filter(|(_, pol, pb, tk)| pol == policy && pb == playbook && tk == target_key)
-            .map(|(t, ..)| *t)
-            .max();
-        match last {
-            Some(t) => {
-                self.last.insert(key, t);
-            }
-            None => {
-                self.last.remove(&key);
-            }
+        let Some(pb) = pol.playbooks.get_mut(playbook) else {
+            return;
+        };
+        let Some(t) = pb.targets.get_mut(target_key) else {
+            return;
+        };
+        if !t.remove(at) {
+            return;
         }
+        if t.is_empty() {
+            pb.targets.remove(target_key);
+        }
+        // The wider indexes may have dropped it already (behind the horizon).
+        let removed =
+            1 + usize::from(pb.executions.remove(at)) + usize::from(pol.executions.remove(at));
+        self.held = self.held.saturating_sub(removed);
         if self.group.is_some() {
             if let Some(n) = self
                 .group_counts
-                .get_mut(&(policy.to_string(), playbook.to_string()))
+                .get_mut(policy)
+                .and_then(|m| m.get_mut(playbook))
             {
                 *n = n.saturating_sub(1);
             }
@@ -123,7 +380,8 @@ impl Ledger {
     /// Executions of `playbook` decided within the current notification.
     pub fn group_executions(&self, policy: &str, playbook: &str) -> usize {
         self.group_counts
-            .get(&(policy.to_string(), playbook.to_string()))
+            .get(policy)
+            .and_then(|m| m.get(playbook))
             .copied()
             .unwrap_or(0)
     }
@@ -147,20 +405,33 @@ impl Ledger {
 
     /// Failed runs of `playbook` since `since`.
     pub fn failures_since(&self, policy: &str, playbook: &str, since: DateTime<Utc>) -> usize {
-        self.failures
-            .iter()
-            .filter(|(at, pol, pb)| *at > since && pol == policy && pb == playbook)
-            .count()
+        self.playbook(policy, playbook)
+            .map_or(0, |pb| pb.failures.after(since).0)
     }
 
     /// Records a failed (or unverified, or interrupted) run.
     pub fn record_failure(&mut self, at: DateTime<Utc>, policy: &str, playbook: &str) {
-        self.failures.push((at, policy.into(), playbook.into()));
+        self.record_outcome(at, policy, playbook, false);
     }
 
     /// Records a verified run.
     pub fn record_success(&mut self, at: DateTime<Utc>, policy: &str, playbook: &str) {
-        self.successes.push((at, policy.into(), playbook.into()));
+        self.record_outcome(at, policy, playbook, true);
+    }
+
+    fn record_outcome(&mut self, at: DateTime<Utc>, policy: &str, playbook: &str, ok: bool) {
+        self.saw(at);
+        let cut = self.cutoff();
+        let pb = self.playbook_mut(policy, playbook);
+        let times = if ok {
+            &mut pb.successes
+        } else {
+            &mut pb.failures
+        };
+        times.insert(at);
+        let dropped = cut.map_or(0, |c| times.prune(c));
+        self.held = self.held + 1 - dropped;
+        self.maybe_sweep();
     }
 
     /// When `playbook` last executed on the target.
@@ -170,13 +441,10 @@ impl Ledger {
         playbook: &str,
         target_key: &str,
     ) -> Option<DateTime<Utc>> {
-        self.last
-            .get(&(
-                policy.to_string(),
-                playbook.to_string(),
-                target_key.to_string(),
-            ))
-            .copied()
+        self.playbook(policy, playbook)?
+            .targets
+            .get(target_key)?
+            .last()
     }
 
     /// Executions counted for a rate-limit scope since `since`, and the oldest of them.
@@ -188,22 +456,309 @@ impl Ledger {
         target_key: &str,
         since: DateTime<Utc>,
     ) -> (usize, Option<DateTime<Utc>>) {
-        let mut n = 0;
-        let mut oldest: Option<DateTime<Utc>> = None;
-        for (at, pol, pb, tk) in &self.executions {
-            // Not ordered: `--at` what-ifs append records out of time order.
-            let hit = *at > since
-                && pol == policy
-                && match scope {
-                    RateScope::Global => true,
-                    RateScope::Playbook => pb == playbook,
-                    RateScope::Target => pb == playbook && tk == target_key,
-                };
-            if hit {
-                n += 1;
-                oldest = Some(oldest.map_or(*at, |o| o.min(*at)));
+        let Some(pol) = self.policies.get(policy) else {
+            return (0, None);
+        };
+        let times = match scope {
+            RateScope::Global => Some(&pol.executions),
+            RateScope::Playbook => pol.playbooks.get(playbook).map(|pb| &pb.executions),
+            RateScope::Target => pol
+                .playbooks
+                .get(playbook)
+                .and_then(|pb| pb.targets.get(target_key)),
+        };
+        times.map_or((0, None), |t| t.after(since))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::BreakerState;
+
+    /// The ledger as it was before the index: every query walks every entry.
+    #[derive(Default)]
+    struct Naive {
+        executions: Vec<(DateTime<Utc>, String, String, String)>,
+        failures: Vec<(DateTime<Utc>, String, String)>,
+        successes: Vec<(DateTime<Utc>, String, String)>,
+    }
+
+    impl Naive {
+        fn forget(&mut self, at: DateTime<Utc>, pol: &str, pb: &str, tk: &str) {
+            if let Some(i) = self
+                .executions
+                .iter()
+                .rposition(|(t, p, b, k)| *t == at && p == pol && b == pb && k == tk)
+            {
+                self.executions.remove(i);
             }
         }
-        (n, oldest)
+        fn since(
+            &self,
+            pol: &str,
+            scope: RateScope,
+            pb: &str,
+            tk: &str,
+            since: DateTime<Utc>,
+        ) -> (usize, Option<DateTime<Utc>>) {
+            let mut n = 0;
+            let mut oldest: Option<DateTime<Utc>> = None;
+            for (at, p, b, k) in &self.executions {
+                let hit = *at > since
+                    && p == pol
+                    && match scope {
+                        RateScope::Global => true,
+                        RateScope::Playbook => b == pb,
+                        RateScope::Target => b == pb && k == tk,
+                    };
+                if hit {
+                    n += 1;
+                    oldest = Some(oldest.map_or(*at, |o| o.min(*at)));
+                }
+            }
+            (n, oldest)
+        }
+        fn last(&self, pol: &str, pb: &str, tk: &str) -> Option<DateTime<Utc>> {
+            self.executions
+                .iter()
+                .filter(|(_, p, b, k)| p == pol && b == pb && k == tk)
+                .map(|(t, ..)| *t)
+                .max()
+        }
+        fn failures_since(&self, pol: &str, pb: &str, since: DateTime<Utc>) -> usize {
+            self.failures
+                .iter()
+                .filter(|(at, p, b)| *at > since && p == pol && b == pb)
+                .count()
+        }
+        fn breaker(
+            &self,
+            policy: &str,
+            playbook: &str,
+            failures: u32,
+            within: chrono::Duration,
+            open_for: chrono::Duration,
+            now: DateTime<Utc>,
+        ) -> BreakerState {
+            let mine = |v: &[(DateTime<Utc>, String, String)]| -> Vec<DateTime<Utc>> {
+                let mut t: Vec<DateTime<Utc>> = v
+                    .iter()
+                    .filter(|(at, pol, pb)| pol == policy && pb == playbook && *at <= now)
+                    .map(|(at, ..)| *at)
+                    .collect();
+                t.sort_unstable();
+                t
+            };
+            let fails = mine(&self.failures);
+            let k = failures as usize;
+            if k == 0 || fails.len() < k {
+                return BreakerState::Closed;
+            }
+            let Some(mut opened) = fails
+                .windows(k)
+                .filter(|w| w[k - 1] - w[0] <= within)
+                .map(|w| w[k - 1])
+                .max()
+            else {
+                return BreakerState::Closed;
+            };
+            let oks = mine(&self.successes);
+            let mut reopened = false;
+            loop {
+                let half_open = opened + open_for;
+                if now < half_open {
+                    return BreakerState::Open { opened, reopened };
+                }
+                let trial = self
+                    .executions
+                    .iter()
+                    .filter(|(at, pol, pb, _)| {
+                        pol == policy && pb == playbook && *at >= half_open && *at <= now
+                    })
+                    .map(|(at, ..)| *at)
+                    .min();
+                let Some(started) = trial else {
+                    return BreakerState::Closed;
+                };
+                let failed = fails.iter().find(|t| **t >= started).copied();
+                let verified = oks.iter().find(|t| **t >= started).copied();
+                match (failed, verified) {
+                    (Some(f), Some(v)) if v < f => return BreakerState::Closed,
+                    (None, Some(_)) => return BreakerState::Closed,
+                    (Some(f), _) => {
+                        opened = f;
+                        reopened = true;
+                    }
+                    (None, None) => return BreakerState::HalfOpenTrial { started },
+                }
+            }
+        }
+    }
+
+    const POLICIES: [&str; 2] = ["p", "q"];
+    const PLAYBOOKS: [&str; 3] = ["a", "b", "c"];
+    const TARGETS: [&str; 4] = ["t0", "t1", "t2", "t3"];
+    const SCOPES: [RateScope; 3] = [RateScope::Global, RateScope::Playbook, RateScope::Target];
+
+    fn pick<T: Copy>(rng: &mut fastrand::Rng, v: &[T]) -> T {
+        v[rng.usize(..v.len())]
+    }
+
+    /// Random records (mostly in time order, some out of order as `--at`
+    /// what-ifs are), forgets of recorded and unknown executions, and after
+    /// each step every query compared with the naive walk.
+    #[test]
+    fn the_index_answers_as_a_walk_over_every_entry() {
+        let t0 = DateTime::parse_from_rfc3339("2026-11-25T12:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let min = chrono::Duration::minutes;
+        for seed in 0..40 {
+            let mut rng = fastrand::Rng::with_seed(seed);
+            let (mut l, mut n) = (Ledger::default(), Naive::default());
+            let mut clock = t0;
+            let mut recorded = Vec::new();
+            for _ in 0..300 {
+                clock += min(rng.i64(0..4));
+                let at = if rng.u8(..10) == 0 {
+                    clock - min(rng.i64(0..120))
+                } else {
+                    clock
+                };
+                let (pol, pb, tk) = (
+                    pick(&mut rng, &POLICIES),
+                    pick(&mut rng, &PLAYBOOKS),
+                    pick(&mut rng, &TARGETS),
+                );
+                match rng.u8(..10) {
+                    0..=4 => {
+                        l.record_execution(at, pol, pb, tk);
+                        n.executions.push((at, pol.into(), pb.into(), tk.into()));
+                        recorded.push((at, pol, pb, tk));
+                    }
+                    5 => {
+                        l.record_failure(at, pol, pb);
+                        n.failures.push((at, pol.into(), pb.into()));
+                    }
+                    6 => {
+                        l.record_success(at, pol, pb);
+                        n.successes.push((at, pol.into(), pb.into()));
+                    }
+                    7 if !recorded.is_empty() => {
+                        let (at, pol, pb, tk) = recorded.swap_remove(rng.usize(..recorded.len()));
+                        l.forget_execution(at, pol, pb, tk);
+                        n.forget(at, pol, pb, tk);
+                    }
+                    _ => {
+                        // Not recorded: a no-op for both.
+                        l.forget_execution(at + min(1000), pol, pb, tk);
+                        n.forget(at + min(1000), pol, pb, tk);
+                    }
+                }
+                let now = clock + min(rng.i64(-30..30));
+                let since = now - min(rng.i64(0..180));
+                for pol in POLICIES {
+                    for pb in PLAYBOOKS {
+                        assert_eq!(
+                            l.failures_since(pol, pb, since),
+                            n.failures_since(pol, pb, since)
+                        );
+                        let (k, within, open_for) =
+                            (rng.u32(0..4), min(rng.i64(1..60)), min(rng.i64(1..60)));
+                        assert_eq!(
+                            l.breaker_state(pol, pb, k, within, open_for, now),
+                            n.breaker(pol, pb, k, within, open_for, now),
+                            "seed {seed}: breaker {pol}/{pb} k={k}"
+                        );
+                        for tk in TARGETS {
+                            assert_eq!(l.last_execution(pol, pb, tk), n.last(pol, pb, tk));
+                            for scope in SCOPES {
+                                assert_eq!(
+                                    l.executions_since(pol, scope, pb, tk, since),
+                                    n.since(pol, scope, pb, tk, since),
+                                    "seed {seed}: {pol}/{pb}/{tk} {scope:?} since {since}"
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// With a horizon, any window that fits inside it sees what the naive
+    /// walk over all history sees, while the ledger holds only about the
+    /// horizon's worth of entries, however long the history.
+    #[test]
+    fn a_horizon_bounds_the_ledger_and_keeps_every_window_inside_it() {
+        let t0 = DateTime::parse_from_rfc3339("2026-11-25T12:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let sec = chrono::Duration::seconds;
+        let horizon = chrono::Duration::hours(1);
+        let mut rng = fastrand::Rng::with_seed(7);
+        let (mut l, mut n) = (Ledger::with_horizon(horizon), Naive::default());
+        let mut recorded = std::collections::VecDeque::new();
+        let mut max_held = 0;
+        for i in 0..50_000i64 {
+            // One execution a second: 3,600 inside the horizon at any time.
+            let at = t0 + sec(i);
+            let (pol, pb, tk) = (
+                pick(&mut rng, &POLICIES),
+                pick(&mut rng, &PLAYBOOKS),
+                pick(&mut rng, &TARGETS),
+            );
+            l.record_execution(at, pol, pb, tk);
+            n.executions.push((at, pol.into(), pb.into(), tk.into()));
+            recorded.push_back((at, pol, pb, tk));
+            if i % 7 == 0 {
+                l.record_failure(at, pol, pb);
+                n.failures.push((at, pol.into(), pb.into()));
+            }
+            // Take back a recent one now and then (a refused planned run).
+            if i % 13 == 0 {
+                if let Some((at, pol, pb, tk)) = recorded.pop_back() {
+                    l.forget_execution(at, pol, pb, tk);
+                    n.forget(at, pol, pb, tk);
+                }
+            }
+            max_held = max_held.max(l.held());
+            if i % 997 == 0 {
+                let now = at;
+                for pol in POLICIES {
+                    for pb in PLAYBOOKS {
+                        let since = now - sec(rng.i64(0..3600));
+                        assert_eq!(
+                            l.failures_since(pol, pb, since),
+                            n.failures_since(pol, pb, since)
+                        );
+                        for tk in TARGETS {
+                            // A cooldown inside the horizon decides the same.
+                            let recent =
+                                |t: Option<DateTime<Utc>>| t.filter(|t| now - *t < horizon);
+                            assert_eq!(
+                                recent(l.last_execution(pol, pb, tk)),
+                                recent(n.last(pol, pb, tk))
+                            );
+                            for scope in SCOPES {
+                                assert_eq!(
+                                    l.executions_since(pol, scope, pb, tk, since),
+                                    n.since(pol, scope, pb, tk, since),
+                                    "{pol}/{pb}/{tk} {scope:?} at {i}"
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        // 3 times per execution and 1 per failure inside the horizon, at
+        // most doubled between sweeps: not the 50,000 of the whole history.
+        let live = 3 * 3600 + 3600 / 7 + 1;
+        assert!(
+            max_held <= 2 * live + 64,
+            "held {max_held} times, the horizon holds {live}"
+        );
     }
 }

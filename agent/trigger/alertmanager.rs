@@ -61,9 +61,9 @@ pub struct Alert {
     /// Alertmanager's fingerprint; computed from labels when absent.
     #[serde(default)]
     pub fingerprint: String,
-    /// Query values that made the alert fire (Grafana's `values`); never in
-    /// an Alertmanager body.
-    #[serde(skip)]
+    /// Query values that made the alert fire (Grafana's `values`, numbers
+    /// by refId); never in an Alertmanager body.
+    #[serde(default, skip_serializing, deserialize_with = "grafana_values")]
     pub values: Labels,
 }
 
@@ -106,14 +106,28 @@ pub enum Error {
     },
 }
 
-impl Payload {
-    /// Parses and checks a webhook body.
-    pub fn parse(body: &[u8]) -> Result<Self, Error> {
-        let p: Payload = serde_json::from_slice(body).map_err(|e| Error::Malformed {
+impl Error {
+    /// A body that is not a payload, at the decoder's position.
+    pub fn malformed(e: &serde_json::Error) -> Self {
+        Error::Malformed {
             line: e.line(),
             column: e.column(),
             reason: strip_position(&e.to_string()),
-        })?;
+        }
+    }
+}
+
+impl Payload {
+    /// Parses and checks a webhook body.
+    pub fn parse(body: &[u8]) -> Result<Self, Error> {
+        let p: Payload = serde_json::from_slice(body).map_err(|e| Error::malformed(&e))?;
+        p.validate()
+    }
+
+    /// The checks [`Payload::parse`] makes after decoding: version 4, an
+    /// alertname on every alert, no control characters.
+    pub fn validate(self) -> Result<Self, Error> {
+        let p = self;
         if p.version != "4" {
             return Err(Error::Version(p.version));
         }
@@ -226,6 +240,27 @@ impl Alert {
             playbook: None,
         }
     }
+}
+
+/// Grafana's `values`: numbers (or null, left out) by refId, as text.
+fn grafana_values<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Labels, D::Error> {
+    let raw: Option<std::collections::BTreeMap<String, serde_json::Value>> =
+        Option::deserialize(d)?;
+    let mut out = Labels::new();
+    for (k, v) in raw.into_iter().flatten() {
+        match super::grafana::value_text(&v) {
+            Ok(Some(t)) => {
+                out.insert(k, t);
+            }
+            Ok(None) => {}
+            Err(kind) => {
+                return Err(serde::de::Error::custom(format!(
+                    "values.{k} is {kind}; expected a number"
+                )))
+            }
+        }
+    }
+    Ok(out)
 }
 
 fn grafana_hint(version: &str) -> &'static str {

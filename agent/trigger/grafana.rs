@@ -153,7 +153,7 @@ pub fn is_test_alert(labels: &Labels) -> bool {
         && labels.get("instance").map(String::as_str) == Some("Grafana")
 }
 
-fn value_text(v: &serde_json::Value) -> Result<Option<String>, &'static str> {
+pub(crate) fn value_text(v: &serde_json::Value) -> Result<Option<String>, &'static str> {
     use serde_json::Value as V;
     match v {
         V::Null => Ok(None),
