@@ -33,3 +33,16 @@ pub mod testing;
 pub mod trigger;
 pub mod units;
 pub mod yamlpos;
+
+/// Selects rustls' `ring` crypto provider for the process (idempotent).
+/// Two providers are linked (kube and our reqwest use `ring`; the S3
+/// storage's reqwest brings `aws-lc-rs`), and rustls then refuses to pick
+/// one by itself, so every TLS client (the Kubernetes client, notification
+/// sinks, Alertmanager, S3) would fail without this.
+pub fn install_tls_provider() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // Err: one is installed already (by an embedding program); keep it.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}

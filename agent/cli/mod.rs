@@ -65,6 +65,7 @@ impl From<Diagnostics> for Error {
 
 /// Runs the parsed command line, writing its output to `out`.
 pub fn main(cli: Cli, out: &mut dyn Write) -> Result<()> {
+    crate::install_tls_provider();
     if let Command::Agent(args) = cli.command {
         // The agent sets up its own logging from its config.
         return agent::agent(args, cli.verbose, out);

@@ -153,7 +153,19 @@ impl Episodes {
 
     /// Closes an episode; its resolved event if it was open.
     fn clear(&mut self, key: &str, alertname: &'static str, at: DateTime<Utc>) -> Option<Event> {
-        let mut ev = self.open.remove(&(key.to_string(), alertname))?;
+        let k = (key.to_string(), alertname);
+        // An event from before the episode began (the stream replaying its
+        // catch-up window after the container list opened the episode)
+        // clears nothing.
+        if self
+            .open
+            .get(&k)
+            .and_then(|e| e.starts_at)
+            .is_some_and(|started| at < started)
+        {
+            return None;
+        }
+        let mut ev = self.open.remove(&k)?;
         ev.status = Status::Resolved;
         ev.annotations.insert("resolved_at".into(), at.to_rfc3339());
         Some(ev)
@@ -480,6 +492,44 @@ mod tests {
         assert_eq!(
             names(&e.tick(later)),
             vec![("SwarmServiceTasksFailing".into(), Status::Resolved)]
+        );
+    }
+
+    #[test]
+    fn a_replayed_start_from_before_the_oom_does_not_clear_what_the_list_found() {
+        let mut e = Episodes::new("n1");
+        // The container list after a (re)connect: OOM-killed at T.
+        let oom = e.alert(
+            "ContainerOOMKilled",
+            &Container {
+                id: "c1",
+                name: "web",
+                image: "img",
+                service: None,
+                stack: None,
+                task: None,
+            },
+            &[],
+            DateTime::from_timestamp(T, 0).unwrap(),
+        );
+        let fired: Vec<Event> = e
+            .fire("c1".into(), "ContainerOOMKilled", oom)
+            .into_iter()
+            .collect();
+        assert_eq!(
+            names(&fired),
+            vec![("ContainerOOMKilled".into(), Status::Firing)]
+        );
+        // The event stream replays its window: the container's first start,
+        // before the kill, clears nothing.
+        assert!(e
+            .on_event(&msg("start", "c1", T - 5, &[("name", "web")]))
+            .is_empty());
+        // A start after the kill resolves it.
+        let r = e.on_event(&msg("start", "c1", T + 5, &[("name", "web")]));
+        assert_eq!(
+            names(&r),
+            vec![("ContainerOOMKilled".into(), Status::Resolved)]
         );
     }
 }

@@ -77,6 +77,8 @@ pub async fn connect(cfg: &crate::config::KubernetesBackend) -> Result<Client, S
 /// within the step timeout and report 5xx as retryable; the coordinator
 /// fails closed.
 pub fn without_retries(mut config: kube::Config) -> kube::Config {
+    // Every client the agent and its tests build goes through here.
+    crate::install_tls_provider();
     config.default_retry = false;
     config
 }
