@@ -151,6 +151,22 @@ async fn prunes_only_what_the_rules_allow_until_usage_is_under_the_target() {
     let u1 = usage(&root).unwrap();
     assert!(u1.percent() <= 55, "{u1:?} {}", out.summary);
     assert!(out.details["bytesFreed"].as_u64().unwrap() > 0);
+    // The evidence, in human units: usage before and after, per rule.
+    let before = remediate::engine::evidence::from_details(&plan.details);
+    let after = remediate::engine::evidence::from_details(&out.details);
+    let pct = format!("{}% (", u0.percent());
+    assert!(before["usage before"].starts_with(&pct), "{before:?}");
+    assert!(
+        before["usage before"].ends_with("of 8.0 MiB used)"),
+        "{before:?}"
+    );
+    assert!(before["to prune by rule"].contains("/tmp: "), "{before:?}");
+    assert!(after["freed"].ends_with(" MiB"), "human units: {after:?}");
+    assert!(after["freed by rule"].contains(" file(s)"), "{after:?}");
+    assert!(
+        after["usage after"].starts_with(&format!("{}% (", u1.percent())),
+        "{after:?}"
+    );
     assert!(matches!(
         d.verify(&req, &plan).await.unwrap(),
         Verdict::Verified(_)

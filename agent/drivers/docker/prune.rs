@@ -313,7 +313,11 @@ impl Action for DockerPrune {
             }
         }
         Ok(Outcome {
-            summary: format!("reclaimed {}: {}", ByteSize(reclaimed), removed.join(", ")),
+            summary: format!(
+                "reclaimed {}: {}",
+                crate::units::human_bytes(reclaimed),
+                removed.join(", ")
+            ),
             details: json!({"bytesReclaimed": reclaimed}),
         })
     }

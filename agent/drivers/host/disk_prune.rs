@@ -401,7 +401,37 @@ fn mountpoint(req: &Request, p: &DiskPrune) -> PathBuf {
 }
 
 fn human(b: u64) -> String {
-    crate::units::ByteSize(b).to_string()
+    crate::units::human_bytes(b)
+}
+
+/// `83% (41.5GiB of 50GiB used)`.
+fn usage_text(u: &Usage) -> String {
+    format!(
+        "{}% ({} of {} used)",
+        u.percent(),
+        human(u.used),
+        human(u.total)
+    )
+}
+
+/// Per rule: `ROOT: SIZE in N file(s)`, for the files given.
+fn by_rule(p: &DiskPrune, files: &[Candidate], bytes: impl Fn(&Candidate) -> u64) -> String {
+    p.rules
+        .iter()
+        .enumerate()
+        .filter_map(|(i, r)| {
+            let mine: Vec<&Candidate> = files.iter().filter(|c| c.rule == i).collect();
+            (!mine.is_empty()).then(|| {
+                format!(
+                    "{}: {} in {} file(s)",
+                    r.root,
+                    human(mine.iter().map(|c| bytes(c)).sum()),
+                    mine.len()
+                )
+            })
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 #[async_trait]
@@ -465,9 +495,13 @@ impl Action for HostDiskPrune {
                 listing.join(", ")
             )
         };
+        let evidence = json!({
+            "usage before": usage_text(&u),
+            "to prune by rule": if chosen.is_empty() { "nothing".to_string() } else { by_rule(&p, &chosen, |c| c.bytes) },
+        });
         Ok(Plan {
             summary,
-            details: json!({"usage": u, "files": chosen}),
+            details: json!({"usage": u, "files": chosen, "evidence": evidence}),
         })
     }
 
@@ -492,6 +526,7 @@ impl Action for HostDiskPrune {
         let res = tokio::task::spawn_blocking(move || {
             let mut freed = 0u64;
             let mut done = 0usize;
+            let mut per_rule: Vec<(usize, u64)> = Vec::new();
             let mut skipped = Vec::new();
             for c in files {
                 // Stop as soon as the target is met.
@@ -518,16 +553,38 @@ impl Action for HostDiskPrune {
                     Ok(b) => {
                         freed += b;
                         done += 1;
+                        per_rule.push((c.rule, b));
                     }
                     Err(e) => skipped.push(format!("{}: {e}", c.path.display())),
                 }
             }
             let u = usage(&mp).ok();
-            (freed, done, skipped, u)
+            (freed, done, skipped, u, per_rule)
         })
         .await
         .map_err(|e| DriverError::permanent(e.to_string()))?;
-        let (freed, done, skipped, u) = res;
+        let (freed, done, skipped, u, per_rule) = res;
+        let mut freed_by_rule: Vec<String> = Vec::new();
+        for (i, r) in p.rules.iter().enumerate() {
+            let mine: Vec<u64> = per_rule
+                .iter()
+                .filter(|(k, _)| *k == i)
+                .map(|(_, b)| *b)
+                .collect();
+            if !mine.is_empty() {
+                freed_by_rule.push(format!(
+                    "{}: {} in {} file(s)",
+                    r.root,
+                    human(mine.iter().sum()),
+                    mine.len()
+                ));
+            }
+        }
+        let evidence = json!({
+            "freed": human(freed),
+            "freed by rule": if freed_by_rule.is_empty() { "nothing".to_string() } else { freed_by_rule.join("; ") },
+            "usage after": u.as_ref().map(usage_text),
+        });
         Ok(Outcome {
             summary: format!(
                 "freed {} in {done} file(s){}; usage now {}",
@@ -540,7 +597,7 @@ impl Action for HostDiskPrune {
                 u.map(|u| format!("{}%", u.percent()))
                     .unwrap_or_else(|| "unknown".into())
             ),
-            details: json!({"bytesFreed": freed, "files": done, "skipped": skipped}),
+            details: json!({"bytesFreed": freed, "files": done, "skipped": skipped, "evidence": evidence}),
         })
     }
 
