@@ -609,6 +609,19 @@ async fn bump_memory_raises_limit_and_request_by_the_step_and_keeps_the_rest_of_
         verified.starts_with("rollout of deployment etl/web complete: 2/2 updated and available, no old replica left, generation 2 observed"),
         "{verified}"
     );
+    // The evidence: limit and request before → after, the ceiling left.
+    let ev = &recs
+        .iter()
+        .find(|r| r.phase == Phase::Verified)
+        .unwrap()
+        .evidence;
+    assert_eq!(ev["memory limit"], "256Mi → 320Mi", "{ev:?}");
+    assert_eq!(ev["memory request"], "128Mi → 160Mi", "{ev:?}");
+    assert_eq!(
+        ev["ceiling"], "1Gi (704.0 MiB left after this bump)",
+        "{ev:?}"
+    );
+    assert_eq!(ev["container"], "app", "{ev:?}");
     let d = c.get(WEB).await.unwrap();
     let tpl = &d["spec"]["template"];
     let app = &tpl["spec"]["containers"][0];

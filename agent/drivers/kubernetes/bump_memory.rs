@@ -192,6 +192,19 @@ impl Action for KubeBumpMemory {
         let request_note = request
             .map(|(from, to)| format!(", request {} to {}", ByteSize(from), ByteSize(to)))
             .unwrap_or_default();
+        let mut evidence = json!({
+            "container": container,
+            "memory limit": format!("{current} → {}", ByteSize(new)),
+            "ceiling": format!(
+                "{} ({} left after this bump)",
+                p.ceiling,
+                crate::units::human_bytes(p.ceiling.0.saturating_sub(new))
+            ),
+        });
+        if let Some((from, to)) = request {
+            evidence["memory request"] = json!(format!("{} → {}", ByteSize(from), ByteSize(to)));
+        }
+        details["evidence"] = evidence;
         Ok(Plan {
             summary: format!(
                 "raise memory of container {container} in {} from {} to {} (ceiling {}){request_note}",
