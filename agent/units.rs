@@ -129,6 +129,15 @@ impl fmt::Display for ByteSize {
     }
 }
 
+/// A duration for people, to the second: `42s`, `3m05s`, `2h13m`.
+pub fn human_secs(secs: u64) -> String {
+    match secs {
+        0..=59 => format!("{secs}s"),
+        60..=3599 => format!("{}m{:02}s", secs / 60, secs % 60),
+        _ => format!("{}h{:02}m", secs / 3600, (secs % 3600) / 60),
+    }
+}
+
 /// A size for people: `274.3 KiB`, `1.2 GiB`, `512 B`.
 pub fn human_bytes(b: u64) -> String {
     const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
@@ -255,6 +264,14 @@ impl JsonSchema for Step {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_for_people() {
+        assert_eq!(human_secs(0), "0s");
+        assert_eq!(human_secs(59), "59s");
+        assert_eq!(human_secs(185), "3m05s");
+        assert_eq!(human_secs(7980), "2h13m");
+    }
 
     #[test]
     fn durations_parse_operator_forms() {

@@ -16,45 +16,15 @@ use remediate::playbook::load::{Config, Source};
 use remediate::policy::Ledger;
 use remediate::trigger::alertmanager::Payload;
 
-const LIMITING: &str = r#"apiVersion: remediate/v1
-kind: Policy
-metadata: { name: default }
-spec:
-  rateLimits:
-    - { scope: global,   max: 30, per: 1h }
-    - { scope: playbook, max: 10, per: 1h }
-    - { scope: target,   max: 3,  per: 1h }
-  cooldown: 10m
-  circuitBreaker: { failures: 3, within: 1h, openFor: 6h }
-"#;
-
-const PERMISSIVE: &str = r#"apiVersion: remediate/v1
-kind: Policy
-metadata: { name: default }
-spec:
-  rateLimits:
-    - { scope: global,   max: 100000000, per: 1h }
-    - { scope: playbook, max: 100000000, per: 1h }
-    - { scope: target,   max: 100000000, per: 1h }
-  circuitBreaker: { failures: 3, within: 1h, openFor: 6h }
-"#;
-
-const PODS: usize = 20_000;
+#[path = "common/scale.rs"]
+mod scale;
+use scale::{playbook, LIMITING, PERMISSIVE, PODS};
 
 fn playbooks() -> Vec<Source> {
     (0..200)
-        .map(|i| {
-            let trigger = if i < 180 {
-                format!(r#"['alertname="Alert{i}"', 'namespace!~"kube-system|kube-public"']"#)
-            } else {
-                format!(r#"['team=~"team-{i}|other"', 'severity="critical"']"#)
-            };
-            Source {
-                path: format!("pb-{i}.yaml").into(),
-                text: format!(
-                    "apiVersion: remediate/v1\nkind: Playbook\nmetadata: {{ name: pb-{i} }}\nspec:\n  triggers: [{{ alert: {trigger} }}]\n  target: {{ kind: kubernetes.pod, namespace: \"{{{{ labels.namespace }}}}\", name: \"{{{{ labels.pod }}}}\" }}\n  steps: [{{ action: kubernetes.pod.restart, with: {{ mode: evict }} }}]\n"
-                ),
-            }
+        .map(|i| Source {
+            path: format!("pb-{i}.yaml").into(),
+            text: playbook(i),
         })
         .collect()
 }

@@ -16,41 +16,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
-const LIMITING: &str = r#"apiVersion: remediate/v1
-kind: Policy
-metadata: { name: default }
-spec:
-  rateLimits:
-    - { scope: global,   max: 30, per: 1h }
-    - { scope: playbook, max: 10, per: 1h }
-    - { scope: target,   max: 3,  per: 1h }
-  cooldown: 10m
-  circuitBreaker: { failures: 3, within: 1h, openFor: 6h }
-"#;
-
-const PERMISSIVE: &str = r#"apiVersion: remediate/v1
-kind: Policy
-metadata: { name: default }
-spec:
-  rateLimits:
-    - { scope: global,   max: 100000000, per: 1h }
-    - { scope: playbook, max: 100000000, per: 1h }
-    - { scope: target,   max: 100000000, per: 1h }
-  circuitBreaker: { failures: 3, within: 1h, openFor: 6h }
-"#;
-
-const PODS: usize = 20_000;
-
-fn playbook(i: usize) -> String {
-    let trigger = if i < 180 {
-        format!(r#"['alertname="Alert{i}"', 'namespace!~"kube-system|kube-public"']"#)
-    } else {
-        format!(r#"['team=~"team-{i}|other"', 'severity="critical"']"#)
-    };
-    format!(
-        "apiVersion: remediate/v1\nkind: Playbook\nmetadata: {{ name: pb-{i} }}\nspec:\n  triggers: [{{ alert: {trigger} }}]\n  target: {{ kind: kubernetes.pod, namespace: \"{{{{ labels.namespace }}}}\", name: \"{{{{ labels.pod }}}}\" }}\n  steps: [{{ action: kubernetes.pod.restart, with: {{ mode: evict }} }}]\n"
-    )
-}
+#[path = "common/scale.rs"]
+mod scale;
+use scale::{playbook, LIMITING, PERMISSIVE, PODS};
 
 fn alert(i: usize) -> String {
     // 9 in 10 hit a keyed playbook, 1 in 10 matches nothing.

@@ -1,76 +1,48 @@
 //! `remediate report`: per playbook, what was decided and executed, whether
 //! the fixes were verified and whether the alerts then resolved, with the
-//! time to resolve; over the audit log and its rotated files, streamed.
+//! time to resolve; over the audit log and its rotated files, streamed
+//! ([`crate::audit::scan_all`]).
 
-use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
+use std::io::Write;
+use std::path::PathBuf;
 
 use chrono::Utc;
 use comfy_table::{presets, CellAlignment, ContentArrangement, Table};
 
 use super::args::{Output, ReportArgs};
 use super::{Error, Result};
-use crate::audit::Record;
 use crate::summary::{PlaybookSummary, Summary};
 
-/// The log's files, oldest first: `PATH.N` … `PATH.1`, then `PATH`.
-fn files(path: &Path) -> Vec<PathBuf> {
-    let mut rotated = Vec::new();
-    for n in 1.. {
-        let p = PathBuf::from(format!("{}.{n}", path.display()));
-        if !p.exists() {
-            break;
-        }
-        rotated.push(p);
-    }
-    rotated.reverse();
-    rotated.push(path.to_path_buf());
-    rotated
-}
-
 fn secs(v: Option<f64>) -> String {
-    match v {
-        None => "-".into(),
-        Some(s) if s < 60.0 => format!("{s:.0}s"),
-        Some(s) if s < 3600.0 => format!("{}m{:02}s", (s / 60.0) as u64, (s % 60.0) as u64),
-        Some(s) => format!(
-            "{}h{:02}m",
-            (s / 3600.0) as u64,
-            ((s % 3600.0) / 60.0) as u64
-        ),
-    }
+    v.map_or_else(
+        || "-".into(),
+        |s| crate::units::human_secs(s.max(0.0) as u64),
+    )
 }
 
 /// Runs `remediate report`.
 pub fn report(args: ReportArgs, out: &mut dyn Write) -> Result<()> {
     let since = args.since.map(|d| Utc::now() - d.chrono());
     let mut summary = Summary::new(since);
-    let mut unreadable = Vec::new();
-    let mut found = false;
-    for f in files(&args.audit) {
-        let file = match std::fs::File::open(&f) {
-            Ok(file) => file,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(Error::Input(format!("{}: {e}", f.display()))),
-        };
-        found = true;
-        for (i, line) in BufReader::new(file).lines().enumerate() {
-            let line = line.map_err(|e| Error::Input(format!("{}:{}: {e}", f.display(), i + 1)))?;
-            if line.trim().is_empty() {
-                continue;
-            }
-            match serde_json::from_str::<Record>(&line) {
-                Ok(r) => summary.add(&r),
-                Err(_) => unreadable.push(format!("{}:{}", f.display(), i + 1)),
-            }
-        }
-    }
-    if !found {
+    let rotated = PathBuf::from(format!("{}.1", args.audit.display()));
+    if !args.audit.exists() && !rotated.exists() {
         return Err(Error::Input(format!(
             "{}: no audit log there (give the agent's with --audit, e.g. /var/lib/remediate/audit.jsonl)",
             args.audit.display()
         )));
     }
+    let read = crate::audit::scan_all(&args.audit, &mut |r| summary.add(&r))
+        .map_err(|e| Error::Input(e.to_string()))?;
+    let unreadable: Vec<String> = read
+        .damaged
+        .iter()
+        .cloned()
+        .chain(
+            read.skipped
+                .iter()
+                .map(|n| format!("{}:{n}", args.audit.display())),
+        )
+        .collect();
     if !unreadable.is_empty() {
         eprintln!(
             "warning: {} unreadable line(s) skipped: {}",

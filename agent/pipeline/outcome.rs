@@ -79,12 +79,7 @@ impl Outcomes {
 }
 
 fn human(d: chrono::Duration) -> String {
-    let s = d.num_seconds().max(0);
-    match s {
-        0..=59 => format!("{s}s"),
-        60..=3599 => format!("{}m{:02}s", s / 60, s % 60),
-        _ => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
-    }
+    crate::units::human_secs(d.num_seconds().max(0) as u64)
 }
 
 /// After a run: a run the driver verified, that acted on a firing alert,

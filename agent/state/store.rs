@@ -708,11 +708,10 @@ impl State {
         Ok(out)
     }
 
-    fn watches(&self) -> Result<Vec<Watch>> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT watch FROM watches")
-            .map_err(|e| self.db(e))?;
+    /// Every row of a one-column query of JSON documents, decoded; `what`
+    /// names one in the error ("a watched run").
+    fn json_rows<T: serde::de::DeserializeOwned>(&self, sql: &str, what: &str) -> Result<Vec<T>> {
+        let mut stmt = self.conn.prepare(sql).map_err(|e| self.db(e))?;
         let rows = stmt
             .query_map([], |r| r.get::<_, String>(0))
             .map_err(|e| self.db(e))?;
@@ -721,10 +720,14 @@ impl State {
             let text = row.map_err(|e| self.db(e))?;
             out.push(
                 serde_json::from_str(&text)
-                    .map_err(|e| Error::Invalid(format!("state store: a watched run: {e}")))?,
+                    .map_err(|e| Error::Invalid(format!("state store: {what}: {e}")))?,
             );
         }
         Ok(out)
+    }
+
+    fn watches(&self) -> Result<Vec<Watch>> {
+        self.json_rows("SELECT watch FROM watches", "a watched run")
     }
 
     fn approvals(&self) -> Result<Approvals> {
@@ -760,22 +763,9 @@ impl State {
     }
 
     fn pauses(&self) -> Result<Pauses> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT pause FROM pauses")
-            .map_err(|e| self.db(e))?;
-        let rows = stmt
-            .query_map([], |r| r.get::<_, String>(0))
-            .map_err(|e| self.db(e))?;
-        let mut out = Vec::new();
-        for row in rows {
-            let text = row.map_err(|e| self.db(e))?;
-            out.push(
-                serde_json::from_str(&text)
-                    .map_err(|e| Error::Invalid(format!("state store: a pause: {e}")))?,
-            );
-        }
-        Ok(Pauses::from_list(out))
+        Ok(Pauses::from_list(
+            self.json_rows("SELECT pause FROM pauses", "a pause")?,
+        ))
     }
 
     fn schedules(&self) -> Result<HashMap<String, DateTime<Utc>>> {

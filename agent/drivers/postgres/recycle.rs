@@ -346,15 +346,6 @@ const TERMINATE: &str = "
        AND a.state = ANY($2)
        AND now() - a.state_change >= make_interval(secs => $3)";
 
-fn human_age(secs: f64) -> String {
-    let s = secs.max(0.0) as u64;
-    match s {
-        0..=59 => format!("{s}s"),
-        60..=3599 => format!("{}m{:02}s", s / 60, s % 60),
-        _ => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
-    }
-}
-
 /// What on-call would look up before sessions are terminated: connections
 /// against `max_connections`, whose sessions, and the oldest idle one.
 fn plan_evidence(chosen: &[Session], used: i64, max: &str) -> serde_json::Value {
@@ -379,7 +370,7 @@ fn plan_evidence(chosen: &[Session], used: i64, max: &str) -> serde_json::Value 
         } else {
             by.iter().map(|(k, n)| format!("{n} {k}")).collect::<Vec<_>>().join(", ")
         },
-        "oldest idle": oldest.map(human_age),
+        "oldest idle": oldest.map(|s| crate::units::human_secs(s.max(0.0) as u64)),
     })
 }
 
