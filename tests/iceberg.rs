@@ -1292,11 +1292,16 @@ fn orphan_removal_deletes_nothing_when_a_reference_cannot_be_read_or_normalised(
     );
     std::fs::write(&now, &good).unwrap();
 
-    // 3. A snapshot's manifest list is unreadable.
-    let list = PathBuf::from(spell(
-        md["snapshots"][0]["manifest-list"].as_str().unwrap(),
-        2,
-    ));
+    // 3. An older snapshot's manifest list is unreadable (not the current
+    // one's: that the compaction plan itself reads, and fails on first).
+    let older = md["snapshots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["snapshot-id"] != md["current-snapshot-id"])
+        .expect("the table has an older snapshot")
+        .clone();
+    let list = PathBuf::from(spell(older["manifest-list"].as_str().unwrap(), 2));
     let list_bytes = std::fs::read(&list).unwrap();
     std::fs::write(&list, b"not avro").unwrap();
     let (code, out, err) = run_cli(dir.path(), &cfg, &["--dry-run"]);
@@ -1304,7 +1309,7 @@ fn orphan_removal_deletes_nothing_when_a_reference_cannot_be_read_or_normalised(
     assert!(
         out.contains(&format!(
             "(it will remove none: snapshot {} (manifest list",
-            md["snapshots"][0]["snapshot-id"]
+            older["snapshot-id"]
         )) && out.contains("cannot be read"),
         "{out}"
     );
