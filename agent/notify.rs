@@ -315,7 +315,7 @@ pub fn payload(kind: NotifyKind, n: &Notice, buttons: &[(String, Press)]) -> ser
                     .iter()
                     .map(|(k, v)| {
                         if v.contains('\n') {
-                            format!("*{k}*\n```{}```", truncate(v, 1200))
+                            format!("*{k}*\n```{}```", truncate_lines(v, 1200))
                         } else {
                             format!("*{k}*: {}", truncate(v, 300))
                         }
@@ -356,7 +356,7 @@ pub fn payload(kind: NotifyKind, n: &Notice, buttons: &[(String, Press)]) -> ser
                     }
                     let room = budget.min(900);
                     let value = if v.contains('\n') {
-                        format!("```{}```", truncate(v, room))
+                        format!("```{}```", truncate_lines(v, room.saturating_sub(6)))
                     } else {
                         truncate(v, room)
                     };
@@ -376,6 +376,21 @@ pub fn payload(kind: NotifyKind, n: &Notice, buttons: &[(String, Press)]) -> ser
         }
         NotifyKind::Webhook => serde_json::to_value(n).unwrap_or_default(),
     }
+}
+
+/// `s` in at most `max` characters: lines keep their end (the newest log
+/// lines), one-line text its start.
+fn truncate_lines(s: &str, max: usize) -> String {
+    let n = s.chars().count();
+    if n <= max || !s.contains('\n') {
+        return truncate(s, max);
+    }
+    let tail: String = s.chars().skip(n - max.saturating_sub(1)).collect();
+    let tail = match tail.find('\n') {
+        Some(nl) if nl < tail.len() / 2 => tail[nl + 1..].to_string(),
+        _ => tail,
+    };
+    format!("…{tail}")
 }
 
 fn truncate(s: &str, max: usize) -> String {

@@ -48,9 +48,23 @@ pub fn scrub(s: &str) -> String {
     out
 }
 
-fn cut(s: &str, max: usize) -> String {
+/// `s` in at most `max` bytes and a marker. Lines (a log tail, events)
+/// keep their end, whole lines where it can: the newest lines are the
+/// ones on-call needs; one-line values keep their start.
+pub fn cut(s: &str, max: usize) -> String {
     if s.len() <= max {
         return s.to_string();
+    }
+    if s.contains('\n') {
+        let mut start = s.len() - max;
+        while !s.is_char_boundary(start) {
+            start += 1;
+        }
+        // From the next whole line, unless that would drop nearly all.
+        if let Some(nl) = s[start..].find('\n').filter(|nl| *nl < max / 2) {
+            start += nl + 1;
+        }
+        return format!("[cut {} bytes]…\n{}", start, &s[start..]);
     }
     let mut end = max;
     while !s.is_char_boundary(end) {
@@ -117,6 +131,21 @@ mod tests {
             &e["log"][2000..]
         );
         assert!(from_details(&serde_json::json!({"id": 1})).is_empty());
+        // A log tail keeps its newest lines, from a line start.
+        let log: String = (0..100)
+            .map(|i| format!("line {i:03} {}\n", "y".repeat(40)))
+            .collect();
+        let e = from_details(&serde_json::json!({"evidence": {"last log lines": log.trim_end()}}));
+        let t = &e["last log lines"];
+        assert!(t.len() <= MAX_VALUE_BYTES + 32, "{}", t.len());
+        assert!(
+            t.starts_with("[cut ") && t.ends_with(&format!("line 099 {}", "y".repeat(40))),
+            "{t}"
+        );
+        assert!(
+            t.lines().nth(1).is_some_and(|l| l.starts_with("line ")),
+            "{t}"
+        );
         let many: serde_json::Map<String, serde_json::Value> = (0..20)
             .map(|i| (format!("k{i:02}"), serde_json::json!(big.clone())))
             .collect();

@@ -4,6 +4,7 @@
 pub mod docker;
 pub mod kmock;
 pub mod pg;
+pub mod receiver;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
