@@ -10,9 +10,9 @@
 mod common;
 
 use std::process::Command;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::receiver::Receiver;
 use common::{alert_body, count, eventually, repo, start_agent, AgentProc, TOKEN};
 use ed25519_dalek::{Signer, SigningKey};
 use serde_json::{json, Value};
@@ -38,64 +38,6 @@ spec:
 "#;
 
 const POLICY: &str = "apiVersion: remediate/v1\nkind: Policy\nmetadata: { name: default }\nspec:\n  approval: { required: true, timeout: 10m }\n";
-
-/// What the stand-in for Slack and Discord received: (path, JSON body);
-/// requests other than POST keyed "METHOD path".
-#[derive(Clone, Default)]
-struct Receiver {
-    got: Arc<Mutex<Vec<(String, Value)>>>,
-    url: String,
-}
-
-impl Receiver {
-    async fn start() -> Self {
-        let got: Arc<Mutex<Vec<(String, Value)>>> = Arc::default();
-        let g = got.clone();
-        let app = axum::Router::new().fallback(
-            move |method: axum::http::Method, uri: axum::http::Uri, body: axum::body::Bytes| {
-                let g = g.clone();
-                async move {
-                    let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-                    // POSTs by path; other methods as "METHOD path".
-                    let key = if method == axum::http::Method::POST {
-                        uri.path().to_string()
-                    } else {
-                        format!("{method} {}", uri.path())
-                    };
-                    g.lock().unwrap().push((key, v));
-                    "ok"
-                }
-            },
-        );
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", l.local_addr().unwrap());
-        tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
-        Self { got, url }
-    }
-
-    /// Waits for the first body posted to `path` that `f` accepts.
-    async fn wait(&self, path: &str, f: impl Fn(&Value) -> bool) -> Value {
-        eventually(Duration::from_secs(10), || {
-            self.got
-                .lock()
-                .unwrap()
-                .iter()
-                .find(|(p, v)| p == path && f(v))
-                .map(|(_, v)| v.clone())
-        })
-        .await
-        .unwrap_or_else(|| panic!("nothing for {path}: {:#?}", self.got.lock().unwrap()))
-    }
-
-    fn count(&self, path: &str) -> usize {
-        self.got
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|(p, _)| p == path)
-            .count()
-    }
-}
 
 fn discord_key() -> SigningKey {
     SigningKey::from_bytes(&[42u8; 32])
@@ -478,12 +420,49 @@ async fn slack_buttons_approve_and_pause_only_for_mapped_people_with_a_valid_sig
     );
     assert_eq!(a.post(&alert("s3"), Some(TOKEN)).await.0, 200);
     held_id(&a, "s3").await;
+
+    // The playbook on every target, from the same message.
+    let all = slack_button(&msg, "Pause playbook 1h");
+    assert_eq!(all, "pause:1h:needs-hands");
+    assert_eq!(
+        post_slack_signed(&a, &slack_press(ALICE_SLACK, &all, &resp)).await,
+        200
+    );
+    let paused_all = rx
+        .wait("/resp", |v| {
+            let t = v["text"].as_str().unwrap_or("");
+            t.starts_with("Paused by alice") && !t.contains("chat-node")
+        })
+        .await;
+    let (code, out, err) = cli(&a, &["pauses"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("needs-hands (every target)"), "{out}");
+    assert_eq!(a.post(&alert("s4"), Some(TOKEN)).await.0, 200);
+    eventually(Duration::from_secs(10), || {
+        a.audit()
+            .into_iter()
+            .find(|r| r.decision == "suppressed" && r.params.to_string().contains("done-s4"))
+    })
+    .await
+    .expect("a run of the playbook paused on every target is suppressed");
+    let resume_all = slack_button(&paused_all, "Resume");
+    assert_eq!(
+        post_slack_signed(&a, &slack_press(ALICE_SLACK, &resume_all, &resp)).await,
+        200
+    );
+    eventually(Duration::from_secs(10), || {
+        let (_, out, _) = cli(&a, &["pauses"]);
+        (!out.contains("needs-hands")).then_some(())
+    })
+    .await
+    .expect("resumed");
+
     let recs = a.audit();
-    assert_eq!(count(&recs, |r| r.decision == "pause"), 1);
+    assert_eq!(count(&recs, |r| r.decision == "pause"), 2);
     assert_eq!(
         count(&recs, |r| r.decision == "resume"
             && r.reason == "resumed by alice (slack UA8RXUSPL)"),
-        1
+        2
     );
 }
 

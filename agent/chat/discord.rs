@@ -113,10 +113,11 @@ impl Interaction {
 /// Largest `custom_id` Discord accepts.
 const CUSTOM_ID_MAX: usize = 100;
 
-/// An action row of `buttons` (at most 5; a button whose value would not
-/// fit a `custom_id` is left out). None when there are none.
+/// Action rows of `buttons`: at most 5 to a row and 5 rows, as Discord
+/// allows (a button whose value would not fit a `custom_id` is left out).
+/// None when there are none.
 pub fn components(buttons: &[(String, Press)]) -> Option<Value> {
-    let row: Vec<Value> = buttons
+    let all: Vec<Value> = buttons
         .iter()
         .filter_map(|(label, press)| {
             let custom_id = format!("remediate:{}", press.encode());
@@ -130,9 +131,13 @@ pub fn components(buttons: &[(String, Press)]) -> Option<Value> {
             };
             Some(json!({"type": 2, "style": style, "label": label, "custom_id": custom_id}))
         })
-        .take(5)
+        .take(25)
         .collect();
-    (!row.is_empty()).then(|| json!([{"type": 1, "components": row}]))
+    let rows: Vec<Value> = all
+        .chunks(5)
+        .map(|row| json!({"type": 1, "components": row}))
+        .collect();
+    (!rows.is_empty()).then(|| json!(rows))
 }
 
 /// UPDATE_MESSAGE (type 7): the message whose button was pressed now says

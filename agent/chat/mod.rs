@@ -129,8 +129,9 @@ impl Press {
     }
 }
 
-/// The buttons of a notice: Approve and Deny for a held run, a Pause per
-/// configured duration for any run with a playbook and target.
+/// The buttons of a notice: Approve and Deny for a held run; per
+/// configured duration, a Pause of the playbook on this target (when the
+/// run has one) and a Pause of the playbook on every target.
 pub fn buttons(
     approval: Option<&str>,
     playbook: &str,
@@ -145,11 +146,21 @@ pub fn buttons(
     if !playbook.is_empty() {
         let target = (target != "-" && !target.is_empty()).then(|| target.to_string());
         for d in pause_choices {
+            if target.is_some() {
+                out.push((
+                    format!("Pause {d}"),
+                    Press::Pause {
+                        playbook: playbook.to_string(),
+                        target: target.clone(),
+                        duration: *d,
+                    },
+                ));
+            }
             out.push((
-                format!("Pause {d}"),
+                format!("Pause playbook {d}"),
                 Press::Pause {
                     playbook: playbook.to_string(),
-                    target: target.clone(),
+                    target: None,
                     duration: *d,
                 },
             ));
