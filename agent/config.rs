@@ -779,6 +779,36 @@ pub struct IcebergCatalog {
     /// `s3n://` locations (AWS S3, MinIO, Ceph RGW, …).
     #[serde(default)]
     pub s3: Option<IcebergS3>,
+    /// REST catalogs: OAuth2 client credentials (Polaris, Unity, Tabular,
+    /// Nessie behind Keycloak, …) instead of a static bearer token in
+    /// `secretFile`. The agent exchanges them for a token at its
+    /// `serverUri` whenever it opens the catalog.
+    #[serde(default)]
+    pub oauth2: Option<IcebergOAuth2>,
+}
+
+/// OAuth2 client-credentials grant (RFC 6749 §4.4) for a REST catalog.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct IcebergOAuth2 {
+    /// The client id.
+    pub client_id: String,
+    /// A file holding the client secret (surrounding whitespace ignored).
+    #[serde(default)]
+    pub client_secret_file: Option<PathBuf>,
+    /// Environment variable holding the client secret instead.
+    #[serde(default)]
+    pub client_secret_env: Option<String>,
+    /// The token endpoint; default the catalog's `{uri}/v1/oauth/tokens`.
+    #[serde(default)]
+    pub server_uri: Option<String>,
+    /// Scope requested; default `catalog` (what Iceberg's clients ask for).
+    #[serde(default = "default_oauth2_scope")]
+    pub scope: String,
+}
+
+fn default_oauth2_scope() -> String {
+    "catalog".into()
 }
 
 /// How the agent reaches a catalog's tables on S3-compatible storage.
@@ -963,6 +993,9 @@ impl AgentConfig {
         check_server(&cfg.server, &mut |f, m| errs.push(at(f, m)));
         check_approvers(&cfg.auth.approvers, &mut |f, m| errs.push(at(f, m)));
         check_chat(&cfg.chat, &mut |f, m| errs.push(at(f, m)));
+        for (key, c) in &cfg.backends.iceberg {
+            check_oauth2(key, c, &mut |f, m| errs.push(at(f, m)));
+        }
         let mut names = std::collections::BTreeSet::new();
         for (i, s) in cfg.notify.iter().enumerate() {
             let f = |x: &str| format!("notify[{i}].{x}");
@@ -1047,6 +1080,24 @@ impl AgentConfig {
                 if let Some(p) = c.secret_file.as_mut() {
                     fix(p);
                 }
+                if let Some(s3) = c.s3.as_mut() {
+                    for p in [
+                        s3.access_key_id_file.as_mut(),
+                        s3.secret_access_key_file.as_mut(),
+                    ]
+                    .into_iter()
+                    .flatten()
+                    {
+                        fix(p);
+                    }
+                }
+                if let Some(p) = c
+                    .oauth2
+                    .as_mut()
+                    .and_then(|o| o.client_secret_file.as_mut())
+                {
+                    fix(p);
+                }
             }
         }
         Ok(cfg)
@@ -1122,6 +1173,45 @@ fn check_approvers(list: &[Approver], err: &mut dyn FnMut(&str, String)) {
                 "give tokenFile or tokenEnv, not both".into(),
             ),
             _ => {}
+        }
+    }
+}
+
+fn check_oauth2(key: &str, c: &IcebergCatalog, err: &mut dyn FnMut(&str, String)) {
+    let Some(o) = &c.oauth2 else { return };
+    let f = |x: &str| format!("backends.iceberg.{key}.oauth2.{x}");
+    if !(c.uri.starts_with("http://") || c.uri.starts_with("https://")) {
+        err(
+            &f("clientId"),
+            "OAuth2 is for REST catalogs (an http:// or https:// uri)".into(),
+        );
+    }
+    if c.secret_file.is_some() || c.secret_env.is_some() {
+        err(
+            &f("clientId"),
+            "give oauth2 or a static token (secretFile/secretEnv), not both".into(),
+        );
+    }
+    if o.client_id.is_empty() {
+        err(&f("clientId"), "must not be empty".into());
+    }
+    match (&o.client_secret_file, &o.client_secret_env) {
+        (None, None) => err(
+            &f("clientSecretFile"),
+            "give clientSecretFile or clientSecretEnv".into(),
+        ),
+        (Some(_), Some(_)) => err(
+            &f("clientSecretFile"),
+            "give clientSecretFile or clientSecretEnv, not both".into(),
+        ),
+        _ => {}
+    }
+    if let Some(u) = &o.server_uri {
+        if !(u.starts_with("https://") || u.starts_with("http://")) {
+            err(
+                &f("serverUri"),
+                format!("{u:?}: must start with https:// (or http://)"),
+            );
         }
     }
 }

@@ -617,6 +617,53 @@ fn the_rest_catalog_path_commits_through_the_server_and_retries_a_409() {
     unchanged_shape(&made, &after);
 }
 
+#[test]
+fn a_rest_catalog_behind_oauth2_client_credentials_is_compacted_and_a_wrong_secret_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = setup(dir.path(), "");
+    let wh = dir.path().join("warehouse");
+    let w = wh.display().to_string();
+    let made = pyice(&["make", &w, "events", "10", "20"]);
+    let before = pyice(&["inspect", &w, "events"]);
+    // Every route needs a token the server issued for these credentials.
+    let rest = RestCatalog::start(&wh, &[("REST_CATALOG_OAUTH2", "remediate:s3cr3t-91")]);
+    let secret = dir.path().join("client.secret");
+    let write_cfg = |secret_text: &str| {
+        std::fs::write(&secret, secret_text).unwrap();
+        std::fs::write(
+            &cfg,
+            format!(
+                "backends:\n  iceberg:\n    lake: {{ uri: \"{}\", oauth2: {{ clientId: remediate, clientSecretFile: client.secret }} }}\n",
+                rest.url
+            ),
+        )
+        .unwrap();
+    };
+
+    // A wrong secret: the run fails, naming the catalog, the endpoint and
+    // the server's reason; nothing is changed.
+    write_cfg("not-the-secret\n");
+    let (code, out, err) = run_cli(dir.path(), &cfg, &[]);
+    assert_ne!(code, Some(0), "{out}{err}");
+    let text = format!("{out}{err}");
+    assert!(
+        text.contains("catalog lake: OAuth2 token endpoint")
+            && text.contains("/v1/oauth/tokens answered 401")
+            && text.contains("invalid_client"),
+        "{text}"
+    );
+    assert_eq!(pyice(&["inspect", &w, "events"])["files"], before["files"]);
+
+    // The right one (the file's trailing newline ignored): compacted.
+    write_cfg("s3cr3t-91\n");
+    let (code, out, err) = run_cli(dir.path(), &cfg, &[]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    let after = pyice(&["inspect", &w, "events"]);
+    assert_eq!(after["checksum"], made["checksum"]);
+    assert_eq!(after["files"], 4);
+    assert_eq!(after["operation"], "replace");
+}
+
 #[tokio::test]
 async fn the_postgres_catalog_path_keeps_a_concurrent_append() {
     let pg = common::pg::Server::start(30);

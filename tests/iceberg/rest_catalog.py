@@ -32,6 +32,14 @@ Errors use the REST error model {"error": {"message", "type", "code"}}:
 failed requirement / conflict 409 CommitFailedException, unknown table or
 namespace 404, malformed body or invalid update 400, anything else 500.
 
+OAuth2: with env REST_CATALOG_OAUTH2=CLIENT_ID:CLIENT_SECRET the server is
+its own token endpoint, POST /v1/oauth/tokens (the client-credentials grant
+as form fields grant_type, client_id, client_secret, scope; RFC 6749 4.4).
+Wrong credentials get 401 {"error": "invalid_client", ...} (RFC 6749 5.2); a
+good grant gets {"access_token", "token_type": "bearer", "expires_in",
+"issued_token_type"}. Every other request then needs `Authorization: Bearer`
+with a token it issued, or gets 401 NotAuthorizedException.
+
 Test hook: env REST_CATALOG_FAIL_COMMITS=N makes the first N commit requests
 answer 409 CommitFailedException without applying anything, so a client's
 retry path can be exercised.
@@ -93,6 +101,8 @@ class Server(ThreadingHTTPServer):
         self.catalog = catalog(warehouse)
         self.lock = threading.Lock()  # one catalog operation at a time
         self.fail_commits = int(os.environ.get("REST_CATALOG_FAIL_COMMITS", "0") or 0)
+        self.oauth2 = os.environ.get("REST_CATALOG_OAUTH2") or None
+        self.tokens = set()
 
 
 def ns_tuple(segment):
@@ -140,6 +150,13 @@ class Handler(BaseHTTPRequestHandler):
         url = urlsplit(self.path)
         parts = [p for p in url.path.split("/") if p]
         try:
+            if self.server.oauth2:
+                if parts == ["v1", "oauth", "tokens"] and self.command == "POST":
+                    return self.grant()
+                auth = self.headers.get("Authorization") or ""
+                scheme, _, token = auth.partition(" ")
+                if scheme.lower() != "bearer" or token not in self.server.tokens:
+                    raise HttpError(401, "NotAuthorizedException", "missing or unknown bearer token")
             body = self.body() if self.command in ("POST", "PUT") else None
             if parts[:1] != ["v1"]:
                 raise HttpError(404, "NotFoundException", f"no route {url.path}")
@@ -155,6 +172,24 @@ class Handler(BaseHTTPRequestHandler):
                 if code == 500:
                     traceback.print_exc(file=sys.stderr)
             self.send(code, {"error": {"message": msg, "type": kind, "code": code}})
+
+    def grant(self):
+        raw = self.rfile.read(int(self.headers.get("Content-Length") or 0)).decode()
+        form = {k: v[0] for k, v in parse_qs(raw).items()}
+        client_id, _, secret = self.server.oauth2.partition(":")
+        if form.get("grant_type") != "client_credentials":
+            return self.send(400, {"error": "unsupported_grant_type", "error_description": str(form.get("grant_type"))})
+        if form.get("client_id") != client_id or form.get("client_secret") != secret:
+            return self.send(401, {"error": "invalid_client", "error_description": "unknown client or wrong secret"})
+        token = f"tok-{len(self.server.tokens) + 1}-{os.urandom(6).hex()}"
+        self.server.tokens.add(token)
+        sys.stderr.write(f"granted a token to {client_id} for scope {form.get('scope')}\n")
+        return self.send(200, {
+            "access_token": token,
+            "token_type": "bearer",
+            "expires_in": 3600,
+            "issued_token_type": "urn:ietf:params:oauth:token-type:access_token",
+        })
 
     def route(self, p, query, body):
         cat, m = self.server.catalog, self.command

@@ -111,6 +111,83 @@ fn is_rest(uri: &str) -> bool {
     uri.starts_with("http://") || uri.starts_with("https://")
 }
 
+/// A bearer token for `key` from its OAuth2 token endpoint (the
+/// client-credentials grant, as Iceberg's REST clients make it: a form with
+/// `grant_type`, `client_id`, `client_secret` and `scope`). It is fetched
+/// whenever the catalog is opened (each action; the exporter reopens a
+/// catalog whose requests fail), so an expired token is replaced.
+async fn oauth2_token(
+    http: &reqwest::Client,
+    key: &str,
+    uri: &str,
+    o: &crate::config::IcebergOAuth2,
+) -> Result<String, DriverError> {
+    let secret = crate::config::read_secret(
+        o.client_secret_file.as_deref(),
+        o.client_secret_env.as_deref(),
+    )
+    .map_err(|e| {
+        DriverError::permanent(format!("backends.iceberg.{key}.oauth2: client secret: {e}"))
+    })?
+    .ok_or_else(|| {
+        DriverError::permanent(format!(
+            "backends.iceberg.{key}.oauth2: the client secret is empty"
+        ))
+    })?;
+    let url = o
+        .server_uri
+        .clone()
+        .unwrap_or_else(|| format!("{}/v1/oauth/tokens", uri.trim_end_matches('/')));
+    let resp = http
+        .post(&url)
+        .form(&[
+            ("grant_type", "client_credentials"),
+            ("client_id", o.client_id.as_str()),
+            ("client_secret", secret.as_str()),
+            ("scope", o.scope.as_str()),
+        ])
+        .send()
+        .await
+        .map_err(|e| {
+            DriverError::retryable(format!(
+                "catalog {key}: OAuth2 token endpoint {url}: {}",
+                e.without_url()
+            ))
+        })?;
+    let status = resp.status();
+    let body: serde_json::Value = resp.json().await.unwrap_or_default();
+    if !status.is_success() {
+        // RFC 6749 §5.2: {"error": "invalid_client", "error_description": …}.
+        let why = [body["error"].as_str(), body["error_description"].as_str()]
+            .into_iter()
+            .flatten()
+            .collect::<Vec<_>>()
+            .join(": ");
+        let msg = format!(
+            "catalog {key}: OAuth2 token endpoint {url} answered {status}{}",
+            if why.is_empty() {
+                String::new()
+            } else {
+                format!(" ({why})")
+            }
+        );
+        return Err(if status.is_server_error() || status.as_u16() == 429 {
+            DriverError::retryable(msg)
+        } else {
+            DriverError::permanent(msg)
+        });
+    }
+    body["access_token"]
+        .as_str()
+        .filter(|t| !t.is_empty())
+        .map(str::to_string)
+        .ok_or_else(|| {
+            DriverError::permanent(format!(
+                "catalog {key}: OAuth2 token endpoint {url} answered without an access_token"
+            ))
+        })
+}
+
 fn is_postgres(uri: &str) -> bool {
     uri.starts_with("postgres://") || uri.starts_with("postgresql://")
 }
@@ -127,6 +204,14 @@ impl Lake {
         let store = super::store::Store::new(key, cfg.s3.as_ref())?;
         let storage = store.factory();
         if is_rest(&cfg.uri) {
+            let http = reqwest::Client::builder()
+                .timeout(std::time::Duration::from_secs(60))
+                .build()
+                .map_err(|e| DriverError::permanent(format!("catalog {key}: http client: {e}")))?;
+            let secret = match &cfg.oauth2 {
+                Some(o) => Some(oauth2_token(&http, key, &cfg.uri, o).await?),
+                None => secret,
+            };
             let mut props = HashMap::from([(
                 iceberg_catalog_rest::REST_CATALOG_PROP_URI.to_string(),
                 cfg.uri.clone(),
@@ -140,16 +225,21 @@ impl Lake {
             if let Some(t) = &secret {
                 props.insert("token".into(), t.clone());
             }
+            if cfg.s3.is_some() {
+                // Ask for the table's own storage credentials (the REST
+                // spec's access delegation); a catalog that vends none
+                // leaves the configured or environment's credentials.
+                props.insert(
+                    "header.X-Iceberg-Access-Delegation".into(),
+                    "vended-credentials".into(),
+                );
+            }
             props.extend(store.props());
             let catalog = iceberg_catalog_rest::RestCatalogBuilder::default()
                 .with_storage_factory(storage)
                 .load(name, props)
                 .await
                 .map_err(|e| super::ice(format!("catalog {key} ({})", cfg.uri), e))?;
-            let http = reqwest::Client::builder()
-                .timeout(std::time::Duration::from_secs(60))
-                .build()
-                .map_err(|e| DriverError::permanent(format!("catalog {key}: http client: {e}")))?;
             let root = cfg.uri.trim_end_matches('/');
             let mut req = http.get(format!("{root}/v1/config"));
             if !cfg.warehouse.is_empty() {
