@@ -438,12 +438,6 @@ pub(super) async fn discord_interactions(
     };
     let followup = url.as_deref().map(|u| (u, true, answered.clone()));
     let reply = act(&http.shared, &who, press, followup);
-    let permit = answered.clone();
-    tokio::spawn(async move {
-        // Give the response a moment to reach Discord first.
-        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-        permit.add_permits(1);
-    });
     let msg = match reply.shape {
         Shape::Replace => discord::update(&reply.text, &reply.buttons),
         Shape::New => {
@@ -453,5 +447,29 @@ pub(super) async fn discord_interactions(
         }
         Shape::Private => discord::ephemeral(&reply.text),
     };
-    axum::Json(msg).into_response()
+    released_after(msg, answered)
+}
+
+/// Lets the outcome go once hyper has taken the whole response body (or
+/// dropped it): an edit of `@original` must not overtake the answer.
+struct Release(Arc<tokio::sync::Semaphore>);
+impl Drop for Release {
+    fn drop(&mut self) {
+        self.0.add_permits(1);
+    }
+}
+
+fn released_after(msg: serde_json::Value, answered: Arc<tokio::sync::Semaphore>) -> Response {
+    let bytes = axum::body::Bytes::from(msg.to_string());
+    let guard = Release(answered);
+    let body = futures::stream::unfold((Some(bytes), Some(guard)), |(b, g)| async move {
+        // The guard is dropped when the stream is asked for more after
+        // the body, or with the stream.
+        b.map(|b| (Ok::<_, std::convert::Infallible>(b), (None, g)))
+    });
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        Body::from_stream(body),
+    )
+        .into_response()
 }
