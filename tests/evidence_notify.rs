@@ -17,8 +17,10 @@ use common::docker::{busybox, docker, unique, Cleanup};
 use common::receiver::Receiver;
 use common::{alert_body, eventually, repo, start_agent};
 
-const POLICY: &str =
-    "apiVersion: remediate/v1\nkind: Policy\nmetadata: { name: default }\nspec:\n  cooldown: 10m\n";
+/// With the bundled default policy's blast radius: restarting a container
+/// that is down takes nothing more down (allowed); restarting the only
+/// running replica would take 100 % of it down (blocked).
+const POLICY: &str = "apiVersion: remediate/v1\nkind: Policy\nmetadata: { name: default }\nspec:\n  cooldown: 10m\n  blastRadius: { maxTargetsPerRun: 5, maxUnavailableFraction: 0.25 }\n";
 
 /// Characters of a JSON string value, as the platforms count them.
 fn chars(v: &Value) -> usize {
@@ -164,4 +166,71 @@ notify:
         .unwrap_or_else(|| panic!("not verified: {recs:#?}"));
     assert_eq!(verified.evidence["exit code"], "3");
     assert!(!serde_json::to_string(verified).unwrap().contains("hunter2"));
+}
+
+#[tokio::test]
+async fn restarting_a_running_standalone_container_is_blocked_by_the_blast_radius_and_changes_nothing(
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::create_dir_all(d.join("playbooks")).unwrap();
+    std::fs::create_dir_all(d.join("policies")).unwrap();
+    std::fs::copy(
+        repo("playbooks/docker-container-oom-restart.yaml"),
+        d.join("playbooks/docker-container-oom-restart.yaml"),
+    )
+    .unwrap();
+    std::fs::write(d.join("policies/default.yaml"), POLICY).unwrap();
+    let name = unique("blast");
+    let _c = Cleanup(vec![vec!["rm".into(), "-f".into(), name.clone()]]);
+    docker(&[
+        "run",
+        "-d",
+        "--name",
+        &name,
+        "--label",
+        "remediate-test=1",
+        busybox(),
+        "sleep",
+        "3600",
+    ]);
+    let started = docker(&["inspect", "-f", "{{.State.StartedAt}}", &name]);
+    let a = start_agent(
+        d,
+        "node: ev-node\nlisten: 127.0.0.1:0\nplaybooks: playbooks\npolicies: policies\nstateDir: state\nschedule: { enabled: false }\nbackends: { docker: {} }\n",
+    );
+    let (status, body) = a
+        .post(
+            &alert_body(
+                "firing",
+                &[
+                    ("alertname", "ContainerOOMKilled"),
+                    ("name", &name),
+                    ("node", "ev-node"),
+                ],
+                "2026-11-25T10:00:00Z",
+            ),
+            Some(common::TOKEN),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let failed = eventually(Duration::from_secs(30), || {
+        a.audit()
+            .into_iter()
+            .find(|r| r.phase == remediate::audit::Phase::Failed)
+    })
+    .await
+    .unwrap_or_else(|| panic!("no failed record: {}", a.log_text()));
+    assert!(
+        failed.outcome.contains(&format!(
+            "0 of 1 replicas of container {name} are unavailable; restarting this available one would make 1 (100%)"
+        )),
+        "{}",
+        failed.outcome
+    );
+    assert_eq!(
+        docker(&["inspect", "-f", "{{.State.StartedAt}}", &name]),
+        started,
+        "not restarted"
+    );
 }

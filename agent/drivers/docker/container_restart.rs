@@ -100,6 +100,106 @@ async fn last_log_lines(docker: &bollard::Docker, id: &str, n: usize) -> Option<
     (!text.is_empty()).then_some(text)
 }
 
+/// Whether a container counts as available: running and not unhealthy.
+fn available(s: &bollard::models::ContainerState) -> bool {
+    s.running == Some(true)
+        && !matches!(
+            s.health.as_ref().and_then(|h| h.status),
+            Some(bollard::models::HealthStatusEnum::UNHEALTHY)
+        )
+}
+
+/// The workload the container is a replica of, for the policy's
+/// `blastRadius.maxUnavailableFraction`: the containers on this engine of
+/// the same Swarm service or Compose service (by their labels), or the
+/// container alone. `targetAvailable` says whether restarting it takes one
+/// more down.
+async fn workload(
+    docker: &bollard::Docker,
+    c: &bollard::models::ContainerInspectResponse,
+) -> serde_json::Value {
+    let name = c
+        .name
+        .as_deref()
+        .unwrap_or_default()
+        .trim_start_matches('/')
+        .to_string();
+    let me = c.state.as_ref().is_some_and(available);
+    let labels = c
+        .config
+        .as_ref()
+        .and_then(|c| c.labels.clone())
+        .unwrap_or_default();
+    let group = if let Some(svc) = labels.get("com.docker.swarm.service.name") {
+        Some((
+            format!("service {svc}"),
+            vec![format!("com.docker.swarm.service.name={svc}")],
+        ))
+    } else {
+        match (
+            labels.get("com.docker.compose.project"),
+            labels.get("com.docker.compose.service"),
+        ) {
+            (Some(p), Some(svc)) => Some((
+                format!("compose service {p}/{svc}"),
+                vec![
+                    format!("com.docker.compose.project={p}"),
+                    format!("com.docker.compose.service={svc}"),
+                ],
+            )),
+            _ => None,
+        }
+    };
+    let standalone = json!({
+        "name": format!("container {name}"),
+        "replicas": 1,
+        "unavailable": u64::from(!me),
+        "targetAvailable": me,
+    });
+    let Some((what, filter)) = group else {
+        return standalone;
+    };
+    let opts = qp::ListContainersOptionsBuilder::new()
+        .all(true)
+        .filters(&std::collections::HashMap::from([("label", filter)]))
+        .build();
+    let list = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        docker.list_containers(Some(opts)),
+    )
+    .await;
+    let Ok(Ok(list)) = list else {
+        // Unknown siblings: the container alone (the stricter count).
+        return standalone;
+    };
+    // Stopped containers of a Swarm task history are not replicas; count
+    // the running ones and this one.
+    let mut replicas = 0u64;
+    let mut up = 0u64;
+    for other in &list {
+        let is_me = other.id.as_deref() == c.id.as_deref();
+        let running = other.state == Some(bollard::models::ContainerSummaryStateEnum::RUNNING);
+        let healthy = !other
+            .status
+            .as_deref()
+            .unwrap_or("")
+            .contains("(unhealthy)");
+        if running || is_me {
+            replicas += 1;
+            if running && healthy {
+                up += 1;
+            }
+        }
+    }
+    let replicas = replicas.max(1);
+    json!({
+        "name": format!("{what} on this node"),
+        "replicas": replicas,
+        "unavailable": replicas.saturating_sub(up),
+        "targetAvailable": me,
+    })
+}
+
 #[async_trait]
 impl Action for DockerContainerRestart {
     fn name(&self) -> &'static str {
@@ -120,7 +220,7 @@ impl Action for DockerContainerRestart {
             .inspect_container(name, None::<qp::InspectContainerOptions>)
             .await
             .map_err(|e| derr(&format!("container {name}"), e))?;
-        let st = c.state.unwrap_or_default();
+        let st = c.state.clone().unwrap_or_default();
         let id = c.id.clone().unwrap_or_else(|| name.to_string());
         let mut evidence = json!({
             "state": describe_state(&st),
@@ -138,13 +238,14 @@ impl Action for DockerContainerRestart {
         if let Some(lines) = last_log_lines(&self.0.docker, &id, 20).await {
             evidence["last log lines"] = json!(lines);
         }
+        let workload = workload(&self.0.docker, &c).await;
         Ok(Plan {
             summary: format!(
                 "restart container {name} ({}; {} restarts)",
                 describe_state(&st),
                 c.restart_count.unwrap_or(0)
             ),
-            details: json!({"id": c.id, "startedAt": st.started_at, "evidence": evidence}),
+            details: json!({"id": c.id, "startedAt": st.started_at, "workload": workload, "evidence": evidence}),
         })
     }
     async fn apply(&self, req: &Request, plan: &Plan) -> Result<Outcome, DriverError> {
