@@ -35,7 +35,7 @@ impl Scheduler {
         let engine = shared.engine();
         let c = &shared.cfg.schedule;
         let now = Utc::now();
-        for t in schedule::triggers(&engine.config) {
+        for t in schedule::triggers(&engine.config, &shared.node) {
             let missed = schedule::missed(
                 &t.schedule,
                 self.tz,
@@ -55,7 +55,7 @@ impl Scheduler {
     pub(super) fn start(&mut self, shared: &Arc<Shared>, shutdown: watch::Receiver<bool>) {
         self.tasks.abort_all();
         let engine = shared.engine();
-        for t in schedule::triggers(&engine.config) {
+        for t in schedule::triggers(&engine.config, &shared.node) {
             let shared = shared.clone();
             let tz = self.tz;
             let mut shutdown = shutdown.clone();

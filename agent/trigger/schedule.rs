@@ -37,21 +37,28 @@ impl ScheduleTrigger {
     }
 }
 
-/// Every schedule trigger of the loaded playbooks.
-pub fn triggers(cfg: &Config) -> Vec<ScheduleTrigger> {
+/// Every schedule trigger of the loaded playbooks, as the agent of `node`
+/// runs them: a playbook that declares a value `node` which its schedule
+/// does not set gets this agent's node (cron maintenance acts where it
+/// runs, whatever the value's default for `remediate run --set`).
+pub fn triggers(cfg: &Config, node: &str) -> Vec<ScheduleTrigger> {
     cfg.playbooks
         .iter()
         .flat_map(|pb| {
-            pb.schedules
-                .iter()
-                .enumerate()
-                .map(move |(index, s)| ScheduleTrigger {
+            let declares_node = pb.doc.spec.values.contains_key("node");
+            pb.schedules.iter().enumerate().map(move |(index, s)| {
+                let mut values = s.values.clone();
+                if declares_node && !values.contains_key("node") {
+                    values.insert("node".into(), node.to_string());
+                }
+                ScheduleTrigger {
                     playbook: pb.name().to_string(),
                     index,
                     expr: s.expr.clone(),
                     schedule: s.schedule.clone(),
-                    values: s.values.clone(),
-                })
+                    values,
+                }
+            })
         })
         .collect()
 }
@@ -149,6 +156,37 @@ mod tests {
         let tz: Tz = "Europe/Berlin".parse().unwrap();
         let next = next_after(&s, tz, at("2026-03-28T23:00:00Z")).unwrap();
         assert_eq!(next, at("2026-03-30T00:30:00Z"));
+    }
+
+    #[test]
+    fn the_bundled_nightly_prune_runs_on_the_node_of_the_agent_whose_schedule_fires() {
+        let src = |p: &str| crate::playbook::load::Source {
+            path: p.into(),
+            text: std::fs::read_to_string(format!("{}/{p}", env!("CARGO_MANIFEST_DIR"))).unwrap(),
+        };
+        let cfg = Config::load(
+            &[src("playbooks/nightly-disk-prune.yaml")],
+            &[src("policies/maintenance.yaml")],
+        )
+        .unwrap();
+        let t = triggers(&cfg, "worker-7");
+        assert_eq!(t.len(), 1);
+        assert_eq!(
+            t[0].values.get("node").map(String::as_str),
+            Some("worker-7")
+        );
+        // A schedule that names its node keeps it.
+        let mut cfg = cfg;
+        cfg.playbooks[0].schedules[0]
+            .values
+            .insert("node".into(), "edge-1".into());
+        assert_eq!(
+            triggers(&cfg, "worker-7")[0]
+                .values
+                .get("node")
+                .map(String::as_str),
+            Some("edge-1")
+        );
     }
 
     #[test]
