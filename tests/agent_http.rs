@@ -449,7 +449,7 @@ async fn notifications_reach_slack_discord_and_webhook_receivers_and_a_failing_s
             .collect::<Vec<_>>()
     };
     let runbook =
-        "https://runbooks.prometheus-operator.dev/runbooks/kubernetes/kubepodcrashlooping";
+        "https://github.com/remediate/remediate/blob/main/docs/runbooks.md#kubepodcrashlooping";
 
     let slack = by("slack");
     assert_eq!(slack.len(), 1);
