@@ -126,17 +126,27 @@ pub(super) fn owner_line(w: &Workload, direct: Option<&str>, r: &Rollout) -> Str
 }
 
 /// The container to describe: the one named when the pod has it, else the
-/// one that crashed (terminated now or last, not ready, most restarts),
-/// the first such in the pod's order.
+/// one that crashed (terminated with a failure now or last, not ready, most
+/// restarts), the first such in the pod's order; init containers count
+/// (Init:CrashLoopBackOff), one that completed does not stand out.
 fn crashing<'a>(pod: &'a Pod, hint: Option<&str>) -> Option<&'a ContainerStatus> {
-    let statuses = pod.status.as_ref()?.container_statuses.as_ref()?;
+    let st = pod.status.as_ref()?;
+    let statuses: Vec<&ContainerStatus> = st
+        .init_container_statuses
+        .iter()
+        .flatten()
+        .chain(st.container_statuses.iter().flatten())
+        .collect();
     if let Some(c) = hint
         .filter(|h| !h.is_empty())
         .and_then(|h| statuses.iter().find(|c| c.name == h))
     {
         return Some(c);
     }
-    let score = |c: &ContainerStatus| (termination(c).is_some(), !c.ready, c.restart_count);
+    let failed = |c: &ContainerStatus| {
+        termination(c).is_some_and(|t| t.exit_code != 0 || t.reason.as_deref() != Some("Completed"))
+    };
+    let score = |c: &ContainerStatus| (failed(c), !c.ready, c.restart_count);
     let mut best: Option<&ContainerStatus> = None;
     for c in statuses {
         if best.is_none_or(|b| score(c) > score(b)) {
@@ -356,6 +366,19 @@ mod tests {
         assert_eq!(crashing(&pod, Some("")).unwrap().name, "app");
         assert_eq!(crashing(&pod, Some("sidecar")).unwrap().name, "sidecar");
         assert_eq!(crashing(&pod, Some("nope")).unwrap().name, "app");
+        // A completed init container is not the crash; a failing one is.
+        let mut with_init = pod.clone();
+        let init = |code: i32, reason: &str| {
+            json!([{"name": "migrate", "ready": code == 0, "restartCount": 0, "image": "m", "imageID": "",
+                    "state": {"terminated": {"reason": reason, "exitCode": code}}}])
+        };
+        let status = with_init.status.as_mut().unwrap();
+        status.init_container_statuses = serde_json::from_value(init(0, "Completed")).unwrap();
+        assert_eq!(crashing(&with_init, None).unwrap().name, "app");
+        let status = with_init.status.as_mut().unwrap();
+        status.init_container_statuses = serde_json::from_value(init(1, "Error")).unwrap();
+        status.container_statuses = None;
+        assert_eq!(crashing(&with_init, None).unwrap().name, "migrate");
         let mut ev = Map::new();
         describe_container(crashing(&pod, None).unwrap(), &mut ev);
         assert_eq!(ev["last termination"], "OOMKilled, exit code 137");
