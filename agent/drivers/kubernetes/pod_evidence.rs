@@ -20,8 +20,9 @@ use crate::units::human_secs;
 pub(super) const BUDGET: Duration = Duration::from_secs(3);
 /// Lines of the previous container's log asked for (`tailLines`).
 const LOG_LINES: i64 = 20;
-/// At most this much log is read from the API server (`limitBytes`).
-const LOG_READ_BYTES: i64 = 64 << 10;
+/// At most this much log is read from the API server (`limitBytes`, which
+/// it applies after `tailLines`, from the start: room for 20 long lines).
+const LOG_READ_BYTES: i64 = 256 << 10;
 /// Of those lines, the last that fit in this many bytes are kept (below
 /// the engine's per-value cap, which would cut the end, not the start).
 const LOG_KEEP_BYTES: usize = 1800;
