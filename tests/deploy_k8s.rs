@@ -187,6 +187,8 @@ fn rbac_grants_only_the_verbs_the_actions_use() {
         "apps/replicasets:get",
         "sparkoperator.k8s.io/sparkapplications:patch",
         "/events:create",
+        "/events:list",
+        "/pods/log:get",
     ] {
         assert!(
             grants.iter().any(|g| g == needed),

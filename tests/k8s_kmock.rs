@@ -656,6 +656,339 @@ async fn bump_memory_raises_limit_and_request_by_the_step_and_keeps_the_rest_of_
     );
 }
 
+/// `web-5d9-a` as a crash loop leaves it: container `app` waiting in
+/// CrashLoopBackOff after its 7th restart, the previous instance
+/// OOM-killed with exit code 137 and its log seeded (30 lines, a password
+/// among them); its Events, with decoys of an older pod of the same name
+/// (another uid) and of a sibling.
+async fn seed_crash_evidence(c: &Cluster) {
+    let path = format!("{PODS}/web-5d9-a");
+    let uid = c.get(&path).await.unwrap()["metadata"]["uid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    c.status(
+        &path,
+        json!({"phase": "Running", "conditions": [{"type": "Ready", "status": "False"}],
+            "containerStatuses": [
+                {"name": "log-shipper", "ready": true, "restartCount": 0, "image": "shipper:2", "imageID": "",
+                 "containerID": "containerd://shipper-0", "lastState": {}, "state": {"running": {}}},
+                {"name": "app", "ready": false, "restartCount": 7, "image": "app:1", "imageID": "",
+                 "lastState": {"terminated": {"reason": "OOMKilled", "exitCode": 137, "containerID": "containerd://app-6",
+                    "startedAt": "2026-01-01T10:00:00Z", "finishedAt": "2026-01-01T10:02:05Z"}},
+                 "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 5m0s restarting failed container=app"}}}]}),
+    )
+    .await;
+    let mut log: String = (0..29)
+        .map(|i| format!("2026-01-01T10:0{}:00Z loading batch {i}\n", i / 10))
+        .collect();
+    log.push_str("fatal: runtime: out of memory allocating 536870912 bytes; DB password=hunter2\n");
+    let r = c
+        .admin(reqwest::Method::POST, "/_kmock/logs")
+        .json(&json!({"containerID": "containerd://app-6", "text": log}))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+    let now = chrono::Utc::now();
+    let ago = |s: i64| {
+        (now - chrono::Duration::seconds(s)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    };
+    for (n, pod_uid, pod, reason, message, count, type_, at) in [
+        (
+            "a1",
+            uid.as_str(),
+            "web-5d9-a",
+            "Pulled",
+            "Container image \"app:1\" already present on machine",
+            8,
+            "Normal",
+            ago(400),
+        ),
+        (
+            "a2",
+            uid.as_str(),
+            "web-5d9-a",
+            "OOMKilling",
+            "Memory cgroup out of memory: Killed process 4242 (app)",
+            7,
+            "Warning",
+            ago(300),
+        ),
+        (
+            "a3",
+            uid.as_str(),
+            "web-5d9-a",
+            "BackOff",
+            "Back-off restarting failed container app in pod web-5d9-a_etl",
+            12,
+            "Warning",
+            ago(20),
+        ),
+        (
+            "old",
+            "uid-of-an-older-web-5d9-a",
+            "web-5d9-a",
+            "FailedMount",
+            "an older pod of the same name",
+            1,
+            "Warning",
+            ago(100),
+        ),
+        (
+            "sib",
+            "uid-s1",
+            "web-5d9-s1",
+            "Unhealthy",
+            "a sibling's probe",
+            1,
+            "Warning",
+            ago(50),
+        ),
+    ] {
+        c.create(
+            "/api/v1/namespaces/etl/events",
+            json!({"apiVersion": "v1", "kind": "Event",
+                "metadata": {"name": format!("{pod}.{n}")},
+                "involvedObject": {"apiVersion": "v1", "kind": "Pod", "namespace": "etl", "name": pod, "uid": pod_uid},
+                "reason": reason, "message": message, "count": count, "type": type_,
+                "firstTimestamp": ago(3600), "lastTimestamp": at,
+                "source": {"component": "kubelet", "host": "node-a"}}),
+        )
+        .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_restart_carries_the_crash_the_previous_log_the_events_and_the_owner() {
+    let c = Cluster::new().await;
+    c.seed_web(3).await;
+    seed_crash_evidence(&c).await;
+    let ctl = c.replicaset_controller(3, true);
+    let e = c.engine(RESTART, POLICY);
+    let (status, recs) = run(&e, &crashloop("web-5d9-a")).await;
+    ctl.abort();
+    assert_eq!(status, RunStatus::Verified, "{recs:#?}");
+    // Collected in plan: on the planned record, and kept on the others.
+    let planned = &recs
+        .iter()
+        .find(|r| r.phase == Phase::Planned)
+        .unwrap()
+        .evidence;
+    let ev = &recs
+        .iter()
+        .find(|r| r.phase == Phase::Verified)
+        .unwrap()
+        .evidence;
+    assert_eq!(planned, ev);
+    assert_eq!(ev["container"], "app", "{ev:#?}");
+    assert_eq!(ev["exit code"], "137", "{ev:#?}");
+    assert_eq!(ev["restarts"], "7", "{ev:#?}");
+    assert_eq!(ev["state"], "waiting: CrashLoopBackOff", "{ev:#?}");
+    assert!(
+        ev["last termination"].starts_with("OOMKilled, exit code 137 after 2m05s running, "),
+        "{ev:#?}"
+    );
+    assert_eq!(
+        ev["owner"], "Deployment etl/web (ReplicaSet web-5d9): 2/3 ready",
+        "{ev:#?}"
+    );
+    // The last 20 lines of the previous instance, scrubbed.
+    let log = &ev["previous container log"];
+    assert!(
+        log.starts_with("2026-01-01T10:01:00Z loading batch 10\n"),
+        "{log}"
+    );
+    assert!(!log.contains("batch 9\n"), "{log}");
+    assert_eq!(log.lines().count(), 20, "{log}");
+    assert!(
+        log.ends_with("fatal: runtime: out of memory allocating 536870912 bytes; DB password=***"),
+        "{log}"
+    );
+    // This pod's Events, oldest first, not those of an older pod of the
+    // same name nor a sibling's.
+    let events: Vec<&str> = ev["events"].lines().collect();
+    assert_eq!(events.len(), 3, "{events:#?}");
+    for (line, want) in events.iter().zip([
+        "Pulled: Container image \"app:1\" already present on machine (x8, ",
+        "Warning OOMKilling: Memory cgroup out of memory: Killed process 4242 (app) (x7, ",
+        "Warning BackOff: Back-off restarting failed container app in pod web-5d9-a_etl (x12, ",
+    ]) {
+        assert!(
+            line.starts_with(want) && line.ends_with(" ago)"),
+            "{events:#?}"
+        );
+    }
+    // The reads it took, each allowed by the shipped RBAC.
+    let reqs = c.requests();
+    for (verb, res, sub) in [("get", "pods", "log"), ("list", "events", "")] {
+        assert!(
+            reqs.iter()
+                .any(|r| r.verb == verb && r.resource == res && r.subresource == sub && r.allowed),
+            "{verb} {res}/{sub}: {reqs:#?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_emulator_answers_pod_logs_and_event_field_selectors_as_the_api_server_does() {
+    let c = Cluster::new().await;
+    c.seed_web(2).await;
+    seed_crash_evidence(&c).await;
+    let pods = kube::Api::<k8s_openapi::api::core::v1::Pod>::namespaced(c.client.clone(), "etl");
+    let lp = |container: Option<&str>, previous: bool, tail: Option<i64>| kube::api::LogParams {
+        container: container.map(str::to_string),
+        previous,
+        tail_lines: tail,
+        ..Default::default()
+    };
+    let text = pods
+        .logs("web-5d9-a", &lp(Some("app"), true, Some(2)))
+        .await
+        .unwrap();
+    assert_eq!(text.lines().count(), 2, "{text}");
+    assert!(
+        text.starts_with("2026-01-01T10:02:00Z loading batch 28\nfatal:"),
+        "{text}"
+    );
+    // CrashLoopBackOff: the current log is the last instance's, as kubelet serves it.
+    let cur = pods
+        .logs("web-5d9-a", &lp(Some("app"), false, None))
+        .await
+        .unwrap();
+    assert_eq!(cur.lines().count(), 30);
+    let err = |r: Result<String, kube::Error>| match r {
+        Err(kube::Error::Api(s)) => (s.code, s.message.clone()),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(
+        err(pods
+            .logs("web-5d9-a", &lp(Some("log-shipper"), true, None))
+            .await),
+        (
+            400,
+            "previous terminated container \"log-shipper\" in pod \"web-5d9-a\" not found".into()
+        )
+    );
+    assert_eq!(
+        err(pods.logs("web-5d9-a", &lp(None, false, None)).await),
+        (400, "a container name must be specified for pod web-5d9-a, choose one of: [app log-shipper]".into())
+    );
+    assert_eq!(
+        err(pods.logs("web-5d9-a", &lp(Some("nope"), false, None)).await),
+        (400, "container nope is not valid for pod web-5d9-a".into())
+    );
+    let events =
+        kube::Api::<k8s_openapi::api::core::v1::Event>::namespaced(c.client.clone(), "etl");
+    let by = |f: &str| kube::api::ListParams::default().fields(f);
+    let found = events
+        .list(&by(
+            "involvedObject.name=web-5d9-a,type=Warning,source=kubelet",
+        ))
+        .await
+        .unwrap();
+    let mut reasons: Vec<_> = found
+        .items
+        .iter()
+        .filter_map(|e| e.reason.clone())
+        .collect();
+    reasons.sort();
+    assert_eq!(reasons, ["BackOff", "FailedMount", "OOMKilling"]);
+    let e = events
+        .list(&by("involvedObject.nam=web-5d9-a"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, kube::Error::Api(s) if s.code == 400 && s.message.ends_with("field label not supported: involvedObject.nam")),
+        "{e:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_role_without_pods_log_still_restarts_and_the_evidence_says_what_to_grant() {
+    let shipped = bundled("deploy/k8s/rbac.yaml");
+    let rule = "  - apiGroups: [\"\"]\n    resources: [pods/log]\n    verbs: [get]\n";
+    assert!(
+        shipped.contains(rule),
+        "the pods/log rule changed: update this test"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("rbac.yaml");
+    std::fs::write(&path, shipped.replace(rule, "")).unwrap();
+    let c = Cluster::with_rbac(&path).await;
+    c.seed_web(3).await;
+    seed_crash_evidence(&c).await;
+    let ctl = c.replicaset_controller(3, true);
+    let e = c.engine(RESTART, POLICY);
+    let (status, recs) = run(&e, &crashloop("web-5d9-a")).await;
+    ctl.abort();
+    assert_eq!(status, RunStatus::Verified, "{recs:#?}");
+    assert_eq!(outcome(&recs, Phase::Applied), "deleted pod etl/web-5d9-a");
+    let ev = &recs
+        .iter()
+        .find(|r| r.phase == Phase::Verified)
+        .unwrap()
+        .evidence;
+    assert!(
+        ev["previous container log"].starts_with(
+            "unavailable: forbidden: the agent's role lacks get on pods/log in namespace etl; grant it"
+        ),
+        "{ev:#?}"
+    );
+    // The rest was still collected.
+    assert_eq!(ev["exit code"], "137", "{ev:#?}");
+    assert!(ev["events"].contains("Warning BackOff:"), "{ev:#?}");
+    assert!(c
+        .requests()
+        .iter()
+        .any(|r| r.resource == "pods" && r.subresource == "log" && !r.allowed));
+}
+
+const ROLL_POD: &str = r#"apiVersion: remediate/v1
+kind: Playbook
+metadata: { name: roll-owner }
+spec:
+  triggers: [{ alert: ['alertname="KubePodCrashLooping"'] }]
+  target: { kind: kubernetes.pod, namespace: "{{ labels.namespace }}", name: "{{ labels.pod }}", container: "{{ labels.container }}" }
+  steps: [{ action: kubernetes.workload.rollout-restart }]
+  verify: { timeout: 5s }
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollout_restart_of_a_pods_owner_carries_the_pods_evidence_for_the_named_container() {
+    let c = Cluster::new().await;
+    c.seed_web(3).await;
+    seed_crash_evidence(&c).await;
+    let dctl = c.deployment_controller(false);
+    let e = c.engine(ROLL_POD, POLICY);
+    let mut ev = crashloop("web-5d9-a");
+    ev.labels.insert("container".into(), "log-shipper".into());
+    let (status, recs) = run(&e, &ev).await;
+    dctl.abort();
+    assert_eq!(status, RunStatus::Verified, "{recs:#?}");
+    let ev = &recs
+        .iter()
+        .find(|r| r.phase == Phase::Verified)
+        .unwrap()
+        .evidence;
+    // The container the alert named, though another one crashed.
+    assert_eq!(ev["container"], "log-shipper", "{ev:#?}");
+    assert_eq!(ev["restarts"], "0", "{ev:#?}");
+    assert_eq!(
+        ev["last termination"],
+        "none recorded (the container has not terminated)"
+    );
+    assert_eq!(
+        ev["previous container log"],
+        "unavailable: previous terminated container \"log-shipper\" in pod \"web-5d9-a\" not found (400)"
+    );
+    assert_eq!(
+        ev["owner"],
+        "Deployment etl/web (ReplicaSet web-5d9): 2/3 ready"
+    );
+    assert!(ev["events"].contains("Warning BackOff:"), "{ev:#?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stuck_rollout_is_not_verified_and_a_progress_deadline_fails_at_once() {
     let c = Cluster::new().await;

@@ -120,6 +120,15 @@ async fn eviction_refused_by_a_disruption_budget_is_retried_until_granted() {
             json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": [pod()]}),
         )
         .await;
+        // evidence: the pod's Events (it reports no container, so no log is asked for)
+        expect(
+            &mut h,
+            Method::GET,
+            "/api/v1/namespaces/etl/events",
+            200,
+            json!({"apiVersion": "v1", "kind": "EventList", "metadata": {}, "items": []}),
+        )
+        .await;
         // apply: still the same pod; eviction 429 (PDB), then 201
         expect(
             &mut h,
@@ -165,6 +174,20 @@ async fn eviction_refused_by_a_disruption_budget_is_retried_until_granted() {
     );
     assert_eq!(plan.details["workload"]["replicas"], 3);
     assert_eq!(plan.details["siblings"], json!(["u-1"]));
+    let ev = &plan.details["evidence"];
+    assert_eq!(ev["owner"], "StatefulSet etl/web: 3/3 ready");
+    assert_eq!(
+        ev["container"],
+        "unavailable: the pod reports no container status"
+    );
+    assert_eq!(
+        ev["previous container log"],
+        "unavailable: the pod has no container"
+    );
+    assert_eq!(
+        ev["events"],
+        "none (Events expire after an hour by default)"
+    );
     let out = a.apply(&req, &plan).await.unwrap();
     assert_eq!(
         out.summary,
@@ -365,4 +388,98 @@ async fn a_rollout_past_its_progress_deadline_fails_verification_with_the_condit
             "rollout of deployment etl/web: ProgressDeadlineExceeded: ReplicaSet \"web-6f7\" has timed out progressing.".into()
         )
     );
+}
+
+#[tokio::test]
+async fn a_log_read_that_never_answers_is_evidence_unavailable_and_the_plan_goes_on() {
+    let (c, mut h) = client();
+    let a = action(c, "kubernetes.pod.restart");
+    let req = request(
+        "kubernetes.pod",
+        json!({"mode": "delete", "allowBarePods": false, "gracePeriodSeconds": 5}),
+    );
+    let mut crashed = pod();
+    crashed["spec"] = json!({"containers": [{"name": "app", "image": "app:1"}]});
+    crashed["status"]["containerStatuses"] = json!([{"name": "app", "ready": false, "restartCount": 4,
+        "image": "app:1", "imageID": "", "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+        "lastState": {"terminated": {"reason": "Error", "exitCode": 1, "containerID": "containerd://c4"}}}]);
+    let (held_tx, held_rx) = tokio::sync::oneshot::channel();
+    let server = tokio::spawn(async move {
+        expect(
+            &mut h,
+            Method::GET,
+            "/api/v1/namespaces/etl/pods/web-1",
+            200,
+            crashed.clone(),
+        )
+        .await;
+        expect(
+            &mut h,
+            Method::GET,
+            "/apis/apps/v1/namespaces/etl/statefulsets/web",
+            200,
+            statefulset(2),
+        )
+        .await;
+        expect(
+            &mut h,
+            Method::GET,
+            "/api/v1/namespaces/etl/pods",
+            200,
+            json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": [crashed]}),
+        )
+        .await;
+        // The log and the Events are asked for together: the Events are
+        // answered, the log never (its response is held until the plan is done).
+        let mut held = None;
+        for _ in 0..2 {
+            let (r, send) = h.next_request().await.expect("a request");
+            match r.uri().path() {
+                "/api/v1/namespaces/etl/pods/web-1/log" => {
+                    let q = r.uri().query().unwrap_or_default().to_string();
+                    assert!(
+                        q.contains("container=app")
+                            && q.contains("previous=true")
+                            && q.contains("tailLines=20"),
+                        "{q}"
+                    );
+                    held = Some(send);
+                }
+                "/api/v1/namespaces/etl/events" => {
+                    let q = r.uri().query().unwrap_or_default().to_string();
+                    assert!(
+                        q.contains(
+                            "fieldSelector=involvedObject.name%3Dweb-1%2CinvolvedObject.uid%3Du-1"
+                        ),
+                        "{q}"
+                    );
+                    send.send_response(Response::builder().status(200)
+                        .header("content-type", "application/json")
+                        .body(Full::new(axum::body::Bytes::from(serde_json::to_vec(&json!({
+                            "apiVersion": "v1", "kind": "EventList", "metadata": {}, "items": [
+                                {"metadata": {"name": "e1", "namespace": "etl"}, "involvedObject": {"name": "web-1", "uid": "u-1"},
+                                 "reason": "BackOff", "message": "Back-off restarting failed container app", "type": "Warning", "count": 3}]
+                        })).unwrap()))).unwrap());
+                }
+                other => panic!("unexpected {other}"),
+            }
+        }
+        let _ = held_rx.await;
+        drop(held);
+    });
+    let plan = a.plan(&req).await.unwrap();
+    let _ = held_tx.send(());
+    server.await.unwrap();
+    let ev = &plan.details["evidence"];
+    assert_eq!(
+        ev["previous container log"], "unavailable: no answer within 3s",
+        "{ev:#}"
+    );
+    assert_eq!(
+        ev["events"], "Warning BackOff: Back-off restarting failed container app (x3)",
+        "{ev:#}"
+    );
+    assert_eq!(ev["last termination"], "Error, exit code 1", "{ev:#}");
+    assert_eq!(ev["restarts"], 4, "{ev:#}");
+    assert_eq!(ev["owner"], "StatefulSet etl/web: 2/3 ready", "{ev:#}");
 }

@@ -39,7 +39,18 @@ as strict as the API server where it matters to the agent:
   decremented and the pod deleted (201).
 - LIST honours equality labelSelectors (k=v,k2=v2) and fieldSelectors
   (spec.nodeName=n, any dotted path, = and !=), and answers the current
-  resourceVersion.
+  resourceVersion. For pods and events only the field labels the API server
+  supports are accepted (events: involvedObject.name, .uid, ..., reason,
+  type, source; pods: spec.nodeName, status.phase, ...); any other is its
+  400 "field label not supported", on LIST and WATCH.
+- GET pods/NAME/log (RBAC: get pods/log): the text seeded for the container
+  instance with POST /_kmock/logs (admin) {"containerID", "text"}, found as
+  the kubelet does: the current instance's (status containerID) or, with
+  previous=true, lastState.terminated.containerID, else the real 400s
+  ("previous terminated container "C" in pod "P" not found", "a container
+  name must be specified for pod P, choose one of: [...]", "container C is
+  not valid for pod P", "... is waiting to start: REASON"); tailLines and
+  limitBytes honoured; text/plain.
 - WATCH through the facade: the fieldSelector as for LIST; ?resourceVersion=V
   replays only objects changed after V (kmock replays everything); a V older
   than the last compaction is the API server's 410 Gone, as an ERROR event.
@@ -331,6 +342,47 @@ def fields_match(sel, obj):
     return True
 
 
+# The field labels the API server can select on (its field label conversion
+# functions); any other is a 400, as there. Only the kinds the agent lists by
+# field; other kinds accept any dotted path here.
+SELECTABLE = {
+    'pods': {'metadata.name', 'metadata.namespace', 'spec.nodeName', 'spec.restartPolicy',
+             'spec.schedulerName', 'spec.serviceAccountName', 'spec.hostNetwork', 'status.phase',
+             'status.podIP', 'status.podIPs', 'status.nominatedNodeName'},
+    'events': {'metadata.name', 'metadata.namespace', 'involvedObject.kind',
+               'involvedObject.namespace', 'involvedObject.name', 'involvedObject.uid',
+               'involvedObject.apiVersion', 'involvedObject.resourceVersion',
+               'involvedObject.fieldPath', 'reason', 'reportingComponent', 'source', 'type'},
+}
+# Field labels that are not the object's path.
+FIELD_PATHS = {('events', 'source'): 'source.component'}
+
+
+def unsupported_field(info, fsel, lsel):
+    """The API server's 400 for a field selector on a label it cannot select on, or None."""
+    allowed = SELECTABLE.get(info['resource'])
+    if allowed is None or not fsel:
+        return None
+    for term in [t for t in fsel.split(',') if t]:
+        k = term.split('!=', 1)[0] if '!=' in term else term.replace('==', '=').split('=', 1)[0]
+        if k not in allowed:
+            gv = f"{info['group']}/{info['version']}" if info['group'] else f"/{info['version']}"
+            return status(400, 'BadRequest',
+                          f'Unable to find "{gv}, Resource={info["resource"]}" that match label selector '
+                          f'"{lsel or ""}", field selector "{fsel}": field label not supported: {k}')
+    return None
+
+
+def select_fields(resource, sel):
+    """A field selector with its labels as object paths."""
+    out = []
+    for term in [t for t in (sel or '').split(',') if t]:
+        op = '!=' if '!=' in term else '='
+        k, v = term.split('!=', 1) if op == '!=' else term.replace('==', '=').split('=', 1)
+        out.append(f'{FIELD_PATHS.get((resource, k), k)}{op}{v}')
+    return ','.join(out)
+
+
 def gone(rv):
     return {'type': 'ERROR', 'object': {
         'kind': 'Status', 'apiVersion': 'v1', 'metadata': {}, 'status': 'Failure',
@@ -347,6 +399,7 @@ class Facade:
         self.http = None
         self.compacted = 0
         self.watches = set()
+        self.logs = {}
 
     def next_rv(self):
         self.rv += 1
@@ -374,6 +427,12 @@ class Facade:
                     pass
                 self.watches.discard(w)
             return aiohttp.web.json_response({'compacted': self.compacted})
+        if request.path == '/_kmock/logs' and admin:
+            # What a container instance wrote, by its containerID (the
+            # kubelet's view): {"containerID": "containerd://...", "text": "..."}.
+            seed = await request.json()
+            self.logs[seed['containerID']] = seed.get('text') or ''
+            return aiohttp.web.json_response({'seeded': seed['containerID']})
         if request.path == '/_kmock/close-watches' and admin:
             n = len(self.watches)
             for w in list(self.watches):
@@ -391,7 +450,7 @@ class Facade:
                 return self.rbac.forbidden(info)
         body = await request.read()
         if info is not None and request.query.get('watch') in ('1', 'true'):
-            return await self.watch(request)
+            return await self.watch(request, info)
         if info is None:
             return await self.forward(request, body)
         async with self.lock:
@@ -406,9 +465,12 @@ class Facade:
                 await resp.write(chunk)
             return resp
 
-    async def watch(self, request):
+    async def watch(self, request, info):
+        bad = unsupported_field(info, request.query.get('fieldSelector'), request.query.get('labelSelector'))
+        if bad:
+            return bad
         since = request.query.get('resourceVersion') or ''
-        sel = request.query.get('fieldSelector')
+        sel = select_fields(info['resource'], request.query.get('fieldSelector'))
         lsel = request.query.get('labelSelector')
         resp = aiohttp.web.StreamResponse(status=200, headers={'content-type': 'application/json'})
         await resp.prepare(request)
@@ -451,17 +513,22 @@ class Facade:
         payload = json.loads(body) if body else None
         gr = res + ('.' + info['group'] if info['group'] else '')
         if m == 'GET' and not info['name']:
+            bad = unsupported_field(info, request.query.get('fieldSelector'), request.query.get('labelSelector'))
+            if bad:
+                return bad
             code, lst = await self.call('GET', request.path)
             sel = request.query.get('labelSelector')
             if code == 200 and isinstance(lst, dict) and sel:
                 lst['items'] = [i for i in lst.get('items', [])
                                 if selector_matches(sel, (i.get('metadata') or {}).get('labels') or {})]
-            fsel = request.query.get('fieldSelector')
+            fsel = select_fields(res, request.query.get('fieldSelector'))
             if code == 200 and isinstance(lst, dict):
                 if fsel:
                     lst['items'] = [i for i in lst.get('items', []) if fields_match(fsel, i)]
                 lst.setdefault('metadata', {})['resourceVersion'] = str(self.rv)
             return aiohttp.web.json_response(lst, status=code)
+        if m == 'GET' and res == 'pods' and sub == 'log' and info['name']:
+            return await self.pod_log(info, request.query)
         if m == 'POST' and res == 'pods' and sub == 'eviction':
             return await self.evict(info, payload or {})
         if m == 'POST' and not info['name']:
@@ -534,6 +601,66 @@ class Facade:
                 return status(409, 'Conflict', f'Operation cannot be fulfilled on {gr} "{info["name"]}": Precondition failed: {label} in precondition: {pre[k]}, {label} in object meta: {md.get(k)}',
                               {'name': info['name'], 'group': info['group'], 'kind': info['resource']})
         return None
+
+    async def pod_log(self, info, q):
+        """GET pods/NAME/log as the API server and kubelet answer it
+        (kubelet validateContainerLogStatus): the container must be named
+        when the pod has several; previous=true needs the last state's
+        terminated containerID; tailLines, then limitBytes, bound the text."""
+        ns, name = info['namespace'], info['name']
+        code, pod = await self.call('GET', f'/api/v1/namespaces/{ns}/pods/{name}')
+        if code != 200:
+            return status(404, 'NotFound', f'pods "{name}" not found', {'name': name, 'kind': 'pods'})
+        spec = pod.get('spec') or {}
+        names = [c.get('name') for c in spec.get('containers') or []]
+        inits = [c.get('name') for c in spec.get('initContainers') or []]
+        container = q.get('container') or ''
+        if not container:
+            if len(names) != 1:
+                msg = f'a container name must be specified for pod {name}, choose one of: [{" ".join(names)}]'
+                if inits:
+                    msg += f' or one of the init containers: [{" ".join(inits)}]'
+                return status(400, 'BadRequest', msg)
+            container = names[0]
+        if container not in names + inits:
+            return status(400, 'BadRequest', f'container {container} is not valid for pod {name}')
+        for k in ('tailLines', 'limitBytes'):
+            v = q.get(k)
+            if v is not None and not (v.isdigit() and (int(v) > 0 or k == 'tailLines')):
+                return status(422, 'Invalid', f'PodLogOptions "{name}" is invalid: {k}: Invalid value: {v}')
+        st = pod.get('status') or {}
+        cs = next((c for c in (st.get('containerStatuses') or []) + (st.get('initContainerStatuses') or [])
+                   if c.get('name') == container), None)
+        if cs is None:
+            return status(400, 'BadRequest', f'container "{container}" in pod "{name}" is waiting to start: ContainerCreating')
+        state = cs.get('state') or {}
+        last = (cs.get('lastState') or {}).get('terminated') or {}
+        if q.get('previous') in ('true', '1'):
+            if not last.get('containerID'):
+                return status(400, 'BadRequest', f'previous terminated container "{container}" in pod "{name}" not found')
+            cid = last['containerID']
+        elif 'running' in state:
+            cid = cs.get('containerID') or ''
+        elif 'terminated' in state:
+            cid = state['terminated'].get('containerID') or last.get('containerID') or ''
+            if not cid:
+                return status(400, 'BadRequest', f'container "{container}" in pod "{name}" is terminated')
+        elif last:
+            cid = last.get('containerID') or ''
+            if not cid:
+                return status(400, 'BadRequest', f'container "{container}" in pod "{name}" is terminated')
+        else:
+            reason = (state.get('waiting') or {}).get('reason') or 'ContainerCreating'
+            return status(400, 'BadRequest', f'container "{container}" in pod "{name}" is waiting to start: {reason}')
+        text = self.logs.get(cid, '')
+        if q.get('tailLines') is not None:
+            n = int(q['tailLines'])
+            lines = text.splitlines(keepends=True)
+            text = ''.join(lines[len(lines) - n:]) if n else ''
+        data = text.encode()
+        if q.get('limitBytes') is not None:
+            data = data[:int(q['limitBytes'])]
+        return aiohttp.web.Response(body=data, status=200, content_type='text/plain')
 
     async def evict(self, info, payload):
         ns, name = info['namespace'], info['name']

@@ -10,6 +10,7 @@
 
 pub mod bump_memory;
 mod events;
+mod pod_evidence;
 pub mod pod_restart;
 pub mod rollout_restart;
 pub mod scale;

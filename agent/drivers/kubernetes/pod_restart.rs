@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::events::event;
+use super::pod_evidence::{collect, owner_line};
 use super::workload::{controller, get_workload, owner_of, rollout_of, Workload};
 use super::{api_err, code, get_opt, Kube};
 use crate::drivers::action::{
@@ -131,9 +132,16 @@ impl Action for KubePodRestart {
                     "pod {ns}/{name} has no controller: deleting it would remove it for good (set allowBarePods: true to allow)"
                 )));
             }
+            let evidence = collect(
+                &self.0.client,
+                &pod,
+                req.target.get("container").map(String::as_str),
+                "none: a bare pod, it will not come back".into(),
+            )
+            .await;
             return Ok(Plan {
                 summary: format!("{} bare pod {ns}/{name} ({})", verb(&p), pod_state(&pod)),
-                details: json!({"uid": pod.metadata.uid}),
+                details: json!({"uid": pod.metadata.uid, "evidence": evidence}),
             });
         };
         let w = get_workload(&self.0.client, &owner).await?;
@@ -146,6 +154,13 @@ impl Action for KubePodRestart {
             .filter_map(|p| p.metadata.uid)
             .collect();
         let available = pod_ready(&pod);
+        let evidence = collect(
+            &self.0.client,
+            &pod,
+            req.target.get("container").map(String::as_str),
+            owner_line(&owner, direct.as_deref(), &r),
+        )
+        .await;
         Ok(Plan {
             summary: format!(
                 "{} pod {ns}/{name} ({}{}); {} recreates it ({}/{} ready)",
@@ -168,7 +183,8 @@ impl Action for KubePodRestart {
                     // A pod that is not Ready is not available: restarting
                     // it takes nothing more down.
                     "targetAvailable": available,
-                }
+                },
+                "evidence": evidence,
             }),
         })
     }

@@ -10,9 +10,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::events::event;
+use super::pod_evidence::{collect, owner_line};
 use super::workload::{
-    dynamic_api, get_workload, rollout_of, target_workload, verify_rollout, workload_details,
-    Workload,
+    controller, dynamic_api, get_workload, rollout_of, target_workload_and_pod, verify_rollout,
+    workload_details, Workload,
 };
 use super::{api_err, Kube};
 use crate::drivers::action::{
@@ -65,9 +66,24 @@ impl Action for KubeRolloutRestart {
         Scope::Cluster
     }
     async fn plan(&self, req: &Request) -> Result<Plan, DriverError> {
-        let w = target_workload(&self.0, req).await?;
+        let (w, pod) = target_workload_and_pod(&self.0, req).await?;
         let obj = get_workload(&self.0.client, &w).await?;
         let r = rollout_of(&obj, &w.kind);
+        let mut details = workload_details(&w, &obj);
+        // Restarting a pod's owner: what the pod went through, as for a
+        // pod restart.
+        if let Some(pod) = &pod {
+            let direct =
+                controller(pod.metadata.owner_references.as_ref()).map(|o| o.name.as_str());
+            let evidence = collect(
+                &self.0.client,
+                pod,
+                req.target.get("container").map(String::as_str),
+                owner_line(&w, direct, &r),
+            )
+            .await;
+            details["evidence"] = evidence.into();
+        }
         Ok(Plan {
             summary: format!(
                 "rollout-restart {} ({}/{} ready)",
@@ -75,7 +91,7 @@ impl Action for KubeRolloutRestart {
                 r.ready,
                 r.desired
             ),
-            details: workload_details(&w, &obj),
+            details,
         })
     }
     async fn apply(&self, _: &Request, plan: &Plan) -> Result<Outcome, DriverError> {

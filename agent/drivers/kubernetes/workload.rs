@@ -316,15 +316,24 @@ pub(super) fn rollout_of(obj: &DynamicObject, kind: &str) -> Rollout {
 /// `workload` field (deployment, statefulset, daemonset; default
 /// deployment), or the owner of a `kubernetes.pod`.
 pub(super) async fn target_workload(k: &Kube, req: &Request) -> Result<Workload, DriverError> {
+    Ok(target_workload_and_pod(k, req).await?.0)
+}
+
+/// [`target_workload`], with the pod when the target is one.
+pub(super) async fn target_workload_and_pod(
+    k: &Kube,
+    req: &Request,
+) -> Result<(Workload, Option<Pod>), DriverError> {
     let (ns, name) = (req.field("namespace")?, req.field("name")?);
     if req.target.get("kind").map(String::as_str) == Some("kubernetes.pod") {
         let pod = Api::<Pod>::namespaced(k.client.clone(), ns)
             .get(name)
             .await
             .map_err(|e| api_err(&format!("pod {ns}/{name}"), e))?;
-        return owner_of(&k.client, &pod).await?.ok_or_else(|| {
+        let w = owner_of(&k.client, &pod).await?.ok_or_else(|| {
             DriverError::permanent(format!("pod {ns}/{name} has no controller to act on"))
-        });
+        })?;
+        return Ok((w, Some(pod)));
     }
     let kind = match req
         .target
@@ -341,11 +350,14 @@ pub(super) async fn target_workload(k: &Kube, req: &Request) -> Result<Workload,
             )))
         }
     };
-    Ok(Workload {
-        kind: kind.into(),
-        namespace: ns.into(),
-        name: name.into(),
-    })
+    Ok((
+        Workload {
+            kind: kind.into(),
+            namespace: ns.into(),
+            name: name.into(),
+        },
+        None,
+    ))
 }
 
 pub(super) async fn verify_rollout(k: &Kube, plan: &Plan) -> Result<Verdict, DriverError> {
