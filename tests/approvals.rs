@@ -357,3 +357,36 @@ async fn only_an_approver_token_answers_and_the_audit_names_its_approver_not_the
         Some(3.0)
     );
 }
+
+/// An approved run that ran is not run again after a restart (its
+/// decision marks the approval spent in the store); one approved just
+/// before a stop would be decided at the next start (the store test
+/// `approvals_survive_reopen_and_an_answer_is_given_once` covers that).
+#[tokio::test]
+async fn an_approved_run_that_ran_does_not_run_again_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let a = start(d);
+    assert_eq!(a.post(&alert("once", "firing"), Some(TOKEN)).await.0, 200);
+    let id = held_id(&a, "once").await;
+    let (code, _, err) = cli(&a, "alice", &["approve", &id]);
+    assert_eq!(code, 0, "{err}");
+    eventually(Duration::from_secs(20), || {
+        a.audit()
+            .into_iter()
+            .find(|r| r.phase == remediate::audit::Phase::Verified)
+    })
+    .await
+    .expect("the approved run is verified");
+    drop(a);
+    std::fs::remove_file(d.join("done-once")).unwrap();
+    let a = start(d);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(!d.join("done-once").exists(), "ran again: {}", a.log_text());
+    let recs = a.audit();
+    assert_eq!(
+        count(&recs, |r| r.phase == remediate::audit::Phase::Planned
+            && r.decision == "execute"),
+        1
+    );
+}

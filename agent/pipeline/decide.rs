@@ -261,6 +261,13 @@ pub(super) fn batch(
         ..Commit::default()
     };
     for e in &events {
+        // An approved run decided here, or recorded by this batch: it is
+        // not queued again at start (its runs still going mark it too).
+        if let Some(id) = e.token.approval() {
+            if Arc::strong_count(&e.token) == 1 || !e.recorded.is_empty() {
+                commit.approvals.push(ApprovalChange::Ran(id.to_string()));
+            }
+        }
         let Some(seq) = e.token.seq() else { continue };
         // An event no run holds is done with this batch; one whose runs go
         // on is decided (never decided again) once a record of it is written.

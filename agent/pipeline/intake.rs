@@ -15,6 +15,7 @@ use chrono::{DateTime, Utc};
 use super::Shared;
 use crate::event::Event;
 use crate::metrics::EventLabels;
+use crate::state::approvals::Pending;
 use crate::state::Accepted as Journaled;
 
 /// One event waiting for a decision.
@@ -238,6 +239,31 @@ pub(super) fn recover(pending: Vec<Journaled>) -> Vec<Incoming> {
     recovered
 }
 
+/// The runs approved before the last stop and not decided then, to queue
+/// again (their approval is spent: nothing else would run them).
+pub(super) fn recover_approved(runs: Vec<(Pending, String)>) -> Vec<Incoming> {
+    runs.into_iter()
+        .enumerate()
+        .map(|(i, (p, by))| {
+            tracing::info!(approval = %p.id, playbook = %p.playbook, by = %by, "an approved run was not decided before the last stop: deciding it now");
+            Incoming {
+                // One group per run: its notifications are gone.
+                group: u64::MAX / 2 - i as u64,
+                seq: None,
+                at: Utc::now(),
+                event: p.event.clone(),
+                approved: Some(ApprovedRun {
+                    id: p.id.clone(),
+                    playbook: p.playbook.clone(),
+                    by,
+                }),
+                skip: Vec::new(),
+                requeued: false,
+            }
+        })
+        .collect()
+}
+
 /// Held by everything that records a decision of one event (the decide
 /// stage, its run tasks). When the last holder lets go, the event is done;
 /// or, if a holder could not record ([`DoneToken::failed`]), the event goes
@@ -263,6 +289,11 @@ impl DoneToken {
     /// Its inbox entry, if it has one (schedule ticks and approved runs do not).
     pub(super) fn seq(&self) -> Option<u64> {
         self.inc.seq
+    }
+
+    /// The approval whose run this is, if it is one.
+    pub(super) fn approval(&self) -> Option<&str> {
+        self.inc.approved.as_ref().map(|a| a.id.as_str())
     }
 
     /// A decision of this event could not be recorded: decide it again later.

@@ -327,7 +327,8 @@ impl Agent {
         for r in &opened.interrupted {
             tracing::warn!(id = %r.id, playbook = %r.playbook, action = %r.action, target_ref = %crate::drivers::target_display(&r.target), "step was interrupted by the previous stop; recorded as failed, not retried");
         }
-        let recovered = intake::recover(opened.pending);
+        let mut recovered = intake::recover(opened.pending);
+        recovered.extend(intake::recover_approved(opened.approved_runs));
         // The ledger drops what no window can see, as the store does.
         let mut ledger = opened.ledger;
         ledger.set_horizon(Some(horizon(&config)));

@@ -17,7 +17,7 @@ use crate::audit::{self, Phase, Record};
 use crate::engine::{Engine, Planned, RecordSink, RunReport};
 use crate::metrics::{ActionLabels, FailureLabels};
 use crate::policy::Decision;
-use crate::state::Commit;
+use crate::state::{ApprovalChange, Commit};
 
 /// Runs queued or executing per playbook (overlapping schedule ticks are
 /// skipped), and when alerts resolved (a run still waiting for its slot
@@ -177,6 +177,11 @@ impl RunSink {
                 self.token.seq().into_iter().collect()
             } else {
                 Vec::new()
+            },
+            // An approved run's first record: it is not queued again at start.
+            approvals: match (first, self.token.approval()) {
+                (true, Some(id)) => vec![ApprovalChange::Ran(id.to_string())],
+                _ => Vec::new(),
             },
             ..Commit::default()
         };

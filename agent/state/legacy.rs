@@ -234,6 +234,9 @@ pub(super) fn upgrade(
         };
         store::apply_approval(tx, &change).map_err(db)?;
     }
+    // The old agent queued its approved runs in memory; whether they ran is
+    // in the audit, not here: none is queued again.
+    tx.execute("DELETE FROM approved_runs", []).map_err(db)?;
     Ok(Some(format!(
         "upgraded the state directory: {records} audit record(s) read for the limit state, {carried} pending event(s) and {approvals} approval request(s) carried over"
     )))

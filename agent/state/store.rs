@@ -73,6 +73,9 @@ CREATE INDEX IF NOT EXISTS outcomes_at ON outcomes (at);
 CREATE TABLE IF NOT EXISTS steps (id TEXT PRIMARY KEY, record TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS approvals (
     id TEXT PRIMARY KEY, request TEXT NOT NULL, answer TEXT, answered_by TEXT, answered_at INTEGER);
+-- Approved runs not decided yet: queued again at start (the approval is
+-- spent, so nothing else would run them). Deleted with their decision.
+CREATE TABLE IF NOT EXISTS approved_runs (id TEXT PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS schedules (playbook TEXT PRIMARY KEY, last INTEGER NOT NULL);
 -- Verified runs whose alert has not resolved yet: resolved or unresolved later.
 CREATE TABLE IF NOT EXISTS watches (id TEXT PRIMARY KEY, watch TEXT NOT NULL);
@@ -209,6 +212,9 @@ pub enum PauseChange {
 pub enum ApprovalChange {
     /// A run is held for approval.
     Request(Box<Pending>),
+    /// The run an approval let go was decided (its records are in the
+    /// same commit): it is not queued again at start.
+    Ran(String),
     /// A held run was answered.
     Answer {
         /// Approval id.
@@ -233,6 +239,9 @@ pub struct Opened {
     pub ledger: Ledger,
     /// Pending approvals (and recent answers).
     pub approvals: Approvals,
+    /// Approved runs the previous agent had not decided yet, with who
+    /// approved them: to be queued again.
+    pub approved_runs: Vec<(Pending, String)>,
     /// Pauses in force.
     pub pauses: Pauses,
     /// When each playbook last ran on its schedule.
@@ -464,6 +473,7 @@ impl Store {
         let ledger = st.ledger()?;
         let pending = st.pending()?;
         let approvals = st.approvals()?;
+        let approved_runs = st.approved_runs()?;
         let pauses = st.pauses()?;
         let schedules = st.schedules()?;
         let watches = st.watches()?;
@@ -480,6 +490,7 @@ impl Store {
             pending,
             ledger,
             approvals,
+            approved_runs,
             pauses,
             schedules,
             watches,
@@ -730,6 +741,29 @@ impl State {
         self.json_rows("SELECT watch FROM watches", "a watched run")
     }
 
+    fn approved_runs(&self) -> Result<Vec<(Pending, String)>> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT a.request, a.answered_by FROM approved_runs r JOIN approvals a ON a.id = r.id
+                 WHERE a.answer = 'approved' ORDER BY a.answered_at",
+            )
+            .map_err(|e| self.db(e))?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?))
+            })
+            .map_err(|e| self.db(e))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (request, by) = row.map_err(|e| self.db(e))?;
+            let p: Pending = serde_json::from_str(&request)
+                .map_err(|e| Error::Invalid(format!("state store: an approval: {e}")))?;
+            out.push((p, by.unwrap_or_default()));
+        }
+        Ok(out)
+    }
+
     fn approvals(&self) -> Result<Approvals> {
         let mut stmt = self
             .conn
@@ -796,6 +830,7 @@ impl State {
                  DELETE FROM outcomes WHERE at < {horizon};
                  DELETE FROM seen WHERE at < {seen};
                  DELETE FROM approvals WHERE answer IS NOT NULL AND answered_at < {answered};
+                 DELETE FROM approved_runs WHERE id NOT IN (SELECT id FROM approvals);
                  DELETE FROM pauses WHERE until < {now_ns};"
             ))
             .map_err(|e| self.db(e))?;
@@ -1316,6 +1351,14 @@ fn approval(tx: &Transaction<'_>, a: &ApprovalChange) -> rusqlite::Result<()> {
                 "UPDATE approvals SET answer = ?2, answered_by = ?3, answered_at = ?4 WHERE id = ?1",
             )?
             .execute(params![id, answer.as_str(), by, nanos(*at)])?;
+            if *answer == Answer::Approved {
+                tx.prepare_cached("INSERT OR IGNORE INTO approved_runs (id) VALUES (?1)")?
+                    .execute(params![id])?;
+            }
+        }
+        ApprovalChange::Ran(id) => {
+            tx.prepare_cached("DELETE FROM approved_runs WHERE id = ?1")?
+                .execute(params![id])?;
         }
     }
     Ok(())
@@ -1714,6 +1757,35 @@ mod tests {
             o.approvals.answered("a"),
             Some(&(Answer::Approved, "alice".to_string()))
         );
+        // Approved and not decided before the stop: queued again, with who
+        // approved it; a denied one is not.
+        assert_eq!(o.approved_runs.len(), 1);
+        assert_eq!(o.approved_runs[0].0.id, "a");
+        assert_eq!(o.approved_runs[0].1, "alice");
+        o.store
+            .commit(Commit {
+                approvals: vec![ApprovalChange::Answer {
+                    id: "b".into(),
+                    answer: Answer::Denied,
+                    by: "bob".into(),
+                    at: now,
+                }],
+                ..Commit::default()
+            })
+            .unwrap();
+        o.store.close().await;
+        let o = Store::open(opts(dir.path()), now).unwrap();
+        assert_eq!(o.approved_runs.len(), 1, "still not decided");
+        // Its decision committed: not queued again.
+        o.store
+            .commit(Commit {
+                approvals: vec![ApprovalChange::Ran("a".into())],
+                ..Commit::default()
+            })
+            .unwrap();
+        o.store.close().await;
+        let o = Store::open(opts(dir.path()), now).unwrap();
+        assert!(o.approved_runs.is_empty());
         o.store.close().await;
     }
 
