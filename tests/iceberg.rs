@@ -2182,3 +2182,54 @@ async fn a_local_table_in_a_catalog_with_s3_settings_still_compacts() {
     assert_eq!(after["files"], 4);
     assert_eq!(after["operation"], "replace");
 }
+
+#[tokio::test]
+async fn a_position_delete_committed_during_compaction_aborts_and_stays_applied() {
+    let dir = tempfile::tempdir().unwrap();
+    let wh = dir.path().join("warehouse");
+    let w = wh.display().to_string();
+    pyice(&["make", &w, "events", "10", "20"]);
+    let lake = Lake::open("lake", &sqlite_lake(&wh)).await.unwrap();
+    let t = lake.load(&lake::ident("db.events").unwrap()).await.unwrap();
+    let alpha = data_files(&t)
+        .await
+        .into_iter()
+        .find(|f| f.0.contains("category=alpha/"))
+        .unwrap()
+        .0;
+    let deleted = id_at(&alpha, 3);
+    let (wh2, alpha2) = (wh.clone(), alpha.clone());
+    let hook: compact::BeforeCommit = Arc::new(move |attempt| {
+        let (wh, alpha) = (wh2.clone(), alpha2.clone());
+        Box::pin(async move {
+            if attempt == 0 {
+                let lake = Lake::open("lake", &sqlite_lake(&wh)).await.unwrap();
+                let rows = vec![(alpha.clone(), 3)];
+                let del = Del::Pos {
+                    rows,
+                    referenced: true,
+                };
+                commit_deletes(&lake, "db.events", vec![(&alpha, del)]).await;
+            }
+        })
+    });
+    let e = compact::compact(&lake, &t, None, &params(4), Some(hook))
+        .await
+        .unwrap_err();
+    assert!(
+        e.message.contains("a concurrent commit added delete file")
+            && e.message.contains("to compacted partition alpha")
+            && e.message.contains("nothing was committed"),
+        "{}",
+        e.message
+    );
+    assert!(
+        compact_files(&wh, "events").is_empty(),
+        "no rewritten file left"
+    );
+    let after = pyice(&["inspect", &w, "events"]);
+    assert_eq!(after["rows"], 199, "the concurrent delete applies");
+    assert_eq!(after["files"], 40, "nothing compacted");
+    assert_eq!(after["delete_files"], 1);
+    assert!(!ids(&w, "events").contains(&deleted));
+}

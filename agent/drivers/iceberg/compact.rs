@@ -1358,12 +1358,17 @@ async fn stage(
             }
         }
     }
+    let what = if dropped.is_empty() {
+        "files being compacted"
+    } else {
+        "files being compacted or delete files being removed"
+    };
     if found > gone.len() {
         // The same file live twice (perhaps spelled two ways): rewriting
         // it would duplicate its rows or lose track of one entry.
         delete_all(table, written).await;
         return Err(DriverError::permanent(format!(
-            "the current snapshot lists {} live entries for the {} files being compacted or dropped (a file listed more than once); nothing was committed",
+            "the current snapshot lists {} live entries for the {} {what} (a file listed more than once); nothing was committed",
             found,
             gone.len()
         )));
@@ -1371,7 +1376,7 @@ async fn stage(
     if found < gone.len() {
         delete_all(table, written).await;
         return Err(DriverError::permanent(format!(
-            "a concurrent commit removed or replaced {} of the {} files being compacted or dropped; nothing was committed",
+            "a concurrent commit removed or replaced {} of the {} {what}; nothing was committed",
             gone.len() - found,
             gone.len()
         )));
