@@ -2233,3 +2233,66 @@ async fn a_position_delete_committed_during_compaction_aborts_and_stays_applied(
     assert_eq!(after["delete_files"], 1);
     assert!(!ids(&w, "events").contains(&deleted));
 }
+
+#[tokio::test]
+async fn the_cli_plan_and_outcome_name_the_position_deletes_applied_and_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = setup(dir.path(), "");
+    let wh = dir.path().join("warehouse");
+    let w = wh.display().to_string();
+    pyice(&["make", &w, "events", "10", "20"]);
+    let lake = Lake::open("lake", &sqlite_lake(&wh)).await.unwrap();
+    let t = lake.load(&lake::ident("db.events").unwrap()).await.unwrap();
+    let alpha = data_files(&t)
+        .await
+        .into_iter()
+        .find(|f| f.0.contains("category=alpha/"))
+        .unwrap()
+        .0;
+    let del = Del::Pos {
+        rows: vec![(alpha.clone(), 2)],
+        referenced: true,
+    };
+    commit_deletes(&lake, "db.events", vec![(&alpha, del)]).await;
+    let before = pyice(&["inspect", &w, "events"]);
+    assert_eq!(before["rows"], 199);
+    let cfg_path = cfg.clone();
+    let (code, out, err) =
+        tokio::task::spawn_blocking(move || run_cli(cfg_path.parent().unwrap(), &cfg_path, &[]))
+            .await
+            .unwrap();
+    assert_eq!(code, Some(0), "{out}{err}");
+    let recs = remediate::audit::read(&dir.path().join("audit.jsonl"))
+        .unwrap()
+        .records;
+    let outcome = |phase| {
+        recs.iter()
+            .find(|r| r.phase == phase)
+            .map(|r| r.outcome.clone())
+            .unwrap_or_default()
+    };
+    let planned = outcome(remediate::audit::Phase::Planned);
+    assert!(
+        planned.contains("compact 4 partition(s)")
+            && planned.contains("alpha: 10 files, 10 small (100%)")
+            && planned.contains(
+                "-> 1 file(s), 1 position delete file(s) applied (1 row(s)), 1 of them removed"
+            ),
+        "{planned}"
+    );
+    let applied = outcome(remediate::audit::Phase::Applied);
+    assert!(
+        applied.contains("replaced 40 small files")
+            && applied.contains(
+                "199 rows (1 row(s) deleted by position deletes left out; 1 position delete file(s) removed)"
+            ),
+        "{applied}"
+    );
+    let after = pyice(&["inspect", &w, "events"]);
+    assert_eq!(after["checksum"], before["checksum"]);
+    assert_eq!(
+        (after["files"].clone(), after["delete_files"].clone()),
+        (4.into(), 0.into())
+    );
+    assert_eq!(after["operation"], "replace");
+}
