@@ -2296,3 +2296,97 @@ async fn the_cli_plan_and_outcome_name_the_position_deletes_applied_and_removed(
     );
     assert_eq!(after["operation"], "replace");
 }
+
+/// Why equality deletes are not applied (see `compact.rs`): the iceberg
+/// 0.10 Arrow reader, given an equality delete on column `note` that
+/// matches no row, drops every row of the files written before `note` was
+/// added (Iceberg reads the missing column as null, which equals no
+/// deleted value, so they must all stay). When this fails, the crate
+/// applies equality deletes correctly for this case and they can be
+/// reconsidered.
+#[tokio::test]
+async fn the_iceberg_crate_reader_drops_rows_an_equality_delete_does_not_match() {
+    use futures::StreamExt;
+    let dir = tempfile::tempdir().unwrap();
+    let wh = dir.path().join("warehouse");
+    let w = wh.display().to_string();
+    pyice(&["make-evolved", &w, "events", "4", "20"]);
+    let lake = Lake::open("lake", &sqlite_lake(&wh)).await.unwrap();
+    let t = lake.load(&lake::ident("db.events").unwrap()).await.unwrap();
+    let schema = t.metadata().current_schema().clone();
+    let note = schema.field_by_name("note").unwrap().id;
+    // The equality delete: note = "no such note".
+    let f = arrow_schema::Field::new("note", arrow_schema::DataType::Utf8, false)
+        .with_metadata([("PARQUET:field_id".to_string(), note.to_string())].into());
+    let s = Arc::new(arrow_schema::Schema::new(vec![f]));
+    let b = arrow_array::RecordBatch::try_new(
+        s.clone(),
+        vec![Arc::new(arrow_array::StringArray::from(vec![
+            "no such note",
+        ]))],
+    )
+    .unwrap();
+    let path = dir.path().join("eq-delete.parquet");
+    let mut wr =
+        parquet::arrow::ArrowWriter::try_new(std::fs::File::create(&path).unwrap(), s, None)
+            .unwrap();
+    wr.write(&b).unwrap();
+    wr.close().unwrap();
+    let del = iceberg::scan::FileScanTaskDeleteFile::builder()
+        .with_file_path(format!("file://{}", path.display()))
+        .with_file_size_in_bytes(std::fs::metadata(&path).unwrap().len())
+        .with_file_type(iceberg::spec::DataContentType::EqualityDeletes)
+        .with_partition_spec_id(t.metadata().default_partition_spec_id())
+        .with_equality_ids(Some(vec![note]))
+        .build();
+    let ids: Vec<i32> = schema.as_struct().fields().iter().map(|f| f.id).collect();
+    let (mut with_note, mut without) = (Vec::new(), Vec::new());
+    for (p, size, rows) in data_files(&t).await {
+        let task = iceberg::scan::FileScanTask::builder()
+            .with_file_size_in_bytes(size)
+            .with_start(0)
+            .with_length(size)
+            .with_record_count(Some(rows))
+            .with_data_file_path(p.clone())
+            .with_data_file_format(iceberg::spec::DataFileFormat::Parquet)
+            .with_schema(schema.clone())
+            .with_project_field_ids(ids.clone())
+            .with_predicate(None)
+            .with_deletes(vec![del.clone()])
+            .with_partition(None)
+            .with_partition_spec(None)
+            .with_name_mapping(None)
+            .with_case_sensitive(true)
+            .build();
+        let mut stream = t
+            .reader_builder()
+            .build()
+            .read(Box::pin(futures::stream::iter(vec![Ok(task)])))
+            .unwrap()
+            .stream();
+        let mut read = 0u64;
+        while let Some(b) = stream.next().await {
+            read += b.unwrap().num_rows() as u64;
+        }
+        let file = std::fs::File::open(p.strip_prefix("file://").unwrap()).unwrap();
+        let has_note = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+            .unwrap()
+            .schema()
+            .field_with_name("note")
+            .is_ok();
+        if has_note {
+            with_note.push((rows, read));
+        } else {
+            without.push((rows, read));
+        }
+    }
+    assert_eq!((with_note.len(), without.len()), (8, 8));
+    assert!(
+        with_note.iter().all(|(rows, read)| rows == read),
+        "{with_note:?}"
+    );
+    assert!(
+        without.iter().all(|(rows, read)| *rows == 5 && *read == 0),
+        "every row of a file lacking the column is dropped: {without:?}"
+    );
+}

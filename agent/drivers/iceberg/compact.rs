@@ -28,12 +28,14 @@
 //!     the bin loaded it).
 //!   - *Equality deletes* are not applied: the iceberg 0.10 reader turns
 //!     them into a row filter `NOT (c1 = v1 AND …)` per deleted row, which
-//!     also drops rows holding a null in an equality column (`null != v`
-//!     is null, and a null filter drops the row; Iceberg keeps it) and
-//!     (with one equality column) every row of a file lacking it. So only small files no
-//!     equality delete applies to are picked: those whose data sequence
-//!     number is not below any applying equality delete's (an equality
-//!     delete applies to data of a strictly lower sequence number). The
+//!     drops rows the delete does not match: with one equality column,
+//!     every row of a file written before the column was added (tested in
+//!     `tests/iceberg.rs`; Iceberg reads the column as null, which equals
+//!     no deleted value) and, by its code, any row holding a null there
+//!     (`null != v` is null, and the filter drops the row). So only small
+//!     files no equality delete applies to are picked: those whose data
+//!     sequence number is not below any applying equality delete's (an
+//!     equality delete applies to data of a strictly lower one). The
 //!     partition is skipped when fewer than two remain. Equality delete
 //!     files are never removed: even a partition's own can still apply to
 //!     files of that partition the compaction does not touch, and what
@@ -383,7 +385,7 @@ pub(super) async fn select_cached(
                 sel.skipped.push((
                     stats.partition.clone(),
                     format!(
-                        "{} equality delete file(s) (up to sequence number {eq_max}) apply to {} of its {before} small files: equality deletes are not applied by this build (the iceberg 0.10 reader turns them into a filter that also drops rows holding a null in an equality column, and every row of a file lacking the column)",
+                        "{} equality delete file(s) (up to sequence number {eq_max}) apply to {} of its {before} small files: equality deletes are not applied by this build (the iceberg 0.10 reader's filter for them also drops rows they do not match: every row of a file written before the column was added, rows holding a null in it)",
                         eq.len(),
                         before - small.len()
                     ),
