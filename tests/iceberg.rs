@@ -1208,7 +1208,7 @@ async fn partitions_whose_deletes_cannot_be_applied_exactly_are_skipped_with_the
             .map(|f| f.0.clone())
             .collect()
     };
-    let (alpha, beta, gamma) = (of("alpha"), of("beta"), of("gamma"));
+    let (alpha, beta, gamma, delta) = (of("alpha"), of("beta"), of("gamma"), of("delta"));
     let respelled = alpha[0].replacen("file://", "file:", 1);
     assert_ne!(respelled, alpha[0]);
     let deletes = commit_deletes(
@@ -1233,9 +1233,18 @@ async fn partitions_whose_deletes_cannot_be_applied_exactly_are_skipped_with_the
             ),
             // gamma: an equality delete applying to all its files.
             (&gamma[0], Del::Eq { ids: vec![2] }),
+            // delta: a position delete file that is gone (unreadable).
+            (
+                &delta[0],
+                Del::Pos {
+                    rows: vec![(delta[0].clone(), 0)],
+                    referenced: true,
+                },
+            ),
         ],
     )
     .await;
+    std::fs::remove_file(deletes[3].strip_prefix("file://").unwrap()).unwrap();
     // Later gamma files: no equality delete applies to them.
     // (pyiceberg cannot scan a table with equality deletes: no summary.)
     pyice(&["append-raw", &w, "events", "20", "5000"]);
@@ -1261,10 +1270,17 @@ async fn partitions_whose_deletes_cannot_be_applied_exactly_are_skipped_with_the
         b.contains("deletes row 5 of data file") && b.contains("which has 5 rows"),
         "{b}"
     );
-    assert!(sel
-        .groups
+    let d = reason("delta");
+    assert!(
+        d.starts_with(&format!(
+            "position delete file {}: cannot be read",
+            deletes[3]
+        )) && d.ends_with("which rows it deletes is unknown, so the partition is left as it is"),
+        "{d}"
+    );
+    assert!(sel.groups.iter().all(|g| ["alpha", "beta", "delta"]
         .iter()
-        .all(|g| !g.stats.partition.contains("alpha") && !g.stats.partition.contains("beta")));
+        .all(|p| !g.stats.partition.contains(p))));
     // gamma: the six older files are left to the equality delete; the two
     // newer ones are compacted.
     let g = sel
@@ -1285,7 +1301,9 @@ async fn partitions_whose_deletes_cannot_be_applied_exactly_are_skipped_with_the
         old_gamma, 6,
         "the files the equality delete applies to stay"
     );
-    assert_eq!(live_deletes(&t).await, deletes, "every delete file is kept");
+    let mut all = deletes.clone();
+    all.sort();
+    assert_eq!(live_deletes(&t).await, all, "every delete file is kept");
 
     // With only equality-deleted small files, the partition is skipped.
     let dir2 = tempfile::tempdir().unwrap();
