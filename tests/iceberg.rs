@@ -793,6 +793,8 @@ enum Del {
     },
     /// Deletes the rows whose id is one of these.
     Eq { ids: Vec<i64> },
+    /// Position deletes added with this explicit data sequence number.
+    PosAt { rows: Vec<(String, i64)>, seq: i64 },
 }
 
 /// Commits delete files, one snapshot, with the iceberg crate's public
@@ -843,7 +845,18 @@ async fn commit_deletes(lake: &Lake, table: &str, files: Vec<(&str, Del)>) -> Ve
             .unwrap()
             .to_path_buf();
         let path = dir.join(format!("test-delete-{seq}-{n}.parquet"));
+        let (del, data_seq) = match del {
+            Del::PosAt { rows, seq } => (
+                Del::Pos {
+                    rows,
+                    referenced: false,
+                },
+                seq,
+            ),
+            d => (d, -1),
+        };
         let (batch, content, referenced, ids) = match del {
+            Del::PosAt { .. } => unreachable!(),
             Del::Pos { rows, referenced } => {
                 let schema = Arc::new(arrow_schema::Schema::new(vec![
                     field("file_path", arrow_schema::DataType::Utf8, "2147483546"),
@@ -902,7 +915,7 @@ async fn commit_deletes(lake: &Lake, table: &str, files: Vec<(&str, Del)>) -> Ve
         if let Some(ids) = ids {
             b.equality_ids(Some(ids));
         }
-        mw.add_file(b.build().unwrap(), -1).unwrap();
+        mw.add_file(b.build().unwrap(), data_seq).unwrap();
         paths.push(written);
     }
     let mut manifests: Vec<_> = list.entries().to_vec();
@@ -1321,10 +1334,32 @@ async fn partitions_whose_deletes_cannot_be_applied_exactly_are_skipped_with_the
         .find(|f| f.0.contains("category=delta/"))
         .unwrap()
         .0;
-    commit_deletes(
+    // beta: a position delete of data sequence number 1 naming the file of
+    // the fourth append (sequence number 4), which it must not delete from.
+    let cur = t2.metadata().current_snapshot().unwrap().clone();
+    let mut beta_last = None;
+    for mf in t2
+        .manifest_list_reader(&cur)
+        .load()
+        .await
+        .unwrap()
+        .entries()
+    {
+        for e in mf.load_manifest(t2.file_io()).await.unwrap().entries() {
+            if e.file_path().contains("category=beta/") && e.sequence_number() == Some(4) {
+                beta_last = Some(e.file_path().to_string());
+            }
+        }
+    }
+    let beta_last = beta_last.expect("the fourth append's beta file");
+    let old = Del::PosAt {
+        rows: vec![(beta_last.clone(), 0)],
+        seq: 1,
+    };
+    let d2 = commit_deletes(
         &lake2,
         "db.events",
-        vec![(&delta, Del::Eq { ids: vec![3] })],
+        vec![(&delta, Del::Eq { ids: vec![3] }), (&beta_last, old)],
     )
     .await;
     let t2 = lake2
@@ -1341,6 +1376,16 @@ async fn partitions_whose_deletes_cannot_be_applied_exactly_are_skipped_with_the
     assert!(
         d.contains("1 equality delete file(s)") && d.contains("apply to 4 of its 4 small files"),
         "{d}"
+    );
+    let b = sel
+        .skipped
+        .iter()
+        .find(|s| s.0.contains("beta"))
+        .map(|s| s.1.clone())
+        .unwrap_or_default();
+    assert_eq!(
+        b,
+        format!("position delete file {} (sequence number 1) references data file {beta_last} of the later sequence number 4, which it must not delete from", d2[1]),
     );
 }
 
