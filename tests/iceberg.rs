@@ -816,9 +816,16 @@ async fn commit_deletes(lake: &Lake, table: &str, files: Vec<(&str, Del)>) -> Ve
     for mf in list.entries() {
         let m = mf.load_manifest(t.file_io()).await.unwrap();
         for e in m.entries() {
-            partitions.insert(e.file_path().to_string(), e.data_file().partition().clone());
+            partitions.insert(
+                e.file_path().to_string(),
+                (e.data_file().partition().clone(), mf.partition_spec_id),
+            );
         }
     }
+    // Every delete file goes to the spec of its `partition_of`: one spec.
+    let spec_id = partitions[files[0].0].1;
+    assert!(files.iter().all(|f| partitions[f.0].1 == spec_id));
+    let spec = md.partition_spec_by_id(spec_id).unwrap().as_ref().clone();
     let seq = md.next_sequence_number();
     let snap_id = 424_242_424_242 + seq;
     let meta = format!("{}/metadata", md.location());
@@ -826,20 +833,15 @@ async fn commit_deletes(lake: &Lake, table: &str, files: Vec<(&str, Del)>) -> Ve
         .file_io()
         .new_output(format!("{meta}/test-deletes-{seq}.avro"))
         .unwrap();
-    let mut mw = ManifestWriterBuilder::new(
-        out,
-        Some(snap_id),
-        md.current_schema().clone(),
-        md.default_partition_spec().as_ref().clone(),
-    )
-    .build_v2_deletes();
+    let mut mw = ManifestWriterBuilder::new(out, Some(snap_id), md.current_schema().clone(), spec)
+        .build_v2_deletes();
     let field = |name: &str, t: arrow_schema::DataType, id: &str| {
         arrow_schema::Field::new(name, t, false)
             .with_metadata([("PARQUET:field_id".to_string(), id.to_string())].into())
     };
     let (mut paths, mut pos_rows, mut eq_rows) = (Vec::new(), 0u64, 0u64);
     for (n, (partition_of, del)) in files.into_iter().enumerate() {
-        let partition = partitions[partition_of].clone();
+        let partition = partitions[partition_of].0.clone();
         let dir = Path::new(partition_of.strip_prefix("file://").unwrap())
             .parent()
             .unwrap()
@@ -908,7 +910,7 @@ async fn commit_deletes(lake: &Lake, table: &str, files: Vec<(&str, Del)>) -> Ve
             .file_path(written.clone())
             .file_format(DataFileFormat::Parquet)
             .partition(partition)
-            .partition_spec_id(md.default_partition_spec_id())
+            .partition_spec_id(spec_id)
             .record_count(batch.num_rows() as u64)
             .file_size_in_bytes(std::fs::metadata(&path).unwrap().len())
             .referenced_data_file(referenced);
@@ -2451,5 +2453,56 @@ async fn the_iceberg_crate_reader_drops_rows_an_equality_delete_does_not_match()
     assert!(
         without.iter().all(|(rows, read)| *rows == 5 && *read == 0),
         "every row of a file lacking the column is dropped: {without:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_global_equality_delete_of_an_older_unpartitioned_spec_keeps_the_files_it_applies_to() {
+    let dir = tempfile::tempdir().unwrap();
+    let wh = dir.path().join("warehouse");
+    let w = wh.display().to_string();
+    // Two unpartitioned appends, then partitioned by category, four more.
+    pyice(&["make-respec", &w, "events", "2", "4", "20"]);
+    let lake = Lake::open("lake", &sqlite_lake(&wh)).await.unwrap();
+    let t = lake.load(&lake::ident("db.events").unwrap()).await.unwrap();
+    let unpartitioned = data_files(&t)
+        .await
+        .into_iter()
+        .find(|f| !f.0.contains("category="))
+        .unwrap()
+        .0;
+    let before = compact::select(&t, None, &params(0)).await.unwrap();
+    let per = |sel: &compact::Selection| -> Vec<(String, usize)> {
+        let mut v: Vec<(String, usize)> = sel
+            .groups
+            .iter()
+            .map(|g| (g.stats.partition.clone(), g.input_files()))
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(
+        per(&before).iter().map(|g| g.1).collect::<Vec<_>>(),
+        vec![4; 4],
+        "{:?}",
+        per(&before)
+    );
+    // A global equality delete (spec 0), then two more appends.
+    commit_deletes(
+        &lake,
+        "db.events",
+        vec![(&unpartitioned, Del::Eq { ids: vec![1] })],
+    )
+    .await;
+    pyice(&["append-raw", &w, "events", "20", "5000"]);
+    pyice(&["append-raw", &w, "events", "20", "6000"]);
+    let t = lake.load(&lake::ident("db.events").unwrap()).await.unwrap();
+    let sel = compact::select(&t, None, &params(0)).await.unwrap();
+    assert_eq!(
+        per(&sel).iter().map(|g| g.1).collect::<Vec<_>>(),
+        vec![2; 4],
+        "only the two appends after the delete, in every partition: {:?} (skipped {:?})",
+        per(&sel),
+        sel.skipped
     );
 }

@@ -8,6 +8,8 @@
   pyice.py make-sorted  ...                      -> same, sort order id DESC
   pyice.py make-evolved ...                      -> same; column `note` added
                                                     halfway (files of two schemas)
+  pyice.py make-respec WAREHOUSE TABLE BEFORE AFTER ROWS -> unpartitioned for BEFORE appends,
+                                                    then by identity(category) for AFTER more
   pyice.py make-types WAREHOUSE TABLE APPENDS ROWS -> same; columns of many types,
                                                     partitioned by identity, bucket,
                                                     truncate, day and hour transforms
@@ -264,6 +266,21 @@ def main():
             if cmd == "make-evolved" and a >= appends // 2:
                 b = b.append_column("note", pa.array([f"n{i}" for i in range(a * rows, a * rows + rows)], type=pa.string()))
             table.append(b)
+        print(json.dumps(summary(table)))
+    elif cmd == "make-respec":
+        before, after, rows = int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
+        ensure_namespace(cat)
+        schema = Schema(
+            NestedField(1, "id", LongType(), required=False),
+            NestedField(2, "category", StringType(), required=False),
+            NestedField(3, "value", DoubleType(), required=False),
+        )
+        table = cat.create_table(f"db.{name}", schema=schema)
+        for a in range(before + after):
+            if a == before:
+                with table.update_spec() as u:
+                    u.add_identity("category")
+            table.append(batch(a * rows, rows))
         print(json.dumps(summary(table)))
     elif cmd == "make-types":
         make_types(cat, name, int(sys.argv[4]), int(sys.argv[5]))
