@@ -8,11 +8,16 @@
   pyice.py make-sorted  ...                      -> same, sort order id DESC
   pyice.py make-evolved ...                      -> same; column `note` added
                                                     halfway (files of two schemas)
+  pyice.py make-respec WAREHOUSE TABLE BEFORE AFTER ROWS -> unpartitioned for BEFORE appends,
+                                                    then by identity(category) for AFTER more
   pyice.py make-types WAREHOUSE TABLE APPENDS ROWS -> same; columns of many types,
                                                     partitioned by identity, bucket,
                                                     truncate, day and hour transforms
   pyice.py append  WAREHOUSE TABLE ROWS [START]   -> JSON summary (ids from START)
+  pyice.py append-raw ...                        -> same append, prints only the snapshot id
+                                                    (no scan: for tables pyiceberg cannot read)
   pyice.py delete  WAREHOUSE TABLE CATEGORY ID    -> JSON summary
+  pyice.py ids     WAREHOUSE TABLE               -> every row's id, sorted (deletes applied)
   pyice.py scan-all WAREHOUSE TABLE              -> {snapshot id: rows} for every
                                                     snapshot (reads each one's files)
   pyice.py repoint WAREHOUSE TABLE LOCATION      -> points the SQLite catalog's row at
@@ -129,10 +134,12 @@ def summary(table):
         "codecs": sorted(codecs),
         "files": len(files),
         "delete_files": len(every) - len(files),
+        "delete_file_paths": sorted(f["file_path"] for f in every if f["content"] != 0),
         "per_partition": per,
         "rows": arrow.num_rows,
         "checksum": f"{digest:016x}",
         "operation": snap.summary.operation.value if snap else None,
+        "snapshot_summary": dict(snap.summary.additional_properties) if snap else {},
         "snapshots": len(table.metadata.snapshots),
         "metadata": table.metadata_location,
     }
@@ -260,21 +267,42 @@ def main():
                 b = b.append_column("note", pa.array([f"n{i}" for i in range(a * rows, a * rows + rows)], type=pa.string()))
             table.append(b)
         print(json.dumps(summary(table)))
+    elif cmd == "make-respec":
+        before, after, rows = int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
+        ensure_namespace(cat)
+        schema = Schema(
+            NestedField(1, "id", LongType(), required=False),
+            NestedField(2, "category", StringType(), required=False),
+            NestedField(3, "value", DoubleType(), required=False),
+        )
+        table = cat.create_table(f"db.{name}", schema=schema)
+        for a in range(before + after):
+            if a == before:
+                with table.update_spec() as u:
+                    u.add_identity("category")
+            table.append(batch(a * rows, rows))
+        print(json.dumps(summary(table)))
     elif cmd == "make-types":
         make_types(cat, name, int(sys.argv[4]), int(sys.argv[5]))
     elif cmd == "inspect":
         print(json.dumps(summary(cat.load_table(f"db.{name}"))))
-    elif cmd == "append":
+    elif cmd in ("append", "append-raw"):
         rows = int(sys.argv[4])
         start = int(sys.argv[5]) if len(sys.argv) > 5 else 10_000_000
         table = cat.load_table(f"db.{name}")
         table.append(batch(start, rows))
-        print(json.dumps(summary(table)))
+        if cmd == "append":
+            print(json.dumps(summary(table)))
+        else:
+            print(json.dumps({"snapshot_id": table.current_snapshot().snapshot_id}))
     elif cmd == "delete":
         category, ident = sys.argv[4], int(sys.argv[5])
         table = cat.load_table(f"db.{name}")
         table.delete(And(EqualTo("category", category), EqualTo("id", ident)))
         print(json.dumps(summary(table)))
+    elif cmd == "ids":
+        table = cat.load_table(f"db.{name}")
+        print(json.dumps(sorted(table.scan().to_arrow().column("id").to_pylist())))
     elif cmd == "scan-all":
         table = cat.load_table(f"db.{name}")
         print(json.dumps({str(s.snapshot_id): table.scan(snapshot_id=s.snapshot_id).to_arrow().num_rows

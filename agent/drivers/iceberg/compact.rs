@@ -3,10 +3,51 @@
 //! - **Pick.** From one snapshot, per partition of the default spec: the
 //!   data files under the small-file threshold, bin-packed (first fit,
 //!   largest first) into bins near the target size. A partition is picked
-//!   when its small-file ratio exceeds the threshold, it has two or more
-//!   small files and no delete files. The pick is a pure function of the
-//!   snapshot and the parameters, so the plan names a snapshot id and apply
-//!   and verify pick exactly the same files again.
+//!   when its small-file ratio exceeds the threshold and it has two or more
+//!   small files (see **Deletes** for what delete files change). The pick
+//!   is a pure function of the snapshot and the parameters, so the plan
+//!   names a snapshot id and apply and verify pick exactly the same files
+//!   again.
+//! - **Deletes** (format v2). The delete files that apply to a partition
+//!   are its own and the global ones (of an unpartitioned spec), as Java's
+//!   scan planning matches them.
+//!   - *Position deletes* are applied: the pick reads each one (`file_path`,
+//!     `pos`), the rewrite hands them to the crate's Arrow reader (the
+//!     scan task's `deletes`), which leaves the deleted rows out, and the
+//!     row check becomes rows read less rows deleted (counted by the pick,
+//!     independently of the reader) equals rows written. A position delete
+//!     file all of whose referenced data files are rewritten is removed in
+//!     the same `replace` commit; one that also references a file left
+//!     alone is kept (it still applies there; it names the old paths, so it
+//!     cannot touch the new files). The partition is skipped, with the
+//!     reason, when a position delete file cannot be read (or is not
+//!     Parquet), names a picked file in another spelling than the manifest
+//!     (the reader matches paths exactly), deletes a row past a file's end,
+//!     or references a picked file of a later data sequence number (it must
+//!     not apply there, but the reader would apply it once another file of
+//!     the bin loaded it).
+//!   - *Equality deletes* are not applied: the iceberg 0.10 reader turns
+//!     them into a row filter `NOT (c1 = v1 AND …)` per deleted row, which
+//!     drops rows the delete does not match: with one equality column,
+//!     every row of a file written before the column was added (tested in
+//!     `tests/iceberg.rs`; Iceberg reads the column as null, which equals
+//!     no deleted value) and, by its code, any row holding a null there
+//!     (`null != v` is null, and the filter drops the row). So only small
+//!     files no equality delete applies to are picked: those whose data
+//!     sequence number is not below any applying equality delete's (an
+//!     equality delete applies to data of a strictly lower one). The
+//!     partition is skipped when fewer than two remain. Equality delete
+//!     files are never removed: even a partition's own can still apply to
+//!     files of that partition the compaction does not touch, and what
+//!     they delete is only known by evaluating them.
+//!   - *Sequence numbers.* The new files are added with the commit's
+//!     sequence number (inherited, as for any added file). No equality
+//!     delete applied to the files they replace, so none applies to them
+//!     now either; the kept position deletes name other paths. An equality
+//!     or position delete committed between the pick and the commit, in a
+//!     compacted partition or global, aborts the commit (with Spark's
+//!     choice, the old sequence number, a concurrent equality delete would
+//!     apply to the new files; with the new one it would be lost).
 //! - **Rewrite.** Each bin is read with the crate's Arrow reader (field-id
 //!   projection onto the current schema) and written with its Parquet
 //!   writer (the table's write properties), rolling at the target size;
@@ -15,19 +56,21 @@
 //! - **Commit.** One snapshot with operation `replace`: the picked files are
 //!   marked deleted in rewrites of the manifests that list them, every other
 //!   manifest of the current snapshot is carried over, and a new manifest
-//!   adds the output files. On a conflict the table is reloaded and the
-//!   manifests rebuilt on the new state (a concurrent append is kept); a
-//!   picked file that someone else removed, or a new delete file in a
-//!   compacted partition, aborts. Row counts are checked before committing.
+//!   adds the output files; the dropped position delete files are marked
+//!   deleted in rewrites of their delete manifests. On a conflict the table
+//!   is reloaded and the manifests rebuilt on the new state (a concurrent
+//!   append is kept); a picked or dropped file that someone else removed,
+//!   or a new delete file in a compacted partition (or a global one),
+//!   aborts. Row counts are checked before committing.
 //!   Whatever is not committed is deleted again, unless the commit's outcome
 //!   is unknown and cannot be settled by reloading.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
 
 use futures::{StreamExt, TryStreamExt};
-use iceberg::scan::FileScanTask;
+use iceberg::scan::{FileScanTask, FileScanTaskDeleteFile};
 use iceberg::spec::{
     DataContentType, DataFile, DataFileFormat, FormatVersion, Manifest, ManifestContentType,
     ManifestFile, ManifestListWriter, ManifestWriterBuilder, Operation, PartitionKey, Snapshot,
@@ -69,6 +112,8 @@ pub struct Params {
 struct Listed {
     file: DataFile,
     spec_id: i32,
+    /// Data sequence number (inherited from the manifest when unset).
+    seq: i64,
 }
 
 /// One partition chosen for compaction.
@@ -79,6 +124,17 @@ pub struct Group {
     partition: Struct,
     /// Bins of files to merge, each into ~one output file.
     bins: Vec<Vec<DataFile>>,
+    /// The position delete files each picked data file's read applies, by
+    /// the data file's path.
+    deletes: HashMap<String, Vec<FileScanTaskDeleteFile>>,
+    /// Rows those deletes remove from the picked files.
+    rows_deleted: u64,
+    /// Position delete files referencing only picked files: removed in the
+    /// same commit.
+    dropped: Vec<DataFile>,
+    /// Position delete files applied but kept: they also reference data
+    /// files this compaction leaves alone.
+    kept: usize,
 }
 
 impl Group {
@@ -89,6 +145,18 @@ impl Group {
     /// Output files the bins should make.
     pub fn planned_outputs(&self) -> usize {
         self.bins.len()
+    }
+    /// Position delete files applied while rewriting.
+    pub fn delete_files_applied(&self) -> usize {
+        self.dropped.len() + self.kept
+    }
+    /// Of which removed in the commit (they reference only picked files).
+    pub fn delete_files_dropped(&self) -> usize {
+        self.dropped.len()
+    }
+    /// Rows the applied deletes remove from the picked files.
+    pub fn rows_deleted(&self) -> u64 {
+        self.rows_deleted
     }
 }
 
@@ -187,6 +255,7 @@ async fn live_files(
             let l = Listed {
                 file: e.data_file().clone(),
                 spec_id: mf.partition_spec_id,
+                seq: e.sequence_number().unwrap_or(0),
             };
             if e.content_type() == DataContentType::Data {
                 data.push(l);
@@ -236,7 +305,7 @@ pub(super) async fn select_cached(
             format!("spec {}: {t}", l.spec_id)
         }
     };
-    let mut per: BTreeMap<String, (PartitionStats, Struct, i32, Vec<DataFile>)> = BTreeMap::new();
+    let mut per: BTreeMap<String, (PartitionStats, Struct, i32, Vec<Listed>)> = BTreeMap::new();
     for l in &data {
         let k = key(l);
         let e = per.entry(k.clone()).or_insert_with(|| {
@@ -257,13 +326,26 @@ pub(super) async fn select_cached(
         if size < p.small {
             e.0.small_files += 1;
             e.0.small_bytes += size;
-            e.3.push(l.file.clone());
+            e.3.push(l.clone());
         }
     }
+    // Delete files by partition; those of an unpartitioned spec other than
+    // the default are global (they apply to every partition, as Java's
+    // scan planning has it).
+    let mut partition_deletes: HashMap<String, Vec<&Listed>> = HashMap::new();
+    let mut global: Vec<&Listed> = Vec::new();
     for l in &deletes {
-        if let Some(e) = per.get_mut(&key(l)) {
+        let unpartitioned = md
+            .partition_spec_by_id(l.spec_id)
+            .is_some_and(|s| s.is_unpartitioned());
+        if unpartitioned && l.spec_id != default_spec {
+            global.push(l);
+        }
+        let k = key(l);
+        if let Some(e) = per.get_mut(&k) {
             e.0.delete_files += 1;
         }
+        partition_deletes.entry(k).or_default().push(l);
     }
     let mut sel = Selection {
         snapshot_id: Some(snapshot.snapshot_id()),
@@ -275,16 +357,6 @@ pub(super) async fn select_cached(
         if stats.ratio() <= p.min_ratio || stats.small_files < 2 {
             continue;
         }
-        if stats.delete_files > 0 {
-            sel.skipped.push((
-                stats.partition.clone(),
-                format!(
-                    "{} delete file(s): format v2 deletes are not rewritten; compact it after the deletes are merged",
-                    stats.delete_files
-                ),
-            ));
-            continue;
-        }
         if spec_id != default_spec {
             sel.skipped.push((
                 stats.partition.clone(),
@@ -292,15 +364,65 @@ pub(super) async fn select_cached(
             ));
             continue;
         }
+        let relevant: Vec<&Listed> = partition_deletes
+            .get(&stats.partition)
+            .into_iter()
+            .flatten()
+            .chain(global.iter())
+            .copied()
+            .collect();
+        // Equality deletes are not applied (see the module doc): only small
+        // files none applies to are picked, those whose data sequence number
+        // is not below any equality delete's.
+        let eq: Vec<&&Listed> = relevant
+            .iter()
+            .filter(|d| d.file.content_type() == DataContentType::EqualityDeletes)
+            .collect();
+        if let Some(eq_max) = eq.iter().map(|d| d.seq).max() {
+            let before = small.len();
+            small.retain(|l| l.seq >= eq_max);
+            if small.len() < 2 {
+                sel.skipped.push((
+                    stats.partition.clone(),
+                    format!(
+                        "{} equality delete file(s) (up to sequence number {eq_max}) apply to {} of its {before} small files: equality deletes are not applied by this build (the iceberg 0.10 reader's filter for them also drops rows they do not match: every row of a file written before the column was added, rows holding a null in it)",
+                        eq.len(),
+                        before - small.len()
+                    ),
+                ));
+                continue;
+            }
+        }
+        let pos: Vec<&Listed> = relevant
+            .iter()
+            .filter(|d| d.file.content_type() == DataContentType::PositionDeletes)
+            .copied()
+            .collect();
+        let read = match read_position_deletes(table, &pos).await {
+            Ok(r) => r,
+            Err(why) => {
+                sel.skipped.push((stats.partition.clone(), why));
+                continue;
+            }
+        };
+        let applied = match apply_position_deletes(&pos, &read, &small) {
+            Ok(a) => a,
+            Err(why) => {
+                sel.skipped.push((stats.partition.clone(), why));
+                continue;
+            }
+        };
         // First fit, largest first; ties broken by path so a pick is
         // reproducible from the snapshot.
         small.sort_by(|a, b| {
-            b.file_size_in_bytes()
-                .cmp(&a.file_size_in_bytes())
-                .then_with(|| a.file_path().cmp(b.file_path()))
+            b.file
+                .file_size_in_bytes()
+                .cmp(&a.file.file_size_in_bytes())
+                .then_with(|| a.file.file_path().cmp(b.file.file_path()))
         });
         let mut bins: Vec<(u64, Vec<DataFile>)> = Vec::new();
-        for f in small {
+        for l in small {
+            let f = l.file;
             let size = f.file_size_in_bytes();
             match bins.iter_mut().find(|(used, _)| used + size <= p.target) {
                 Some(b) => {
@@ -318,10 +440,42 @@ pub(super) async fn select_cached(
         if bins.is_empty() {
             continue;
         }
+        // What the deletes do to the files the bins rewrite.
+        let rewritten: HashSet<String> = bins
+            .iter()
+            .flatten()
+            .map(|f| super::location::key(f.file_path()))
+            .collect();
+        let mut deletes: HashMap<String, Vec<FileScanTaskDeleteFile>> = HashMap::new();
+        let mut rows_deleted = 0u64;
+        for f in bins.iter().flatten() {
+            if let Some((n, ds)) = applied.get(&super::location::key(f.file_path())) {
+                rows_deleted += n;
+                deletes.insert(
+                    f.file_path().to_string(),
+                    ds.iter().map(|&i| scan_delete(pos[i])).collect(),
+                );
+            }
+        }
+        let (mut dropped, mut kept) = (Vec::new(), 0usize);
+        for (i, d) in pos.iter().enumerate() {
+            let refs = &read[i];
+            if refs.keys().any(|k| rewritten.contains(k)) {
+                if refs.keys().all(|k| rewritten.contains(k)) {
+                    dropped.push(d.file.clone());
+                } else {
+                    kept += 1;
+                }
+            }
+        }
         over.push(Group {
             stats,
             partition,
             bins,
+            deletes,
+            rows_deleted,
+            dropped,
+            kept,
         });
     }
     over.sort_by(|a, b| {
@@ -342,6 +496,169 @@ pub(super) async fn select_cached(
     Ok(sel)
 }
 
+/// The rows one position delete file deletes: by the referenced data file's
+/// canonical location, the path as the delete file spells it and the
+/// positions.
+type Positions = HashMap<String, (String, BTreeSet<u64>)>;
+
+/// Reads the position delete files `pos` (columns `file_path` and `pos`).
+/// A file that cannot be read skips the partition: which rows it deletes
+/// cannot be known.
+async fn read_position_deletes(table: &Table, pos: &[&Listed]) -> Result<Vec<Positions>, String> {
+    let io = table.file_io().clone();
+    let files: Vec<DataFile> = pos.iter().map(|d| d.file.clone()).collect();
+    futures::stream::iter(files)
+        .map(move |f| {
+            let io = io.clone();
+            async move {
+                read_positions(&io, &f).await.map_err(|why| {
+                    format!(
+                        "position delete file {}: {why}; which rows it deletes is unknown, so the partition is left as it is",
+                        f.file_path()
+                    )
+                })
+            }
+        })
+        .buffered(8)
+        .try_collect()
+        .await
+}
+
+async fn read_positions(io: &iceberg::io::FileIO, d: &DataFile) -> Result<Positions, String> {
+    use arrow_array::{Array, Int64Array, LargeStringArray, StringArray};
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    if d.file_format() != DataFileFormat::Parquet {
+        return Err(format!(
+            "its format is {}; only Parquet position deletes are read",
+            d.file_format()
+        ));
+    }
+    let bytes = io
+        .new_input(d.file_path())
+        .map_err(|e| format!("cannot be opened ({e})"))?
+        .read()
+        .await
+        .map_err(|e| format!("cannot be read ({e})"))?;
+    let b = ParquetRecordBatchReaderBuilder::try_new(bytes)
+        .map_err(|e| format!("is no readable Parquet ({e})"))?;
+    let fields = b.schema().fields();
+    let index = |name: &str| {
+        fields
+            .iter()
+            .position(|f| f.name() == name)
+            .ok_or_else(|| format!("has no column {name}"))
+    };
+    let (fp, ps) = (index("file_path")?, index("pos")?);
+    let mask = parquet::arrow::ProjectionMask::roots(b.parquet_schema(), [fp, ps]);
+    let reader = b
+        .with_projection(mask)
+        .build()
+        .map_err(|e| format!("cannot be read ({e})"))?;
+    let mut out = Positions::new();
+    for batch in reader {
+        let batch = batch.map_err(|e| format!("cannot be read ({e})"))?;
+        let (Some(paths), Some(positions)) = (
+            batch.column_by_name("file_path"),
+            batch.column_by_name("pos"),
+        ) else {
+            return Err("lost its file_path or pos column in the read".into());
+        };
+        let positions = positions
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .ok_or_else(|| format!("has pos of type {}, not long", positions.data_type()))?;
+        let paths: Vec<Option<&str>> = if let Some(a) = paths.as_any().downcast_ref::<StringArray>()
+        {
+            a.iter().collect()
+        } else if let Some(a) = paths.as_any().downcast_ref::<LargeStringArray>() {
+            a.iter().collect()
+        } else {
+            return Err(format!(
+                "has file_path of type {}, not string",
+                paths.data_type()
+            ));
+        };
+        for (i, path) in paths.into_iter().enumerate() {
+            let (Some(path), true) = (path, positions.is_valid(i)) else {
+                return Err(format!("has a null file_path or pos (row {i})"));
+            };
+            let p = u64::try_from(positions.value(i))
+                .map_err(|_| format!("has a negative pos for {path}"))?;
+            out.entry(super::location::key(path))
+                .or_insert_with(|| (path.to_string(), BTreeSet::new()))
+                .1
+                .insert(p);
+        }
+    }
+    Ok(out)
+}
+
+/// For each small file some position delete references: the rows they
+/// delete and which of `pos` apply. Refuses (with the reason to skip the
+/// partition) what the crate's reader would not apply exactly.
+fn apply_position_deletes(
+    pos: &[&Listed],
+    read: &[Positions],
+    small: &[Listed],
+) -> Result<HashMap<String, (u64, Vec<usize>)>, String> {
+    let mut out = HashMap::new();
+    for f in small {
+        let k = super::location::key(f.file.file_path());
+        let mut rows: BTreeSet<u64> = BTreeSet::new();
+        let mut applied = Vec::new();
+        for (i, d) in pos.iter().enumerate() {
+            let Some((spelled, positions)) = read[i].get(&k) else {
+                continue;
+            };
+            if d.seq < f.seq {
+                // By the spec it does not apply; the crate's reader would
+                // apply it anyway once another file's read loaded it.
+                return Err(format!(
+                    "position delete file {} (sequence number {}) references data file {} of the later sequence number {}, which it must not delete from",
+                    d.file.file_path(),
+                    d.seq,
+                    f.file.file_path(),
+                    f.seq
+                ));
+            }
+            if spelled != f.file.file_path() {
+                return Err(format!(
+                    "position delete file {} names data file {} as {spelled}; the iceberg 0.10 reader matches the exact path and would not apply it",
+                    d.file.file_path(),
+                    f.file.file_path()
+                ));
+            }
+            if let Some(&last) = positions.last() {
+                if last >= f.file.record_count() {
+                    return Err(format!(
+                        "position delete file {} deletes row {last} of data file {}, which has {} rows",
+                        d.file.file_path(),
+                        f.file.file_path(),
+                        f.file.record_count()
+                    ));
+                }
+            }
+            rows.extend(positions.iter().copied());
+            applied.push(i);
+        }
+        if !applied.is_empty() {
+            out.insert(k, (rows.len() as u64, applied));
+        }
+    }
+    Ok(out)
+}
+
+/// A delete file as a scan task lists it.
+fn scan_delete(d: &Listed) -> FileScanTaskDeleteFile {
+    FileScanTaskDeleteFile::builder()
+        .with_file_path(d.file.file_path().to_string())
+        .with_file_size_in_bytes(d.file.file_size_in_bytes())
+        .with_file_type(d.file.content_type())
+        .with_partition_spec_id(d.spec_id)
+        .with_equality_ids(d.file.equality_ids())
+        .build()
+}
+
 /// What a compaction did.
 #[derive(Debug, Clone, Default, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -358,8 +675,12 @@ pub struct Report {
     pub bytes_removed: u64,
     /// Bytes written.
     pub bytes_added: u64,
-    /// Rows rewritten (equal in and out).
+    /// Rows written (the rows read less those the deletes remove).
     pub rows: u64,
+    /// Rows position deletes removed from the rewritten files.
+    pub rows_deleted: u64,
+    /// Position delete files removed (they referenced only rewritten files).
+    pub delete_files_removed: usize,
     /// Commit attempts (1 without conflicts).
     pub attempts: u32,
     /// Whether output files are sorted by the table's sort order.
@@ -491,6 +812,7 @@ fn task_for(
     md: &iceberg::spec::TableMetadata,
     f: &DataFile,
     name_mapping: Option<Arc<iceberg::spec::NameMapping>>,
+    deletes: Vec<FileScanTaskDeleteFile>,
 ) -> FileScanTask {
     let schema = md.current_schema().clone();
     let ids: Vec<i32> = schema.as_struct().fields().iter().map(|f| f.id).collect();
@@ -504,7 +826,7 @@ fn task_for(
         .with_schema(schema)
         .with_project_field_ids(ids)
         .with_predicate(None)
-        .with_deletes(Vec::new())
+        .with_deletes(deletes)
         .with_partition(Some(f.partition().clone()))
         // As the crate's own scan planning does: with a spec the reader
         // would fill identity columns from the partition as run-end
@@ -683,7 +1005,10 @@ pub async fn compact(
         for (bi, bin) in g.bins.iter().enumerate() {
             let ts = bin
                 .iter()
-                .map(|f| task_for(md, f, name_mapping.clone()))
+                .map(|f| {
+                    let deletes = g.deletes.get(f.file_path()).cloned().unwrap_or_default();
+                    task_for(md, f, name_mapping.clone(), deletes)
+                })
                 .collect();
             let key = PartitionKey::new(spec.clone(), schema.clone(), g.partition.clone());
             jobs.push(rewrite_bin(
@@ -748,12 +1073,18 @@ pub async fn compact(
         .iter()
         .flat_map(|g| g.bins.iter().flatten().cloned())
         .collect();
+    let dropped: Vec<DataFile> = sel
+        .groups
+        .iter()
+        .flat_map(|g| g.dropped.iter().cloned())
+        .collect();
     let rows_in: u64 = removed.iter().map(DataFile::record_count).sum();
+    let rows_deleted: u64 = sel.groups.iter().map(|g| g.rows_deleted).sum();
     let rows_out: u64 = added.iter().map(DataFile::record_count).sum();
-    if rows_in != rows_out {
+    if rows_in.checked_sub(rows_deleted) != Some(rows_out) {
         delete_all(table, paths(&added)).await;
         return Err(DriverError::permanent(format!(
-            "row count check failed: read {rows_in} rows from {} files but wrote {rows_out}; nothing was committed",
+            "row count check failed: {rows_in} rows in {} files less {rows_deleted} deleted by position deletes is not the {rows_out} written; nothing was committed",
             removed.len()
         )));
     }
@@ -771,7 +1102,9 @@ pub async fn compact(
         files_added: added.len(),
         bytes_removed: removed.iter().map(DataFile::file_size_in_bytes).sum(),
         bytes_added: added.iter().map(DataFile::file_size_in_bytes).sum(),
-        rows: rows_in,
+        rows: rows_out,
+        rows_deleted,
+        delete_files_removed: dropped.len(),
         sorted: sort.is_some(),
         rewrite_ms,
         ..Default::default()
@@ -800,6 +1133,7 @@ pub async fn compact(
             &current,
             base_snapshot,
             &removed,
+            &dropped,
             &added,
             &partitions,
             &mut cache,
@@ -882,6 +1216,7 @@ async fn stage(
     table: &Table,
     base_snapshot: i64,
     removed: &[DataFile],
+    dropped: &[DataFile],
     added: &[DataFile],
     partitions: &HashSet<String>,
     cache: &mut Manifests,
@@ -895,8 +1230,10 @@ async fn stage(
     let list = manifests_of(table, &current, cache).await?;
     // By canonical location: a concurrent writer may spell a carried-over
     // entry's path its own way.
+    // The replaced data files and the dropped delete files.
     let gone: HashSet<String> = removed
         .iter()
+        .chain(dropped)
         .map(|f| super::location::key(f.file_path()))
         .collect();
     let snapshot_id = loop {
@@ -932,7 +1269,7 @@ async fn stage(
     // Manifests listing picked files, by (spec, schema): each group is
     // rewritten into one manifest (the picked entries deleted, the rest
     // existing) instead of one rewrite per manifest.
-    let mut affected: BTreeMap<(i32, i32), Vec<Listing>> = BTreeMap::new();
+    let mut affected: BTreeMap<(bool, i32, i32), Vec<Listing>> = BTreeMap::new();
     for mf in list {
         let m = cache[&mf.manifest_path].clone();
         if mf.content == ManifestContentType::Deletes && !base_manifests.contains(&mf.manifest_path)
@@ -942,10 +1279,14 @@ async fn stage(
             let text = |e: &iceberg::spec::ManifestEntry| {
                 formats.text(mf.partition_spec_id, e.data_file().partition())
             };
+            // Global ones (an unpartitioned spec's) apply everywhere.
+            let global = md
+                .partition_spec_by_id(mf.partition_spec_id)
+                .is_some_and(|s| s.is_unpartitioned());
             if let Some(e) = m
                 .entries()
                 .iter()
-                .find(|e| e.is_alive() && partitions.contains(&text(e)))
+                .find(|e| e.is_alive() && (global || partitions.contains(&text(e))))
             {
                 return Err(DriverError::permanent(format!(
                     "a concurrent commit added delete file {} to compacted partition {}; nothing was committed",
@@ -954,18 +1295,22 @@ async fn stage(
                 )));
             }
         }
-        let hit = mf.content == ManifestContentType::Data
-            && m.entries()
-                .iter()
-                .any(|e| e.is_alive() && gone.contains(&super::location::key(e.file_path())));
+        let hit = m
+            .entries()
+            .iter()
+            .any(|e| e.is_alive() && gone.contains(&super::location::key(e.file_path())));
         if hit {
-            let key = (mf.partition_spec_id, m.metadata().schema_id());
+            let key = (
+                mf.content == ManifestContentType::Deletes,
+                mf.partition_spec_id,
+                m.metadata().schema_id(),
+            );
             affected.entry(key).or_default().push((mf, m));
         } else {
             manifests.push(mf);
         }
     }
-    for (n, group) in affected.into_values().enumerate() {
+    for (n, ((deletes, _, _), group)) in affected.into_iter().enumerate() {
         let meta = group[0].1.metadata().clone();
         let path = format!("{meta_dir}/{commit}-r{n}.avro");
         let out = io.new_output(&path).map_err(|e| ice(&path, e))?;
@@ -977,6 +1322,7 @@ async fn stage(
         );
         let mut w = match version {
             FormatVersion::V1 => b.build_v1(),
+            _ if deletes => b.build_v2_deletes(),
             _ => b.build_v2_data(),
         };
         let spec = Arc::new(meta.partition_spec().clone());
@@ -1014,12 +1360,17 @@ async fn stage(
             }
         }
     }
+    let what = if dropped.is_empty() {
+        "files being compacted"
+    } else {
+        "files being compacted or delete files being removed"
+    };
     if found > gone.len() {
         // The same file live twice (perhaps spelled two ways): rewriting
         // it would duplicate its rows or lose track of one entry.
         delete_all(table, written).await;
         return Err(DriverError::permanent(format!(
-            "the current snapshot lists {} live entries for the {} files being compacted (a file listed more than once); nothing was committed",
+            "the current snapshot lists {} live entries for the {} {what} (a file listed more than once); nothing was committed",
             found,
             gone.len()
         )));
@@ -1027,7 +1378,7 @@ async fn stage(
     if found < gone.len() {
         delete_all(table, written).await;
         return Err(DriverError::permanent(format!(
-            "a concurrent commit removed or replaced {} of the {} files being compacted; nothing was committed",
+            "a concurrent commit removed or replaced {} of the {} {what}; nothing was committed",
             gone.len() - found,
             gone.len()
         )));
@@ -1081,19 +1432,25 @@ async fn stage(
         ("total-data-files", "added-data-files", "deleted-data-files"),
         ("total-records", "added-records", "deleted-records"),
         ("total-files-size", "added-files-size", "removed-files-size"),
+        (
+            "total-delete-files",
+            "added-delete-files",
+            "removed-delete-files",
+        ),
+        (
+            "total-position-deletes",
+            "added-position-deletes",
+            "removed-position-deletes",
+        ),
+        (
+            "total-equality-deletes",
+            "added-equality-deletes",
+            "removed-equality-deletes",
+        ),
     ] {
         if let Some(before) = num(&prev, total) {
             let v = before + num(&props, add).unwrap_or(0) - num(&props, del).unwrap_or(0);
             props.insert(total.to_string(), v.to_string());
-        }
-    }
-    for k in [
-        "total-delete-files",
-        "total-position-deletes",
-        "total-equality-deletes",
-    ] {
-        if let Some(v) = prev.get(k) {
-            props.insert(k.to_string(), v.clone());
         }
     }
     let snapshot = Snapshot::builder()

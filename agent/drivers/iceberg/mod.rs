@@ -158,7 +158,7 @@ pub struct PartitionStats {
     pub small_bytes: u64,
     /// Rows.
     pub rows: u64,
-    /// Delete files (format v2): the partition is skipped.
+    /// Delete files (format v2) of this partition.
     pub delete_files: usize,
 }
 
@@ -311,8 +311,16 @@ impl Action for IcebergCompact {
         let mut chosen = Vec::new();
         for g in &sel.groups {
             let s = &g.stats;
+            let deletes = match g.delete_files_applied() {
+                0 => String::new(),
+                n => format!(
+                    ", {n} position delete file(s) applied ({} row(s)), {} of them removed",
+                    g.rows_deleted(),
+                    g.delete_files_dropped()
+                ),
+            };
             lines.push(format!(
-                "{}: {} files, {} small ({:.0}%), {} -> {} file(s)",
+                "{}: {} files, {} small ({:.0}%), {} -> {} file(s){deletes}",
                 s.partition,
                 s.files,
                 s.small_files,
@@ -323,7 +331,9 @@ impl Action for IcebergCompact {
             chosen.push(
                 json!({"partition": s.partition, "files": s.files, "smallFiles": s.small_files,
                 "bytes": s.bytes, "smallBytes": s.small_bytes, "ratio": s.ratio(),
-                "inputFiles": g.input_files(), "outputFiles": g.planned_outputs()}),
+                "inputFiles": g.input_files(), "outputFiles": g.planned_outputs(),
+                "deleteFilesApplied": g.delete_files_applied(), "deleteFilesRemoved": g.delete_files_dropped(),
+                "rowsDeleted": g.rows_deleted()}),
             );
         }
         for (p, why) in &sel.skipped {
@@ -420,9 +430,17 @@ impl Action for IcebergCompact {
                     }
                     m.insert((table_key(req), snap), r.picked.clone());
                 }
+                let deletes = if r.rows_deleted > 0 || r.delete_files_removed > 0 {
+                    format!(
+                        " ({} row(s) deleted by position deletes left out; {} position delete file(s) removed)",
+                        r.rows_deleted, r.delete_files_removed
+                    )
+                } else {
+                    String::new()
+                };
                 summary.push(match r.snapshot_id {
                     Some(id) => format!(
-                        "replaced {} small files ({}) in {} partition(s) with {} ({}), {} rows, snapshot {id} (operation replace, {} attempt(s))",
+                        "replaced {} small files ({}) in {} partition(s) with {} ({}), {} rows{deletes}, snapshot {id} (operation replace, {} attempt(s))",
                         r.files_removed,
                         crate::units::human_bytes(r.bytes_removed),
                         r.partitions,
