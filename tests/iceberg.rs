@@ -548,17 +548,20 @@ async fn the_agent_exports_the_small_files_ratio_of_configured_tables() {
 struct RestCatalog {
     child: std::process::Child,
     url: String,
+    /// The server's stderr: a line per request, and what it was told.
+    log: tempfile::NamedTempFile,
 }
 
 impl RestCatalog {
     fn start(wh: &Path, env: &[(&str, &str)]) -> Self {
         use std::io::BufRead;
+        let log = tempfile::NamedTempFile::new().unwrap();
         let mut child = Command::new("python3")
             .arg(common::repo("tests/iceberg/rest_catalog.py"))
             .arg(wh)
             .envs(env.iter().copied())
             .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
+            .stderr(log.reopen().unwrap())
             .spawn()
             .expect("python3 with pyiceberg is required (.ci/run installs it)");
         let mut line = String::new();
@@ -570,7 +573,7 @@ impl RestCatalog {
             .strip_prefix("listening on ")
             .unwrap_or_else(|| panic!("rest_catalog.py said {line:?}"))
             .to_string();
-        RestCatalog { child, url }
+        RestCatalog { child, url, log }
     }
 }
 
@@ -1981,6 +1984,9 @@ struct Moto {
     endpoint: String,
     /// The server's request log.
     log: tempfile::NamedTempFile,
+    /// The keys pyice.py signs with.
+    key_id: String,
+    secret: String,
 }
 
 impl Moto {
@@ -2009,6 +2015,8 @@ impl Moto {
             child,
             endpoint: format!("http://127.0.0.1:{port}"),
             log,
+            key_id: Self::KEY_ID.into(),
+            secret: Self::SECRET.into(),
         };
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
@@ -2022,12 +2030,31 @@ impl Moto {
         moto
     }
 
+    /// Whether the server checks every request's signature from now on
+    /// (moto's IAM authentication, switched through its `/moto-api`).
+    fn check_signatures(&self, on: bool) {
+        let out = Command::new("python3")
+            .args([
+                "-c",
+                "import sys, requests; r = requests.post(sys.argv[1] + '/moto-api/reset-auth', data=sys.argv[2]); r.raise_for_status()",
+                &self.endpoint,
+                if on { "0" } else { "inf" },
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// pyice.py's settings for this server (warehouse `s3://lake/wh`).
     fn env(&self) -> Vec<(&str, &str)> {
         vec![
             ("PYICE_S3_ENDPOINT", self.endpoint.as_str()),
-            ("PYICE_S3_KEY_ID", Self::KEY_ID),
-            ("PYICE_S3_SECRET", Self::SECRET),
+            ("PYICE_S3_KEY_ID", self.key_id.as_str()),
+            ("PYICE_S3_SECRET", self.secret.as_str()),
             ("PYICE_WAREHOUSE", "s3://lake/wh"),
         ]
     }
@@ -2552,4 +2579,136 @@ async fn a_global_equality_delete_of_an_older_unpartitioned_spec_keeps_the_files
         per(&sel),
         sel.skipped
     );
+}
+
+/// The agent has no S3 keys of its own and the environment none; the REST
+/// catalog, asked with X-Iceberg-Access-Delegation, vends the table's keys
+/// in its LoadTableResult config. With the S3 server checking every
+/// signature, the plan reads the table's metadata and manifests signed
+/// with the vended keys (a wrong secret is refused, so nothing else could
+/// sign them). moto also refuses the signature of opendal's ranged GETs
+/// (the data files' footers) and of any ListObjectsV2, even with the right
+/// keys, so the rewrite itself runs with the check off.
+#[tokio::test]
+async fn a_rest_catalogs_vended_credentials_are_what_the_agent_signs_its_s3_reads_with() {
+    let mut moto = tokio::task::spawn_blocking(Moto::start).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = setup(dir.path(), "");
+    let wh = dir.path().join("warehouse");
+    let w = wh.display().to_string();
+    let keys = pyice_env(&moto.env(), &["iam-keys", "lake-writer"]);
+    moto.key_id = keys["id"].as_str().unwrap().to_string();
+    moto.secret = keys["secret"].as_str().unwrap().to_string();
+    let env: Vec<(String, String)> = moto
+        .env()
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let owned = |extra: &[(&str, &str)]| -> Vec<(String, String)> {
+        env.iter()
+            .cloned()
+            .chain(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+            .collect()
+    };
+    let py = |e: Vec<(String, String)>, args: Vec<String>| {
+        tokio::task::spawn_blocking(move || {
+            let e: Vec<(&str, &str)> = e.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            let a: Vec<&str> = args.iter().map(String::as_str).collect();
+            pyice_env(&e, &a)
+        })
+    };
+    let made = py(owned(&[]), strings(&["make", &w, "events", "10", "10"]))
+        .await
+        .unwrap();
+    assert_eq!(made["files"], 40);
+    let metadata = made["metadata"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("s3://")
+        .to_string();
+
+    let vend = serde_json::json!({
+        "s3.access-key-id": moto.key_id,
+        "s3.secret-access-key": moto.secret,
+    })
+    .to_string();
+    let rest_env = owned(&[("REST_CATALOG_VEND", &vend)]);
+    let rest_env: Vec<(&str, &str)> = rest_env
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let rest = RestCatalog::start(&wh, &rest_env);
+    std::fs::write(
+        &cfg,
+        format!(
+            "backends:\n  iceberg:\n    lake: {{ uri: \"{}\", s3: {{ endpoint: \"{}\", region: us-east-1, pathStyle: true }} }}\n",
+            rest.url, moto.endpoint
+        ),
+    )
+    .unwrap();
+    let run = |extra: &'static [&'static str]| {
+        let dir = dir.path().to_path_buf();
+        let cfg = cfg.clone();
+        tokio::task::spawn_blocking(move || {
+            let out = Command::new(env!("CARGO_BIN_EXE_remediate"))
+                .current_dir(&dir)
+                .args(["run", "--config"])
+                .arg(&cfg)
+                .args(["--alert", "alert.json", "--audit", "audit.jsonl"])
+                .args(extra)
+                // No credentials but the vended ones, and no instance metadata.
+                .env_remove("AWS_ACCESS_KEY_ID")
+                .env_remove("AWS_SECRET_ACCESS_KEY")
+                .env_remove("AWS_SESSION_TOKEN")
+                .env_remove("AWS_PROFILE")
+                .env("AWS_EC2_METADATA_DISABLED", "true")
+                .env("AWS_SHARED_CREDENTIALS_FILE", dir.join("none"))
+                .env("AWS_CONFIG_FILE", dir.join("none"))
+                .output()
+                .unwrap();
+            (
+                out.status.code(),
+                format!(
+                    "{}{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                ),
+            )
+        })
+    };
+
+    moto.check_signatures(true);
+    // Signed with the writer's keys: read; with a wrong secret: refused.
+    let ok = py(owned(&[]), strings(&["s3-get-status", &metadata]))
+        .await
+        .unwrap();
+    assert_eq!(ok["status"], 200);
+    let bad = py(
+        owned(&[("PYICE_S3_SECRET", "not-the-secret")]),
+        strings(&["s3-get-status", &metadata]),
+    )
+    .await
+    .unwrap();
+    assert_eq!(bad["status"], 403, "the server must check signatures");
+    let (code, out) = run(&["--dry-run"]).await.unwrap();
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("table lake.db.events: 40 data files, 40 small; compact 4 partition(s):"),
+        "{out}"
+    );
+    let log = std::fs::read_to_string(rest.log.path()).unwrap();
+    assert!(
+        log.contains("X-Iceberg-Access-Delegation: vended-credentials"),
+        "{log}"
+    );
+
+    moto.check_signatures(false);
+    let (code, out) = run(&[]).await.unwrap();
+    assert_eq!(code, Some(0), "{out}");
+    let after = py(owned(&[]), strings(&["inspect", &w, "events"]))
+        .await
+        .unwrap();
+    assert_eq!(after["checksum"], made["checksum"]);
+    assert_eq!(after["files"], 4);
+    assert_eq!(after["operation"], "replace");
 }

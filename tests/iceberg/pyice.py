@@ -23,6 +23,7 @@
   pyice.py repoint WAREHOUSE TABLE LOCATION      -> points the SQLite catalog's row at
                                                     LOCATION (the same file, respelled)
   pyice.py s3-mkbucket BUCKET | s3-ls BUCKET/PREFIX | s3-put BUCKET/KEY TEXT
+  pyice.py iam-keys USER | s3-get-status BUCKET/KEY   (moto IAM keys; a GET's status)
            | s3-mv BUCKET/KEY BUCKET/KEY
                                                  -> the S3 server through s3fs
 
@@ -239,7 +240,51 @@ def s3_command(cmd, arg, rest):
         print(json.dumps({"moved": arg, "to": rest[0]}))
 
 
+def iam_keys(user):
+    """Creates IAM user USER with an access key allowed s3:* on the moto
+    server at PYICE_S3_ENDPOINT and prints {"id", "secret"}."""
+    import boto3
+
+    iam = boto3.client(
+        "iam",
+        endpoint_url=os.environ["PYICE_S3_ENDPOINT"],
+        region_name="us-east-1",
+        aws_access_key_id="bootstrap",
+        aws_secret_access_key="bootstrap",
+    )
+    iam.create_user(UserName=user)
+    key = iam.create_access_key(UserName=user)["AccessKey"]
+    policy = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}
+    iam.put_user_policy(UserName=user, PolicyName="lake", PolicyDocument=json.dumps(policy))
+    print(json.dumps({"id": key["AccessKeyId"], "secret": key["SecretAccessKey"]}))
+
+
+def s3_get_status(key):
+    """GETs BUCKET/KEY with boto3 and the PYICE_S3_* keys; prints
+    {"status": HTTP status} (403 for a refused signature)."""
+    import boto3
+    import botocore.exceptions
+
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=os.environ["PYICE_S3_ENDPOINT"],
+        region_name="us-east-1",
+        aws_access_key_id=os.environ["PYICE_S3_KEY_ID"],
+        aws_secret_access_key=os.environ["PYICE_S3_SECRET"],
+    )
+    bucket, _, k = key.partition("/")
+    try:
+        s3.get_object(Bucket=bucket, Key=k)
+        print(json.dumps({"status": 200}))
+    except botocore.exceptions.ClientError as e:
+        print(json.dumps({"status": e.response["ResponseMetadata"]["HTTPStatusCode"]}))
+
+
 def main():
+    if sys.argv[1] == "iam-keys":
+        return iam_keys(sys.argv[2])
+    if sys.argv[1] == "s3-get-status":
+        return s3_get_status(sys.argv[2])
     if sys.argv[1].startswith("s3-"):
         return s3_command(sys.argv[1], sys.argv[2], sys.argv[3:])
     cmd, warehouse, name = sys.argv[1], sys.argv[2], sys.argv[3]

@@ -40,6 +40,14 @@ good grant gets {"access_token", "token_type": "bearer", "expires_in",
 "issued_token_type"}. Every other request then needs `Authorization: Bearer`
 with a token it issued, or gets 401 NotAuthorizedException.
 
+Vended credentials: env REST_CATALOG_VEND holding a JSON object of
+storage properties (e.g. {"s3.access-key-id": ..., "s3.secret-access-key":
+...}) is returned as every LoadTableResult's `config`, as a catalog with
+access delegation returns a table's credentials; the request header
+X-Iceberg-Access-Delegation is logged to stderr when given. With it set, the
+server writes new metadata files without asking first whether they exist
+(moto's signature check refuses the ListObjectsV2 that question makes).
+
 Test hook: env REST_CATALOG_FAIL_COMMITS=N makes the first N commit requests
 answer 409 CommitFailedException without applying anything, so a client's
 retry path can be exercised.
@@ -149,6 +157,9 @@ class Handler(BaseHTTPRequestHandler):
     def dispatch(self):
         url = urlsplit(self.path)
         parts = [p for p in url.path.split("/") if p]
+        delegation = self.headers.get("X-Iceberg-Access-Delegation")
+        if delegation:
+            sys.stderr.write(f"X-Iceberg-Access-Delegation: {delegation}\n")
         try:
             if self.server.oauth2:
                 if parts == ["v1", "oauth", "tokens"] and self.command == "POST":
@@ -258,8 +269,23 @@ class Handler(BaseHTTPRequestHandler):
         return CommitTableResponse(metadata=resp.metadata, metadata_location=resp.metadata_location).model_dump_json().encode()
 
 
+VEND = json.loads(os.environ.get("REST_CATALOG_VEND") or "{}")
+if VEND:
+    import pyiceberg.catalog
+    from pyiceberg.serializers import ToOutputFile
+
+    class _Overwrite(ToOutputFile):
+        @staticmethod
+        def table_metadata(metadata, output_file, overwrite=False):
+            ToOutputFile.table_metadata(metadata, output_file, overwrite=True)
+
+    pyiceberg.catalog.ToOutputFile = _Overwrite
+
+
 def load_result(table):
-    return TableResponse(metadata_location=table.metadata_location, metadata=table.metadata).model_dump_json().encode()
+    return TableResponse(
+        metadata_location=table.metadata_location, metadata=table.metadata, config=VEND
+    ).model_dump_json().encode()
 
 
 def main():

@@ -907,7 +907,8 @@ async fn remove_run_files(lake: &Lake, table: &Table, prefix: &str) {
     else {
         return;
     };
-    let files = match lake.store().list(&data).await {
+    let store = lake.store().for_table(table);
+    let files = match store.list(&data).await {
         Ok(f) => f,
         Err(e) => {
             tracing::warn!(error = %e, "could not list the files a failed rewrite may have left");
@@ -917,7 +918,7 @@ async fn remove_run_files(lake: &Lake, table: &Table, prefix: &str) {
     for f in files {
         let name = f.location.path().rsplit('/').next().unwrap_or_default();
         if name.starts_with(prefix) {
-            if let Err(e) = lake.store().delete(&f).await {
+            if let Err(e) = store.delete(&f).await {
                 tracing::warn!(path = %f.written, error = %e, "could not remove an uncommitted file");
             }
         }

@@ -461,14 +461,15 @@ pub async fn run(
     }
     if c.remove_orphan_files {
         let (mut n, mut bytes) = (0usize, 0u64);
-        match orphans(lake.store(), &table, c.orphan_min_age.0, &mut cache).await {
+        let store = lake.store().for_table(&table);
+        match orphans(&store, &table, c.orphan_min_age.0, &mut cache).await {
             Ok(found) => {
                 for o in found {
                     let listed = planned_orphans.is_none_or(|planned| planned.contains(&o.path));
                     if !listed {
                         continue;
                     }
-                    match lake.store().delete(&o.listed).await {
+                    match store.delete(&o.listed).await {
                         Ok(()) => {
                             tracing::info!(path = %o.path, bytes = o.bytes, "removed orphan file");
                             n += 1;

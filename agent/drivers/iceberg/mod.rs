@@ -355,7 +355,7 @@ impl Action for IcebergCompact {
         // this list lacks.
         let (extra, orphans) = if c.remove_orphan_files {
             match maintain::orphans(
-                lake.store(),
+                &lake.store().for_table(&t),
                 &t,
                 c.orphan_min_age.0,
                 &mut compact::Manifests::new(),

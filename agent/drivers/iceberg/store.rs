@@ -41,6 +41,8 @@ struct S3 {
     region: String,
     path_style: bool,
     keys: Option<(String, String)>,
+    /// With vended keys: their session token, if any.
+    session_token: Option<String>,
 }
 
 impl std::fmt::Debug for S3 {
@@ -115,8 +117,29 @@ impl Store {
                 region,
                 path_style: c.path_style,
                 keys,
+                session_token: None,
             }),
         })
+    }
+
+    /// This storage as `table`'s own files are reached: with the keys its
+    /// `FileIO` carries (a REST catalog's vended credentials) where the
+    /// config gives no key files, so listing and removing files (the
+    /// clean-up after a failed rewrite, orphan removal) sign as reading
+    /// and writing them do.
+    pub fn for_table(&self, table: &iceberg::table::Table) -> Store {
+        let mut out = self.clone();
+        if let Some(s3) = out.s3.as_mut().filter(|s| s.keys.is_none()) {
+            let p = table.file_io().config().props();
+            if let (Some(a), Some(k)) = (
+                p.get(iceberg::io::S3_ACCESS_KEY_ID),
+                p.get(iceberg::io::S3_SECRET_ACCESS_KEY),
+            ) {
+                s3.keys = Some((a.clone(), k.clone()));
+                s3.session_token = p.get(iceberg::io::S3_SESSION_TOKEN).cloned();
+            }
+        }
+        out
     }
 
     /// Whether S3 is configured.
@@ -171,6 +194,9 @@ impl Store {
         }
         if let Some((a, k)) = &s.keys {
             b = b.access_key_id(a).secret_access_key(k);
+        }
+        if let Some(t) = &s.session_token {
+            b = b.session_token(t);
         }
         Ok(opendal::Operator::new(b)
             .map_err(|e| format!("s3://{bucket}: {e}"))?
