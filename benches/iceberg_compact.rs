@@ -325,6 +325,7 @@ fn main() {
         min_ratio: 0.3,
         max_partitions: None,
         commit_retries: 4,
+        max_bytes_in_flight: 256 << 20,
     };
 
     if let Ok(n) = std::env::var("ICEBERG_BENCH_PROFILE") {

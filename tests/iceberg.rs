@@ -129,6 +129,7 @@ fn params(retries: u32) -> Params {
         min_ratio: 0.3,
         max_partitions: None,
         commit_retries: retries,
+        max_bytes_in_flight: 256 << 20,
     }
 }
 
@@ -217,6 +218,70 @@ fn the_cli_compacts_a_pyiceberg_table_and_pyiceberg_reads_the_same_rows() {
             && applied.outcome.contains("with 4 ("),
         "{}",
         applied.outcome
+    );
+    // The evidence: the plan's per partition (files and bytes now, bins,
+    // output files) and the outcome's before -> after, totals, duration.
+    let ev = &applied.evidence;
+    let planned = recs
+        .iter()
+        .rev()
+        .find(|r| r.phase == remediate::audit::Phase::Planned)
+        .expect("planned record");
+    assert_eq!(
+        planned.evidence.get("to compact").map(String::as_str),
+        ev.get("to compact").map(String::as_str),
+        "the applied record keeps what the plan saw"
+    );
+    let to = &ev["to compact"];
+    assert!(
+        to.starts_with("200 files (") && to.ends_with(" in 4 partition(s) -> 4 file(s)"),
+        "{ev:?}"
+    );
+    let by = &ev["partitions to compact"];
+    for p in ["alpha", "beta", "gamma", "delta"] {
+        let line = by
+            .split("; ")
+            .find(|l| l.starts_with(&format!("{p}: ")))
+            .unwrap_or_else(|| panic!("{p} in {by}"));
+        assert!(
+            line.starts_with(&format!("{p}: 50 files, "))
+                && line.contains(" KiB now, 50 small in 1 bin(s) -> 1 file(s)"),
+            "{line}"
+        );
+        let line = ev["compacted by partition"]
+            .split("; ")
+            .find(|l| l.starts_with(&format!("{p}: ")))
+            .unwrap_or_else(|| panic!("{p} in {ev:?}"));
+        let (before, after) = line.split_once(" -> ").unwrap();
+        assert!(before.starts_with(&format!("{p}: 50 files, ")), "{line}");
+        assert!(before.ends_with(" KiB"), "{line}");
+        assert!(
+            after.starts_with("1 files, ") && after.ends_with(" KiB"),
+            "{line}"
+        );
+    }
+    assert!(
+        ev["compacted"].starts_with("200 files (")
+            && ev["compacted"].contains(") -> 4 files (")
+            && ev["compacted"].ends_with(") in 4 partition(s), 2000 rows"),
+        "{ev:?}"
+    );
+    assert!(
+        ev["duration"].contains(" (rewrite ") && ev["duration"].contains(", commit "),
+        "{ev:?}"
+    );
+    // Progress on stderr while it ran: bins done of all, and the end.
+    assert!(
+        err.lines()
+            .any(|l| l.starts_with("compaction of db.events: ") && l.contains("/4 bins")),
+        "{err}"
+    );
+    assert!(
+        err.lines().any(
+            |l| l.starts_with("compaction of db.events: 4/4 bins done, read ")
+                && l.contains(" MiB/s)")
+        ),
+        "{err}"
     );
     assert!(recs
         .iter()

@@ -173,6 +173,8 @@ pub fn run(args: RunArgs, out: &mut dyn Write) -> Result<()> {
             }),
         );
     }
+    // Long steps (a compaction) say how far they are on stderr.
+    crate::progress::print_to_stderr(!args.dry_run);
     let mut engine = Engine::new(cfg, registry, node.clone());
     engine.coordinator = coordinator;
     let mut out = std::io::BufWriter::with_capacity(1 << 16, out);
