@@ -438,6 +438,48 @@ async fn a_concurrent_rewrite_of_a_picked_file_aborts_and_loses_nothing() {
     assert!(compact_files(&wh, "events").is_empty());
 }
 
+/// A rewrite budget smaller than any bin still compacts (one bin at a
+/// time), the same rows, and reports the same files as an unbounded one.
+#[tokio::test]
+async fn a_tiny_rewrite_budget_runs_one_bin_at_a_time_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let wh = dir.path().join("warehouse");
+    let w = wh.display().to_string();
+    let made = pyice(&["make", &w, "events", "10", "20"]);
+    let lake = Lake::open("lake", &sqlite_lake(&wh)).await.unwrap();
+    let t = lake.load(&lake::ident("db.events").unwrap()).await.unwrap();
+    let p = Params {
+        max_bytes_in_flight: 1,
+        ..params(4)
+    };
+    let r = compact::compact(&lake, &t, None, &p, None).await.unwrap();
+    assert_eq!((r.files_removed, r.files_added), (40, 4), "{r:?}");
+    assert_eq!(r.peak_bins_in_flight, 1, "{r:?}");
+    let by: std::collections::BTreeMap<&str, (usize, usize)> = r
+        .changes
+        .iter()
+        .map(|c| (c.partition.as_str(), (c.files_before, c.files_after)))
+        .collect();
+    assert_eq!(
+        by,
+        [
+            ("alpha", (10, 1)),
+            ("beta", (10, 1)),
+            ("delta", (10, 1)),
+            ("gamma", (10, 1))
+        ]
+        .into_iter()
+        .collect(),
+        "{r:?}"
+    );
+    let bytes_after: u64 = r.changes.iter().map(|c| c.bytes_after).sum();
+    assert_eq!(bytes_after, r.bytes_added, "only compacted files are left");
+    let after = pyice(&["inspect", &w, "events"]);
+    assert_eq!(after["checksum"], made["checksum"]);
+    assert_eq!(after["files"], 4);
+    assert_eq!(after["operation"], "replace");
+}
+
 /// Reads every manifest of every snapshot of `t` with remediate's manifest
 /// reader and with the iceberg crate's `load_manifest`: they must be equal,
 /// and remediate's must decode it itself (not fall back to the crate).

@@ -380,6 +380,10 @@ pub struct Report {
     pub rewrite_ms: u64,
     /// Milliseconds committing.
     pub commit_ms: u64,
+    /// Bins rewritten.
+    pub bins: usize,
+    /// The most bins that were being rewritten at once.
+    pub peak_bins_in_flight: usize,
     /// Each compacted partition before and after, in pick order.
     #[serde(skip)]
     pub changes: Vec<PartitionChange>,
@@ -835,15 +839,24 @@ pub async fn compact(
     let budget = p.max_bytes_in_flight.clamp(1, MAX_BUDGET);
     let memory = Arc::new(tokio::sync::Semaphore::new(budget as usize));
     let mut progress = Progress::new(table.identifier().to_string(), bins, bytes_in);
+    let in_flight = Arc::new((
+        std::sync::atomic::AtomicUsize::new(0),
+        std::sync::atomic::AtomicUsize::new(0),
+    ));
     // Each bin in its own task, so bins decode and encode on every core.
     let rewrite = futures::stream::iter(jobs)
         .map(|(gi, bytes, job)| {
             let memory = memory.clone();
+            let in_flight = in_flight.clone();
             async move {
                 let permits = bytes.clamp(1, budget) as u32;
                 let r = match memory.acquire_many_owned(permits).await {
                     Ok(permit) => tokio::spawn(async move {
+                        use std::sync::atomic::Ordering::SeqCst;
+                        let now = in_flight.0.fetch_add(1, SeqCst) + 1;
+                        in_flight.1.fetch_max(now, SeqCst);
                         let r = job.await;
+                        in_flight.0.fetch_sub(1, SeqCst);
                         drop(permit);
                         r
                     })
@@ -935,6 +948,8 @@ pub async fn compact(
         rows: rows_in,
         sorted: sort.is_some(),
         rewrite_ms,
+        bins,
+        peak_bins_in_flight: in_flight.1.load(std::sync::atomic::Ordering::SeqCst),
         changes,
         ..Default::default()
     };
