@@ -142,7 +142,9 @@ pub fn run(args: RunArgs, out: &mut dyn Write) -> Result<()> {
         audit::Writer::open(&args.audit).map_err(|e| Error::Input(e.to_string()))?,
     ));
     let node = crate::config::node_name(args.node.clone());
-    let rt = tokio::runtime::Builder::new_current_thread()
+    // On every core: a step's driver may spread CPU work over tasks (a
+    // compaction rewrites its bins in parallel); on one thread they queue.
+    let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(|e| Error::Action(format!("cannot start runtime: {e}")))?;
