@@ -23,6 +23,7 @@ pub mod notify;
 pub mod pipeline;
 pub mod playbook;
 pub mod policy;
+pub mod progress;
 pub mod replay;
 pub mod report;
 pub mod schema;

@@ -27,6 +27,19 @@
 //! The table is made once with `tests/iceberg/pyice.py make` and copied
 //! back (`cp -a`, same paths) before every measured run, since each run
 //! rewrites it.
+//!
+//! **Scale run**, `ICEBERG_BENCH_SCALE=FILES` (e.g. 4000): a table of FILES
+//! files of ~500 KiB (16,000 rows of random-ish data each) over 8
+//! partitions, made by `benches/iceberg/make_scale.py` under
+//! `ICEBERG_BENCH_SCALE_DIR` (default `/tmp/iceberg-scale-FILES`; kept as
+//! `template/` for the next run, removed with
+//! `ICEBERG_BENCH_SCALE_CLEAN=1`), compacted with the playbook defaults
+//! (small 32 MiB, target 128 MiB) and `maxBytesInFlight` of
+//! `ICEBERG_BENCH_IN_FLIGHT` MiB (256), then the raw Parquet read+write of
+//! the same files. Prints each one's bytes/s and peak RSS (VmHWM, reset
+//! through /proc/self/clear_refs before each), checks through pyiceberg
+//! that the rows (count and id sum) are the same in a `replace` snapshot,
+//! and the budget ours/raw >= 0.7.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -287,6 +300,10 @@ fn main() {
             "note: RUST_BACKTRACE/RUST_LIB_BACKTRACE enable backtrace capture; the iceberg crate's reader then unwinds once per file read (set RUST_LIB_BACKTRACE=0 or unset RUST_BACKTRACE to measure as deployed)"
         );
     }
+    if let Ok(n) = std::env::var("ICEBERG_BENCH_SCALE") {
+        scale(n.parse().expect("ICEBERG_BENCH_SCALE=FILES"));
+        return;
+    }
     let files = env_usize("ICEBERG_BENCH_FILES", 200).max(4);
     let rows_per_file = env_usize("ICEBERG_BENCH_ROWS", 500).max(1);
     let appends = files.div_ceil(4);
@@ -325,6 +342,7 @@ fn main() {
         min_ratio: 0.3,
         max_partitions: None,
         commit_retries: 4,
+        max_bytes_in_flight: 256 << 20,
     };
 
     if let Ok(n) = std::env::var("ICEBERG_BENCH_PROFILE") {
@@ -490,5 +508,143 @@ fn main() {
         "  raw / ours = {vs_raw:.2} (our rate as a fraction of raw; budget >= 0.5: {}); raw min {:.1} ms",
         verdict(vs_raw >= 0.5),
         raw_min * 1e3
+    );
+}
+
+/// Peak resident memory of this process since the last [`reset_peak`]
+/// (VmHWM), in bytes.
+fn peak_rss() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM in /proc/self/status");
+    kib * 1024
+}
+
+/// Resets VmHWM to the current RSS (Linux: "5" to clear_refs).
+fn reset_peak() {
+    std::fs::write("/proc/self/clear_refs", "5").expect("/proc/self/clear_refs");
+}
+
+fn mib(b: u64) -> f64 {
+    b as f64 / (1u64 << 20) as f64
+}
+
+/// The scale run (see the module docs).
+fn scale(files: usize) {
+    let root = PathBuf::from(
+        std::env::var("ICEBERG_BENCH_SCALE_DIR")
+            .unwrap_or_else(|_| format!("/tmp/iceberg-scale-{files}")),
+    );
+    let wh = root.join("warehouse");
+    let template = root.join("template");
+    let made_json = root.join("made.json");
+    if !template.exists() {
+        std::fs::create_dir_all(&root).unwrap();
+        let t = Instant::now();
+        let (made, _) = python(
+            "benches/iceberg/make_scale.py",
+            &[
+                &wh.display().to_string(),
+                TABLE,
+                &files.to_string(),
+                "16000",
+                "8",
+            ],
+        );
+        println!("made the table in {:.0} s: {made}", secs(t.elapsed()));
+        std::fs::write(&made_json, made.to_string()).unwrap();
+        fresh(&wh, &template);
+    }
+    let made: Value = serde_json::from_slice(&std::fs::read(&made_json).unwrap()).unwrap();
+    let w = wh.display().to_string();
+    let bytes_in = made["bytes"].as_u64().unwrap();
+    let files_in = made["files"].as_u64().unwrap() as usize;
+    let in_flight = env_usize("ICEBERG_BENCH_IN_FLIGHT", 256) as u64;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let params = Params {
+        small: 32 << 20,
+        target: 128 << 20,
+        min_ratio: 0.3,
+        max_partitions: None,
+        commit_retries: 4,
+        max_bytes_in_flight: in_flight << 20,
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    // Ours.
+    fresh(&template, &wh);
+    let first = data_files(&wh).into_values().flatten().next().unwrap();
+    let compression = compression_of(&first);
+    reset_peak();
+    let base = peak_rss();
+    let o = rt.block_on(ours_once(&wh, &params));
+    let ours_peak = peak_rss();
+    let r = &o.report;
+    let (after, _) = python("benches/iceberg/make_scale.py", &["check", &w, TABLE]);
+    let check = [
+        ("checksum", after["checksum"] == made["checksum"]),
+        ("operation replace", after["operation"] == "replace"),
+        ("files removed", r.files_removed == files_in),
+        (
+            "files",
+            after["files"].as_u64() == Some(r.files_added as u64),
+        ),
+    ];
+    for (what, ok) in check {
+        if !ok {
+            eprintln!("CORRECTNESS FAILURE ({what}): made {made}; after {after}; report {r:?}");
+            std::process::exit(1);
+        }
+    }
+    // Raw Parquet on the same files.
+    fresh(&template, &wh);
+    reset_peak();
+    let raw_base = peak_rss();
+    let raw = raw_rewrite(&wh, compression, cores);
+    let raw_peak = peak_rss();
+    assert_eq!(raw.files_in, files_in);
+    assert_eq!(Some(raw.rows as u64), made["rows"].as_u64(), "raw read");
+    std::fs::remove_dir_all(&wh).unwrap();
+    if std::env::var("ICEBERG_BENCH_SCALE_CLEAN").is_ok_and(|v| v == "1") {
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+    let ours_s = secs(o.total);
+    let raw_s = secs(raw.elapsed);
+    println!(
+        "iceberg compaction at scale: {files_in} files, {:.1} MiB ({compression}), {} rows, 8 partitions; {cores} core(s); maxBytesInFlight {in_flight} MiB",
+        mib(bytes_in),
+        made["rows"]
+    );
+    println!(
+        "  ours: {ours_s:.1} s, {:.1} MiB/s read, -> {} files ({:.1} MiB); pick {:.1} s, rewrite {:.1} s, commit {:.1} s; {} bins, at most {} at once; peak RSS {:.0} MiB (at start {:.0} MiB)",
+        mib(bytes_in) / ours_s,
+        r.files_added,
+        mib(r.bytes_added),
+        secs(o.pick),
+        r.rewrite_ms as f64 / 1e3,
+        r.commit_ms as f64 / 1e3,
+        r.bins,
+        r.peak_bins_in_flight,
+        mib(ours_peak),
+        mib(base)
+    );
+    println!(
+        "  raw Parquet read+write ({} threads): {raw_s:.1} s, {:.1} MiB/s read, -> {} files ({:.1} MiB); peak RSS {:.0} MiB (at start {:.0} MiB)",
+        cores.min(8),
+        mib(bytes_in) / raw_s,
+        raw.files_out,
+        mib(raw.bytes_out),
+        mib(raw_peak),
+        mib(raw_base)
+    );
+    let ratio = raw_s / ours_s;
+    println!(
+        "  ours / raw rate = {ratio:.2} (budget >= 0.7: {})",
+        if ratio >= 0.7 { "met" } else { "MISSED" }
     );
 }

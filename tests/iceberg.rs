@@ -129,6 +129,7 @@ fn params(retries: u32) -> Params {
         min_ratio: 0.3,
         max_partitions: None,
         commit_retries: retries,
+        max_bytes_in_flight: 256 << 20,
     }
 }
 
@@ -217,6 +218,70 @@ fn the_cli_compacts_a_pyiceberg_table_and_pyiceberg_reads_the_same_rows() {
             && applied.outcome.contains("with 4 ("),
         "{}",
         applied.outcome
+    );
+    // The evidence: the plan's per partition (files and bytes now, bins,
+    // output files) and the outcome's before -> after, totals, duration.
+    let ev = &applied.evidence;
+    let planned = recs
+        .iter()
+        .rev()
+        .find(|r| r.phase == remediate::audit::Phase::Planned)
+        .expect("planned record");
+    assert_eq!(
+        planned.evidence.get("to compact").map(String::as_str),
+        ev.get("to compact").map(String::as_str),
+        "the applied record keeps what the plan saw"
+    );
+    let to = &ev["to compact"];
+    assert!(
+        to.starts_with("200 files (") && to.ends_with(" in 4 partition(s) -> 4 file(s)"),
+        "{ev:?}"
+    );
+    let by = &ev["partitions to compact"];
+    for p in ["alpha", "beta", "gamma", "delta"] {
+        let line = by
+            .split("; ")
+            .find(|l| l.starts_with(&format!("{p}: ")))
+            .unwrap_or_else(|| panic!("{p} in {by}"));
+        assert!(
+            line.starts_with(&format!("{p}: 50 files, "))
+                && line.contains(" KiB now, 50 small in 1 bin(s) -> 1 file(s)"),
+            "{line}"
+        );
+        let line = ev["compacted by partition"]
+            .split("; ")
+            .find(|l| l.starts_with(&format!("{p}: ")))
+            .unwrap_or_else(|| panic!("{p} in {ev:?}"));
+        let (before, after) = line.split_once(" -> ").unwrap();
+        assert!(before.starts_with(&format!("{p}: 50 files, ")), "{line}");
+        assert!(before.ends_with(" KiB"), "{line}");
+        assert!(
+            after.starts_with("1 files, ") && after.ends_with(" KiB"),
+            "{line}"
+        );
+    }
+    assert!(
+        ev["compacted"].starts_with("200 files (")
+            && ev["compacted"].contains(") -> 4 files (")
+            && ev["compacted"].ends_with(") in 4 partition(s), 2000 rows"),
+        "{ev:?}"
+    );
+    assert!(
+        ev["duration"].contains(" (rewrite ") && ev["duration"].contains(", commit "),
+        "{ev:?}"
+    );
+    // Progress on stderr while it ran: bins done of all, and the end.
+    assert!(
+        err.lines()
+            .any(|l| l.starts_with("compaction of db.events: ") && l.contains("/4 bins")),
+        "{err}"
+    );
+    assert!(
+        err.lines().any(
+            |l| l.starts_with("compaction of db.events: 4/4 bins done, read ")
+                && l.contains(" MiB/s)")
+        ),
+        "{err}"
     );
     assert!(recs
         .iter()
@@ -371,6 +436,48 @@ async fn a_concurrent_rewrite_of_a_picked_file_aborts_and_loses_nothing() {
     assert_eq!(after["rows"], 199);
     assert_eq!(after["operation"], "overwrite");
     assert!(compact_files(&wh, "events").is_empty());
+}
+
+/// A rewrite budget smaller than any bin still compacts (one bin at a
+/// time), the same rows, and reports the same files as an unbounded one.
+#[tokio::test]
+async fn a_tiny_rewrite_budget_runs_one_bin_at_a_time_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let wh = dir.path().join("warehouse");
+    let w = wh.display().to_string();
+    let made = pyice(&["make", &w, "events", "10", "20"]);
+    let lake = Lake::open("lake", &sqlite_lake(&wh)).await.unwrap();
+    let t = lake.load(&lake::ident("db.events").unwrap()).await.unwrap();
+    let p = Params {
+        max_bytes_in_flight: 1,
+        ..params(4)
+    };
+    let r = compact::compact(&lake, &t, None, &p, None).await.unwrap();
+    assert_eq!((r.files_removed, r.files_added), (40, 4), "{r:?}");
+    assert_eq!(r.peak_bins_in_flight, 1, "{r:?}");
+    let by: std::collections::BTreeMap<&str, (usize, usize)> = r
+        .changes
+        .iter()
+        .map(|c| (c.partition.as_str(), (c.files_before, c.files_after)))
+        .collect();
+    assert_eq!(
+        by,
+        [
+            ("alpha", (10, 1)),
+            ("beta", (10, 1)),
+            ("delta", (10, 1)),
+            ("gamma", (10, 1))
+        ]
+        .into_iter()
+        .collect(),
+        "{r:?}"
+    );
+    let bytes_after: u64 = r.changes.iter().map(|c| c.bytes_after).sum();
+    assert_eq!(bytes_after, r.bytes_added, "only compacted files are left");
+    let after = pyice(&["inspect", &w, "events"]);
+    assert_eq!(after["checksum"], made["checksum"]);
+    assert_eq!(after["files"], 4);
+    assert_eq!(after["operation"], "replace");
 }
 
 /// Reads every manifest of every snapshot of `t` with remediate's manifest

@@ -142,7 +142,9 @@ pub fn run(args: RunArgs, out: &mut dyn Write) -> Result<()> {
         audit::Writer::open(&args.audit).map_err(|e| Error::Input(e.to_string()))?,
     ));
     let node = crate::config::node_name(args.node.clone());
-    let rt = tokio::runtime::Builder::new_current_thread()
+    // On every core: a step's driver may spread CPU work over tasks (a
+    // compaction rewrites its bins in parallel); on one thread they queue.
+    let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(|e| Error::Action(format!("cannot start runtime: {e}")))?;
@@ -173,6 +175,8 @@ pub fn run(args: RunArgs, out: &mut dyn Write) -> Result<()> {
             }),
         );
     }
+    // Long steps (a compaction) say how far they are on stderr.
+    crate::progress::print_to_stderr(!args.dry_run);
     let mut engine = Engine::new(cfg, registry, node.clone());
     engine.coordinator = coordinator;
     let mut out = std::io::BufWriter::with_capacity(1 << 16, out);

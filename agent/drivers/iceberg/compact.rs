@@ -105,6 +105,10 @@ pub struct Params {
     pub max_partitions: Option<usize>,
     /// Commit attempts after the first, on conflicts.
     pub commit_retries: u32,
+    /// The input bytes of the bins being rewritten at once add up to at
+    /// most this (one bin always runs, however large): the bound on the
+    /// rewrite's memory, whatever the table's size.
+    pub max_bytes_in_flight: u64,
 }
 
 /// A data file as listed by a manifest.
@@ -157,6 +161,14 @@ impl Group {
     /// Rows the applied deletes remove from the picked files.
     pub fn rows_deleted(&self) -> u64 {
         self.rows_deleted
+    }
+    /// Bytes of the files this group rewrites.
+    pub fn input_bytes(&self) -> u64 {
+        self.bins
+            .iter()
+            .flatten()
+            .map(DataFile::file_size_in_bytes)
+            .sum()
     }
 }
 
@@ -689,9 +701,118 @@ pub struct Report {
     pub rewrite_ms: u64,
     /// Milliseconds committing.
     pub commit_ms: u64,
+    /// Bins rewritten.
+    pub bins: usize,
+    /// The most bins that were being rewritten at once.
+    pub peak_bins_in_flight: usize,
+    /// Each compacted partition before and after, in pick order.
+    #[serde(skip)]
+    pub changes: Vec<PartitionChange>,
     /// Paths of the picked files (for verify).
     #[serde(skip)]
     pub picked: HashSet<String>,
+}
+
+/// One compacted partition's data files before and after.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PartitionChange {
+    /// Partition value, as text.
+    pub partition: String,
+    /// Data files and their bytes before.
+    pub files_before: usize,
+    pub bytes_before: u64,
+    /// Data files and their bytes after.
+    pub files_after: usize,
+    pub bytes_after: u64,
+}
+
+/// Progress of a rewrite for people watching: bins done of all, bytes
+/// read and written, the rate. Logged (and, in the CLI, printed on stderr
+/// through [`crate::progress`]) at most every 2 s, at each tenth of the
+/// bins, and at the end, so a rewrite of thousands of files does not spam.
+struct Progress {
+    table: String,
+    bins: usize,
+    bytes: u64,
+    done: usize,
+    failed: usize,
+    read: u64,
+    written: u64,
+    started: Instant,
+    last: Instant,
+    tenth: usize,
+}
+
+impl Progress {
+    fn new(table: String, bins: usize, bytes: u64) -> Self {
+        let now = Instant::now();
+        Progress {
+            table,
+            bins,
+            bytes,
+            done: 0,
+            failed: 0,
+            read: 0,
+            written: 0,
+            started: now,
+            last: now,
+            tenth: 0,
+        }
+    }
+
+    /// One bin finished: `read` input bytes, `written` output bytes.
+    fn bin(&mut self, read: u64, written: Option<u64>) {
+        self.done += 1;
+        self.read += read;
+        match written {
+            Some(w) => self.written += w,
+            None => self.failed += 1,
+        }
+        let tenth = self.done * 10 / self.bins.max(1);
+        let now = Instant::now();
+        let due = self.done == self.bins
+            || tenth > self.tenth
+            || now.duration_since(self.last) >= std::time::Duration::from_secs(2);
+        if !due {
+            return;
+        }
+        self.tenth = tenth;
+        self.last = now;
+        let secs = now.duration_since(self.started).as_secs_f64();
+        let rate = if secs > 0.0 {
+            self.read as f64 / secs / (1u64 << 20) as f64
+        } else {
+            0.0
+        };
+        let human = crate::units::human_bytes;
+        let failed = if self.failed > 0 {
+            format!(", {} failed", self.failed)
+        } else {
+            String::new()
+        };
+        let line = if self.done == self.bins {
+            format!(
+                "compaction of {}: {}/{} bins done{failed}, read {}, wrote {} in {} ({rate:.1} MiB/s)",
+                self.table,
+                self.done,
+                self.bins,
+                human(self.read),
+                human(self.written),
+                crate::units::human_secs(secs as u64)
+            )
+        } else {
+            format!(
+                "compaction of {}: {}/{} bins{failed}, read {} of {}, wrote {}, {rate:.1} MiB/s",
+                self.table,
+                self.done,
+                self.bins,
+                human(self.read),
+                human(self.bytes),
+                human(self.written)
+            )
+        };
+        crate::progress::report(&line);
+    }
 }
 
 /// Test seam: runs before each commit attempt (0, 1, …). Tests use it to
@@ -836,6 +957,9 @@ fn task_for(
         .with_case_sensitive(true)
         .build()
 }
+
+/// The largest rewrite budget honoured (a semaphore's permits are bytes).
+const MAX_BUDGET: u64 = u32::MAX as u64;
 
 /// Reads one bin and writes it back as files near the target size.
 async fn rewrite_bin(
@@ -1012,49 +1136,84 @@ pub async fn compact(
                 })
                 .collect();
             let key = PartitionKey::new(spec.clone(), schema.clone(), g.partition.clone());
-            jobs.push(rewrite_bin(
+            let bytes: u64 = bin.iter().map(DataFile::file_size_in_bytes).sum();
+            let job = rewrite_bin(
                 table.clone(),
                 ts,
                 key,
                 p.target,
                 format!("compact-{run}-{gi}-{bi}"),
                 sort.clone(),
-            ));
+            );
+            jobs.push((gi, bytes, job));
         }
     }
     let parallel = std::thread::available_parallelism().map_or(2, |n| n.get());
     let bins = jobs.len();
+    let bytes_in: u64 = jobs.iter().map(|(_, b, _)| b).sum();
     tracing::info!(
         table = %table.identifier(),
         partitions = sel.groups.len(),
         files = picked.len(),
         bins,
+        bytes = bytes_in,
+        max_bytes_in_flight = p.max_bytes_in_flight,
         "compaction: rewriting"
     );
-    let mut done = 0usize;
+    // The bins in flight hold at most max_bytes_in_flight of input between
+    // them (a bin larger than that runs alone), and at most one per core.
+    let budget = p.max_bytes_in_flight.clamp(1, MAX_BUDGET);
+    let memory = Arc::new(tokio::sync::Semaphore::new(budget as usize));
+    let mut progress = Progress::new(table.identifier().to_string(), bins, bytes_in);
+    let in_flight = Arc::new((
+        std::sync::atomic::AtomicUsize::new(0),
+        std::sync::atomic::AtomicUsize::new(0),
+    ));
     // Each bin in its own task, so bins decode and encode on every core.
     let rewrite = futures::stream::iter(jobs)
-        .map(|job| async move {
-            tokio::spawn(job)
-                .await
-                .unwrap_or_else(|e| Err(DriverError::retryable(format!("rewrite task: {e}"))))
-        })
-        .buffer_unordered(parallel)
-        .inspect(|r| {
-            done += 1;
-            // Progress on long rewrites: every tenth of the bins.
-            if bins >= 10 && done.is_multiple_of(bins / 10) {
-                tracing::info!(done, bins, ok = r.is_ok(), "compaction: bins written");
+        .map(|(gi, bytes, job)| {
+            let memory = memory.clone();
+            let in_flight = in_flight.clone();
+            async move {
+                let permits = bytes.clamp(1, budget) as u32;
+                let r = match memory.acquire_many_owned(permits).await {
+                    Ok(permit) => tokio::spawn(async move {
+                        use std::sync::atomic::Ordering::SeqCst;
+                        let now = in_flight.0.fetch_add(1, SeqCst) + 1;
+                        in_flight.1.fetch_max(now, SeqCst);
+                        let r = job.await;
+                        in_flight.0.fetch_sub(1, SeqCst);
+                        drop(permit);
+                        r
+                    })
+                    .await
+                    .unwrap_or_else(|e| Err(DriverError::retryable(format!("rewrite task: {e}")))),
+                    Err(e) => Err(DriverError::retryable(format!("rewrite budget: {e}"))),
+                };
+                (gi, bytes, r)
             }
         })
-        .collect::<Vec<Result<Vec<DataFile>, DriverError>>>();
+        .buffer_unordered(parallel)
+        .inspect(|(_, bytes, r)| {
+            let written = r
+                .as_ref()
+                .ok()
+                .map(|files| files.iter().map(DataFile::file_size_in_bytes).sum());
+            progress.bin(*bytes, written);
+        })
+        .collect::<Vec<(usize, u64, Result<Vec<DataFile>, DriverError>)>>();
     // The commit's connection opens while the bins are written.
     let (results, ()) = tokio::join!(rewrite, lake.prepare_commit());
     let mut added = Vec::new();
+    let mut added_by_group: Vec<(usize, u64)> = vec![(0, 0); sel.groups.len()];
     let mut first_err = None;
-    for r in results {
+    for (gi, _, r) in results {
         match r {
-            Ok(files) => added.extend(files),
+            Ok(files) => {
+                added_by_group[gi].0 += files.len();
+                added_by_group[gi].1 += files.iter().map(DataFile::file_size_in_bytes).sum::<u64>();
+                added.extend(files)
+            }
             Err(e) => {
                 first_err.get_or_insert(e);
             }
@@ -1069,6 +1228,21 @@ pub async fn compact(
             retryable: e.retryable,
         });
     }
+    let changes: Vec<PartitionChange> = sel
+        .groups
+        .iter()
+        .zip(&added_by_group)
+        .map(|(g, (files, bytes))| {
+            let (in_files, in_bytes) = (g.input_files(), g.input_bytes());
+            PartitionChange {
+                partition: g.stats.partition.clone(),
+                files_before: g.stats.files,
+                bytes_before: g.stats.bytes,
+                files_after: g.stats.files - in_files + files,
+                bytes_after: g.stats.bytes - in_bytes + bytes,
+            }
+        })
+        .collect();
     let removed: Vec<DataFile> = sel
         .groups
         .iter()
@@ -1108,6 +1282,9 @@ pub async fn compact(
         delete_files_removed: dropped.len(),
         sorted: sort.is_some(),
         rewrite_ms,
+        bins,
+        peak_bins_in_flight: in_flight.1.load(std::sync::atomic::Ordering::SeqCst),
+        changes,
         ..Default::default()
     };
     let base_snapshot = sel.snapshot_id.expect("groups come from a snapshot");

@@ -82,6 +82,12 @@ pub struct Compact {
     /// Commit attempts after the first when another writer commits first.
     #[serde(default = "default_retries")]
     pub commit_retries: u32,
+    /// The rewrite's memory bound: bins are rewritten at once (at most one
+    /// per core) only while their input adds up to at most this; a bin
+    /// larger than this runs alone. Peak memory follows this, not the
+    /// table's size (docs/benchmarks.md has figures).
+    #[serde(default = "default_in_flight")]
+    pub max_bytes_in_flight: ByteSize,
 }
 
 /// Orphans a plan's summary names one by one (the log and the plan's
@@ -93,6 +99,10 @@ fn default_orphan_age() -> Duration {
 }
 fn default_retries() -> u32 {
     4
+}
+
+fn default_in_flight() -> ByteSize {
+    ByteSize(256 << 20)
 }
 
 fn default_small() -> ByteSize {
@@ -205,6 +215,7 @@ impl From<&Compact> for Params {
             min_ratio: c.min_small_files_ratio,
             max_partitions: c.max_partitions.map(|n| n as usize),
             commit_retries: c.commit_retries,
+            max_bytes_in_flight: c.max_bytes_in_flight.0,
         }
     }
 }
@@ -247,6 +258,7 @@ impl Survey {
             min_ratio: 1.0,
             max_partitions: None,
             commit_retries: 0,
+            max_bytes_in_flight: u64::MAX,
         };
         let partitions = compact::select_cached(&t, None, &p, cache)
             .await?
@@ -281,6 +293,113 @@ impl IcebergCompact {
         let t = lake.load(&lake::ident(&table)?).await?;
         Ok((lake, t))
     }
+}
+
+/// Partitions an evidence list names one by one; the rest are counted.
+const EVIDENCE_PARTITIONS: usize = 10;
+
+/// `items` (already in the order to show) as `a; b; …; and N more`.
+fn capped(items: Vec<String>) -> String {
+    let n = items.len();
+    let mut shown: Vec<String> = items.into_iter().take(EVIDENCE_PARTITIONS).collect();
+    if n > EVIDENCE_PARTITIONS {
+        shown.push(format!("… {} more", n - EVIDENCE_PARTITIONS));
+    }
+    shown.join("; ")
+}
+
+/// What on-call would look up before a compaction: the partitions picked
+/// (the ones with the most files first), their files and bytes now, the
+/// bins and the files they will make; and what is left alone.
+fn plan_evidence(sel: &Selection) -> serde_json::Value {
+    use crate::units::human_bytes as human;
+    if sel.groups.is_empty() {
+        return json!({"to compact": "nothing: no partition over the threshold"});
+    }
+    let mut groups: Vec<&compact::Group> = sel.groups.iter().collect();
+    groups.sort_by(|a, b| {
+        b.stats
+            .files
+            .cmp(&a.stats.files)
+            .then_with(|| a.stats.partition.cmp(&b.stats.partition))
+    });
+    let files: usize = groups.iter().map(|g| g.input_files()).sum();
+    let bytes: u64 = groups.iter().map(|g| g.input_bytes()).sum();
+    let outputs: usize = groups.iter().map(|g| g.planned_outputs()).sum();
+    let by = groups
+        .iter()
+        .map(|g| {
+            format!(
+                "{}: {} files, {} now, {} small in {} bin(s) -> {} file(s)",
+                g.stats.partition,
+                g.stats.files,
+                human(g.stats.bytes),
+                g.input_files(),
+                g.planned_outputs(),
+                g.planned_outputs()
+            )
+        })
+        .collect();
+    let mut ev = json!({
+        "to compact": format!(
+            "{files} files ({}) in {} partition(s) -> {outputs} file(s)",
+            human(bytes),
+            groups.len()
+        ),
+        "partitions to compact": capped(by),
+    });
+    if !sel.skipped.is_empty() {
+        ev["partitions skipped"] = json!(capped(
+            sel.skipped
+                .iter()
+                .map(|(p, why)| format!("{p}: {why}"))
+                .collect()
+        ));
+    }
+    ev
+}
+
+/// What a compaction did: each partition's files and bytes before -> after
+/// (the ones that lost the most files first), the totals, how long.
+fn outcome_evidence(r: &Report) -> serde_json::Value {
+    use crate::units::human_bytes as human;
+    let mut changes: Vec<&compact::PartitionChange> = r.changes.iter().collect();
+    changes.sort_by(|a, b| {
+        (b.files_before - b.files_after.min(b.files_before))
+            .cmp(&(a.files_before - a.files_after.min(a.files_before)))
+            .then_with(|| a.partition.cmp(&b.partition))
+    });
+    let by = changes
+        .iter()
+        .map(|c| {
+            format!(
+                "{}: {} files, {} -> {} files, {}",
+                c.partition,
+                c.files_before,
+                human(c.bytes_before),
+                c.files_after,
+                human(c.bytes_after)
+            )
+        })
+        .collect();
+    json!({
+        "compacted": format!(
+            "{} files ({}) -> {} files ({}) in {} partition(s), {} rows",
+            r.files_removed,
+            human(r.bytes_removed),
+            r.files_added,
+            human(r.bytes_added),
+            r.partitions,
+            r.rows
+        ),
+        "compacted by partition": capped(by),
+        "duration": format!(
+            "{} (rewrite {}, commit {})",
+            crate::units::human_secs((r.rewrite_ms + r.commit_ms) / 1000),
+            crate::units::human_secs(r.rewrite_ms / 1000),
+            crate::units::human_secs(r.commit_ms / 1000)
+        ),
+    })
 }
 
 fn table_key(req: &Request) -> String {
@@ -396,6 +515,7 @@ impl Action for IcebergCompact {
         } else {
             (extra, serde_json::Value::Null)
         };
+        let evidence = plan_evidence(&sel);
         Ok(Plan {
             summary: format!(
                 "table {}.{name}: {files} data files, {small} small; compact {} partition(s): {}{extra}",
@@ -408,6 +528,7 @@ impl Action for IcebergCompact {
                 "partitions": chosen,
                 "skipped": sel.skipped.iter().map(|(p, w)| json!({"partition": p, "reason": w})).collect::<Vec<_>>(),
                 "orphans": orphans,
+                "evidence": evidence,
             }),
         })
     }
@@ -455,6 +576,9 @@ impl Action for IcebergCompact {
                     "compaction".into(),
                     serde_json::to_value(&r).unwrap_or_default(),
                 );
+                if r.snapshot_id.is_some() {
+                    details.insert("evidence".into(), outcome_evidence(&r));
+                }
             }
             _ => summary.push("no partition over the threshold: nothing to compact".into()),
         }
