@@ -21,7 +21,7 @@ use std::io::Read;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use crate::audit::{Phase, Record};
+use crate::audit::{Phase, Record, Recorded};
 use crate::engine::Engine;
 use crate::event::Event;
 use crate::policy::Ledger;
@@ -126,18 +126,15 @@ impl<'a> AuditReplay<'a> {
         }
     }
 
-    /// Takes one record of the log.
-    pub fn record(&mut self, r: Record, emit: &mut dyn FnMut(Row)) {
+    /// Takes one record of the log (read as [`Recorded`]: see
+    /// [`crate::audit::scan_all_as`]).
+    pub fn record(&mut self, r: Recorded, emit: &mut dyn FnMut(Row)) {
         self.seq += 1;
         let seq = self.seq;
         if r.decision == "execute" && matches!(r.phase, Phase::Failed | Phase::Verified) {
             self.outcomes.insert(
                 (r.ts, seq),
-                (
-                    r.phase == Phase::Failed,
-                    r.policy.clone(),
-                    r.playbook.clone(),
-                ),
+                (r.phase == Phase::Failed, r.policy, r.playbook),
             );
             return;
         }
@@ -158,35 +155,36 @@ impl<'a> AuditReplay<'a> {
             at.timestamp_millis() / 1000,
         );
         let then = Then {
-            decision: r.decision.clone(),
-            reason: r.reason.clone(),
-            target: r.target.clone(),
+            decision: r.decision,
+            reason: r.reason,
+            target: r.target,
         };
         match self.index.get(&key).copied() {
             Some(slot) => {
                 let Some(mut p) = self.window.remove(&slot) else {
                     return;
                 };
-                p.then.insert(r.playbook.clone(), then);
                 // The earliest record of an event gives its time and trigger.
                 let slot = if at < slot.0 {
-                    p.event = r.trigger.to_event(&r.playbook);
+                    p.event = r.trigger.into_event(&r.playbook);
                     (at, slot.1)
                 } else {
                     slot
                 };
+                p.then.insert(r.playbook, then);
                 self.index.insert(key, slot);
                 self.window.insert(slot, p);
             }
             None => {
+                let event = r.trigger.into_event(&r.playbook);
                 let mut then_map = BTreeMap::new();
-                then_map.insert(r.playbook.clone(), then);
+                then_map.insert(r.playbook, then);
                 self.index.insert(key.clone(), (at, seq));
                 self.window.insert(
                     (at, seq),
                     Pending {
                         key,
-                        event: r.trigger.to_event(&r.playbook),
+                        event,
                         then: then_map,
                     },
                 );
@@ -298,7 +296,7 @@ pub fn audit(engine: &Engine, records: &[Record]) -> (Vec<Row>, Summary) {
     let mut rows = Vec::new();
     let mut r = AuditReplay::new(engine, None);
     for rec in records {
-        r.record(rec.clone(), &mut |row| rows.push(row));
+        r.record(Recorded::from(rec), &mut |row| rows.push(row));
     }
     let summary = r.finish(&mut |row| rows.push(row));
     (rows, summary)

@@ -102,10 +102,18 @@ fn ready(addr: &str) -> bool {
     s.read_exact(&mut buf).is_ok() && buf.ends_with(b"200")
 }
 
+/// The binary measured: `REMEDIATE_BENCH_BIN` (another build, e.g. a
+/// copy taken before a shared target dir was rebuilt), else this build's.
+fn bin() -> std::path::PathBuf {
+    std::env::var_os("REMEDIATE_BENCH_BIN")
+        .map(Into::into)
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_remediate").into())
+}
+
 /// Starts the agent, waits for `/readyz` 200, returns (time to ready, peak RSS KiB).
 fn start(dir: &Path) -> (Duration, u64) {
     let t0 = Instant::now();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_remediate"))
+    let mut child = Command::new(bin())
         .args(["agent", "--config"])
         .arg(dir.join("agent.yaml"))
         .env("REMEDIATE_WEBHOOK_TOKEN", TOKEN)

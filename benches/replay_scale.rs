@@ -9,7 +9,10 @@
 //! alertname, 20 on other labels), `REMEDIATE_BENCH_ALERTS` (default
 //! 1,000,000) alerts as payloads of 100 (one per line) over 20,000 pods, and
 //! an audit log of as many recorded decisions spread over 7 days.
-//! Run with `cargo bench --bench replay_scale`.
+//! Run with `cargo bench --bench replay_scale`. `REMEDIATE_BENCH_BIN`
+//! measures another binary, `REMEDIATE_BENCH_KEEP` keeps (and reuses) the
+//! inputs, `REMEDIATE_BENCH_ONLY` runs the cases whose "mode policy"
+//! contains it.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -82,11 +85,19 @@ fn write_audit(path: &Path, n: usize) {
     w.flush().unwrap();
 }
 
+/// The binary measured: `REMEDIATE_BENCH_BIN` (another build, e.g. a
+/// copy taken before a shared target dir was rebuilt), else this build's.
+fn bin() -> std::path::PathBuf {
+    std::env::var_os("REMEDIATE_BENCH_BIN")
+        .map(Into::into)
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_remediate").into())
+}
+
 /// Runs the binary, output to /dev/null; (seconds, peak RSS KiB, exit ok).
 fn measure(args: &[&str]) -> (f64, i64, bool) {
     let t0 = Instant::now();
     #[allow(clippy::zombie_processes)] // reaped by wait4 below, for its rusage
-    let child = Command::new(env!("CARGO_BIN_EXE_remediate"))
+    let child = Command::new(bin())
         .args(args)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -115,7 +126,14 @@ fn main() {
     let base = PathBuf::from(
         std::env::var("REMEDIATE_BENCH_DIR").unwrap_or_else(|_| "target/bench-replay".into()),
     );
-    let _ = std::fs::remove_dir_all(&base);
+    // REMEDIATE_BENCH_KEEP: keep the inputs (and reuse them when present),
+    // to compare two builds on the same files.
+    let keep = std::env::var_os("REMEDIATE_BENCH_KEEP").is_some();
+    // REMEDIATE_BENCH_ONLY: run only the cases whose "mode policy" contains it.
+    let only = std::env::var("REMEDIATE_BENCH_ONLY").unwrap_or_default();
+    if !keep {
+        let _ = std::fs::remove_dir_all(&base);
+    }
     std::fs::create_dir_all(base.join("playbooks")).unwrap();
     for i in 0..200 {
         std::fs::write(base.join(format!("playbooks/pb-{i}.yaml")), playbook(i)).unwrap();
@@ -126,9 +144,11 @@ fn main() {
     }
     let t = Instant::now();
     let alerts = base.join("alerts.ndjson");
-    write_alerts(&alerts, n);
     let recorded = base.join("recorded.jsonl");
-    write_audit(&recorded, n);
+    if !(keep && alerts.exists() && recorded.exists()) {
+        write_alerts(&alerts, n);
+        write_audit(&recorded, n);
+    }
     let mib = |p: &Path| std::fs::metadata(p).map(|m| m.len() >> 20).unwrap_or(0);
     eprintln!(
         "inputs: {n} alerts in {} payloads ({} MiB), {n} recorded decisions ({} MiB), written in {:.1}s",
@@ -198,6 +218,9 @@ fn main() {
             ),
         ];
         for (name, mut args) in cases {
+            if !format!("{name} {policy}").contains(&only) {
+                continue;
+            }
             args.extend([
                 "--playbooks".into(),
                 pb.clone(),
@@ -231,5 +254,7 @@ fn main() {
             }
         }
     }
-    let _ = std::fs::remove_dir_all(&base);
+    if !keep {
+        let _ = std::fs::remove_dir_all(&base);
+    }
 }

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 pub use read::{
     damaged_error, enter, interrupted, last_seq, ledger_from, read, read_all, scan, scan_all,
-    ReadResult, INTERRUPTED,
+    scan_all_as, scan_as, ReadResult, INTERRUPTED,
 };
 pub use write::{GroupCommit, Rotation, Writer};
 
@@ -100,6 +100,24 @@ impl TriggerRef {
             annotations,
             values,
             starts_at: ev.starts_at,
+        }
+    }
+
+    /// [`TriggerRef::to_event`], taking the trigger (no copies).
+    pub fn into_event(self, playbook: &str) -> crate::event::Event {
+        use crate::event::TriggerKind;
+        crate::event::Event {
+            trigger: self.kind,
+            status: self.status,
+            fingerprint: self.fingerprint,
+            labels: self.labels,
+            annotations: self.annotations,
+            values: self.values,
+            starts_at: self.starts_at,
+            playbook: match self.kind {
+                TriggerKind::Alert => None,
+                TriggerKind::Schedule | TriggerKind::Manual => Some(playbook.to_string()),
+            },
         }
     }
 
@@ -191,6 +209,123 @@ pub struct Record {
     pub evidence: BTreeMap<String, String>,
 }
 
+/// A record as `remediate replay --audit` reads it: the fields it uses,
+/// the others checked (so a line is accepted exactly when it is a
+/// [`Record`]) but not kept. Reading a record this way allocates no
+/// parameters, outcome, id or node: replay reads every record of a log.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct Recorded {
+    /// When this record was written.
+    pub ts: DateTime<Utc>,
+    #[allow(dead_code)]
+    id: Checked,
+    /// The trigger.
+    pub trigger: TriggerRef,
+    /// Playbook name.
+    pub playbook: String,
+    #[allow(dead_code)]
+    action: Checked,
+    /// Rendered target.
+    pub target: BTreeMap<String, String>,
+    #[allow(dead_code)]
+    params: serde::de::IgnoredAny,
+    /// The decision then.
+    pub decision: String,
+    /// Why.
+    pub reason: String,
+    #[allow(dead_code)]
+    dry_run: bool,
+    /// The phase.
+    pub phase: Phase,
+    #[allow(dead_code)]
+    outcome: Checked,
+    #[allow(dead_code)]
+    duration_ms: u64,
+    #[allow(dead_code)]
+    node: Checked,
+    /// Policy that gated the run.
+    #[serde(default)]
+    pub policy: String,
+    /// Step index within the playbook.
+    #[serde(default)]
+    pub step: usize,
+    /// When the gate decided the run.
+    #[serde(default)]
+    pub decided_at: Option<DateTime<Utc>>,
+    #[allow(dead_code)]
+    #[serde(default)]
+    evidence: CheckedMap,
+}
+
+impl From<&Record> for Recorded {
+    fn from(r: &Record) -> Self {
+        Self {
+            ts: r.ts,
+            id: Checked,
+            trigger: r.trigger.clone(),
+            playbook: r.playbook.clone(),
+            action: Checked,
+            target: r.target.clone(),
+            params: serde::de::IgnoredAny,
+            decision: r.decision.clone(),
+            reason: r.reason.clone(),
+            dry_run: r.dry_run,
+            phase: r.phase,
+            outcome: Checked,
+            duration_ms: r.duration_ms,
+            node: Checked,
+            policy: r.policy.clone(),
+            step: r.step,
+            decided_at: r.decided_at,
+            evidence: CheckedMap,
+        }
+    }
+}
+
+/// A string field read and checked to be a string, not kept.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+struct Checked;
+
+impl<'de> Deserialize<'de> for Checked {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Checked;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_str<E: serde::de::Error>(self, _: &str) -> Result<Checked, E> {
+                Ok(Checked)
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+/// A map of strings to strings read and checked, not kept.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+struct CheckedMap;
+
+impl<'de> Deserialize<'de> for CheckedMap {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = CheckedMap;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a map of strings")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut m: A,
+            ) -> Result<CheckedMap, A::Error> {
+                while m.next_entry::<Checked, Checked>()?.is_some() {}
+                Ok(CheckedMap)
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
 /// Audit errors.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -249,6 +384,59 @@ mod tests {
             decided_at: None,
             evidence: Default::default(),
         }
+    }
+
+    /// `replay --audit` reads records as `Recorded`: it must accept exactly
+    /// the lines a `Record` accepts (no record skipped or let in that the
+    /// ledger rebuild would treat otherwise) and keep the same fields.
+    #[test]
+    fn recorded_accepts_exactly_the_lines_a_record_does() {
+        let mut full = rec("id-1");
+        full.params = serde_json::json!({"mode": "evict", "n": [1, {"a": null}]});
+        full.evidence.insert("restarts".into(), "14".into());
+        full.decided_at = Some(full.ts);
+        full.trigger.labels.insert("pod".into(), "x".into());
+        full.target.insert("name".into(), "x".into());
+        let good: serde_json::Value = serde_json::to_value(&full).unwrap();
+        let mut lines = vec![good.to_string()];
+        let obj = good.as_object().unwrap();
+        // Each field missing, or of a wrong type.
+        for k in obj.keys() {
+            let mut v = good.clone();
+            v.as_object_mut().unwrap().remove(k);
+            lines.push(v.to_string());
+            for bad in [
+                serde_json::json!(5),
+                serde_json::json!("s"),
+                serde_json::json!(null),
+                serde_json::json!({"k": 1}),
+                serde_json::json!([]),
+                serde_json::json!(true),
+            ] {
+                let mut v = good.clone();
+                v[k] = bad;
+                lines.push(v.to_string());
+            }
+        }
+        lines.push(
+            good.to_string()
+                .replace(r#""ts""#, r#""ts":"2026-01-01T00:00:00Z","ts""#),
+        );
+        lines.push("{}".into());
+        lines.push("not json".into());
+        lines.push(r#"{"seq": 4}"#.into());
+        let mut accepted = 0;
+        for l in &lines {
+            let a = serde_json::from_str::<Record>(l);
+            let b = serde_json::from_str::<Recorded>(l);
+            assert_eq!(a.is_ok(), b.is_ok(), "{l}\nRecord: {a:?}\nRecorded: {b:?}");
+            if let (Ok(a), Ok(b)) = (a, b) {
+                assert_eq!(Recorded::from(&a), b, "{l}");
+                accepted += 1;
+            }
+        }
+        // The good line, and those whose field may be left out or be null.
+        assert!(accepted > 5 && accepted < lines.len() / 2, "{accepted}");
     }
 
     #[test]

@@ -37,6 +37,15 @@ pub fn read(path: &Path) -> Result<ReadResult> {
 /// kept): what [`read`] does, in memory bounded by one line. The result
 /// has no records, only the lines skipped and the damage.
 pub fn scan(path: &Path, each: &mut dyn FnMut(Record)) -> Result<ReadResult> {
+    scan_as(path, each)
+}
+
+/// [`scan`] into another type than [`Record`] (a view of fewer fields that
+/// accepts exactly the lines a `Record` does: see `replay::Recorded`).
+pub fn scan_as<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    each: &mut dyn FnMut(T),
+) -> Result<ReadResult> {
     let io = |source| Error::Io {
         path: path.to_path_buf(),
         source,
@@ -64,7 +73,7 @@ pub fn scan(path: &Path, each: &mut dyn FnMut(Record)) -> Result<ReadResult> {
             continue;
         }
         last = i;
-        match serde_json::from_slice::<Record>(&line) {
+        match serde_json::from_slice::<T>(&line) {
             Ok(r) => each(r),
             Err(_) => out.skipped.push(i),
         }
@@ -132,6 +141,14 @@ pub fn read_all(path: &Path) -> Result<ReadResult> {
 /// [`read_all`] as a stream: each record of the rotated files and then of
 /// the current one handed to `each`, oldest first, none kept.
 pub fn scan_all(path: &Path, each: &mut dyn FnMut(Record)) -> Result<ReadResult> {
+    scan_all_as(path, each)
+}
+
+/// [`scan_all`] into another type than [`Record`] (see [`scan_as`]).
+pub fn scan_all_as<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    each: &mut dyn FnMut(T),
+) -> Result<ReadResult> {
     let mut rotated = Vec::new();
     for n in 1.. {
         let p = PathBuf::from(format!("{}.{n}", path.display()));
@@ -142,12 +159,12 @@ pub fn scan_all(path: &Path, each: &mut dyn FnMut(Record)) -> Result<ReadResult>
     }
     let mut out = ReadResult::default();
     for p in rotated.iter().rev() {
-        let r = scan(p, each)?;
+        let r = scan_as(p, each)?;
         // A rotated file was complete when it was rotated: every bad line is damage.
         out.damaged
             .extend(r.skipped.iter().map(|n| format!("{}:{n}", p.display())));
     }
-    let current = scan(path, each)?;
+    let current = scan_as(path, each)?;
     out.skipped = current.skipped;
     out.damaged.extend(current.damaged);
     Ok(out)

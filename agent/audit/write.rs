@@ -237,6 +237,9 @@ pub struct GroupCommit {
     pending: usize,
     /// fsyncs done (for tests and benchmarks).
     syncs: usize,
+    /// With [`GroupCommit::echo`], every line appended, for the caller to
+    /// print (`run --output json`): encoded once, for the log and the output.
+    echoed: Option<Vec<u8>>,
 }
 
 impl GroupCommit {
@@ -254,14 +257,32 @@ impl GroupCommit {
             buf: Vec::with_capacity(Self::MAX_BYTES + (64 << 10)),
             pending: 0,
             syncs: 0,
+            echoed: None,
+        }
+    }
+
+    /// Keeps a copy of every line appended from now on (the exact bytes
+    /// written to the log), taken with [`GroupCommit::take_echoed`].
+    pub fn echo(&mut self) {
+        self.echoed.get_or_insert_with(Vec::new);
+    }
+
+    /// The lines appended since the last call (empty without [`GroupCommit::echo`]).
+    pub fn take_echoed(&mut self, into: &mut Vec<u8>) {
+        if let Some(e) = &mut self.echoed {
+            into.append(e);
         }
     }
 
     /// Appends a record: buffered; written when the buffer is full; and
     /// (a real execution's record) written and fsynced with all before it.
     pub fn append(&mut self, rec: &Record) -> Result<()> {
+        let start = self.buf.len();
         serde_json::to_writer(&mut self.buf, rec)?;
         self.buf.push(b'\n');
+        if let Some(e) = &mut self.echoed {
+            e.extend_from_slice(&self.buf[start..]);
+        }
         self.pending += 1;
         if rec.decision == "execute" && !rec.dry_run {
             return self.commit();

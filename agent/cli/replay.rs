@@ -85,7 +85,7 @@ pub fn replay(args: ReplayArgs, out: &mut dyn Write) -> Result<()> {
         None => {
             let mut r = crate::replay::AuditReplay::new(&engine, Some(horizon));
             if let Some(p) = &args.audit {
-                audit::scan_all(p, &mut |rec| r.record(rec, &mut emit))
+                audit::scan_all_as(p, &mut |rec| r.record(rec, &mut emit))
                     .map_err(|e| Error::Input(e.to_string()))?;
             }
             if r.late > 0 {

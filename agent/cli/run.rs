@@ -138,9 +138,15 @@ pub fn run(args: RunArgs, out: &mut dyn Write) -> Result<()> {
     }
     // Group commit: one fsync per batch of records that change nothing;
     // a real execution's records are durable before its apply starts.
-    let writer = std::sync::Mutex::new(audit::GroupCommit::new(
+    let mut group_commit = audit::GroupCommit::new(
         audit::Writer::open(&args.audit).map_err(|e| Error::Input(e.to_string()))?,
-    ));
+    );
+    if args.output == Output::Json {
+        // The records printed are the lines written, encoded once.
+        group_commit.echo();
+    }
+    let writer = std::sync::Mutex::new(group_commit);
+    let mut echoed = Vec::new();
     let node = crate::config::node_name(args.node.clone());
     // On every core: a step's driver may spread CPU work over tasks (a
     // compaction rewrites its bins in parallel); on one thread they queue.
@@ -237,9 +243,12 @@ pub fn run(args: RunArgs, out: &mut dyn Write) -> Result<()> {
                         summary.failed += 1;
                     }
                     if args.output == Output::Json {
-                        for r in &rep.records {
-                            outln!(out, "{}", serde_json::to_string(r).unwrap_or_default());
-                        }
+                        writer
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .take_echoed(&mut echoed);
+                        out.write_all(&echoed).map_err(Error::output)?;
+                        echoed.clear();
                     } else if kept.len() < TABLE_ROWS {
                         kept.push(Kept::Run(Box::new(rep)));
                     } else {

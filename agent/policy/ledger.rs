@@ -9,7 +9,7 @@
 //! older than the newest time minus the horizon are dropped as new ones
 //! come in, so memory is bounded by what the windows can see.
 
-use std::collections::HashMap;
+use hashbrown::HashMap;
 
 use chrono::{DateTime, Utc};
 
@@ -29,6 +29,13 @@ pub fn target_key(target: &crate::drivers::Target) -> String {
     s
 }
 
+/// The value under `key`, inserted (default) if missing: the key is
+/// allocated only then, not on every lookup (the decision path calls this
+/// for every charged decision).
+fn entry<'m, V: Default>(map: &'m mut HashMap<String, V>, key: &str) -> &'m mut V {
+    map.entry_ref(key).or_default()
+}
+
 /// Times in ascending order, run-length encoded: equal times (a batch
 /// decided at one `now`) are one run. Each run carries the number of
 /// entries before it (a running count, wrapping), so counting the entries
@@ -41,7 +48,7 @@ pub(super) struct Times {
     end: u32,
     /// Where the last window started (a guess, checked before use):
     /// consecutive decisions ask about nearly the same window.
-    hint: std::cell::Cell<usize>,
+    hint: std::cell::Cell<u32>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -67,10 +74,15 @@ impl Times {
     fn insert(&mut self, at: DateTime<Utc>) {
         match self.runs.back() {
             Some(last) if last.at == at => {}
-            None => self.runs.push_back(Run {
-                at,
-                before: self.end,
-            }),
+            None => {
+                // Most targets hold one run inside the horizon: room for
+                // one (16 bytes), not the default four.
+                self.runs.reserve_exact(1);
+                self.runs.push_back(Run {
+                    at,
+                    before: self.end,
+                })
+            }
             Some(last) if last.at < at => self.runs.push_back(Run {
                 at,
                 before: self.end,
@@ -136,7 +148,7 @@ impl Times {
                 && (i == 0 || self.runs[i - 1].at <= since)
                 && (i == len || self.runs[i].at > since)
         };
-        let h = self.hint.get();
+        let h = self.hint.get() as usize;
         let i = if fits(h) {
             h
         } else if fits(h + 1) {
@@ -144,7 +156,7 @@ impl Times {
         } else {
             self.runs.partition_point(|r| r.at <= since)
         };
-        self.hint.set(i);
+        self.hint.set(u32::try_from(i).unwrap_or(u32::MAX));
         i
     }
 
@@ -188,7 +200,79 @@ pub(super) struct PlaybookIndex {
     pub(super) executions: Times,
     pub(super) failures: Times,
     pub(super) successes: Times,
-    targets: HashMap<String, Times>,
+    /// By target, the key interned in [`Ledger::keys`].
+    targets: HashMap<u32, Times>,
+}
+
+/// Target keys interned ledger-wide: a (playbook, target) entry holds a
+/// 4-byte id, not its own copy of the key (about 50 bytes and an
+/// allocation), and the same target under many playbooks is one string.
+/// Exact (the key itself is the map key): no two targets share an id.
+/// Counted: an id is freed, and the key dropped, when the last entry that
+/// holds it is, so the table is bounded by the horizon like the rest.
+#[derive(Debug, Default, Clone)]
+struct Keys {
+    ids: HashMap<std::sync::Arc<str>, u32>,
+    /// Per id: its key and the entries holding it (None, 0: free).
+    slots: Vec<(Option<std::sync::Arc<str>>, u32)>,
+    free: Vec<u32>,
+}
+
+impl Keys {
+    fn get(&self, key: &str) -> Option<u32> {
+        self.ids.get(key).copied()
+    }
+
+    /// The id of `key` with one more reference (interned if new): the
+    /// caller stores it in one entry.
+    fn hold(&mut self, key: &str) -> u32 {
+        let id = match self.ids.get(key) {
+            Some(id) => *id,
+            None => {
+                let name: std::sync::Arc<str> = key.into();
+                let id = match self.free.pop() {
+                    Some(id) => id,
+                    None => {
+                        self.slots.push((None, 0));
+                        u32::try_from(self.slots.len() - 1).unwrap_or(u32::MAX)
+                    }
+                };
+                self.ids.insert(name.clone(), id);
+                if let Some(slot) = self.slots.get_mut(id as usize) {
+                    *slot = (Some(name), 0);
+                }
+                id
+            }
+        };
+        if let Some(slot) = self.slots.get_mut(id as usize) {
+            slot.1 += 1;
+        }
+        id
+    }
+
+    /// Drops one reference (an entry holding `id` was removed); the key
+    /// goes with the last.
+    fn release(&mut self, id: u32) {
+        let Some(slot) = self.slots.get_mut(id as usize) else {
+            return;
+        };
+        slot.1 = slot.1.saturating_sub(1);
+        if slot.1 == 0 {
+            if let Some(name) = slot.0.take() {
+                self.ids.remove(&name);
+                self.free.push(id);
+            }
+        }
+        if self.ids.capacity() > 64 && self.ids.len() < self.ids.capacity() / 4 {
+            self.ids.shrink_to(self.ids.len() * 2);
+        }
+    }
+
+    /// Keys interned (distinct targets held).
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.ids.len()
+    }
 }
 
 /// One policy.
@@ -204,6 +288,8 @@ struct PolicyIndex {
 #[derive(Debug, Default, Clone)]
 pub struct Ledger {
     policies: HashMap<String, PolicyIndex>,
+    /// Target keys, interned for the (playbook, target) entries.
+    keys: Keys,
     /// Entries older than the newest time minus this are dropped.
     horizon: Option<chrono::Duration>,
     /// The newest time recorded.
@@ -242,12 +328,7 @@ impl Ledger {
     }
 
     fn playbook_mut(&mut self, policy: &str, playbook: &str) -> &mut PlaybookIndex {
-        self.policies
-            .entry(policy.to_string())
-            .or_default()
-            .playbooks
-            .entry(playbook.to_string())
-            .or_default()
+        entry(&mut entry(&mut self.policies, policy).playbooks, playbook)
     }
 
     pub(super) fn playbook(&self, policy: &str, playbook: &str) -> Option<&PlaybookIndex> {
@@ -275,17 +356,31 @@ impl Ledger {
             return;
         }
         let mut dropped = 0;
+        let keys = &mut self.keys;
         self.policies.retain(|_, pol| {
             dropped += pol.executions.prune(cut);
             pol.playbooks.retain(|_, pb| {
                 dropped += pb.executions.prune(cut);
                 dropped += pb.failures.prune(cut);
                 dropped += pb.successes.prune(cut);
-                pb.targets.retain(|_, t| {
+                pb.targets.retain(|id, t| {
                     dropped += t.prune(cut);
-                    !t.is_empty()
+                    let keep = !t.is_empty();
+                    if !keep {
+                        keys.release(*id);
+                    }
+                    keep
                 });
-                !(pb.executions.is_empty() && pb.failures.is_empty() && pb.successes.is_empty())
+                let keep = !(pb.executions.is_empty()
+                    && pb.failures.is_empty()
+                    && pb.successes.is_empty());
+                if !keep {
+                    // Targets hold only times inside the playbook's own.
+                    for id in pb.targets.keys() {
+                        keys.release(*id);
+                    }
+                }
+                keep
             });
             !(pol.executions.is_empty() && pol.playbooks.is_empty())
         });
@@ -304,14 +399,22 @@ impl Ledger {
         self.saw(at);
         let cut = self.cutoff();
         let mut dropped = 0;
-        let pol = self.policies.entry(policy.to_string()).or_default();
+        let pol = entry(&mut self.policies, policy);
         pol.executions.insert(at);
         if let Some(c) = cut {
             dropped += pol.executions.prune(c);
         }
-        let pb = pol.playbooks.entry(playbook.to_string()).or_default();
+        let pb = entry(&mut pol.playbooks, playbook);
         pb.executions.insert(at);
-        let t = pb.targets.entry(target_key.to_string()).or_default();
+        let keys = &mut self.keys;
+        let t = match keys
+            .get(target_key)
+            .filter(|id| pb.targets.contains_key(id))
+        {
+            Some(id) => pb.targets.entry(id),
+            None => pb.targets.entry(keys.hold(target_key)),
+        }
+        .or_default();
         t.insert(at);
         if let Some(c) = cut {
             dropped += t.prune(c);
@@ -319,12 +422,7 @@ impl Ledger {
         }
         self.held = self.held + 3 - dropped;
         if self.group.is_some() {
-            *self
-                .group_counts
-                .entry(policy.to_string())
-                .or_default()
-                .entry(playbook.to_string())
-                .or_insert(0) += 1;
+            *entry(entry(&mut self.group_counts, policy), playbook) += 1;
         }
         self.maybe_sweep();
     }
@@ -344,14 +442,18 @@ impl Ledger {
         let Some(pb) = pol.playbooks.get_mut(playbook) else {
             return;
         };
-        let Some(t) = pb.targets.get_mut(target_key) else {
+        let Some(id) = self.keys.get(target_key) else {
+            return;
+        };
+        let Some(t) = pb.targets.get_mut(&id) else {
             return;
         };
         if !t.remove(at) {
             return;
         }
         if t.is_empty() {
-            pb.targets.remove(target_key);
+            pb.targets.remove(&id);
+            self.keys.release(id);
         }
         // The wider indexes may have dropped it already (behind the horizon).
         let removed =
@@ -443,7 +545,7 @@ impl Ledger {
     ) -> Option<DateTime<Utc>> {
         self.playbook(policy, playbook)?
             .targets
-            .get(target_key)?
+            .get(&self.keys.get(target_key)?)?
             .last()
     }
 
@@ -465,7 +567,7 @@ impl Ledger {
             RateScope::Target => pol
                 .playbooks
                 .get(playbook)
-                .and_then(|pb| pb.targets.get(target_key)),
+                .and_then(|pb| pb.targets.get(&self.keys.get(target_key)?)),
         };
         times.map_or((0, None), |t| t.after(since))
     }
@@ -685,6 +787,77 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Target keys are interned: one string per distinct target however
+    /// many playbooks hold it, freed with the last entry that holds it
+    /// (behind the horizon, or forgotten), so a stream of ever new targets
+    /// keeps the table at the horizon's worth; and an id freed and reused
+    /// for another target never carries the old one's times.
+    #[test]
+    fn interned_target_keys_are_exact_and_freed_with_their_entries() {
+        let t0 = DateTime::parse_from_rfc3339("2026-11-25T12:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let sec = chrono::Duration::seconds;
+        let horizon = chrono::Duration::minutes(10);
+        let (mut l, mut n) = (Ledger::with_horizon(horizon), Naive::default());
+        let mut max_keys = 0;
+        for i in 0..20_000i64 {
+            let at = t0 + sec(i);
+            // A new target every second, under two playbooks (one key).
+            let tk = format!("kind=kubernetes.pod|name=p-{i}|namespace=etl");
+            for pb in ["a", "b"] {
+                l.record_execution(at, "p", pb, &tk);
+                n.executions.push((at, "p".into(), pb.into(), tk.clone()));
+            }
+            if i % 5 == 0 {
+                l.forget_execution(at, "p", "b", &tk);
+                n.forget(at, "p", "b", &tk);
+            }
+            max_keys = max_keys.max(l.keys.len());
+            if i % 501 == 0 {
+                let since = at - sec(300);
+                for back in [0, 1, 2, 5, 299, 601, 5000] {
+                    let old = format!("kind=kubernetes.pod|name=p-{}|namespace=etl", i - back);
+                    for pb in ["a", "b"] {
+                        let recent = |t: Option<DateTime<Utc>>| t.filter(|t| at - *t < horizon);
+                        assert_eq!(
+                            recent(l.last_execution("p", pb, &old)),
+                            recent(n.last("p", pb, &old)),
+                            "{pb} {old} at {i}"
+                        );
+                        assert_eq!(
+                            l.executions_since("p", RateScope::Target, pb, &old, since),
+                            n.since("p", RateScope::Target, pb, &old, since),
+                            "{pb} {old} at {i}"
+                        );
+                    }
+                }
+            }
+        }
+        // 600 targets inside the horizon; stale ones wait for the next
+        // sweep (when the times held have doubled): a few horizons' worth,
+        // not the 20,000 of the whole history.
+        assert!(max_keys <= 5 * 600, "{max_keys} keys interned");
+        assert!(max_keys >= 600, "{max_keys} keys interned");
+        // Forgetting the last entry of a target frees its key.
+        let mut l = Ledger::default();
+        l.record_execution(t0, "p", "a", "k1");
+        l.record_execution(t0, "p", "b", "k1");
+        assert_eq!(l.keys.len(), 1);
+        l.forget_execution(t0, "p", "a", "k1");
+        assert_eq!(l.keys.len(), 1);
+        l.forget_execution(t0, "p", "b", "k1");
+        assert_eq!(l.keys.len(), 0);
+        // The freed id, reused for k2, does not answer for k1 or carry its times.
+        l.record_execution(t0 + sec(1), "p", "a", "k2");
+        assert_eq!(l.last_execution("p", "a", "k1"), None);
+        assert_eq!(l.last_execution("p", "a", "k2"), Some(t0 + sec(1)));
+        assert_eq!(
+            l.executions_since("p", RateScope::Target, "a", "k2", t0 - sec(1)),
+            (1, Some(t0 + sec(1)))
+        );
     }
 
     /// With a horizon, any window that fits inside it sees what the naive
