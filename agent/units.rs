@@ -138,6 +138,16 @@ pub fn human_secs(secs: u64) -> String {
     }
 }
 
+/// A duration in milliseconds for people: `850ms`, `4.2s`, then as
+/// [`human_secs`] from a minute on.
+pub fn human_ms(ms: u64) -> String {
+    match ms {
+        0..=999 => format!("{ms}ms"),
+        1000..=59_999 => format!("{:.1}s", ms as f64 / 1000.0),
+        _ => human_secs(ms / 1000),
+    }
+}
+
 /// A size for people: `274.3 KiB`, `1.2 GiB`, `512 B`.
 pub fn human_bytes(b: u64) -> String {
     const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
@@ -264,6 +274,14 @@ impl JsonSchema for Step {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn milliseconds_read_as_people_say_them() {
+        assert_eq!(human_ms(0), "0ms");
+        assert_eq!(human_ms(850), "850ms");
+        assert_eq!(human_ms(4_200), "4.2s");
+        assert_eq!(human_ms(75_000), "1m15s");
+    }
 
     #[test]
     fn durations_for_people() {

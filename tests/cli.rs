@@ -931,3 +931,48 @@ fn a_grafana_notification_file_is_planned_like_an_alertmanager_one_and_its_test_
     );
     assert!(audit_lines(&test).is_empty());
 }
+
+/// A run the engine suppresses after the gate (here: a node-scoped action
+/// for another node) is counted as suppressed in the summary, not execute.
+#[test]
+fn the_summary_counts_a_run_suppressed_after_the_gate_as_suppressed() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::create_dir_all(d.join("playbooks")).unwrap();
+    std::fs::create_dir_all(d.join("policies")).unwrap();
+    write(
+        d,
+        "playbooks/elsewhere.yaml",
+        "apiVersion: remediate/v1\nkind: Playbook\nmetadata: { name: elsewhere }\nspec:\n  triggers: [{ alert: ['alertname=\"Elsewhere\"'] }]\n  target: { kind: host, node: node-b }\n  steps:\n    - action: host.command\n      with: { argv: [\"true\"] }\n",
+    );
+    write(
+        d,
+        "policies/default.yaml",
+        "apiVersion: remediate/v1\nkind: Policy\nmetadata: { name: default }\nspec: {}\n",
+    );
+    write(
+        d,
+        "alert.json",
+        r#"{"version":"4","status":"firing","receiver":"r","groupKey":"g","alerts":[{"status":"firing","labels":{"alertname":"Elsewhere"},"annotations":{},"startsAt":"2026-11-25T10:00:00Z","fingerprint":"f1"}]}"#,
+    );
+    let out = run(&[
+        "run",
+        "--alert",
+        d.join("alert.json").to_str().unwrap(),
+        "--playbooks",
+        d.join("playbooks").to_str().unwrap(),
+        "--policies",
+        d.join("policies").to_str().unwrap(),
+        "--audit",
+        d.join("audit.jsonl").to_str().unwrap(),
+        "--node",
+        "node-a",
+    ]);
+    let s = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{s}{}", text(&out.stderr));
+    assert!(s.contains("host.command runs on node node-b"), "{s}");
+    assert!(
+        s.contains("1 run: 0 execute (0 failed), 0 dry-run, 1 suppressed"),
+        "{s}"
+    );
+}

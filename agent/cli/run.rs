@@ -226,12 +226,6 @@ pub fn run(args: RunArgs, out: &mut dyn Write) -> Result<()> {
                     continue;
                 }
                 for p in planned {
-                    match &p.decision {
-                        Decision::Execute => summary.execute += 1,
-                        Decision::DryRun(_) => summary.dry_run += 1,
-                        Decision::Suppressed(_) => summary.suppressed += 1,
-                        Decision::NeedsApproval(_) => summary.needs_approval += 1,
-                    }
                     let rep = rt
                         .block_on(engine.execute(p, &writer, &mut ledger))
                         .map_err(|e| {
@@ -239,6 +233,14 @@ pub fn run(args: RunArgs, out: &mut dyn Write) -> Result<()> {
                                 "audit write failed, stopping before any further action: {e}"
                             ))
                         })?;
+                    // As finally decided: a run can still be suppressed
+                    // after the gate (a refused claim, a pause).
+                    match &rep.planned.decision {
+                        Decision::Execute => summary.execute += 1,
+                        Decision::DryRun(_) => summary.dry_run += 1,
+                        Decision::Suppressed(_) => summary.suppressed += 1,
+                        Decision::NeedsApproval(_) => summary.needs_approval += 1,
+                    }
                     if matches!(rep.status, RunStatus::Failed(_)) {
                         summary.failed += 1;
                     }

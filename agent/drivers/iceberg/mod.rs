@@ -395,9 +395,9 @@ fn outcome_evidence(r: &Report) -> serde_json::Value {
         "compacted by partition": capped(by),
         "duration": format!(
             "{} (rewrite {}, commit {})",
-            crate::units::human_secs((r.rewrite_ms + r.commit_ms) / 1000),
-            crate::units::human_secs(r.rewrite_ms / 1000),
-            crate::units::human_secs(r.commit_ms / 1000)
+            crate::units::human_ms(r.rewrite_ms + r.commit_ms),
+            crate::units::human_ms(r.rewrite_ms),
+            crate::units::human_ms(r.commit_ms)
         ),
     })
 }
