@@ -22,15 +22,8 @@ use common::{alert_body, eventually, repo, start_agent};
 /// running replica would take 100 % of it down (blocked).
 const POLICY: &str = "apiVersion: remediate/v1\nkind: Policy\nmetadata: { name: default }\nspec:\n  cooldown: 10m\n  blastRadius: { maxTargetsPerRun: 5, maxUnavailableFraction: 0.25 }\n";
 
-/// Characters of a JSON string value, as the platforms count them.
-fn chars(v: &Value) -> usize {
-    v.as_str().map_or(0, |s| s.chars().count())
-}
-
-#[tokio::test]
-async fn a_restart_notification_carries_the_scrubbed_capped_evidence_to_slack_discord_and_webhooks()
-{
-    let rx = Receiver::start().await;
+/// A state dir with the bundled Docker OOM playbook and [`POLICY`].
+fn setup() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     std::fs::create_dir_all(d.join("playbooks")).unwrap();
@@ -41,6 +34,33 @@ async fn a_restart_notification_carries_the_scrubbed_capped_evidence_to_slack_di
     )
     .unwrap();
     std::fs::write(d.join("policies/default.yaml"), POLICY).unwrap();
+    dir
+}
+
+/// The alert the bundled playbook answers, for container `name`.
+fn oom_alert(name: &str) -> Vec<u8> {
+    alert_body(
+        "firing",
+        &[
+            ("alertname", "ContainerOOMKilled"),
+            ("name", name),
+            ("node", "ev-node"),
+        ],
+        "2026-11-25T10:00:00Z",
+    )
+}
+
+/// Characters of a JSON string value, as the platforms count them.
+fn chars(v: &Value) -> usize {
+    v.as_str().map_or(0, |s| s.chars().count())
+}
+
+#[tokio::test]
+async fn a_restart_notification_carries_the_scrubbed_capped_evidence_to_slack_discord_and_webhooks()
+{
+    let rx = Receiver::start().await;
+    let dir = setup();
+    let d = dir.path();
 
     // First run: 30 long lines, a connection string with a password, the
     // fatal line last,
@@ -71,20 +91,7 @@ notify:
             u = rx.url
         ),
     );
-    let (status, body) = a
-        .post(
-            &alert_body(
-                "firing",
-                &[
-                    ("alertname", "ContainerOOMKilled"),
-                    ("name", &name),
-                    ("node", "ev-node"),
-                ],
-                "2026-11-25T10:00:00Z",
-            ),
-            Some(common::TOKEN),
-        )
-        .await;
+    let (status, body) = a.post(&oom_alert(&name), Some(common::TOKEN)).await;
     assert_eq!(status, 200, "{body}");
 
     // The notice of the finished run (its evidence is on the verified step).
@@ -171,16 +178,8 @@ notify:
 #[tokio::test]
 async fn restarting_a_running_standalone_container_is_blocked_by_the_blast_radius_and_changes_nothing(
 ) {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = setup();
     let d = dir.path();
-    std::fs::create_dir_all(d.join("playbooks")).unwrap();
-    std::fs::create_dir_all(d.join("policies")).unwrap();
-    std::fs::copy(
-        repo("playbooks/docker-container-oom-restart.yaml"),
-        d.join("playbooks/docker-container-oom-restart.yaml"),
-    )
-    .unwrap();
-    std::fs::write(d.join("policies/default.yaml"), POLICY).unwrap();
     let name = unique("blast");
     let _c = Cleanup(vec![vec!["rm".into(), "-f".into(), name.clone()]]);
     docker(&[
@@ -199,20 +198,7 @@ async fn restarting_a_running_standalone_container_is_blocked_by_the_blast_radiu
         d,
         "node: ev-node\nlisten: 127.0.0.1:0\nplaybooks: playbooks\npolicies: policies\nstateDir: state\nschedule: { enabled: false }\nbackends: { docker: {} }\n",
     );
-    let (status, body) = a
-        .post(
-            &alert_body(
-                "firing",
-                &[
-                    ("alertname", "ContainerOOMKilled"),
-                    ("name", &name),
-                    ("node", "ev-node"),
-                ],
-                "2026-11-25T10:00:00Z",
-            ),
-            Some(common::TOKEN),
-        )
-        .await;
+    let (status, body) = a.post(&oom_alert(&name), Some(common::TOKEN)).await;
     assert_eq!(status, 200, "{body}");
     let failed = eventually(Duration::from_secs(30), || {
         a.audit()

@@ -39,6 +39,19 @@ fn pyice_env(env: &[(&str, &str)], args: &[&str]) -> Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
+/// [`pyice_env`] on a blocking thread, for async tests (the agent or a
+/// hook may be serving meanwhile).
+async fn pyice_blocking(env: Vec<(String, String)>, args: &[&str]) -> Value {
+    let args = strings(args);
+    tokio::task::spawn_blocking(move || {
+        let e: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let a: Vec<&str> = args.iter().map(String::as_str).collect();
+        pyice_env(&e, &a)
+    })
+    .await
+    .unwrap()
+}
+
 fn pyice(args: &[&str]) -> Value {
     pyice_env(&[], args)
 }
@@ -2166,6 +2179,19 @@ impl Moto {
         ]
     }
 
+    /// [`Moto::env`], owned (for [`pyice_blocking`]), with `extra` after it.
+    fn env_owned_with(&self, extra: &[(&str, &str)]) -> Vec<(String, String)> {
+        self.env()
+            .into_iter()
+            .chain(extra.iter().copied())
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn env_owned(&self) -> Vec<(String, String)> {
+        self.env_owned_with(&[])
+    }
+
     /// Requests so far with `method` whose path contains `part`.
     fn requests(&self, method: &str, part: &str) -> usize {
         std::fs::read_to_string(self.log.path())
@@ -2198,19 +2224,7 @@ async fn a_table_on_s3_is_surveyed_compacted_expired_and_cleaned_of_orphans_and_
     let dir = tempfile::tempdir().unwrap();
     let wh = dir.path().join("warehouse");
     let w = wh.display().to_string();
-    let env: Vec<(String, String)> = moto
-        .env()
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    let e2 = env.clone();
-    let w2 = w.clone();
-    let made = tokio::task::spawn_blocking(move || {
-        let e: Vec<(&str, &str)> = e2.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        pyice_env(&e, &["make", &w2, "events", "20", "10"])
-    })
-    .await
-    .unwrap();
+    let made = pyice_blocking(moto.env_owned(), &["make", &w, "events", "20", "10"]).await;
     assert_eq!(made["files"], 80, "20 appends over 4 partitions");
     assert!(
         made["metadata"]
@@ -2228,8 +2242,10 @@ async fn a_table_on_s3_is_surveyed_compacted_expired_and_cleaned_of_orphans_and_
         ),
         ("data/_temporary/part-0.parquet", "a job's scratch file"),
     ] {
-        let e: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        pyice_env(&e, &["s3-put", &format!("lake/wh/db/events/{key}"), text]);
+        pyice_env(
+            &moto.env(),
+            &["s3-put", &format!("lake/wh/db/events/{key}"), text],
+        );
     }
     let data_before = moto.ls("lake/wh/db/events/data");
     assert_eq!(data_before.len(), 82, "{data_before:#?}");
@@ -2300,8 +2316,7 @@ async fn a_table_on_s3_is_surveyed_compacted_expired_and_cleaned_of_orphans_and_
         .clone();
     let aside = format!("lake/aside/{}", data_key.rsplit('/').next().unwrap());
     let mv = |from: &str, to: &str| {
-        let e: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        pyice_env(&e, &["s3-mv", from, to]);
+        pyice_env(&moto.env(), &["s3-mv", from, to]);
     };
     mv(&data_key, &aside);
     let lake_cfg: IcebergCatalog = serde_yaml::from_str(&catalog).unwrap();
@@ -2374,14 +2389,7 @@ async fn a_table_on_s3_is_surveyed_compacted_expired_and_cleaned_of_orphans_and_
     );
 
     // pyiceberg reads the same rows from fewer files.
-    let e2 = env.clone();
-    let w2 = w.clone();
-    let after = tokio::task::spawn_blocking(move || {
-        let e: Vec<(&str, &str)> = e2.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        pyice_env(&e, &["inspect", &w2, "events"])
-    })
-    .await
-    .unwrap();
+    let after = pyice_blocking(moto.env_owned(), &["inspect", &w, "events"]).await;
     assert_eq!(after["checksum"], made["checksum"], "same rows");
     assert_eq!(after["rows"], 200);
     assert_eq!(after["files"], 4, "one file per partition");
@@ -2706,27 +2714,7 @@ async fn a_rest_catalogs_vended_credentials_are_what_the_agent_signs_its_s3_read
     let keys = pyice_env(&moto.env(), &["iam-keys", "lake-writer"]);
     moto.key_id = keys["id"].as_str().unwrap().to_string();
     moto.secret = keys["secret"].as_str().unwrap().to_string();
-    let env: Vec<(String, String)> = moto
-        .env()
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    let owned = |extra: &[(&str, &str)]| -> Vec<(String, String)> {
-        env.iter()
-            .cloned()
-            .chain(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())))
-            .collect()
-    };
-    let py = |e: Vec<(String, String)>, args: Vec<String>| {
-        tokio::task::spawn_blocking(move || {
-            let e: Vec<(&str, &str)> = e.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-            let a: Vec<&str> = args.iter().map(String::as_str).collect();
-            pyice_env(&e, &a)
-        })
-    };
-    let made = py(owned(&[]), strings(&["make", &w, "events", "10", "10"]))
-        .await
-        .unwrap();
+    let made = pyice_blocking(moto.env_owned(), &["make", &w, "events", "10", "10"]).await;
     assert_eq!(made["files"], 40);
     let metadata = made["metadata"]
         .as_str()
@@ -2739,11 +2727,8 @@ async fn a_rest_catalogs_vended_credentials_are_what_the_agent_signs_its_s3_read
         "s3.secret-access-key": moto.secret,
     })
     .to_string();
-    let rest_env = owned(&[("REST_CATALOG_VEND", &vend)]);
-    let rest_env: Vec<(&str, &str)> = rest_env
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
+    let mut rest_env = moto.env();
+    rest_env.push(("REST_CATALOG_VEND", &vend));
     let rest = RestCatalog::start(&wh, &rest_env);
     std::fs::write(
         &cfg,
@@ -2786,16 +2771,13 @@ async fn a_rest_catalogs_vended_credentials_are_what_the_agent_signs_its_s3_read
 
     moto.check_signatures(true);
     // Signed with the writer's keys: read; with a wrong secret: refused.
-    let ok = py(owned(&[]), strings(&["s3-get-status", &metadata]))
-        .await
-        .unwrap();
+    let ok = pyice_blocking(moto.env_owned(), &["s3-get-status", &metadata]).await;
     assert_eq!(ok["status"], 200);
-    let bad = py(
-        owned(&[("PYICE_S3_SECRET", "not-the-secret")]),
-        strings(&["s3-get-status", &metadata]),
+    let bad = pyice_blocking(
+        moto.env_owned_with(&[("PYICE_S3_SECRET", "not-the-secret")]),
+        &["s3-get-status", &metadata],
     )
-    .await
-    .unwrap();
+    .await;
     assert_eq!(bad["status"], 403, "the server must check signatures");
     let (code, out) = run(&["--dry-run"]).await.unwrap();
     assert_eq!(code, Some(0), "{out}");
@@ -2812,9 +2794,7 @@ async fn a_rest_catalogs_vended_credentials_are_what_the_agent_signs_its_s3_read
     moto.check_signatures(false);
     let (code, out) = run(&[]).await.unwrap();
     assert_eq!(code, Some(0), "{out}");
-    let after = py(owned(&[]), strings(&["inspect", &w, "events"]))
-        .await
-        .unwrap();
+    let after = pyice_blocking(moto.env_owned(), &["inspect", &w, "events"]).await;
     assert_eq!(after["checksum"], made["checksum"]);
     assert_eq!(after["files"], 4);
     assert_eq!(after["operation"], "replace");
