@@ -450,26 +450,51 @@ pub(super) async fn discord_interactions(
     released_after(msg, answered)
 }
 
-/// Lets the outcome go once hyper has taken the whole response body (or
-/// dropped it): an edit of `@original` must not overtake the answer.
-struct Release(Arc<tokio::sync::Semaphore>);
-impl Drop for Release {
+/// A JSON response body that lets the outcome go once hyper has taken it
+/// (or dropped it): an edit of `@original` must not overtake the answer.
+/// Its exact size is known, so the response carries a Content-Length.
+struct Released {
+    data: Option<axum::body::Bytes>,
+    len: u64,
+    answered: Arc<tokio::sync::Semaphore>,
+}
+
+impl Drop for Released {
     fn drop(&mut self) {
-        self.0.add_permits(1);
+        self.answered.add_permits(1);
+    }
+}
+
+impl hyper::body::Body for Released {
+    type Data = axum::body::Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        std::task::Poll::Ready(self.data.take().map(|d| Ok(hyper::body::Frame::data(d))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.data.is_none()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        hyper::body::SizeHint::with_exact(self.len)
     }
 }
 
 fn released_after(msg: serde_json::Value, answered: Arc<tokio::sync::Semaphore>) -> Response {
-    let bytes = axum::body::Bytes::from(msg.to_string());
-    let guard = Release(answered);
-    let body = futures::stream::unfold((Some(bytes), Some(guard)), |(b, g)| async move {
-        // The guard is dropped when the stream is asked for more after
-        // the body, or with the stream.
-        b.map(|b| (Ok::<_, std::convert::Infallible>(b), (None, g)))
-    });
+    let data = axum::body::Bytes::from(msg.to_string());
+    let body = Released {
+        len: data.len() as u64,
+        data: Some(data),
+        answered,
+    };
     (
         [(axum::http::header::CONTENT_TYPE, "application/json")],
-        Body::from_stream(body),
+        Body::new(body),
     )
         .into_response()
 }
