@@ -365,8 +365,9 @@ fn outcome_evidence(r: &Report) -> serde_json::Value {
     use crate::units::human_bytes as human;
     let mut changes: Vec<&compact::PartitionChange> = r.changes.iter().collect();
     changes.sort_by(|a, b| {
-        (b.files_before - b.files_after.min(b.files_before))
-            .cmp(&(a.files_before - a.files_after.min(a.files_before)))
+        let gone = |c: &compact::PartitionChange| c.files_before.saturating_sub(c.files_after);
+        gone(b)
+            .cmp(&gone(a))
             .then_with(|| a.partition.cmp(&b.partition))
     });
     let by = changes
