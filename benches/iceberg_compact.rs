@@ -40,6 +40,11 @@
 //! through /proc/self/clear_refs before each), checks through pyiceberg
 //! that the rows (count and id sum) are the same in a `replace` snapshot,
 //! and the budget ours/raw >= 0.7.
+//!
+//! **On S3**, `ICEBERG_BENCH_SCALE_S3=1` with `ICEBERG_BENCH_SCALE=FILES`:
+//! the same table and jobs against a `moto_server` on loopback, the raw
+//! job GETting and PUTting the objects; CPU times besides (see
+//! `benches/iceberg/s3_scale.rs`).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -55,6 +60,9 @@ use remediate::config::IcebergCatalog;
 use remediate::drivers::iceberg::{compact, lake, Lake, Params};
 use serde_json::Value;
 
+#[path = "iceberg/s3_scale.rs"]
+mod s3_scale;
+
 const OURS_RUNS: usize = 5;
 const PYICEBERG_RUNS: usize = 3;
 const RAW_RUNS: usize = 5;
@@ -65,10 +73,16 @@ fn repo(p: &str) -> PathBuf {
 }
 
 fn python(script: &str, args: &[&str]) -> (Value, Duration) {
+    python_env(script, args, &[])
+}
+
+/// [`python`] with `env` added to the environment.
+fn python_env(script: &str, args: &[&str], env: &[(&str, &str)]) -> (Value, Duration) {
     let t = Instant::now();
     let out = Command::new("python3")
         .arg(repo(script))
         .args(args)
+        .envs(env.iter().copied())
         .output()
         .expect("python3");
     let wall = t.elapsed();
@@ -251,11 +265,13 @@ fn env_usize(name: &str, default: usize) -> usize {
 struct Ours {
     total: Duration,
     pick: Duration,
+    /// This process's CPU time (user + system, every thread) in compact().
+    cpu: Duration,
     report: compact::Report,
 }
 
-async fn ours_once(wh: &Path, params: &Params) -> Ours {
-    let lake = Lake::open("lake", &catalog(wh)).await.unwrap();
+async fn ours_once(cfg: &IcebergCatalog, params: &Params) -> Ours {
+    let lake = Lake::open("lake", cfg).await.unwrap();
     let ident = lake::ident(&format!("db.{TABLE}")).unwrap();
     // The phase probes run on a Table of their own: a Table caches the
     // manifests its scans load, and the compacted one must start cold.
@@ -266,6 +282,7 @@ async fn ours_once(wh: &Path, params: &Params) -> Ours {
     assert!(!sel.groups.is_empty(), "nothing picked");
     drop(probe);
     let t = lake.load(&ident).await.unwrap();
+    let cpu = cpu_time();
     let s = Instant::now();
     let report = compact::compact(&lake, &t, None, params, None)
         .await
@@ -273,6 +290,7 @@ async fn ours_once(wh: &Path, params: &Params) -> Ours {
     Ours {
         total: s.elapsed(),
         pick,
+        cpu: cpu_time() - cpu,
         report,
     }
 }
@@ -301,7 +319,12 @@ fn main() {
         );
     }
     if let Ok(n) = std::env::var("ICEBERG_BENCH_SCALE") {
-        scale(n.parse().expect("ICEBERG_BENCH_SCALE=FILES"));
+        let files = n.parse().expect("ICEBERG_BENCH_SCALE=FILES");
+        if std::env::var("ICEBERG_BENCH_SCALE_S3").is_ok_and(|v| v == "1") {
+            s3_scale::run(files);
+        } else {
+            scale(files);
+        }
         return;
     }
     let files = env_usize("ICEBERG_BENCH_FILES", 200).max(4);
@@ -348,7 +371,7 @@ fn main() {
     if let Ok(n) = std::env::var("ICEBERG_BENCH_PROFILE") {
         for _ in 0..n.parse::<usize>().expect("ICEBERG_BENCH_PROFILE=N") {
             fresh(&template, &wh);
-            let o = rt.block_on(ours_once(&wh, &params));
+            let o = rt.block_on(ours_once(&catalog(&wh), &params));
             println!(
                 "ours {:.1} ms: pick {:.1} ms, rewrite {} ms, commit {} ms",
                 secs(o.total) * 1e3,
@@ -366,7 +389,7 @@ fn main() {
     let mut bytes_out_ours = 0;
     for _ in 0..OURS_RUNS {
         fresh(&template, &wh);
-        let o = rt.block_on(ours_once(&wh, &params));
+        let o = rt.block_on(ours_once(&catalog(&wh), &params));
         let r = &o.report;
         let after = pyice(&["inspect", &w, TABLE]);
         let check = [
@@ -511,6 +534,17 @@ fn main() {
     );
 }
 
+/// This process's CPU time so far, user + system, all threads
+/// (`getrusage(RUSAGE_SELF)`; child processes are not in it).
+fn cpu_time() -> Duration {
+    // SAFETY: getrusage only writes the struct it is given.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
+    assert_eq!(rc, 0, "getrusage");
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(u.ru_utime) + tv(u.ru_stime)
+}
+
 /// Peak resident memory of this process since the last [`reset_peak`]
 /// (VmHWM), in bytes.
 fn peak_rss() -> u64 {
@@ -530,6 +564,21 @@ fn reset_peak() {
 
 fn mib(b: u64) -> f64 {
     b as f64 / (1u64 << 20) as f64
+}
+
+/// The scale runs' compaction settings (the playbook defaults and
+/// `maxBytesInFlight` of `ICEBERG_BENCH_IN_FLIGHT` MiB), and that MiB.
+fn scale_params() -> (Params, u64) {
+    let in_flight = env_usize("ICEBERG_BENCH_IN_FLIGHT", 256) as u64;
+    let params = Params {
+        small: 32 << 20,
+        target: 128 << 20,
+        min_ratio: 0.3,
+        max_partitions: None,
+        commit_retries: 4,
+        max_bytes_in_flight: in_flight << 20,
+    };
+    (params, in_flight)
 }
 
 /// The scale run (see the module docs).
@@ -562,16 +611,8 @@ fn scale(files: usize) {
     let w = wh.display().to_string();
     let bytes_in = made["bytes"].as_u64().unwrap();
     let files_in = made["files"].as_u64().unwrap() as usize;
-    let in_flight = env_usize("ICEBERG_BENCH_IN_FLIGHT", 256) as u64;
+    let (params, in_flight) = scale_params();
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let params = Params {
-        small: 32 << 20,
-        target: 128 << 20,
-        min_ratio: 0.3,
-        max_partitions: None,
-        commit_retries: 4,
-        max_bytes_in_flight: in_flight << 20,
-    };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -582,7 +623,7 @@ fn scale(files: usize) {
     let compression = compression_of(&first);
     reset_peak();
     let base = peak_rss();
-    let o = rt.block_on(ours_once(&wh, &params));
+    let o = rt.block_on(ours_once(&catalog(&wh), &params));
     let ours_peak = peak_rss();
     let r = &o.report;
     let (after, _) = python("benches/iceberg/make_scale.py", &["check", &w, TABLE]);

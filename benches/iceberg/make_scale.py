@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """A large table of small files for the scale run of
-`cargo bench --bench iceberg_compact` (ICEBERG_BENCH_SCALE=1).
+`cargo bench --bench iceberg_compact` (ICEBERG_BENCH_SCALE=FILES).
 
   make_scale.py WAREHOUSE TABLE FILES ROWS_PER_FILE PARTITIONS
       -> JSON {files, rows, bytes, checksum}
@@ -15,6 +15,12 @@ appends of about 256 MiB, so the table is made in minutes, not hours.
 The data does not compress to nothing: `value` is uniform random doubles
 and `payload` 16 random bytes per row; `id` counts up. 16,000 rows make a
 file of about 512 KiB.
+
+On S3 (the S3 scale run, ICEBERG_BENCH_SCALE_S3=1): with env
+PYICE_WAREHOUSE=s3://lake/wh and PYICE_S3_ENDPOINT, PYICE_S3_KEY_ID,
+PYICE_S3_SECRET, pyice.py's catalog() keeps the SQLite catalog at
+WAREHOUSE/catalog.db on local disk and puts the table's files (data,
+manifests, metadata) in the bucket, through s3fs.
 
 The checksum is the sum of `id` and the row count: with ids 0..rows-1
 unique, equal sums and counts mean no row was lost or doubled (the bench
