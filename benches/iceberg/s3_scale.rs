@@ -186,6 +186,9 @@ impl Drop for Moto {
     }
 }
 
+/// Objects of one partition: (key, bytes).
+type Objects = Vec<(String, u64)>;
+
 /// An OpenDAL writer as the parquet crate's async sink.
 struct Sink(opendal::Writer);
 
@@ -211,7 +214,7 @@ impl AsyncFileWriter for Sink {
 }
 
 /// The table's data files in the bucket by partition prefix, with sizes.
-async fn data_objects(op: &opendal::Operator) -> BTreeMap<String, Vec<(String, u64)>> {
+async fn data_objects(op: &opendal::Operator) -> BTreeMap<String, Objects> {
     let entries: Vec<opendal::Entry> = op
         .lister_with(DATA)
         .recursive(true)
@@ -220,7 +223,7 @@ async fn data_objects(op: &opendal::Operator) -> BTreeMap<String, Vec<(String, u
         .try_collect()
         .await
         .unwrap();
-    let mut per: BTreeMap<String, Vec<(String, u64)>> = BTreeMap::new();
+    let mut per: BTreeMap<String, Objects> = BTreeMap::new();
     for e in entries {
         let key = e.path();
         if !e.metadata().is_file() || !key.ends_with(".parquet") {
@@ -285,7 +288,7 @@ async fn raw_partition(
 /// The raw job on S3: `threads` partitions at a time.
 async fn raw_rewrite(
     op: &opendal::Operator,
-    parts: Arc<Vec<(String, Vec<(String, u64)>)>>,
+    parts: Arc<Vec<(String, Objects)>>,
     compression: Compression,
     threads: usize,
 ) -> Raw {
@@ -386,8 +389,7 @@ pub fn run(files: usize) {
         .unwrap();
 
     // The inputs, listed before ours runs.
-    let parts: Vec<(String, Vec<(String, u64)>)> =
-        rt.block_on(data_objects(&op)).into_iter().collect();
+    let parts: Vec<(String, Objects)> = rt.block_on(data_objects(&op)).into_iter().collect();
     let files_in: usize = parts.iter().map(|(_, f)| f.len()).sum();
     let bytes_in: u64 = parts.iter().flat_map(|(_, f)| f).map(|(_, b)| b).sum();
     assert_eq!(Some(files_in as u64), made["files"].as_u64(), "listed");
