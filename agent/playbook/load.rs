@@ -470,6 +470,9 @@ fn compile_playbook(
                         Err(e) => err(&format!("{path}.alert[{j}]"), e.to_string()),
                     }
                 }
+                // A conjunction: comparisons first, so a regex runs only
+                // when they all hold (the order changes no result).
+                ms.sort_by_key(Matcher::is_regex);
                 alert_triggers.push(ms);
             }
             (None, Some(expr)) => match parse_cron(expr) {

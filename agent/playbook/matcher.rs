@@ -43,6 +43,9 @@ pub struct Matcher {
     /// Unescaped value (the regex source for `=~` and `!~`).
     pub value: String,
     re: Option<Regex>,
+    /// Whether an absent label (the empty string) matches: worked out
+    /// once, as most alerts lack most labels a playbook could name.
+    absent: bool,
 }
 
 impl PartialEq for Matcher {
@@ -93,12 +96,21 @@ impl Matcher {
             }
             _ => None,
         };
-        Ok(Self {
+        let mut m = Self {
             name: name.to_string(),
             op,
             value: value.to_string(),
             re,
-        })
+            absent: false,
+        };
+        m.absent = m.matches_value("");
+        Ok(m)
+    }
+
+    /// Whether this matcher runs a regular expression (dearer than a
+    /// comparison: a trigger checks its comparisons first).
+    pub fn is_regex(&self) -> bool {
+        self.re.is_some()
     }
 
     /// Whether a label value satisfies this matcher.
@@ -115,7 +127,10 @@ impl Matcher {
 
     /// Whether a label set satisfies this matcher (absent label = "").
     pub fn matches(&self, labels: &Labels) -> bool {
-        self.matches_value(labels.get(&self.name).map(String::as_str).unwrap_or(""))
+        match labels.get(&self.name) {
+            Some(v) => self.matches_value(v),
+            None => self.absent,
+        }
     }
 }
 
