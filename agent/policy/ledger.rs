@@ -121,6 +121,10 @@ impl Times {
 
     /// Drops entries before `before`; returns how many.
     fn prune(&mut self, before: DateTime<Utc>) -> usize {
+        // Nearly always nothing to drop: one comparison, not a search.
+        if self.runs.front().is_none_or(|r| r.at >= before) {
+            return 0;
+        }
         let n = self.runs.partition_point(|r| r.at < before);
         if n == 0 {
             return 0;
@@ -194,6 +198,84 @@ impl Times {
     }
 }
 
+/// One target's executions under one playbook. Nearly every target holds
+/// a single time inside the horizon (a run, then its cooldown), so that
+/// case is kept inline: 24 bytes in the map and no allocation, against
+/// [`Times`]' 40 and a block of its own, for each of the (playbook,
+/// target) pairs a permissive policy holds (180,000 in the scale bench).
+#[derive(Debug, Clone)]
+enum TargetTimes {
+    /// `n` entries at `at` (0: empty).
+    One { at: DateTime<Utc>, n: u32 },
+    /// Entries at two or more times.
+    Many(Box<Times>),
+}
+
+impl TargetTimes {
+    fn new(at: DateTime<Utc>) -> Self {
+        TargetTimes::One { at, n: 1 }
+    }
+
+    fn insert(&mut self, at: DateTime<Utc>) {
+        match self {
+            TargetTimes::One { at: a, n } if *a == at || *n == 0 => {
+                *a = at;
+                *n += 1;
+            }
+            TargetTimes::One { at: a, n } => {
+                let mut t = Times::default();
+                for _ in 0..*n {
+                    t.insert(*a);
+                }
+                t.insert(at);
+                *self = TargetTimes::Many(Box::new(t));
+            }
+            TargetTimes::Many(t) => t.insert(at),
+        }
+    }
+
+    fn remove(&mut self, at: DateTime<Utc>) -> bool {
+        match self {
+            TargetTimes::One { at: a, n } if *a == at && *n > 0 => {
+                *n -= 1;
+                true
+            }
+            TargetTimes::One { .. } => false,
+            TargetTimes::Many(t) => t.remove(at),
+        }
+    }
+
+    fn prune(&mut self, before: DateTime<Utc>) -> usize {
+        match self {
+            TargetTimes::One { at, n } if *at < before => std::mem::take(n) as usize,
+            TargetTimes::One { .. } => 0,
+            TargetTimes::Many(t) => t.prune(before),
+        }
+    }
+
+    fn after(&self, since: DateTime<Utc>) -> (usize, Option<DateTime<Utc>>) {
+        match self {
+            TargetTimes::One { at, n } if *at > since && *n > 0 => (*n as usize, Some(*at)),
+            TargetTimes::One { .. } => (0, None),
+            TargetTimes::Many(t) => t.after(since),
+        }
+    }
+
+    fn last(&self) -> Option<DateTime<Utc>> {
+        match self {
+            TargetTimes::One { at, n } => (*n > 0).then_some(*at),
+            TargetTimes::Many(t) => t.last(),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        match self {
+            TargetTimes::One { n, .. } => *n == 0,
+            TargetTimes::Many(t) => t.is_empty(),
+        }
+    }
+}
+
 /// One playbook of one policy.
 #[derive(Debug, Default, Clone)]
 pub(super) struct PlaybookIndex {
@@ -201,7 +283,7 @@ pub(super) struct PlaybookIndex {
     pub(super) failures: Times,
     pub(super) successes: Times,
     /// By target, the key interned in [`Ledger::keys`].
-    targets: HashMap<u32, Times>,
+    targets: HashMap<u32, TargetTimes>,
 }
 
 /// Target keys interned ledger-wide: a (playbook, target) entry holds a
@@ -411,11 +493,10 @@ impl Ledger {
             .get(target_key)
             .filter(|id| pb.targets.contains_key(id))
         {
-            Some(id) => pb.targets.entry(id),
+            Some(id) => pb.targets.entry(id).and_modify(|t| t.insert(at)),
             None => pb.targets.entry(keys.hold(target_key)),
         }
-        .or_default();
-        t.insert(at);
+        .or_insert_with(|| TargetTimes::new(at));
         if let Some(c) = cut {
             dropped += t.prune(c);
             dropped += pb.executions.prune(c);
@@ -561,15 +642,19 @@ impl Ledger {
         let Some(pol) = self.policies.get(policy) else {
             return (0, None);
         };
-        let times = match scope {
-            RateScope::Global => Some(&pol.executions),
-            RateScope::Playbook => pol.playbooks.get(playbook).map(|pb| &pb.executions),
+        let found = match scope {
+            RateScope::Global => Some(pol.executions.after(since)),
+            RateScope::Playbook => pol
+                .playbooks
+                .get(playbook)
+                .map(|pb| pb.executions.after(since)),
             RateScope::Target => pol
                 .playbooks
                 .get(playbook)
-                .and_then(|pb| pb.targets.get(&self.keys.get(target_key)?)),
+                .and_then(|pb| pb.targets.get(&self.keys.get(target_key)?))
+                .map(|t| t.after(since)),
         };
-        times.map_or((0, None), |t| t.after(since))
+        found.unwrap_or((0, None))
     }
 }
 
@@ -787,6 +872,35 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// A target's entry stays small: the map holds one per (playbook,
+    /// target) inside the horizon.
+    #[test]
+    fn a_target_entry_is_inline_and_small() {
+        assert!(std::mem::size_of::<TargetTimes>() <= 24);
+        let t0 = Utc::now();
+        let s = chrono::Duration::seconds;
+        let mut t = TargetTimes::new(t0);
+        t.insert(t0);
+        assert!(matches!(t, TargetTimes::One { n: 2, .. }));
+        assert_eq!(t.after(t0 - s(1)), (2, Some(t0)));
+        assert_eq!(t.after(t0), (0, None));
+        t.insert(t0 + s(5));
+        assert!(matches!(t, TargetTimes::Many(_)));
+        assert_eq!(t.after(t0 - s(1)), (3, Some(t0)));
+        assert_eq!(t.last(), Some(t0 + s(5)));
+        assert_eq!(t.prune(t0 + s(1)), 2);
+        assert_eq!(t.after(t0), (1, Some(t0 + s(5))));
+        assert!(t.remove(t0 + s(5)));
+        assert!(t.is_empty());
+        let mut one = TargetTimes::new(t0);
+        assert!(!one.remove(t0 + s(1)));
+        assert_eq!(one.prune(t0 + s(1)), 1);
+        assert!(one.is_empty() && one.last().is_none());
+        // Emptied, it takes the next time as its one.
+        one.insert(t0 + s(9));
+        assert_eq!(one.after(t0), (1, Some(t0 + s(9))));
     }
 
     /// Target keys are interned: one string per distinct target however
