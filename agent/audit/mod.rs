@@ -6,6 +6,7 @@
 //! (fsynced, rotated by size); [`read`] reads a log and its rotated files back.
 
 mod read;
+pub(crate) mod ts;
 mod write;
 
 use std::collections::BTreeMap;
@@ -74,7 +75,13 @@ pub struct TriggerRef {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub values: BTreeMap<String, String>,
     /// When the alert started firing, or the tick was due (added field).
-    #[serde(default, rename = "startsAt", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "startsAt",
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "ts::serialize_opt",
+        deserialize_with = "ts::deserialize_opt"
+    )]
     pub starts_at: Option<DateTime<Utc>>,
 }
 
@@ -164,6 +171,7 @@ pub enum Phase {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Record {
     /// When this record was written.
+    #[serde(serialize_with = "ts::serialize", deserialize_with = "ts::deserialize")]
     pub ts: DateTime<Utc>,
     /// Identity of the planned step; the same across its phases.
     pub id: String,
@@ -199,7 +207,12 @@ pub struct Record {
     pub step: usize,
     /// When the gate decided the run (added field): limits count from it, so
     /// a ledger rebuilt from the log decides exactly as the one in memory.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "ts::serialize_opt",
+        deserialize_with = "ts::deserialize_opt"
+    )]
     pub decided_at: Option<DateTime<Utc>>,
     /// What the driver saw that on-call would look up (added field): the
     /// last termination and exit code, log lines, sessions terminated,
@@ -216,6 +229,7 @@ pub struct Record {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct Recorded {
     /// When this record was written.
+    #[serde(serialize_with = "ts::serialize", deserialize_with = "ts::deserialize")]
     pub ts: DateTime<Utc>,
     #[allow(dead_code)]
     id: Checked,
@@ -250,7 +264,7 @@ pub struct Recorded {
     #[serde(default)]
     pub step: usize,
     /// When the gate decided the run.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "ts::deserialize_opt")]
     pub decided_at: Option<DateTime<Utc>>,
     #[allow(dead_code)]
     #[serde(default)]

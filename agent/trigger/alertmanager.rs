@@ -50,10 +50,10 @@ pub struct Alert {
     #[serde(default)]
     pub annotations: Labels,
     /// When it started firing.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::audit::ts::deserialize_opt")]
     pub starts_at: Option<DateTime<Utc>>,
     /// When it ended (zero time while firing).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::audit::ts::deserialize_opt")]
     pub ends_at: Option<DateTime<Utc>>,
     /// Link to the expression.
     #[serde(default, rename = "generatorURL")]
