@@ -73,9 +73,13 @@ pub fn scan_as<T: serde::de::DeserializeOwned>(
             continue;
         }
         last = i;
-        match serde_json::from_slice::<T>(&line) {
-            Ok(r) => each(r),
-            Err(_) => out.skipped.push(i),
+        // UTF-8 checked once for the line, not string by string.
+        match std::str::from_utf8(&line)
+            .ok()
+            .and_then(|l| serde_json::from_str::<T>(l).ok())
+        {
+            Some(r) => each(r),
+            None => out.skipped.push(i),
         }
     }
     // A torn last line is what a crash mid-append leaves; anything else is damage.

@@ -22,7 +22,8 @@ pub const TABLE_ROWS: usize = 1000;
 pub fn replay(args: ReplayArgs, out: &mut dyn Write) -> Result<()> {
     let (cfg, pb_origin, pol_origin) = load(&args.sources)?;
     let horizon = crate::pipeline::horizon(&cfg);
-    let engine = Engine::new(cfg, Registry::new(), "replay");
+    let mut engine = Engine::new(cfg, Registry::new(), "replay");
+    engine.decide_only = true;
     if let Some(p) = &args.audit {
         if !p.exists() {
             return Err(Error::Input(format!("{}: no such audit log", p.display())));

@@ -183,9 +183,13 @@ impl Engine {
                 .map_err(|e| format!("steps[{i}] {}: {e}", s.spec.name))?;
             let params = (s.spec.normalize)(rendered)
                 .map_err(|e| format!("steps[{i}] {}: {e}", s.spec.name))?;
-            let description = (s.spec.describe)(&target, &params);
+            let (id, description) = if self.decide_only {
+                (String::new(), String::new())
+            } else {
+                (super::step_id(), (s.spec.describe)(&target, &params))
+            };
             steps.push(PlannedStep {
-                id: uuid::Uuid::now_v7().to_string(),
+                id,
                 action: s.spec.name,
                 params,
                 timeout: s.timeout.std(),

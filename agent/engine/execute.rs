@@ -162,9 +162,7 @@ impl Engine {
             |step: Option<&PlannedStep>, idx: usize, phase: Phase, outcome: String, ms: u64| {
                 Record {
                     ts: clock(),
-                    id: step
-                        .map(|s| s.id.clone())
-                        .unwrap_or_else(|| uuid::Uuid::now_v7().to_string()),
+                    id: step.map(|s| s.id.clone()).unwrap_or_else(super::step_id),
                     trigger: planned.trigger.clone(),
                     playbook: planned.playbook.clone(),
                     action: step.map(|s| s.action.to_string()).unwrap_or_default(),

@@ -21,6 +21,21 @@ use crate::drivers::{target_display, Target};
 use crate::playbook::load::Config;
 use crate::policy::{Decision, Ledger};
 
+/// A step's audit id: a UUIDv7 (time-ordered) whose 74 random bits come
+/// from the thread's generator (fastrand, seeded from the OS once), not a
+/// `getrandom` call per id: ids only have to be unique, and the decision
+/// path makes one per planned step.
+pub fn step_id() -> String {
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    let mut random = [0u8; 10];
+    fastrand::fill(&mut random);
+    let id = uuid::Builder::from_unix_timestamp_millis(ms, &random).into_uuid();
+    let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    id.hyphenated().encode_lower(&mut buf).to_string()
+}
+
 /// One planned step of a run.
 #[derive(Debug, Clone, Serialize)]
 pub struct PlannedStep {
@@ -181,6 +196,9 @@ pub struct Engine {
     pub verify_interval: std::time::Duration,
     /// Cluster-wide claims and counters (several agents, one action).
     pub coordinator: Option<std::sync::Arc<dyn crate::coord::Coordinator>>,
+    /// Decisions only (`remediate replay`): planned steps get no audit id
+    /// and no description, which only recording or running a step needs.
+    pub decide_only: bool,
 }
 
 impl Engine {
@@ -192,6 +210,7 @@ impl Engine {
             node: node.into(),
             verify_interval: std::time::Duration::from_secs(2),
             coordinator: None,
+            decide_only: false,
         }
     }
 }
