@@ -28,6 +28,35 @@ enum Kept {
     NoMatch(Event),
 }
 
+/// What the table shows of a run, nothing more: its last record per step
+/// (action and outcome), without the trigger's labels, the parameters or
+/// the evidence, which the audit and `--output json` carry. A thousand
+/// kept runs whole were several megabytes of a million-alert run.
+fn for_table(mut rep: crate::engine::RunReport) -> crate::engine::RunReport {
+    let strip = |t: &mut crate::audit::TriggerRef| {
+        t.labels = Default::default();
+        t.annotations = Default::default();
+        t.values = Default::default();
+    };
+    strip(&mut rep.planned.trigger);
+    for s in &mut rep.planned.steps {
+        s.params = serde_json::Value::Null;
+    }
+    let mut last: Vec<audit::Record> = Vec::with_capacity(rep.planned.steps.len().max(1));
+    for mut r in rep.records.drain(..) {
+        strip(&mut r.trigger);
+        r.target = Default::default();
+        r.params = serde_json::Value::Null;
+        r.evidence = Default::default();
+        match last.iter_mut().find(|l| l.step == r.step) {
+            Some(l) => *l = r,
+            None => last.push(r),
+        }
+    }
+    rep.records = last;
+    rep
+}
+
 /// Where the events come from: payloads read one at a time, or the one
 /// event of a manual run.
 enum Source {
@@ -252,7 +281,7 @@ pub fn run(args: RunArgs, out: &mut dyn Write) -> Result<()> {
                         out.write_all(&echoed).map_err(Error::output)?;
                         echoed.clear();
                     } else if kept.len() < TABLE_ROWS {
-                        kept.push(Kept::Run(Box::new(rep)));
+                        kept.push(Kept::Run(Box::new(for_table(rep))));
                     } else {
                         more += 1;
                     }
