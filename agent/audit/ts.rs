@@ -36,9 +36,9 @@ fn format(dt: &DateTime<Utc>, buf: &mut [u8; 30]) -> Option<usize> {
     let mut n = 19;
     let (digits, frac) = if nano == 0 {
         (0, 0)
-    } else if nano % 1_000_000 == 0 {
+    } else if nano.is_multiple_of(1_000_000) {
         (3, nano / 1_000_000)
-    } else if nano % 1_000 == 0 {
+    } else if nano.is_multiple_of(1_000) {
         (6, nano / 1_000)
     } else {
         (9, nano)
