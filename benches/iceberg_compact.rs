@@ -581,6 +581,26 @@ fn scale_params() -> (Params, u64) {
     (params, in_flight)
 }
 
+/// Exits non-zero unless pyiceberg reads back what was made (`made`,
+/// `after`: make_scale.py's JSON) from a `replace` of every input file.
+fn check_compacted(made: &Value, after: &Value, r: &compact::Report, files_in: usize) {
+    let check = [
+        ("checksum", after["checksum"] == made["checksum"]),
+        ("operation replace", after["operation"] == "replace"),
+        ("files removed", r.files_removed == files_in),
+        (
+            "files",
+            after["files"].as_u64() == Some(r.files_added as u64),
+        ),
+    ];
+    for (what, ok) in check {
+        if !ok {
+            eprintln!("CORRECTNESS FAILURE ({what}): made {made}; after {after}; report {r:?}");
+            std::process::exit(1);
+        }
+    }
+}
+
 /// The scale run (see the module docs).
 fn scale(files: usize) {
     let root = PathBuf::from(
@@ -627,21 +647,7 @@ fn scale(files: usize) {
     let ours_peak = peak_rss();
     let r = &o.report;
     let (after, _) = python("benches/iceberg/make_scale.py", &["check", &w, TABLE]);
-    let check = [
-        ("checksum", after["checksum"] == made["checksum"]),
-        ("operation replace", after["operation"] == "replace"),
-        ("files removed", r.files_removed == files_in),
-        (
-            "files",
-            after["files"].as_u64() == Some(r.files_added as u64),
-        ),
-    ];
-    for (what, ok) in check {
-        if !ok {
-            eprintln!("CORRECTNESS FAILURE ({what}): made {made}; after {after}; report {r:?}");
-            std::process::exit(1);
-        }
-    }
+    check_compacted(&made, &after, r, files_in);
     // Raw Parquet on the same files.
     fresh(&template, &wh);
     reset_peak();

@@ -38,8 +38,8 @@ use parquet::errors::ParquetError;
 use parquet::file::properties::WriterProperties;
 use remediate::config::IcebergCatalog;
 
+use super::{check_compacted, Raw, TABLE};
 use super::{cpu_time, mib, ours_once, peak_rss, python_env, reset_peak, scale_params, secs};
-use super::{Raw, TABLE};
 
 const BUCKET: &str = "lake";
 const KEY_ID: &str = "remediate-bench-key";
@@ -417,21 +417,7 @@ pub fn run(files: usize) {
     remediate::progress::print_to_stderr(false);
     let r = &o.report;
     let (after, _) = python_env("benches/iceberg/make_scale.py", &["check", &w, TABLE], &env);
-    let check = [
-        ("checksum", after["checksum"] == made["checksum"]),
-        ("operation replace", after["operation"] == "replace"),
-        ("files removed", r.files_removed == files_in),
-        (
-            "files",
-            after["files"].as_u64() == Some(r.files_added as u64),
-        ),
-    ];
-    for (what, ok) in check {
-        if !ok {
-            eprintln!("CORRECTNESS FAILURE ({what}): made {made}; after {after}; report {r:?}");
-            std::process::exit(1);
-        }
-    }
+    check_compacted(&made, &after, r, files_in);
 
     // Raw on the same input objects, from the same server.
     reset_peak();
