@@ -214,7 +214,12 @@ pub struct Config {
     /// Policies by name.
     pub policies: BTreeMap<String, LoadedPolicy>,
     by_alertname: HashMap<String, Vec<usize>>,
-    unindexed: Vec<usize>,
+    /// The playbooks not keyed on an alertname, grouped by the labels they
+    /// need: an alert with none of a group's labels matches none of its
+    /// playbooks (each trigger names one of them in a matcher an absent
+    /// label fails), so one lookup per group skips them all. A group with
+    /// no labels is always checked.
+    unindexed: Vec<(Vec<String>, Vec<usize>)>,
 }
 
 impl Config {
@@ -336,7 +341,24 @@ impl Config {
                     self.by_alertname.entry(n.to_string()).or_default().push(i);
                 }
             } else {
-                self.unindexed.push(i);
+                // One label per trigger that an alert must carry for the
+                // trigger to match; a trigger without one needs none.
+                let mut needs: Vec<String> = Vec::new();
+                for t in &pb.alert_triggers {
+                    match t.iter().find(|m| !m.matches_absent()) {
+                        Some(m) => needs.push(m.name.clone()),
+                        None => {
+                            needs.clear();
+                            break;
+                        }
+                    }
+                }
+                needs.sort_unstable();
+                needs.dedup();
+                match self.unindexed.iter_mut().find(|(n, _)| *n == needs) {
+                    Some((_, v)) => v.push(i),
+                    None => self.unindexed.push((needs, vec![i])),
+                }
             }
         }
     }
@@ -356,7 +378,11 @@ impl Config {
         if let Some(v) = ev.alertname().and_then(|a| self.by_alertname.get(a)) {
             idx.extend(v);
         }
-        idx.extend(&self.unindexed);
+        for (needs, group) in &self.unindexed {
+            if needs.is_empty() || needs.iter().any(|n| ev.labels.contains_key(n)) {
+                idx.extend(group);
+            }
+        }
         if idx.len() > 1 {
             idx.sort_unstable();
             idx.dedup();
@@ -702,5 +728,81 @@ fn walk_strings(v: &serde_json::Value, path: &str, f: &mut dyn FnMut(&str, &str)
             }
         }
         _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The index (by alertname, and by the labels an unkeyed playbook
+    /// needs) finds exactly the playbooks a walk over all of them finds:
+    /// random playbooks, keyed and not, with several triggers and
+    /// matchers an absent label passes or fails, against random alerts.
+    #[test]
+    fn the_match_index_finds_what_a_walk_over_every_playbook_finds() {
+        let mut rng = fastrand::Rng::with_seed(5);
+        let names = ["alertname", "team", "severity", "env"];
+        let values = ["A", "B", "x"];
+        let matcher = |rng: &mut fastrand::Rng| {
+            let n = names[rng.usize(..names.len())];
+            let v = values[rng.usize(..values.len())];
+            match rng.usize(..5) {
+                0 | 1 => format!("'{n}=\"{v}\"'"),
+                2 => format!("'{n}!=\"{v}\"'"),
+                3 => format!("'{n}=~\"{v}|x\"'"),
+                _ => format!("'{n}!~\"{v}.*\"'"),
+            }
+        };
+        for round in 0..30 {
+            let mut pbs = Vec::new();
+            for i in 0..12 {
+                let triggers: Vec<String> = (0..1 + rng.usize(..3))
+                    .map(|_| {
+                        let ms: Vec<String> =
+                            (0..1 + rng.usize(..3)).map(|_| matcher(&mut rng)).collect();
+                        format!("{{ alert: [{}] }}", ms.join(", "))
+                    })
+                    .collect();
+                pbs.push(Source {
+                    path: format!("pb-{i}.yaml").into(),
+                    text: format!(
+                        "apiVersion: remediate/v1\nkind: Playbook\nmetadata: {{ name: pb-{i} }}\nspec:\n  triggers: [{}]\n  target: {{ kind: kubernetes.pod, namespace: ns, name: p }}\n  steps: [{{ action: kubernetes.pod.restart, with: {{ mode: evict }} }}]\n",
+                        triggers.join(", ")
+                    ),
+                });
+            }
+            let pol = Source {
+                path: "default.yaml".into(),
+                text: "apiVersion: remediate/v1\nkind: Policy\nmetadata: { name: default }\nspec: {}\n".into(),
+            };
+            let cfg = Config::load(&pbs, &[pol]).unwrap_or_else(|d| panic!("round {round}: {d:?}"));
+            for _ in 0..200 {
+                let mut labels = Labels::new();
+                for n in names {
+                    if rng.bool() {
+                        labels.insert(n.into(), values[rng.usize(..values.len())].into());
+                    }
+                }
+                let ev = Event {
+                    trigger: TriggerKind::Alert,
+                    status: crate::event::Status::Firing,
+                    fingerprint: "f".into(),
+                    labels: labels.clone(),
+                    annotations: Labels::new(),
+                    values: Labels::new(),
+                    starts_at: None,
+                    playbook: None,
+                };
+                let got: Vec<&str> = cfg.matching(&ev).iter().map(|p| p.name()).collect();
+                let want: Vec<&str> = cfg
+                    .playbooks
+                    .iter()
+                    .filter(|p| p.matches_alert(&labels))
+                    .map(|p| p.name())
+                    .collect();
+                assert_eq!(got, want, "round {round}, labels {labels:?}");
+            }
+        }
     }
 }

@@ -125,6 +125,11 @@ impl Matcher {
         }
     }
 
+    /// Whether a label set without this label satisfies this matcher.
+    pub fn matches_absent(&self) -> bool {
+        self.absent
+    }
+
     /// Whether a label set satisfies this matcher (absent label = "").
     pub fn matches(&self, labels: &Labels) -> bool {
         match labels.get(&self.name) {
