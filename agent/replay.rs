@@ -15,7 +15,7 @@
 //! [`REORDER_WINDOW`] events (a log is in time order but for runs decided
 //! concurrently); one further out of order is decided where it is met.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::io::Read;
 
 use chrono::{DateTime, Utc};
@@ -108,10 +108,9 @@ pub struct AuditReplay<'a> {
 }
 
 impl<'a> AuditReplay<'a> {
-    /// A replay under `engine`'s rules, its ledger keeping `horizon`.
-    pub fn new(engine: &'a Engine, horizon: Option<chrono::Duration>) -> Self {
-        let mut ledger = Ledger::default();
-        ledger.set_horizon(horizon);
+    /// A replay under `engine`'s rules, its ledger keeping `horizon` (None: all).
+    pub fn new(engine: &'a Engine, horizon: Option<crate::policy::Horizon>) -> Self {
+        let ledger = horizon.map_or_else(Ledger::default, Ledger::with_horizons);
         Self {
             engine,
             ledger,
@@ -224,13 +223,13 @@ impl<'a> AuditReplay<'a> {
             .alertname()
             .map(str::to_string)
             .unwrap_or_else(|| ev.trigger.as_str().to_string());
-        let mut seen = BTreeSet::new();
+        // What was decided then for a playbook is taken as it is compared:
+        // what remains afterwards no longer matches.
+        let mut then = p.then;
         for d in &now {
-            seen.insert(d.playbook.clone());
-            let (then_d, then_r) = p
-                .then
-                .get(&d.playbook)
-                .map(|t| (t.decision.clone(), t.reason.clone()))
+            let (then_d, then_r) = then
+                .remove(&d.playbook)
+                .map(|t| (t.decision, t.reason))
                 .unwrap_or_else(|| ("-".into(), "did not match then".into()));
             let row = Row {
                 at,
@@ -247,10 +246,7 @@ impl<'a> AuditReplay<'a> {
             self.summary.count(&row);
             emit(row);
         }
-        for (pb, t) in p.then {
-            if seen.contains(&pb) {
-                continue;
-            }
+        for (pb, t) in then {
             let row = Row {
                 at,
                 trigger: trigger.clone(),
@@ -278,15 +274,30 @@ impl<'a> AuditReplay<'a> {
 }
 
 impl Summary {
+    /// Counts one row. The keys are a handful of decisions: a key is
+    /// allocated the first time it is seen, not for every row.
     fn count(&mut self, r: &Row) {
         self.rows += 1;
-        *self.now.entry(r.now.clone()).or_insert(0) += 1;
+        match self.now.get_mut(&r.now) {
+            Some(n) => *n += 1,
+            None => {
+                self.now.insert(r.now.clone(), 1);
+            }
+        }
         if r.changed {
             self.changed += 1;
-            *self
-                .transitions
-                .entry(format!("{} -> {}", r.then, r.now))
-                .or_insert(0) += 1;
+            let found = self.transitions.iter_mut().find(|(k, _)| {
+                k.strip_prefix(r.then.as_str())
+                    .and_then(|rest| rest.strip_prefix(" -> "))
+                    == Some(r.now.as_str())
+            });
+            match found {
+                Some((_, n)) => *n += 1,
+                None => {
+                    self.transitions
+                        .insert(format!("{} -> {}", r.then, r.now), 1);
+                }
+            }
         }
     }
 }

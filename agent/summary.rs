@@ -231,7 +231,7 @@ mod tests {
         Record {
             ts: t,
             id: format!("{pb}-{decided}-{step}"),
-            trigger: TriggerRef {
+            trigger: std::sync::Arc::new(TriggerRef {
                 kind: TriggerKind::Alert,
                 alertname: Some("A".into()),
                 fingerprint: format!("fp{decided}"),
@@ -240,7 +240,7 @@ mod tests {
                 annotations: Default::default(),
                 values: Default::default(),
                 starts_at: None,
-            },
+            }),
             playbook: pb.into(),
             action: "host.command".into(),
             target: Default::default(),

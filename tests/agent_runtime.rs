@@ -247,7 +247,7 @@ async fn a_tick_missed_while_down_is_caught_up_once_on_start_and_not_with_catch_
         let rec = Record {
             ts: last,
             id: "seed".into(),
-            trigger: audit::TriggerRef {
+            trigger: std::sync::Arc::new(audit::TriggerRef {
                 kind: TriggerKind::Schedule,
                 alertname: None,
                 fingerprint: "seed".into(),
@@ -256,7 +256,7 @@ async fn a_tick_missed_while_down_is_caught_up_once_on_start_and_not_with_catch_
                 annotations: Default::default(),
                 values: Default::default(),
                 starts_at: None,
-            },
+            }),
             playbook: "hourly".into(),
             action: "kubernetes.pod.restart".into(),
             target: [

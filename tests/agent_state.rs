@@ -446,7 +446,7 @@ fn executed(
     audit::Record {
         ts: at,
         id: id.into(),
-        trigger: audit::TriggerRef {
+        trigger: std::sync::Arc::new(audit::TriggerRef {
             kind: remediate::event::TriggerKind::Alert,
             alertname: Some("Mark".into()),
             fingerprint: remediate::event::fingerprint(&labels),
@@ -455,7 +455,7 @@ fn executed(
             annotations: Default::default(),
             values: Default::default(),
             starts_at: Some(at),
-        },
+        }),
         playbook: "mark".into(),
         action: "host.command".into(),
         target: [

@@ -175,8 +175,9 @@ pub struct Record {
     pub ts: DateTime<Utc>,
     /// Identity of the planned step; the same across its phases.
     pub id: String,
-    /// The trigger.
-    pub trigger: TriggerRef,
+    /// The trigger: shared by every record of a run (and its decision),
+    /// not copied into each.
+    pub trigger: std::sync::Arc<TriggerRef>,
     /// Playbook name.
     pub playbook: String,
     /// Action name.
@@ -276,7 +277,7 @@ impl From<&Record> for Recorded {
         Self {
             ts: r.ts,
             id: Checked,
-            trigger: r.trigger.clone(),
+            trigger: (*r.trigger).clone(),
             playbook: r.playbook.clone(),
             action: Checked,
             target: r.target.clone(),
@@ -372,7 +373,7 @@ mod tests {
         Record {
             ts: Utc::now(),
             id: id.into(),
-            trigger: TriggerRef {
+            trigger: std::sync::Arc::new(TriggerRef {
                 kind: TriggerKind::Alert,
                 alertname: Some("A".into()),
                 fingerprint: "f".into(),
@@ -381,7 +382,7 @@ mod tests {
                 annotations: BTreeMap::new(),
                 values: BTreeMap::new(),
                 starts_at: None,
-            },
+            }),
             playbook: "pb".into(),
             action: "kubernetes.pod.restart".into(),
             target: BTreeMap::new(),
@@ -409,7 +410,9 @@ mod tests {
         full.params = serde_json::json!({"mode": "evict", "n": [1, {"a": null}]});
         full.evidence.insert("restarts".into(), "14".into());
         full.decided_at = Some(full.ts);
-        full.trigger.labels.insert("pod".into(), "x".into());
+        std::sync::Arc::make_mut(&mut full.trigger)
+            .labels
+            .insert("pod".into(), "x".into());
         full.target.insert("name".into(), "x".into());
         let good: serde_json::Value = serde_json::to_value(&full).unwrap();
         let mut lines = vec![good.to_string()];

@@ -21,7 +21,7 @@ pub const TABLE_ROWS: usize = 1000;
 /// Runs `remediate replay`.
 pub fn replay(args: ReplayArgs, out: &mut dyn Write) -> Result<()> {
     let (cfg, pb_origin, pol_origin) = load(&args.sources)?;
-    let horizon = crate::pipeline::horizon(&cfg);
+    let horizon = crate::pipeline::exact_horizon(&cfg);
     let mut engine = Engine::new(cfg, Registry::new(), "replay");
     engine.decide_only = true;
     if let Some(p) = &args.audit {
@@ -62,14 +62,20 @@ pub fn replay(args: ReplayArgs, out: &mut dyn Write) -> Result<()> {
     };
     let summary = match &args.alerts {
         Some(path) => {
+            // With `--at` (a time that may lie before the newest history),
+            // the agent's wider horizon, as the agent would keep.
+            let horizon = match args.at {
+                None => horizon,
+                Some(_) => crate::policy::Horizon::all(crate::pipeline::horizon(&engine.config)),
+            };
             let ledger = match &args.audit {
                 Some(p) => {
-                    let mut l = crate::policy::Ledger::with_horizon(horizon);
+                    let mut l = crate::policy::Ledger::with_horizons(horizon);
                     audit::scan_all(p, &mut |r| audit::enter(&mut l, &r))
                         .map_err(|e| Error::Input(e.to_string()))?;
                     l
                 }
-                None => crate::policy::Ledger::with_horizon(horizon),
+                None => crate::policy::Ledger::with_horizons(horizon),
             };
             let file = std::fs::File::open(path)
                 .map_err(|e| Error::Input(format!("{}: cannot read: {e}", path.display())))?;

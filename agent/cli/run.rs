@@ -33,18 +33,21 @@ enum Kept {
 /// the evidence, which the audit and `--output json` carry. A thousand
 /// kept runs whole were several megabytes of a million-alert run.
 fn for_table(mut rep: crate::engine::RunReport) -> crate::engine::RunReport {
-    let strip = |t: &mut crate::audit::TriggerRef| {
-        t.labels = Default::default();
-        t.annotations = Default::default();
-        t.values = Default::default();
-    };
-    strip(&mut rep.planned.trigger);
+    // One stripped trigger for the run and its records (they share one).
+    let t = &rep.planned.trigger;
+    let stripped = std::sync::Arc::new(crate::audit::TriggerRef {
+        labels: Default::default(),
+        annotations: Default::default(),
+        values: Default::default(),
+        ..(**t).clone()
+    });
+    rep.planned.trigger = stripped.clone();
     for s in &mut rep.planned.steps {
         s.params = serde_json::Value::Null;
     }
     let mut last: Vec<audit::Record> = Vec::with_capacity(rep.planned.steps.len().max(1));
     for mut r in rep.records.drain(..) {
-        strip(&mut r.trigger);
+        r.trigger = stripped.clone();
         r.target = Default::default();
         r.params = serde_json::Value::Null;
         r.evidence = Default::default();
@@ -149,7 +152,12 @@ pub fn run(args: RunArgs, out: &mut dyn Write) -> Result<()> {
     };
 
     // The history, streamed into the ledger (nothing else is kept).
-    let mut ledger = crate::policy::Ledger::with_horizon(crate::pipeline::horizon(&cfg));
+    // What the windows read; with `--at` (a time that may lie before the
+    // newest history) the agent's wider horizon, as the agent would keep.
+    let mut ledger = match args.at {
+        None => crate::policy::Ledger::with_horizons(crate::pipeline::exact_horizon(&cfg)),
+        Some(_) => crate::policy::Ledger::with_horizon(crate::pipeline::horizon(&cfg)),
+    };
     let history = audit::scan_all(&args.audit, &mut |r| audit::enter(&mut ledger, &r))
         .map_err(|e| Error::Input(e.to_string()))?;
     if !history.damaged.is_empty() && !args.dry_run {

@@ -128,7 +128,7 @@ impl Engine {
     fn plan(&self, pb: &LoadedPlaybook, ev: &Event, now: DateTime<Utc>) -> Option<Planned> {
         // The loader guarantees the policy exists.
         let policy = self.config.policies.get(&pb.doc.spec.policy)?;
-        let trigger = TriggerRef::from_event(ev);
+        let trigger = std::sync::Arc::new(TriggerRef::from_event(ev));
         let mut planned = Planned {
             playbook: pb.name().to_string(),
             policy: policy.gate.policy().to_string(),

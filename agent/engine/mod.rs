@@ -59,8 +59,8 @@ pub struct Planned {
     pub playbook: String,
     /// Policy that gated it.
     pub policy: String,
-    /// The trigger.
-    pub trigger: TriggerRef,
+    /// The trigger, shared with every record of the run.
+    pub trigger: std::sync::Arc<TriggerRef>,
     /// Rendered target (empty when rendering failed).
     pub target: Target,
     /// Steps (empty when rendering failed).

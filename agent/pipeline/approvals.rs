@@ -103,7 +103,7 @@ fn record(shared: &Shared, p: &Pending, answer: Answer, outcome: String) -> Reco
     Record {
         ts: Utc::now(),
         id: p.id.clone(),
-        trigger: crate::audit::TriggerRef::from_event(&p.event),
+        trigger: crate::audit::TriggerRef::from_event(&p.event).into(),
         playbook: p.playbook.clone(),
         action: p.actions.first().cloned().unwrap_or_default(),
         target: p.target_fields.clone(),

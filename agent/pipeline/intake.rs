@@ -87,7 +87,7 @@ fn test_record(shared: &Shared, ev: &Event) -> crate::audit::Record {
     crate::audit::Record {
         ts: chrono::Utc::now(),
         id: uuid::Uuid::now_v7().to_string(),
-        trigger: crate::audit::TriggerRef::from_event(ev),
+        trigger: crate::audit::TriggerRef::from_event(ev).into(),
         playbook: String::new(),
         action: "test-notification".into(),
         target: Default::default(),

@@ -208,6 +208,38 @@ pub fn horizon(config: &Config) -> chrono::Duration {
     h
 }
 
+/// What a one-shot decision run (`remediate run`, `remediate replay`)
+/// keeps of the ledger: exactly what `config`'s windows read, part by part
+/// (see [`crate::policy::Horizon`]), plus an hour for events decided out
+/// of time order; no day's floor, since nothing is reloaded. Under
+/// hour-long limits and a breaker, the per-target entries (nearly all of a
+/// permissive policy's ledger) keep two hours, not the agent's day.
+pub fn exact_horizon(config: &Config) -> crate::policy::Horizon {
+    use crate::policy::model::RateScope;
+    let slack = chrono::Duration::hours(1);
+    let (mut playbooks, mut targets) = (chrono::Duration::zero(), chrono::Duration::zero());
+    for p in config.policies.values() {
+        let spec = &p.doc.spec;
+        for r in &spec.rate_limits {
+            match r.scope {
+                RateScope::Playbook => playbooks = playbooks.max(r.per.chrono()),
+                RateScope::Global | RateScope::Target => targets = targets.max(r.per.chrono()),
+            }
+        }
+        if let Some(c) = spec.cooldown {
+            targets = targets.max(c.chrono());
+        }
+        if let Some(b) = &spec.circuit_breaker {
+            playbooks = playbooks.max((b.within.chrono() + b.open_for.chrono()) * 2);
+        }
+    }
+    let targets = targets + slack;
+    crate::policy::Horizon {
+        playbooks: (playbooks + slack).max(targets),
+        targets,
+    }
+}
+
 /// Takes the state directory's lock, so two agents never share an audit log.
 fn lock_state_dir(dir: &Path) -> Result<std::fs::File, Error> {
     let path = dir.join("agent.lock");
@@ -425,4 +457,41 @@ pub fn describe_sources(cfg: &AgentConfig) -> (String, String) {
         None => "embedded bundle".to_string(),
     };
     (show(&cfg.playbooks), show(&cfg.policies))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(policy: &str) -> Config {
+        let src = |path: &str, text: &str| crate::playbook::load::Source {
+            path: path.into(),
+            text: text.into(),
+        };
+        Config::load(&[], &[src("p.yaml", policy)]).unwrap()
+    }
+
+    /// A one-shot run keeps what the windows read, part by part, plus an
+    /// hour; the agent keeps at least a day of everything.
+    #[test]
+    fn the_exact_horizon_is_what_each_part_of_the_ledger_reads() {
+        let h = chrono::Duration::hours;
+        let cfg = config(
+            "apiVersion: remediate/v1\nkind: Policy\nmetadata: { name: default }\nspec:\n  rateLimits:\n    - { scope: global, max: 30, per: 1h }\n    - { scope: playbook, max: 10, per: 3h }\n    - { scope: target, max: 3, per: 2h }\n  cooldown: 10m\n  circuitBreaker: { failures: 3, within: 1h, openFor: 6h }\n",
+        );
+        let e = exact_horizon(&cfg);
+        // Targets: the 2h target window (the longest of global, target and
+        // the cooldown), plus the hour.
+        assert_eq!(e.targets, h(3));
+        // Playbooks: the breaker's (1h + 6h) twice, plus the hour.
+        assert_eq!(e.playbooks, h(15));
+        assert_eq!(horizon(&cfg), chrono::Duration::days(1));
+        // A cooldown longer than any window; no breaker: the playbooks'
+        // part is never shorter than the targets'.
+        let cfg = config(
+            "apiVersion: remediate/v1\nkind: Policy\nmetadata: { name: default }\nspec:\n  rateLimits:\n    - { scope: playbook, max: 10, per: 1h }\n  cooldown: 4h\n",
+        );
+        let e = exact_horizon(&cfg);
+        assert_eq!((e.targets, e.playbooks), (h(5), h(5)));
+    }
 }

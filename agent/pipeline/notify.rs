@@ -299,7 +299,7 @@ async fn send(shared: &Shared, n: Notice) {
             let rec = Record {
                 ts: Utc::now(),
                 id: uuid::Uuid::now_v7().to_string(),
-                trigger: crate::audit::TriggerRef {
+                trigger: std::sync::Arc::new(crate::audit::TriggerRef {
                     kind: n.trigger_kind,
                     alertname: n.alertname.clone(),
                     fingerprint: n.fingerprint.clone(),
@@ -308,7 +308,7 @@ async fn send(shared: &Shared, n: Notice) {
                     annotations: Default::default(),
                     values: Default::default(),
                     starts_at: None,
-                },
+                }),
                 playbook: n.playbook.clone(),
                 action: format!("notify:{}", d.sink),
                 target: Default::default(),

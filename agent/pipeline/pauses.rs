@@ -45,7 +45,7 @@ pub(crate) fn record(
     Record {
         ts: Utc::now(),
         id: uuid::Uuid::now_v7().to_string(),
-        trigger: TriggerRef {
+        trigger: std::sync::Arc::new(TriggerRef {
             kind: TriggerKind::Manual,
             alertname: None,
             fingerprint: String::new(),
@@ -54,7 +54,7 @@ pub(crate) fn record(
             annotations: Default::default(),
             values: Default::default(),
             starts_at: None,
-        },
+        }),
         playbook: playbook.to_string(),
         action: decision.to_string(),
         // The target as people name it, not the driver's fields.

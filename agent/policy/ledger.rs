@@ -374,11 +374,19 @@ pub struct Ledger {
     keys: Keys,
     /// Entries older than the newest time minus this are dropped.
     horizon: Option<chrono::Duration>,
+    /// The policy-wide and per-target executions keep this much, when it is
+    /// shorter than `horizon` (see [`Horizon`]).
+    narrow: Option<chrono::Duration>,
     /// The newest time recorded.
     newest: Option<DateTime<Utc>>,
     /// Times held (every index counted), and the count after the last full sweep.
     held: usize,
     swept: usize,
+    /// Of those, the per-target times, and their count after the last
+    /// sweep: stale targets are swept when these double, not only when
+    /// everything has (under a narrow target horizon the rest is larger).
+    target_held: usize,
+    target_swept: usize,
     /// Runs executing now, per policy (the agent keeps this; a CLI run is sequential).
     in_flight: HashMap<String, usize>,
     /// The notification (Alertmanager group delivery) being decided, and
@@ -387,20 +395,62 @@ pub struct Ledger {
     group_counts: HashMap<String, HashMap<String, usize>>,
 }
 
+/// How much history a ledger keeps behind its newest entry, by what reads
+/// it. The per-(playbook, target) entries are nearly all of a permissive
+/// policy's ledger (one per target each playbook acted on), and only
+/// cooldowns and target-scope limits read them; the circuit breaker, which
+/// often looks furthest back, reads only the per-playbook times.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Horizon {
+    /// Per-playbook executions and outcomes: playbook-scope rate limits and
+    /// the circuit breaker (its half-open trial included); and everything
+    /// else, when `targets` is not shorter.
+    pub playbooks: chrono::Duration,
+    /// Policy-wide and per-target executions: global- and target-scope
+    /// rate limits and cooldowns. Never more than `playbooks` is kept.
+    pub targets: chrono::Duration,
+}
+
+impl Horizon {
+    /// One horizon for every part.
+    pub fn all(d: chrono::Duration) -> Self {
+        Self {
+            playbooks: d,
+            targets: d,
+        }
+    }
+}
+
 impl Ledger {
     /// An empty ledger that keeps `horizon` of history behind the newest
     /// entry (older entries are dropped as new ones come in).
     pub fn with_horizon(horizon: chrono::Duration) -> Self {
-        Self {
-            horizon: Some(horizon),
-            ..Self::default()
-        }
+        Self::with_horizons(Horizon::all(horizon))
+    }
+
+    /// [`Ledger::with_horizon`], each part keeping its own.
+    pub fn with_horizons(h: Horizon) -> Self {
+        let mut l = Self::default();
+        l.horizon = Some(h.playbooks);
+        l.narrow = Some(h.targets);
+        l
     }
 
     /// Sets how much history is kept behind the newest entry (None: all).
     pub fn set_horizon(&mut self, horizon: Option<chrono::Duration>) {
         self.horizon = horizon;
+        self.narrow = None;
         self.swept = 0;
+        self.target_swept = 0;
+        self.maybe_sweep();
+    }
+
+    /// [`Ledger::set_horizon`], each part keeping its own.
+    pub fn set_horizons(&mut self, h: Horizon) {
+        self.horizon = Some(h.playbooks);
+        self.narrow = Some(h.targets);
+        self.swept = 0;
+        self.target_swept = 0;
         self.maybe_sweep();
     }
 
@@ -422,6 +472,16 @@ impl Ledger {
         Some(self.newest? - self.horizon?)
     }
 
+    /// The cut-off for the policy-wide and per-target executions: the
+    /// narrower horizon's, never before the wide one's.
+    fn narrow_cutoff(&self) -> Option<DateTime<Utc>> {
+        let wide = self.cutoff()?;
+        Some(match self.narrow {
+            Some(n) => wide.max(self.newest? - n),
+            None => wide,
+        })
+    }
+
     fn saw(&mut self, at: DateTime<Utc>) {
         if self.newest.is_none_or(|n| at > n) {
             self.newest = Some(at);
@@ -431,22 +491,23 @@ impl Ledger {
     /// Drops entries behind the horizon everywhere once the ledger has
     /// doubled since the last sweep (amortised O(1) per entry).
     fn maybe_sweep(&mut self) {
-        let Some(cut) = self.cutoff() else {
+        let (Some(cut), Some(near)) = (self.cutoff(), self.narrow_cutoff()) else {
             return;
         };
-        if self.held < 1024 || self.held < self.swept * 2 {
+        let due = |held: usize, swept: usize| held >= 1024 && held >= swept * 2;
+        if !due(self.held, self.swept) && !due(self.target_held, self.target_swept) {
             return;
         }
-        let mut dropped = 0;
+        let (mut dropped, mut from_targets) = (0, 0);
         let keys = &mut self.keys;
         self.policies.retain(|_, pol| {
-            dropped += pol.executions.prune(cut);
+            dropped += pol.executions.prune(near);
             pol.playbooks.retain(|_, pb| {
                 dropped += pb.executions.prune(cut);
                 dropped += pb.failures.prune(cut);
                 dropped += pb.successes.prune(cut);
                 pb.targets.retain(|id, t| {
-                    dropped += t.prune(cut);
+                    from_targets += t.prune(near);
                     let keep = !t.is_empty();
                     if !keep {
                         keys.release(*id);
@@ -466,8 +527,10 @@ impl Ledger {
             });
             !(pol.executions.is_empty() && pol.playbooks.is_empty())
         });
-        self.held -= dropped;
+        self.held -= dropped + from_targets;
         self.swept = self.held;
+        self.target_held -= from_targets;
+        self.target_swept = self.target_held;
     }
 
     /// Records an executed run.
@@ -479,11 +542,11 @@ impl Ledger {
         target_key: &str,
     ) {
         self.saw(at);
-        let cut = self.cutoff();
+        let (cut, near) = (self.cutoff(), self.narrow_cutoff());
         let mut dropped = 0;
         let pol = entry(&mut self.policies, policy);
         pol.executions.insert(at);
-        if let Some(c) = cut {
+        if let Some(c) = near {
             dropped += pol.executions.prune(c);
         }
         let pb = entry(&mut pol.playbooks, playbook);
@@ -497,11 +560,12 @@ impl Ledger {
             None => pb.targets.entry(keys.hold(target_key)),
         }
         .or_insert_with(|| TargetTimes::new(at));
+        let from_target = near.map_or(0, |c| t.prune(c));
         if let Some(c) = cut {
-            dropped += t.prune(c);
             dropped += pb.executions.prune(c);
         }
-        self.held = self.held + 3 - dropped;
+        self.held = self.held + 3 - dropped - from_target;
+        self.target_held = self.target_held + 1 - from_target;
         if self.group.is_some() {
             *entry(entry(&mut self.group_counts, policy), playbook) += 1;
         }
@@ -540,6 +604,7 @@ impl Ledger {
         let removed =
             1 + usize::from(pb.executions.remove(at)) + usize::from(pol.executions.remove(at));
         self.held = self.held.saturating_sub(removed);
+        self.target_held = self.target_held.saturating_sub(1);
         if self.group.is_some() {
             if let Some(n) = self
                 .group_counts
@@ -1047,5 +1112,77 @@ mod tests {
             max_held <= 2 * live + 64,
             "held {max_held} times, the horizon holds {live}"
         );
+    }
+
+    /// Two horizons: the per-target and policy-wide executions keep the
+    /// narrow one, the per-playbook times the wide one. Every window that
+    /// fits inside its part's horizon sees what the naive walk sees (the
+    /// breaker's per-playbook times as far back as the wide one), and the
+    /// per-target entries held are the narrow horizon's worth.
+    #[test]
+    fn a_narrow_target_horizon_keeps_every_window_inside_it_and_holds_less() {
+        let t0 = DateTime::parse_from_rfc3339("2026-11-25T12:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let sec = chrono::Duration::seconds;
+        let (wide, narrow) = (chrono::Duration::hours(3), chrono::Duration::minutes(30));
+        let mut rng = fastrand::Rng::with_seed(11);
+        let mut l = Ledger::with_horizons(Horizon {
+            playbooks: wide,
+            targets: narrow,
+        });
+        let mut n = Naive::default();
+        let mut max_targets = 0;
+        for i in 0..40_000i64 {
+            let at = t0 + sec(i);
+            let pol = pick(&mut rng, &POLICIES);
+            let pb = pick(&mut rng, &PLAYBOOKS);
+            // Ever new targets: what the per-target entries cost is the horizon's.
+            let tk = format!("t{}", i % 5000);
+            l.record_execution(at, pol, pb, &tk);
+            n.executions.push((at, pol.into(), pb.into(), tk.clone()));
+            if i % 5 == 0 {
+                l.record_failure(at, pol, pb);
+                n.failures.push((at, pol.into(), pb.into()));
+            }
+            max_targets = max_targets.max(l.keys.len());
+            if i % 1999 == 0 {
+                let now = at;
+                for pol in POLICIES {
+                    for pb in PLAYBOOKS {
+                        let far = now - sec(rng.i64(0..wide.num_seconds()));
+                        assert_eq!(
+                            l.failures_since(pol, pb, far),
+                            n.failures_since(pol, pb, far)
+                        );
+                        assert_eq!(
+                            l.executions_since(pol, RateScope::Playbook, pb, "", far),
+                            n.since(pol, RateScope::Playbook, pb, "", far),
+                        );
+                        let near = now - sec(rng.i64(0..narrow.num_seconds()));
+                        assert_eq!(
+                            l.executions_since(pol, RateScope::Global, pb, "", near),
+                            n.since(pol, RateScope::Global, pb, "", near),
+                        );
+                        for k in (i - 40).max(0)..=i {
+                            let tk = format!("t{}", k % 5000);
+                            let recent = |t: Option<DateTime<Utc>>| t.filter(|t| now - *t < narrow);
+                            assert_eq!(
+                                recent(l.last_execution(pol, pb, &tk)),
+                                recent(n.last(pol, pb, &tk))
+                            );
+                            assert_eq!(
+                                l.executions_since(pol, RateScope::Target, pb, &tk, near),
+                                n.since(pol, RateScope::Target, pb, &tk, near),
+                                "{pol}/{pb}/{tk} at {i}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        // 1,800 targets inside the narrow horizon, at most doubled between
+        // sweeps; the wide one would hold all 5,000.
+        assert!(max_targets <= 2 * 1800 + 64, "held {max_targets} targets");
     }
 }

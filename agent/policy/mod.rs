@@ -19,6 +19,6 @@ pub mod windows;
 pub use breaker::BreakerState;
 pub use decision::Decision;
 pub use gate::{Gate, GateInput};
-pub use ledger::{target_key, Ledger};
+pub use ledger::{target_key, Horizon, Ledger};
 pub use model::Policy;
 pub use windows::{parse_cron, CompiledWindow};

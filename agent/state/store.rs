@@ -1458,7 +1458,7 @@ mod tests {
         Record {
             ts,
             id: id.into(),
-            trigger: TriggerRef {
+            trigger: std::sync::Arc::new(TriggerRef {
                 kind: TriggerKind::Alert,
                 alertname: Some("A".into()),
                 fingerprint: "f".into(),
@@ -1467,7 +1467,7 @@ mod tests {
                 annotations: BTreeMap::new(),
                 values: BTreeMap::new(),
                 starts_at: None,
-            },
+            }),
             playbook: "pb".into(),
             action: "kubernetes.pod.restart".into(),
             target: [("kind".to_string(), "kubernetes.pod".to_string())].into(),
