@@ -15,7 +15,9 @@
 //! [`REORDER_WINDOW`] events (a log is in time order but for runs decided
 //! concurrently); one further out of order is decided where it is met.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+use hashbrown::HashMap;
 use std::io::Read;
 
 use chrono::{DateTime, Utc};
@@ -68,7 +70,7 @@ pub struct Summary {
 }
 
 /// One recorded event: fingerprint, startsAt, status and decision second.
-type EventKey = (String, Option<DateTime<Utc>>, String, i64);
+type EventKey = (String, Option<DateTime<Utc>>, crate::event::Status, i64);
 
 /// Recorded events held to be put in time order before they are decided.
 pub const REORDER_WINDOW: usize = 4096;
@@ -150,7 +152,7 @@ impl<'a> AuditReplay<'a> {
         let key = (
             r.trigger.fingerprint.clone(),
             r.trigger.starts_at,
-            r.trigger.status.as_str().to_string(),
+            r.trigger.status,
             at.timestamp_millis() / 1000,
         );
         let then = Then {

@@ -128,7 +128,21 @@ impl Engine {
     fn plan(&self, pb: &LoadedPlaybook, ev: &Event, now: DateTime<Utc>) -> Option<Planned> {
         // The loader guarantees the policy exists.
         let policy = self.config.policies.get(&pb.doc.spec.policy)?;
-        let trigger = std::sync::Arc::new(TriggerRef::from_event(ev));
+        // Decisions only (replay) record nothing: the trigger is not copied.
+        let trigger = std::sync::Arc::new(if self.decide_only {
+            TriggerRef {
+                kind: ev.trigger,
+                alertname: None,
+                fingerprint: String::new(),
+                status: ev.status,
+                labels: Default::default(),
+                annotations: Default::default(),
+                values: Default::default(),
+                starts_at: ev.starts_at,
+            }
+        } else {
+            TriggerRef::from_event(ev)
+        });
         let mut planned = Planned {
             playbook: pb.name().to_string(),
             policy: policy.gate.policy().to_string(),

@@ -197,7 +197,8 @@ pub struct Engine {
     /// Cluster-wide claims and counters (several agents, one action).
     pub coordinator: Option<std::sync::Arc<dyn crate::coord::Coordinator>>,
     /// Decisions only (`remediate replay`): planned steps get no audit id
-    /// and no description, which only recording or running a step needs.
+    /// and no description, and a decision's trigger no copy of the event's
+    /// labels and annotations, which only recording or running a step needs.
     pub decide_only: bool,
 }
 

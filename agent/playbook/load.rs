@@ -214,12 +214,12 @@ pub struct Config {
     /// Policies by name.
     pub policies: BTreeMap<String, LoadedPolicy>,
     by_alertname: HashMap<String, Vec<usize>>,
-    /// The playbooks not keyed on an alertname, grouped by the labels they
-    /// need: an alert with none of a group's labels matches none of its
-    /// playbooks (each trigger names one of them in a matcher an absent
-    /// label fails), so one lookup per group skips them all. A group with
-    /// no labels is always checked.
-    unindexed: Vec<(Vec<String>, Vec<usize>)>,
+    /// The playbooks not keyed on an alertname, grouped by the labels each
+    /// of their triggers needs (the labels of its matchers an absent label
+    /// fails): an alert that lacks one of every trigger's labels matches
+    /// none of the group's playbooks, so a few lookups skip them all. A
+    /// group with no needs is always checked.
+    unindexed: Vec<(Vec<Vec<String>>, Vec<usize>)>,
 }
 
 impl Config {
@@ -341,17 +341,23 @@ impl Config {
                     self.by_alertname.entry(n.to_string()).or_default().push(i);
                 }
             } else {
-                // One label per trigger that an alert must carry for the
-                // trigger to match; a trigger without one needs none.
-                let mut needs: Vec<String> = Vec::new();
+                // Per trigger, the labels an alert must carry for it to
+                // match (those of its matchers an absent label fails); a
+                // trigger that needs none makes the playbook always checked.
+                let mut needs: Vec<Vec<String>> = Vec::new();
                 for t in &pb.alert_triggers {
-                    match t.iter().find(|m| !m.matches_absent()) {
-                        Some(m) => needs.push(m.name.clone()),
-                        None => {
-                            needs.clear();
-                            break;
-                        }
+                    let mut set: Vec<String> = t
+                        .iter()
+                        .filter(|m| !m.matches_absent())
+                        .map(|m| m.name.clone())
+                        .collect();
+                    if set.is_empty() {
+                        needs.clear();
+                        break;
                     }
+                    set.sort_unstable();
+                    set.dedup();
+                    needs.push(set);
                 }
                 needs.sort_unstable();
                 needs.dedup();
@@ -379,7 +385,8 @@ impl Config {
             idx.extend(v);
         }
         for (needs, group) in &self.unindexed {
-            if needs.is_empty() || needs.iter().any(|n| ev.labels.contains_key(n)) {
+            let may_match = |set: &Vec<String>| set.iter().all(|n| ev.labels.contains_key(n));
+            if needs.is_empty() || needs.iter().any(may_match) {
                 idx.extend(group);
             }
         }
