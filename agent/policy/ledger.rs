@@ -432,10 +432,11 @@ impl Ledger {
 
     /// [`Ledger::with_horizon`], each part keeping its own.
     pub fn with_horizons(h: Horizon) -> Self {
-        let mut l = Self::default();
-        l.horizon = Some(h.playbooks);
-        l.narrow = Some(h.targets);
-        l
+        Self {
+            horizon: Some(h.playbooks),
+            narrow: Some(h.targets),
+            ..Self::default()
+        }
     }
 
     /// Sets how much history is kept behind the newest entry (None: all).
