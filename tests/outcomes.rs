@@ -284,10 +284,18 @@ async fn an_alert_still_firing_after_escalate_after_is_unresolved_escalated_and_
         "{}",
         rec.outcome
     );
-    assert_eq!(
-        a.metric("remediate_run_outcomes_total{playbook=\"fix\",outcome=\"unresolved\"}")
-            .await,
-        Some(1.0)
+    // Counted once the record is durable: a moment after it is in the log.
+    let counted = eventually(Duration::from_secs(10), || {
+        let m = metric_now(
+            &a,
+            "remediate_run_outcomes_total{playbook=\"fix\",outcome=\"unresolved\"}",
+        );
+        (m == Some(1.0)).then_some(())
+    })
+    .await;
+    assert!(
+        counted.is_some(),
+        "the unresolved outcome is counted on /metrics"
     );
     // One escalation reaches on-call, beside the run's own notice.
     let esc = eventually(Duration::from_secs(10), || {
