@@ -36,10 +36,14 @@ fn for_table(mut rep: crate::engine::RunReport) -> crate::engine::RunReport {
     // One stripped trigger for the run and its records (they share one).
     let t = &rep.planned.trigger;
     let stripped = std::sync::Arc::new(crate::audit::TriggerRef {
+        kind: t.kind,
+        alertname: t.alertname.clone(),
+        fingerprint: t.fingerprint.clone(),
+        status: t.status,
         labels: Default::default(),
         annotations: Default::default(),
         values: Default::default(),
-        ..(**t).clone()
+        starts_at: t.starts_at,
     });
     rep.planned.trigger = stripped.clone();
     for s in &mut rep.planned.steps {

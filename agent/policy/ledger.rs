@@ -448,15 +448,6 @@ impl Ledger {
         self.maybe_sweep();
     }
 
-    /// [`Ledger::set_horizon`], each part keeping its own.
-    pub fn set_horizons(&mut self, h: Horizon) {
-        self.horizon = Some(h.playbooks);
-        self.narrow = Some(h.targets);
-        self.swept = 0;
-        self.target_swept = 0;
-        self.maybe_sweep();
-    }
-
     /// Times held over all indexes (three per execution, one per outcome).
     pub fn held(&self) -> usize {
         self.held
