@@ -963,8 +963,18 @@ enum Del {
     },
     /// Deletes the rows whose id is one of these.
     Eq { ids: Vec<i64> },
+    /// Deletes by these columns (name, field id; the ids are the file's
+    /// `equality_ids`), the rows of `columns`.
+    EqOn {
+        fields: Vec<(&'static str, i32)>,
+        columns: Vec<arrow_array::ArrayRef>,
+    },
     /// Position deletes added with this explicit data sequence number.
     PosAt { rows: Vec<(String, i64)>, seq: i64 },
+    /// Not a delete: a copy of the data file `partition_of`, added (in a
+    /// data manifest of its own) with this data sequence number, as a
+    /// rewrite keeping its starting sequence number commits its files.
+    DataAt { seq: i64 },
 }
 
 /// Commits delete files, one snapshot, with the iceberg crate's public
@@ -1010,12 +1020,49 @@ async fn commit_deletes(lake: &Lake, table: &str, files: Vec<(&str, Del)>) -> Ve
             .with_metadata([("PARQUET:field_id".to_string(), id.to_string())].into())
     };
     let (mut paths, mut pos_rows, mut eq_rows) = (Vec::new(), 0u64, 0u64);
+    let mut data_manifest = None;
     for (n, (partition_of, del)) in files.into_iter().enumerate() {
         let partition = partitions[partition_of].0.clone();
         let dir = Path::new(partition_of.strip_prefix("file://").unwrap())
             .parent()
             .unwrap()
             .to_path_buf();
+        if let Del::DataAt { seq: data_seq } = del {
+            let path = dir.join(format!("test-data-{seq}-{n}.parquet"));
+            std::fs::copy(partition_of.strip_prefix("file://").unwrap(), &path).unwrap();
+            let f = t
+                .file_io()
+                .new_input(partition_of)
+                .unwrap()
+                .metadata()
+                .await
+                .unwrap();
+            let rows = id_rows(partition_of);
+            let mut b = DataFileBuilder::default();
+            b.content(DataContentType::Data)
+                .file_path(format!("file://{}", path.display()))
+                .file_format(DataFileFormat::Parquet)
+                .partition(partition)
+                .partition_spec_id(spec_id)
+                .record_count(rows)
+                .file_size_in_bytes(f.size);
+            let w = data_manifest.get_or_insert_with(|| {
+                let out = t
+                    .file_io()
+                    .new_output(format!("{meta}/test-data-{seq}.avro"))
+                    .unwrap();
+                ManifestWriterBuilder::new(
+                    out,
+                    Some(snap_id),
+                    md.current_schema().clone(),
+                    md.partition_spec_by_id(spec_id).unwrap().as_ref().clone(),
+                )
+                .build_v2_data()
+            });
+            w.add_file(b.build().unwrap(), data_seq).unwrap();
+            paths.push(format!("file://{}", path.display()));
+            continue;
+        }
         let path = dir.join(format!("test-delete-{seq}-{n}.parquet"));
         let (del, data_seq) = match del {
             Del::PosAt { rows, seq } => (
@@ -1028,7 +1075,7 @@ async fn commit_deletes(lake: &Lake, table: &str, files: Vec<(&str, Del)>) -> Ve
             d => (d, -1),
         };
         let (batch, content, referenced, ids) = match del {
-            Del::PosAt { .. } => unreachable!(),
+            Del::PosAt { .. } | Del::DataAt { .. } => unreachable!(),
             Del::Pos { rows, referenced } => {
                 let schema = Arc::new(arrow_schema::Schema::new(vec![
                     field("file_path", arrow_schema::DataType::Utf8, "2147483546"),
@@ -1065,6 +1112,24 @@ async fn commit_deletes(lake: &Lake, table: &str, files: Vec<(&str, Del)>) -> Ve
                 eq_rows += ids.len() as u64;
                 (batch, DataContentType::EqualityDeletes, None, Some(vec![1]))
             }
+            Del::EqOn { fields, columns } => {
+                let schema = Arc::new(arrow_schema::Schema::new(
+                    fields
+                        .iter()
+                        .zip(&columns)
+                        .map(|((name, id), c)| {
+                            arrow_schema::Field::new(*name, c.data_type().clone(), true)
+                                .with_metadata(
+                                    [("PARQUET:field_id".to_string(), id.to_string())].into(),
+                                )
+                        })
+                        .collect::<Vec<_>>(),
+                ));
+                let batch = arrow_array::RecordBatch::try_new(schema, columns).unwrap();
+                eq_rows += batch.num_rows() as u64;
+                let ids = fields.iter().map(|f| f.1).collect();
+                (batch, DataContentType::EqualityDeletes, None, Some(ids))
+            }
         };
         let mut w = parquet::arrow::ArrowWriter::try_new(
             std::fs::File::create(&path).unwrap(),
@@ -1092,6 +1157,9 @@ async fn commit_deletes(lake: &Lake, table: &str, files: Vec<(&str, Del)>) -> Ve
     }
     let mut manifests: Vec<_> = list.entries().to_vec();
     manifests.push(mw.write_manifest_file().await.unwrap());
+    if let Some(w) = data_manifest {
+        manifests.push(w.write_manifest_file().await.unwrap());
+    }
     let list_path = format!("{meta}/snap-{snap_id}-test.avro");
     let writer = t
         .file_io()
@@ -1184,6 +1252,15 @@ async fn live_deletes(t: &iceberg::table::Table) -> Vec<String> {
     }
     out.sort();
     out
+}
+
+/// The rows of a local data file, from its Parquet footer.
+fn id_rows(data_file: &str) -> u64 {
+    let f = std::fs::File::open(data_file.strip_prefix("file://").unwrap()).unwrap();
+    let r = parquet::file::reader::SerializedFileReader::new(f).unwrap();
+    parquet::file::reader::FileReader::metadata(&r)
+        .file_metadata()
+        .num_rows() as u64
 }
 
 /// The `id` of row `pos` of a local data file, read with the parquet crate.
@@ -1416,8 +1493,15 @@ async fn partitions_whose_deletes_cannot_be_applied_exactly_are_skipped_with_the
                     referenced: false,
                 },
             ),
-            // gamma: an equality delete applying to all its files.
-            (&gamma[0], Del::Eq { ids: vec![2] }),
+            // gamma: an equality delete by a column the schema no longer
+            // has (field 99).
+            (
+                &gamma[0],
+                Del::EqOn {
+                    fields: vec![("gone", 99)],
+                    columns: vec![Arc::new(arrow_array::Int64Array::from(vec![2]))],
+                },
+            ),
             // delta: a position delete file that is gone (unreadable).
             (
                 &delta[0],
@@ -1430,10 +1514,6 @@ async fn partitions_whose_deletes_cannot_be_applied_exactly_are_skipped_with_the
     )
     .await;
     std::fs::remove_file(deletes[3].strip_prefix("file://").unwrap()).unwrap();
-    // Later gamma files: no equality delete applies to them.
-    // (pyiceberg cannot scan a table with equality deletes: no summary.)
-    pyice(&["append-raw", &w, "events", "20", "5000"]);
-    pyice(&["append-raw", &w, "events", "20", "6000"]);
     let t = lake.load(&lake::ident("db.events").unwrap()).await.unwrap();
     let sel = compact::select(&t, None, &params(0)).await.unwrap();
     let reason = |name: &str| {
@@ -1463,29 +1543,16 @@ async fn partitions_whose_deletes_cannot_be_applied_exactly_are_skipped_with_the
         )) && d.ends_with("which rows it deletes is unknown, so the partition is left as it is"),
         "{d}"
     );
-    assert!(sel.groups.iter().all(|g| ["alpha", "beta", "delta"]
-        .iter()
-        .all(|p| !g.stats.partition.contains(p))));
-    // gamma: the six older files are left to the equality delete; the two
-    // newer ones are compacted.
-    let g = sel
-        .groups
-        .iter()
-        .find(|g| g.stats.partition.contains("gamma"))
-        .expect("gamma picked");
-    assert_eq!(g.input_files(), 2);
-    assert_eq!(g.delete_files_applied(), 0);
+    let g = reason("gamma");
+    assert_eq!(
+        g,
+        format!("equality delete file {} deletes by field 99, which the current schema no longer has; such deletes are not applied by this build, so the partition is left as it is", deletes[2])
+    );
+    assert!(sel.groups.is_empty(), "{:?}", sel.groups);
     let r = compact::compact(&lake, &t, None, &params(0), None)
         .await
         .unwrap();
-    assert_eq!(r.delete_files_removed, 0);
-    let t = lake.load(&lake::ident("db.events").unwrap()).await.unwrap();
-    let files = data_files(&t).await;
-    let old_gamma = files.iter().filter(|f| gamma.contains(&f.0)).count();
-    assert_eq!(
-        old_gamma, 6,
-        "the files the equality delete applies to stay"
-    );
+    assert_eq!(r.snapshot_id, None);
     let mut all = deletes.clone();
     all.sort();
     assert_eq!(live_deletes(&t).await, all, "every delete file is kept");
@@ -1539,16 +1606,13 @@ async fn partitions_whose_deletes_cannot_be_applied_exactly_are_skipped_with_the
         .await
         .unwrap();
     let sel = compact::select(&t2, None, &params(0)).await.unwrap();
+    // delta: its equality delete is applied, so all four files are picked.
     let d = sel
-        .skipped
+        .groups
         .iter()
-        .find(|s| s.0.contains("delta"))
-        .map(|s| s.1.clone())
-        .unwrap_or_default();
-    assert!(
-        d.contains("1 equality delete file(s)") && d.contains("apply to 4 of its 4 small files"),
-        "{d}"
-    );
+        .find(|g| g.stats.partition.contains("delta"))
+        .expect("delta picked");
+    assert_eq!((d.input_files(), d.equality_files_applied()), (4, 1));
     let b = sel
         .skipped
         .iter()
@@ -2538,7 +2602,7 @@ async fn the_cli_plan_and_outcome_name_the_position_deletes_applied_and_removed(
     assert!(
         applied.contains("replaced 40 small files")
             && applied.contains(
-                "199 rows (1 row(s) deleted by position deletes left out; 1 position delete file(s) removed)"
+                "199 rows (1 row(s) deleted by position deletes and 0 by equality deletes left out; 1 delete file(s) removed)"
             ),
         "{applied}"
     );
@@ -2646,7 +2710,8 @@ async fn the_iceberg_crate_reader_drops_rows_an_equality_delete_does_not_match()
 }
 
 #[tokio::test]
-async fn a_global_equality_delete_of_an_older_unpartitioned_spec_keeps_the_files_it_applies_to() {
+async fn a_global_equality_delete_of_an_older_unpartitioned_spec_is_applied_in_every_partition_and_kept(
+) {
     let dir = tempfile::tempdir().unwrap();
     let wh = dir.path().join("warehouse");
     let w = wh.display().to_string();
@@ -2676,11 +2741,13 @@ async fn a_global_equality_delete_of_an_older_unpartitioned_spec_keeps_the_files
         "{:?}",
         per(&before)
     );
-    // A global equality delete (spec 0), then two more appends.
-    commit_deletes(
+    // A global equality delete (spec 0) of id 1 (in an unpartitioned
+    // file) and id 41 (the first partitioned append's, category beta),
+    // then two more appends.
+    let global = commit_deletes(
         &lake,
         "db.events",
-        vec![(&unpartitioned, Del::Eq { ids: vec![1] })],
+        vec![(&unpartitioned, Del::Eq { ids: vec![1, 41] })],
     )
     .await;
     pyice(&["append-raw", &w, "events", "20", "5000"]);
@@ -2689,11 +2756,311 @@ async fn a_global_equality_delete_of_an_older_unpartitioned_spec_keeps_the_files
     let sel = compact::select(&t, None, &params(0)).await.unwrap();
     assert_eq!(
         per(&sel).iter().map(|g| g.1).collect::<Vec<_>>(),
-        vec![2; 4],
-        "only the two appends after the delete, in every partition: {:?} (skipped {:?})",
+        vec![6; 4],
+        "every partitioned file, the delete applied: {:?} (skipped {:?})",
         per(&sel),
         sel.skipped
     );
+    assert!(sel
+        .groups
+        .iter()
+        .all(|g| (g.equality_files_applied(), g.equality_files_dropped()) == (1, 0)));
+    let r = compact::compact(&lake, &t, None, &params(0), None)
+        .await
+        .unwrap();
+    assert_eq!((r.rows_equality_deleted, r.delete_files_removed), (1, 0));
+    assert_eq!(r.rows, 4 * 20 + 2 * 20 - 1);
+    let t = lake.load(&lake::ident("db.events").unwrap()).await.unwrap();
+    assert_eq!(
+        live_deletes(&t).await,
+        global,
+        "a global delete still applies to the unpartitioned files"
+    );
+}
+
+/// Equality deletes, as Flink upserts and Spark merge-on-read leave them,
+/// are applied by the rewrite: by the spec, a deleted key removes rows of
+/// data files of a lower sequence number only, a null matches a null, and
+/// a column a file was written without reads as null. The delete files of
+/// a partition all of whose affected files are rewritten are dropped in
+/// the same `replace`, after which pyiceberg (which cannot read equality
+/// deletes) reads the table and finds exactly the rows the construction
+/// says survive.
+#[tokio::test]
+async fn equality_deletes_are_applied_by_the_rewrite_and_dropped_with_the_files_they_covered() {
+    use arrow_array::{ArrayRef, Int64Array, StringArray};
+    let dir = tempfile::tempdir().unwrap();
+    let wh = dir.path().join("warehouse");
+    let w = wh.display().to_string();
+    // Ids 0..80, category by id % 4 (alpha, beta, gamma, delta), 5 rows a
+    // file; `note` ("n<id>") exists from id 40 on (appends 3 and 4).
+    pyice(&["make-evolved", &w, "events", "4", "20"]);
+    let lake = Lake::open("lake", &sqlite_lake(&wh)).await.unwrap();
+    let t = lake.load(&lake::ident("db.events").unwrap()).await.unwrap();
+    let note = t
+        .metadata()
+        .current_schema()
+        .field_by_name("note")
+        .unwrap()
+        .id;
+    let files = data_files(&t).await;
+    let first = |cat: &str| {
+        files
+            .iter()
+            .find(|f| f.0.contains(&format!("category={cat}/")))
+            .unwrap()
+            .0
+            .clone()
+    };
+    let ids = |v: Vec<i64>| -> Vec<ArrayRef> { vec![Arc::new(Int64Array::from(v))] };
+    let notes = |v: Vec<Option<&str>>| -> ArrayRef { Arc::new(StringArray::from(v)) };
+    let deletes = commit_deletes(
+        &lake,
+        "db.events",
+        vec![
+            // alpha: ids 0 (first append) and 40 (third), and 5000, which
+            // the append after this delete writes: it must stay.
+            (
+                &first("alpha"),
+                Del::EqOn {
+                    fields: vec![("id", 1)],
+                    columns: ids(vec![0, 40, 5000]),
+                },
+            ),
+            // beta: note is null: every row of the two appends written
+            // before note existed.
+            (
+                &first("beta"),
+                Del::EqOn {
+                    fields: vec![("note", note)],
+                    columns: vec![notes(vec![None])],
+                },
+            ),
+            // gamma: a note no row has (the value the crate's own reader
+            // gets wrong): nothing goes.
+            (
+                &first("gamma"),
+                Del::EqOn {
+                    fields: vec![("note", note)],
+                    columns: vec![notes(vec![Some("no such note")])],
+                },
+            ),
+            // delta: by (id, note): (3, null) and (43, "n43") match, (47,
+            // "nope") does not.
+            (
+                &first("delta"),
+                Del::EqOn {
+                    fields: vec![("id", 1), ("note", note)],
+                    columns: vec![
+                        Arc::new(Int64Array::from(vec![3, 43, 47])),
+                        notes(vec![None, Some("n43"), Some("nope")]),
+                    ],
+                },
+            ),
+        ],
+    )
+    .await;
+    pyice(&["append-raw", &w, "events", "20", "5000"]);
+    let t = lake.load(&lake::ident("db.events").unwrap()).await.unwrap();
+    let mut all = deletes.clone();
+    all.sort();
+    assert_eq!(live_deletes(&t).await, all);
+
+    let sel = compact::select(&t, None, &params(0)).await.unwrap();
+    assert!(sel.skipped.is_empty(), "{:?}", sel.skipped);
+    assert_eq!(sel.groups.len(), 4);
+    for g in &sel.groups {
+        assert_eq!(
+            (
+                g.input_files(),
+                g.equality_files_applied(),
+                g.equality_files_dropped()
+            ),
+            (5, 1, 1),
+            "{}",
+            g.stats.partition
+        );
+    }
+    let r = compact::compact(&lake, &t, None, &params(0), None)
+        .await
+        .unwrap();
+    // alpha 0 and 40; beta's 10 rows of appends 1 and 2; delta 3 and 43.
+    assert_eq!(r.rows_equality_deleted, 2 + 10 + 2, "{r:?}");
+    assert_eq!(r.delete_files_removed, 4);
+    assert_eq!(r.rows, 80 + 20 - 14);
+    let t = lake.load(&lake::ident("db.events").unwrap()).await.unwrap();
+    assert!(live_deletes(&t).await.is_empty());
+    // What pyiceberg reads: every id but the deleted ones.
+    let gone: Vec<i64> = [0, 40, 3, 43]
+        .into_iter()
+        .chain((0..40).filter(|i| i % 4 == 1))
+        .collect();
+    let want: Vec<i64> = (0..80)
+        .chain(5000..5020)
+        .filter(|i| !gone.contains(i))
+        .collect();
+    assert_eq!(pyice(&["ids", &w, "events"]), serde_json::json!(want));
+    let after = pyice(&["inspect", &w, "events"]);
+    assert_eq!(after["operation"], "replace");
+    assert_eq!(after["rows"], want.len());
+}
+
+/// Data committed while a compaction runs, with a sequence number below
+/// an equality delete the compaction would drop (a concurrent rewrite
+/// keeping its starting sequence number), aborts the commit: dropping the
+/// delete would bring its rows back in that file.
+#[tokio::test]
+async fn old_sequence_data_committed_during_compaction_keeps_the_equality_delete() {
+    let dir = tempfile::tempdir().unwrap();
+    let wh = dir.path().join("warehouse");
+    let w = wh.display().to_string();
+    pyice(&["make", &w, "events", "4", "20"]);
+    let lake = Lake::open("lake", &sqlite_lake(&wh)).await.unwrap();
+    let t = lake.load(&lake::ident("db.events").unwrap()).await.unwrap();
+    let alpha = data_files(&t)
+        .await
+        .into_iter()
+        .find(|f| f.0.contains("category=alpha/"))
+        .unwrap()
+        .0;
+    let deletes =
+        commit_deletes(&lake, "db.events", vec![(&alpha, Del::Eq { ids: vec![0] })]).await;
+    let t = lake.load(&lake::ident("db.events").unwrap()).await.unwrap();
+    let (wh2, alpha2) = (wh.clone(), alpha.clone());
+    let hook: compact::BeforeCommit = Arc::new(move |attempt| {
+        let (wh, alpha) = (wh2.clone(), alpha2.clone());
+        Box::pin(async move {
+            if attempt == 0 {
+                let lake = Lake::open("lake", &sqlite_lake(&wh)).await.unwrap();
+                commit_deletes(&lake, "db.events", vec![(&alpha, Del::DataAt { seq: 1 })]).await;
+            }
+        })
+    });
+    let e = compact::compact(&lake, &t, None, &params(4), Some(hook))
+        .await
+        .unwrap_err();
+    assert!(
+        e.message.contains("a concurrent commit added data file")
+            && e.message
+                .contains("of sequence number 1 to compacted partition")
+            && e.message
+                .contains("below the equality delete (sequence number 5)")
+            && e.message.contains("nothing was committed"),
+        "{}",
+        e.message
+    );
+    assert!(
+        compact_files(&wh, "events").is_empty(),
+        "no rewritten file left"
+    );
+    let t = lake.load(&lake::ident("db.events").unwrap()).await.unwrap();
+    assert_eq!(live_deletes(&t).await, deletes, "the delete is kept");
+    // Without the concurrent commit, the same compaction drops it.
+    let dir2 = tempfile::tempdir().unwrap();
+    let wh2 = dir2.path().join("warehouse");
+    pyice(&["make", &wh2.display().to_string(), "events", "4", "20"]);
+    let lake2 = Lake::open("lake", &sqlite_lake(&wh2)).await.unwrap();
+    let t2 = lake2
+        .load(&lake::ident("db.events").unwrap())
+        .await
+        .unwrap();
+    let alpha = data_files(&t2)
+        .await
+        .into_iter()
+        .find(|f| f.0.contains("category=alpha/"))
+        .unwrap()
+        .0;
+    commit_deletes(
+        &lake2,
+        "db.events",
+        vec![(&alpha, Del::Eq { ids: vec![0] })],
+    )
+    .await;
+    let t2 = lake2
+        .load(&lake::ident("db.events").unwrap())
+        .await
+        .unwrap();
+    let r = compact::compact(&lake2, &t2, None, &params(4), None)
+        .await
+        .unwrap();
+    assert_eq!((r.rows_equality_deleted, r.delete_files_removed), (1, 1));
+}
+
+/// An equality delete by a floating-point column (the spec forbids them)
+/// or whose file cannot be read leaves its partition alone, with the
+/// reason; so do keys that would outgrow the rewrite's memory budget.
+#[tokio::test]
+async fn equality_deletes_that_cannot_be_applied_skip_the_partition_with_the_reason() {
+    use arrow_array::{ArrayRef, Float64Array, Int64Array};
+    let dir = tempfile::tempdir().unwrap();
+    let wh = dir.path().join("warehouse");
+    let w = wh.display().to_string();
+    pyice(&["make", &w, "events", "4", "20"]);
+    let lake = Lake::open("lake", &sqlite_lake(&wh)).await.unwrap();
+    let t = lake.load(&lake::ident("db.events").unwrap()).await.unwrap();
+    let files = data_files(&t).await;
+    let first = |cat: &str| {
+        files
+            .iter()
+            .find(|f| f.0.contains(&format!("category={cat}/")))
+            .unwrap()
+            .0
+            .clone()
+    };
+    let deletes = commit_deletes(
+        &lake,
+        "db.events",
+        vec![
+            (
+                &first("alpha"),
+                Del::EqOn {
+                    fields: vec![("value", 3)],
+                    columns: vec![Arc::new(Float64Array::from(vec![0.5])) as ArrayRef],
+                },
+            ),
+            (&first("beta"), Del::Eq { ids: vec![1] }),
+            (
+                &first("gamma"),
+                Del::EqOn {
+                    fields: vec![("id", 1)],
+                    columns: vec![Arc::new(Int64Array::from_iter_values(0..1000)) as ArrayRef],
+                },
+            ),
+        ],
+    )
+    .await;
+    std::fs::remove_file(deletes[1].strip_prefix("file://").unwrap()).unwrap();
+    let t = lake.load(&lake::ident("db.events").unwrap()).await.unwrap();
+    let mut p = params(0);
+    // 1,000 keys of 9 bytes each and their overhead do not fit 16 KiB.
+    p.max_bytes_in_flight = 16 << 10;
+    let sel = compact::select(&t, None, &p).await.unwrap();
+    let reason = |name: &str| {
+        sel.skipped
+            .iter()
+            .find(|s| s.0.contains(name))
+            .map(|s| s.1.clone())
+            .unwrap_or_default()
+    };
+    assert_eq!(
+        reason("alpha"),
+        format!("equality delete file {} deletes by the floating-point column value (the spec allows no float or double delete column), so the partition is left as it is", deletes[0])
+    );
+    let b = reason("beta");
+    assert!(
+        b.starts_with(&format!(
+            "equality delete file {} cannot be read",
+            deletes[1]
+        )) && b.ends_with("which rows it deletes is unknown, so the partition is left as it is"),
+        "{b}"
+    );
+    assert_eq!(
+        reason("gamma"),
+        "its 1 equality delete file(s) hold more distinct keys than fit the rewrite's memory budget (maxBytesInFlight 16.0 KiB), so the partition is left as it is"
+    );
+    // delta has no delete: compacted.
+    assert_eq!(sel.groups.len(), 1);
+    assert!(sel.groups[0].stats.partition.contains("delta"));
 }
 
 /// The agent has no S3 keys of its own and the environment none; the REST

@@ -26,28 +26,36 @@
 //!     or references a picked file of a later data sequence number (it must
 //!     not apply there, but the reader would apply it once another file of
 //!     the bin loaded it).
-//!   - *Equality deletes* are not applied: the iceberg 0.10 reader turns
-//!     them into a row filter `NOT (c1 = v1 AND …)` per deleted row, which
-//!     drops rows the delete does not match: with one equality column,
-//!     every row of a file written before the column was added (tested in
-//!     `tests/iceberg.rs`; Iceberg reads the column as null, which equals
-//!     no deleted value) and, by its code, any row holding a null there
-//!     (`null != v` is null, and the filter drops the row). So only small
-//!     files no equality delete applies to are picked: those whose data
-//!     sequence number is not below any applying equality delete's (an
-//!     equality delete applies to data of a strictly lower one). The
-//!     partition is skipped when fewer than two remain. Equality delete
-//!     files are never removed: even a partition's own can still apply to
-//!     files of that partition the compaction does not touch, and what
-//!     they delete is only known by evaluating them.
+//!   - *Equality deletes* are applied by the rewrite itself
+//!     (`eqdelete.rs`), not by the crate's reader: the iceberg 0.10 reader
+//!     turns them into a row filter `NOT (c1 = v1 AND …)` per deleted row,
+//!     which drops rows the delete does not match: with one equality
+//!     column, every row of a file written before the column was added
+//!     (tested in `tests/iceberg.rs`; Iceberg reads the column as null,
+//!     which equals no deleted value) and, by its code, any row holding a
+//!     null there. The pick reads every equality delete file that applies
+//!     to a small file (data sequence number strictly below its own) into
+//!     keys; the rewrite reads each such file on its own and leaves out
+//!     the rows whose key is deleted at a higher sequence number, and the
+//!     row check subtracts what it left out. An equality delete file of
+//!     the partition itself is removed in the same commit when every data
+//!     file of the partition it applies to is rewritten (the lowest
+//!     sequence number of the files left alone is not below its own);
+//!     global ones are kept (they apply to partitions this does not
+//!     rewrite). The partition is skipped, with the reason, when a delete
+//!     column is no longer in the schema or nested in a struct, a delete
+//!     file cannot be read, or the keys would outgrow `maxBytesInFlight`.
 //!   - *Sequence numbers.* The new files are added with the commit's
-//!     sequence number (inherited, as for any added file). No equality
-//!     delete applied to the files they replace, so none applies to them
-//!     now either; the kept position deletes name other paths. An equality
-//!     or position delete committed between the pick and the commit, in a
-//!     compacted partition or global, aborts the commit (with Spark's
-//!     choice, the old sequence number, a concurrent equality delete would
-//!     apply to the new files; with the new one it would be lost).
+//!     sequence number (inherited, as for any added file), above every
+//!     delete file's: the equality deletes that applied to the files they
+//!     replace were applied, and none applies to them now; the kept
+//!     position deletes name other paths. An equality or position delete
+//!     committed between the pick and the commit, in a compacted partition
+//!     or global, aborts the commit (with Spark's choice, the old sequence
+//!     number, a concurrent equality delete would apply to the new files;
+//!     with the new one it would be lost), and so does data committed
+//!     meanwhile with a sequence number below an equality delete being
+//!     removed.
 //! - **Rewrite.** Each bin is read with the crate's Arrow reader (field-id
 //!   projection onto the current schema) and written with its Parquet
 //!   writer (the table's write properties), rolling at the target size;
@@ -86,6 +94,7 @@ use iceberg::writer::file_writer::ParquetWriterBuilder;
 use iceberg::{TableRequirement, TableUpdate};
 use serde::Serialize;
 
+use super::eqdelete::{EqDeletes, EqFile};
 use super::ice;
 use super::lake::{CommitError, Lake};
 use super::partition::PartitionFormats;
@@ -139,6 +148,19 @@ pub struct Group {
     /// Position delete files applied but kept: they also reference data
     /// files this compaction leaves alone.
     kept: usize,
+    /// The equality deletes applying to some picked file, read and keyed
+    /// (applied by the rewrite, not the crate's reader).
+    eq: Option<Arc<EqDeletes>>,
+    /// Data sequence numbers of the picked files, by path (an equality
+    /// delete applies to data of a strictly lower one).
+    seqs: HashMap<String, i64>,
+    /// Of `dropped`, equality delete files: every data file of the
+    /// partition they apply to is rewritten.
+    eq_dropped: usize,
+    /// The highest sequence number of a dropped equality delete file: a
+    /// concurrent commit adding data of a lower one to the partition (a
+    /// rewrite keeping its starting sequence number) aborts the commit.
+    eq_dropped_seq: Option<i64>,
 }
 
 impl Group {
@@ -152,11 +174,20 @@ impl Group {
     }
     /// Position delete files applied while rewriting.
     pub fn delete_files_applied(&self) -> usize {
-        self.dropped.len() + self.kept
+        self.dropped.len() - self.eq_dropped + self.kept
     }
     /// Of which removed in the commit (they reference only picked files).
     pub fn delete_files_dropped(&self) -> usize {
-        self.dropped.len()
+        self.dropped.len() - self.eq_dropped
+    }
+    /// Equality delete files applied while rewriting.
+    pub fn equality_files_applied(&self) -> usize {
+        self.eq.as_ref().map_or(0, |e| e.files())
+    }
+    /// Of which removed in the commit (every data file of the partition
+    /// they apply to is rewritten).
+    pub fn equality_files_dropped(&self) -> usize {
+        self.eq_dropped
     }
     /// Rows the applied deletes remove from the picked files.
     pub fn rows_deleted(&self) -> u64 {
@@ -317,7 +348,10 @@ pub(super) async fn select_cached(
             format!("spec {}: {t}", l.spec_id)
         }
     };
-    let mut per: BTreeMap<String, (PartitionStats, Struct, i32, Vec<Listed>)> = BTreeMap::new();
+    // Per partition: its figures, partition value, spec, small files and
+    // the lowest data sequence number of its other files.
+    type Part = (PartitionStats, Struct, i32, Vec<Listed>, Option<i64>);
+    let mut per: BTreeMap<String, Part> = BTreeMap::new();
     for l in &data {
         let k = key(l);
         let e = per.entry(k.clone()).or_insert_with(|| {
@@ -329,6 +363,7 @@ pub(super) async fn select_cached(
                 l.file.partition().clone(),
                 l.spec_id,
                 Vec::new(),
+                None,
             )
         });
         let size = l.file.file_size_in_bytes();
@@ -339,6 +374,8 @@ pub(super) async fn select_cached(
             e.0.small_files += 1;
             e.0.small_bytes += size;
             e.3.push(l.clone());
+        } else {
+            e.4 = Some(e.4.map_or(l.seq, |m: i64| m.min(l.seq)));
         }
     }
     // Delete files by partition; those of an unpartitioned spec other than
@@ -364,7 +401,7 @@ pub(super) async fn select_cached(
         ..Default::default()
     };
     let mut over = Vec::new();
-    for (_, (stats, partition, spec_id, mut small)) in per {
+    for (_, (stats, partition, spec_id, mut small, large_min_seq)) in per {
         sel.partitions.push(stats.clone());
         if stats.ratio() <= p.min_ratio || stats.small_files < 2 {
             continue;
@@ -383,28 +420,36 @@ pub(super) async fn select_cached(
             .chain(global.iter())
             .copied()
             .collect();
-        // Equality deletes are not applied (see the module doc): only small
-        // files none applies to are picked, those whose data sequence number
-        // is not below any equality delete's.
-        let eq: Vec<&&Listed> = relevant
+        // Equality deletes are applied by the rewrite (see the module
+        // doc): read and keyed here, those applying to some small file (of
+        // a strictly lower data sequence number).
+        let min_small = small.iter().map(|l| l.seq).min().unwrap_or(i64::MAX);
+        let eq: Vec<&Listed> = relevant
             .iter()
-            .filter(|d| d.file.content_type() == DataContentType::EqualityDeletes)
+            .filter(|d| {
+                d.file.content_type() == DataContentType::EqualityDeletes && d.seq > min_small
+            })
+            .copied()
             .collect();
-        if let Some(eq_max) = eq.iter().map(|d| d.seq).max() {
-            let before = small.len();
-            small.retain(|l| l.seq >= eq_max);
-            if small.len() < 2 {
-                sel.skipped.push((
-                    stats.partition.clone(),
-                    format!(
-                        "{} equality delete file(s) (up to sequence number {eq_max}) apply to {} of its {before} small files: equality deletes are not applied by this build (the iceberg 0.10 reader's filter for them also drops rows they do not match: every row of a file written before the column was added, rows holding a null in it)",
-                        eq.len(),
-                        before - small.len()
-                    ),
-                ));
-                continue;
+        let eq_deletes = if eq.is_empty() {
+            None
+        } else {
+            let files: Vec<EqFile> = eq
+                .iter()
+                .map(|d| EqFile {
+                    file: &d.file,
+                    seq: d.seq,
+                })
+                .collect();
+            let mapping = name_mapping(md)?;
+            match EqDeletes::read(table, &files, mapping, p.max_bytes_in_flight).await {
+                Ok(e) => Some(Arc::new(e)),
+                Err(why) => {
+                    sel.skipped.push((stats.partition.clone(), why));
+                    continue;
+                }
             }
-        }
+        };
         let pos: Vec<&Listed> = relevant
             .iter()
             .filter(|d| d.file.content_type() == DataContentType::PositionDeletes)
@@ -424,6 +469,10 @@ pub(super) async fn select_cached(
                 continue;
             }
         };
+        let small_seqs: Vec<(String, i64)> = small
+            .iter()
+            .map(|l| (l.file.file_path().to_string(), l.seq))
+            .collect();
         // First fit, largest first; ties broken by path so a pick is
         // reproducible from the snapshot.
         small.sort_by(|a, b| {
@@ -469,7 +518,35 @@ pub(super) async fn select_cached(
                 );
             }
         }
+        let seqs: HashMap<String, i64> = small_seqs
+            .iter()
+            .filter(|(p, _)| rewritten.contains(&super::location::key(p)))
+            .map(|(p, s)| (p.clone(), *s))
+            .collect();
         let (mut dropped, mut kept) = (Vec::new(), 0usize);
+        // An equality delete file of this partition (not a global one) is
+        // dropped when it applied to some rewritten file and every data
+        // file of the partition it applies to is rewritten: the lowest
+        // sequence number of a file left alone is not below its own.
+        let left_min = small_seqs
+            .iter()
+            .filter(|(p, _)| !rewritten.contains(&super::location::key(p)))
+            .map(|(_, s)| *s)
+            .chain(large_min_seq)
+            .min()
+            .unwrap_or(i64::MAX);
+        let rewritten_min = seqs.values().copied().min().unwrap_or(i64::MAX);
+        let (mut eq_dropped, mut eq_dropped_seq) = (0usize, None::<i64>);
+        if eq_deletes.is_some() {
+            for d in &eq {
+                let local = !global.iter().any(|g| std::ptr::eq(*g, *d));
+                if local && d.seq > rewritten_min && d.seq <= left_min {
+                    dropped.push(d.file.clone());
+                    eq_dropped += 1;
+                    eq_dropped_seq = eq_dropped_seq.max(Some(d.seq));
+                }
+            }
+        }
         for (i, d) in pos.iter().enumerate() {
             let refs = &read[i];
             if refs.keys().any(|k| rewritten.contains(k)) {
@@ -488,6 +565,10 @@ pub(super) async fn select_cached(
             rows_deleted,
             dropped,
             kept,
+            eq: eq_deletes,
+            seqs,
+            eq_dropped,
+            eq_dropped_seq,
         });
     }
     over.sort_by(|a, b| {
@@ -691,7 +772,10 @@ pub struct Report {
     pub rows: u64,
     /// Rows position deletes removed from the rewritten files.
     pub rows_deleted: u64,
-    /// Position delete files removed (they referenced only rewritten files).
+    /// Rows equality deletes removed from them (after the position deletes).
+    pub rows_equality_deleted: u64,
+    /// Delete files removed: position deletes that referenced only
+    /// rewritten files, equality deletes that applied only to them.
     pub delete_files_removed: usize,
     /// Commit attempts (1 without conflicts).
     pub attempts: u32,
@@ -926,6 +1010,20 @@ fn writer_properties(
         .build())
 }
 
+/// The table's default name mapping (for files written without field ids).
+fn name_mapping(
+    md: &iceberg::spec::TableMetadata,
+) -> Result<Option<Arc<iceberg::spec::NameMapping>>, DriverError> {
+    match md.properties().get("schema.name-mapping.default") {
+        Some(raw) => Ok(Some(Arc::new(
+            serde_json::from_str::<iceberg::spec::NameMapping>(raw).map_err(|e| {
+                DriverError::permanent(format!("table property schema.name-mapping.default: {e}"))
+            })?,
+        ))),
+        None => Ok(None),
+    }
+}
+
 /// A scan task reading the whole of `f` projected onto the current schema
 /// (columns added since read as null), built from the manifest entry the
 /// pick already holds instead of planning a scan again.
@@ -962,14 +1060,19 @@ fn task_for(
 const MAX_BUDGET: u64 = u32::MAX as u64;
 
 /// Reads one bin and writes it back as files near the target size.
+/// With `eq` (the partition's equality deletes and each task's data
+/// sequence number), each file is read on its own and the rows those
+/// deletes delete are left out; returns the files written and how many
+/// rows that left out.
 async fn rewrite_bin(
     table: Table,
     tasks: Vec<FileScanTask>,
+    eq: Option<(Arc<EqDeletes>, Vec<i64>)>,
     key: PartitionKey,
     target: u64,
     prefix: String,
     sort: Option<SortSpec>,
-) -> Result<Vec<DataFile>, DriverError> {
+) -> Result<(Vec<DataFile>, u64), DriverError> {
     let table = &table;
     let md = table.metadata();
     let writer = ParquetWriterBuilder::new(writer_properties(md)?, md.current_schema().clone());
@@ -978,34 +1081,53 @@ async fn rewrite_bin(
     let mut out =
         RollingFileWriterBuilder::new(writer, target as usize, table.file_io().clone(), loc, names)
             .build();
-    let reader = table
-        .reader_builder()
-        .with_data_file_concurrency_limit(4)
-        .build();
-    let mut stream = reader
-        .read(Box::pin(futures::stream::iter(tasks.into_iter().map(Ok))))
-        .map_err(|e| ice("read", e))?
-        .stream();
+    // The reads: every file in one stream, or (with equality deletes) one
+    // stream per file, so each batch is known to come from its file.
+    let reads: Vec<(Vec<FileScanTask>, Option<i64>)> = match &eq {
+        Some((_, seqs)) => tasks
+            .into_iter()
+            .zip(seqs.iter().copied())
+            .map(|(t, s)| (vec![t], Some(s)))
+            .collect(),
+        None => vec![(tasks, None)],
+    };
     let pk = Some(key.clone());
-    if let Some((_, keys)) = &sort {
-        let mut batches = Vec::new();
+    let mut held = Vec::new();
+    let mut left_out = 0u64;
+    for (tasks, seq) in reads {
+        let mut stream = table
+            .reader_builder()
+            .with_data_file_concurrency_limit(4)
+            .build()
+            .read(Box::pin(futures::stream::iter(tasks.into_iter().map(Ok))))
+            .map_err(|e| ice("read", e))?
+            .stream();
         while let Some(b) = stream.next().await {
-            batches.push(b.map_err(|e| ice("read", e))?);
-        }
-        if let Some(first) = batches.first() {
-            let all = arrow_select::concat::concat_batches(&first.schema(), &batches)
-                .map_err(|e| DriverError::retryable(format!("concat: {e}")))?;
-            drop(batches);
-            let sorted = sort_batch(&all, keys).map_err(DriverError::permanent)?;
-            out.write(&pk, &sorted).await.map_err(|e| ice("write", e))?;
-        }
-    } else {
-        while let Some(b) = stream.next().await {
-            let b = b.map_err(|e| ice("read", e))?;
-            out.write(&pk, &b).await.map_err(|e| ice("write", e))?;
+            let mut b = b.map_err(|e| ice("read", e))?;
+            if let (Some((deletes, _)), Some(seq)) = (&eq, seq) {
+                let (kept, n) = deletes.filter(b, seq).map_err(DriverError::permanent)?;
+                left_out += n;
+                b = kept;
+                if b.num_rows() == 0 {
+                    continue;
+                }
+            }
+            if sort.is_some() {
+                held.push(b);
+            } else {
+                out.write(&pk, &b).await.map_err(|e| ice("write", e))?;
+            }
         }
     }
-    out.close()
+    if let (Some((_, keys)), Some(first)) = (&sort, held.first()) {
+        let all = arrow_select::concat::concat_batches(&first.schema(), &held)
+            .map_err(|e| DriverError::retryable(format!("concat: {e}")))?;
+        held.clear();
+        let sorted = sort_batch(&all, keys).map_err(DriverError::permanent)?;
+        out.write(&pk, &sorted).await.map_err(|e| ice("write", e))?;
+    }
+    let files = out
+        .close()
         .await
         .map_err(|e| ice("close", e))?
         .into_iter()
@@ -1019,7 +1141,8 @@ async fn rewrite_bin(
             b.build()
                 .map_err(|e| DriverError::permanent(format!("data file: {e}")))
         })
-        .collect()
+        .collect::<Result<Vec<DataFile>, DriverError>>()?;
+    Ok((files, left_out))
 }
 
 /// Best effort: files a failed bin wrote before failing, found by listing
@@ -1113,14 +1236,7 @@ pub async fn compact(
             }
         }
     }
-    let name_mapping = match md.properties().get("schema.name-mapping.default") {
-        Some(raw) => Some(Arc::new(
-            serde_json::from_str::<iceberg::spec::NameMapping>(raw).map_err(|e| {
-                DriverError::permanent(format!("table property schema.name-mapping.default: {e}"))
-            })?,
-        )),
-        None => None,
-    };
+    let name_mapping = name_mapping(md)?;
     let spec = md.default_partition_spec().as_ref().clone();
     let schema = md.current_schema().clone();
     let sort = sort_keys(table);
@@ -1137,9 +1253,18 @@ pub async fn compact(
                 .collect();
             let key = PartitionKey::new(spec.clone(), schema.clone(), g.partition.clone());
             let bytes: u64 = bin.iter().map(DataFile::file_size_in_bytes).sum();
+            let seqs: Vec<i64> = bin
+                .iter()
+                .map(|f| g.seqs.get(f.file_path()).copied().unwrap_or(i64::MAX))
+                .collect();
+            let eq =
+                g.eq.clone()
+                    .filter(|e| seqs.iter().any(|&s| e.applies_to(s)))
+                    .map(|e| (e, seqs));
             let job = rewrite_bin(
                 table.clone(),
                 ts,
+                eq,
                 key,
                 p.target,
                 format!("compact-{run}-{gi}-{bi}"),
@@ -1198,18 +1323,20 @@ pub async fn compact(
             let written = r
                 .as_ref()
                 .ok()
-                .map(|files| files.iter().map(DataFile::file_size_in_bytes).sum());
+                .map(|(files, _)| files.iter().map(DataFile::file_size_in_bytes).sum());
             progress.bin(*bytes, written);
         })
-        .collect::<Vec<(usize, u64, Result<Vec<DataFile>, DriverError>)>>();
+        .collect::<Vec<(usize, u64, Result<(Vec<DataFile>, u64), DriverError>)>>();
     // The commit's connection opens while the bins are written.
     let (results, ()) = tokio::join!(rewrite, lake.prepare_commit());
     let mut added = Vec::new();
     let mut added_by_group: Vec<(usize, u64)> = vec![(0, 0); sel.groups.len()];
     let mut first_err = None;
+    let mut rows_eq_deleted = 0u64;
     for (gi, _, r) in results {
         match r {
-            Ok(files) => {
+            Ok((files, left_out)) => {
+                rows_eq_deleted += left_out;
                 added_by_group[gi].0 += files.len();
                 added_by_group[gi].1 += files.iter().map(DataFile::file_size_in_bytes).sum::<u64>();
                 added.extend(files)
@@ -1256,19 +1383,28 @@ pub async fn compact(
     let rows_in: u64 = removed.iter().map(DataFile::record_count).sum();
     let rows_deleted: u64 = sel.groups.iter().map(|g| g.rows_deleted).sum();
     let rows_out: u64 = added.iter().map(DataFile::record_count).sum();
-    if rows_in.checked_sub(rows_deleted) != Some(rows_out) {
+    // Position-deleted rows are counted by the pick (from the delete
+    // files, apart from the reader that leaves them out); equality-deleted
+    // ones by the filter that left them out, after the position deletes.
+    if rows_in
+        .checked_sub(rows_deleted)
+        .and_then(|r| r.checked_sub(rows_eq_deleted))
+        != Some(rows_out)
+    {
         delete_all(table, paths(&added)).await;
         return Err(DriverError::permanent(format!(
-            "row count check failed: {rows_in} rows in {} files less {rows_deleted} deleted by position deletes is not the {rows_out} written; nothing was committed",
+            "row count check failed: {rows_in} rows in {} files less {rows_deleted} deleted by position deletes and {rows_eq_deleted} by equality deletes is not the {rows_out} written; nothing was committed",
             removed.len()
         )));
     }
     let rewrite_ms = started.elapsed().as_millis() as u64;
     let started = Instant::now();
-    let partitions: HashSet<String> = sel
+    // Compacted partitions, with the highest sequence number of an
+    // equality delete file dropped there.
+    let partitions: HashMap<String, Option<i64>> = sel
         .groups
         .iter()
-        .map(|g| g.stats.partition.clone())
+        .map(|g| (g.stats.partition.clone(), g.eq_dropped_seq))
         .collect();
     let mut report = Report {
         picked: picked.clone(),
@@ -1279,6 +1415,7 @@ pub async fn compact(
         bytes_added: added.iter().map(DataFile::file_size_in_bytes).sum(),
         rows: rows_out,
         rows_deleted,
+        rows_equality_deleted: rows_eq_deleted,
         delete_files_removed: dropped.len(),
         sorted: sort.is_some(),
         rewrite_ms,
@@ -1396,7 +1533,7 @@ async fn stage(
     removed: &[DataFile],
     dropped: &[DataFile],
     added: &[DataFile],
-    partitions: &HashSet<String>,
+    partitions: &HashMap<String, Option<i64>>,
     cache: &mut Manifests,
 ) -> Result<Staged, DriverError> {
     let md = table.metadata();
@@ -1464,11 +1601,31 @@ async fn stage(
             if let Some(e) = m
                 .entries()
                 .iter()
-                .find(|e| e.is_alive() && (global || partitions.contains(&text(e))))
+                .find(|e| e.is_alive() && (global || partitions.contains_key(&text(e))))
             {
                 return Err(DriverError::permanent(format!(
                     "a concurrent commit added delete file {} to compacted partition {}; nothing was committed",
                     e.file_path(),
+                    text(e)
+                )));
+            }
+        }
+        if mf.content == ManifestContentType::Data && !base_manifests.contains(&mf.manifest_path) {
+            // Data committed since the pick with a sequence number an
+            // equality delete being dropped would apply to (a rewrite that
+            // keeps its starting sequence number): dropping it would bring
+            // deleted rows back.
+            let text = |e: &iceberg::spec::ManifestEntry| {
+                formats.text(mf.partition_spec_id, e.data_file().partition())
+            };
+            if let Some((e, floor)) = m.entries().iter().filter(|e| e.is_alive()).find_map(|e| {
+                let floor = partitions.get(&text(e)).copied().flatten()?;
+                (e.sequence_number().unwrap_or(0) < floor).then_some((e, floor))
+            }) {
+                return Err(DriverError::permanent(format!(
+                    "a concurrent commit added data file {} of sequence number {} to compacted partition {}, below the equality delete (sequence number {floor}) this compaction removes; nothing was committed",
+                    e.file_path(),
+                    e.sequence_number().unwrap_or(0),
                     text(e)
                 )));
             }

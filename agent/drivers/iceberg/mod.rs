@@ -13,6 +13,7 @@
 //! [`compact`]); `verify` checks none of the picked files is live any more.
 
 pub mod compact;
+mod eqdelete;
 pub mod lake;
 pub mod location;
 mod maintain;
@@ -431,7 +432,7 @@ impl Action for IcebergCompact {
         let mut chosen = Vec::new();
         for g in &sel.groups {
             let s = &g.stats;
-            let deletes = match g.delete_files_applied() {
+            let mut deletes = match g.delete_files_applied() {
                 0 => String::new(),
                 n => format!(
                     ", {n} position delete file(s) applied ({} row(s)), {} of them removed",
@@ -439,6 +440,12 @@ impl Action for IcebergCompact {
                     g.delete_files_dropped()
                 ),
             };
+            if let n @ 1.. = g.equality_files_applied() {
+                deletes.push_str(&format!(
+                    ", {n} equality delete file(s) applied, {} of them removed",
+                    g.equality_files_dropped()
+                ));
+            }
             lines.push(format!(
                 "{}: {} files, {} small ({:.0}%), {} -> {} file(s){deletes}",
                 s.partition,
@@ -453,7 +460,9 @@ impl Action for IcebergCompact {
                 "bytes": s.bytes, "smallBytes": s.small_bytes, "ratio": s.ratio(),
                 "inputFiles": g.input_files(), "outputFiles": g.planned_outputs(),
                 "deleteFilesApplied": g.delete_files_applied(), "deleteFilesRemoved": g.delete_files_dropped(),
-                "rowsDeleted": g.rows_deleted()}),
+                "rowsDeleted": g.rows_deleted(),
+                "equalityDeleteFilesApplied": g.equality_files_applied(),
+                "equalityDeleteFilesRemoved": g.equality_files_dropped()}),
             );
         }
         for (p, why) in &sel.skipped {
@@ -552,10 +561,13 @@ impl Action for IcebergCompact {
                     }
                     m.insert((table_key(req), snap), r.picked.clone());
                 }
-                let deletes = if r.rows_deleted > 0 || r.delete_files_removed > 0 {
+                let deletes = if r.rows_deleted > 0
+                    || r.rows_equality_deleted > 0
+                    || r.delete_files_removed > 0
+                {
                     format!(
-                        " ({} row(s) deleted by position deletes left out; {} position delete file(s) removed)",
-                        r.rows_deleted, r.delete_files_removed
+                        " ({} row(s) deleted by position deletes and {} by equality deletes left out; {} delete file(s) removed)",
+                        r.rows_deleted, r.rows_equality_deleted, r.delete_files_removed
                     )
                 } else {
                     String::new()
