@@ -155,10 +155,18 @@ async fn a_resolved_alert_records_the_time_to_resolve_and_a_kill_does_not_lose_t
         .collect();
     assert_eq!(ended.len(), 1, "{ended:#?}");
     assert_eq!(a.metric("remediate_runs_watched").await, Some(0.0));
-    assert_eq!(
-        a.metric("remediate_run_outcomes_total{playbook=\"fix\",outcome=\"resolved\"}")
-            .await,
-        Some(1.0)
+    // Counted once the record is durable: a moment after it is in the log.
+    let counted = eventually(Duration::from_secs(10), || {
+        let m = metric_now(
+            &a,
+            "remediate_run_outcomes_total{playbook=\"fix\",outcome=\"resolved\"}",
+        );
+        (m == Some(1.0)).then_some(())
+    })
+    .await;
+    assert!(
+        counted.is_some(),
+        "the resolved outcome is counted on /metrics"
     );
     assert_eq!(
         a.metric("remediate_time_to_resolve_seconds_count{playbook=\"fix\"}")

@@ -81,9 +81,9 @@ use futures::{StreamExt, TryStreamExt};
 use iceberg::scan::{FileScanTask, FileScanTaskDeleteFile};
 use iceberg::spec::{
     DataContentType, DataFile, DataFileFormat, FormatVersion, Manifest, ManifestContentType,
-    ManifestFile, ManifestListWriter, ManifestWriterBuilder, Operation, PartitionKey, Snapshot,
-    SnapshotReference, SnapshotRetention, SnapshotSummaryCollector, Struct, Summary, Transform,
-    MAIN_BRANCH,
+    ManifestEntry, ManifestFile, ManifestListWriter, ManifestWriterBuilder, Operation,
+    PartitionKey, Snapshot, SnapshotReference, SnapshotRetention, SnapshotSummaryCollector, Struct,
+    Summary, Transform, MAIN_BRANCH,
 };
 use iceberg::table::Table;
 use iceberg::writer::file_writer::location_generator::{
@@ -120,10 +120,23 @@ pub struct Params {
     pub max_bytes_in_flight: u64,
 }
 
+/// A manifest entry shared with the manifest cache: a picked file is not
+/// copied (a `DataFile` with its column statistics is some kilobytes, and
+/// a small-files table has many thousands of them).
+#[derive(Debug, Clone)]
+struct Entry(Arc<ManifestEntry>);
+
+impl std::ops::Deref for Entry {
+    type Target = DataFile;
+    fn deref(&self) -> &DataFile {
+        self.0.data_file()
+    }
+}
+
 /// A data file as listed by a manifest.
 #[derive(Debug, Clone)]
 struct Listed {
-    file: DataFile,
+    file: Entry,
     spec_id: i32,
     /// Data sequence number (inherited from the manifest when unset).
     seq: i64,
@@ -136,7 +149,7 @@ pub struct Group {
     pub stats: PartitionStats,
     partition: Struct,
     /// Bins of files to merge, each into ~one output file.
-    bins: Vec<Vec<DataFile>>,
+    bins: Vec<Vec<Entry>>,
     /// The position delete files each picked data file's read applies, by
     /// the data file's path.
     deletes: HashMap<String, Vec<FileScanTaskDeleteFile>>,
@@ -144,7 +157,7 @@ pub struct Group {
     rows_deleted: u64,
     /// Position delete files referencing only picked files: removed in the
     /// same commit.
-    dropped: Vec<DataFile>,
+    dropped: Vec<Entry>,
     /// Position delete files applied but kept: they also reference data
     /// files this compaction leaves alone.
     kept: usize,
@@ -198,7 +211,7 @@ impl Group {
         self.bins
             .iter()
             .flatten()
-            .map(DataFile::file_size_in_bytes)
+            .map(|f| f.file_size_in_bytes())
             .sum()
     }
 }
@@ -296,7 +309,7 @@ async fn live_files(
                 continue;
             }
             let l = Listed {
-                file: e.data_file().clone(),
+                file: Entry(e.clone()),
                 spec_id: mf.partition_spec_id,
                 seq: e.sequence_number().unwrap_or(0),
             };
@@ -481,7 +494,7 @@ pub(super) async fn select_cached(
                 .cmp(&a.file.file_size_in_bytes())
                 .then_with(|| a.file.file_path().cmp(b.file.file_path()))
         });
-        let mut bins: Vec<(u64, Vec<DataFile>)> = Vec::new();
+        let mut bins: Vec<(u64, Vec<Entry>)> = Vec::new();
         for l in small {
             let f = l.file;
             let size = f.file_size_in_bytes();
@@ -493,7 +506,7 @@ pub(super) async fn select_cached(
                 None => bins.push((size, vec![f])),
             }
         }
-        let bins: Vec<Vec<DataFile>> = bins
+        let bins: Vec<Vec<Entry>> = bins
             .into_iter()
             .map(|(_, b)| b)
             .filter(|b| b.len() > 1)
@@ -599,7 +612,7 @@ type Positions = HashMap<String, (String, BTreeSet<u64>)>;
 /// cannot be known.
 async fn read_position_deletes(table: &Table, pos: &[&Listed]) -> Result<Vec<Positions>, String> {
     let io = table.file_io().clone();
-    let files: Vec<DataFile> = pos.iter().map(|d| d.file.clone()).collect();
+    let files: Vec<Entry> = pos.iter().map(|d| d.file.clone()).collect();
     futures::stream::iter(files)
         .map(move |f| {
             let io = io.clone();
@@ -1252,7 +1265,7 @@ pub async fn compact(
                 })
                 .collect();
             let key = PartitionKey::new(spec.clone(), schema.clone(), g.partition.clone());
-            let bytes: u64 = bin.iter().map(DataFile::file_size_in_bytes).sum();
+            let bytes: u64 = bin.iter().map(|f| f.file_size_in_bytes()).sum();
             let seqs: Vec<i64> = bin
                 .iter()
                 .map(|f| g.seqs.get(f.file_path()).copied().unwrap_or(i64::MAX))
@@ -1370,17 +1383,17 @@ pub async fn compact(
             }
         })
         .collect();
-    let removed: Vec<DataFile> = sel
+    let removed: Vec<Entry> = sel
         .groups
         .iter()
         .flat_map(|g| g.bins.iter().flatten().cloned())
         .collect();
-    let dropped: Vec<DataFile> = sel
+    let dropped: Vec<Entry> = sel
         .groups
         .iter()
         .flat_map(|g| g.dropped.iter().cloned())
         .collect();
-    let rows_in: u64 = removed.iter().map(DataFile::record_count).sum();
+    let rows_in: u64 = removed.iter().map(|f| f.record_count()).sum();
     let rows_deleted: u64 = sel.groups.iter().map(|g| g.rows_deleted).sum();
     let rows_out: u64 = added.iter().map(DataFile::record_count).sum();
     // Position-deleted rows are counted by the pick (from the delete
@@ -1411,7 +1424,7 @@ pub async fn compact(
         partitions: sel.groups.len(),
         files_removed: removed.len(),
         files_added: added.len(),
-        bytes_removed: removed.iter().map(DataFile::file_size_in_bytes).sum(),
+        bytes_removed: removed.iter().map(|f| f.file_size_in_bytes()).sum(),
         bytes_added: added.iter().map(DataFile::file_size_in_bytes).sum(),
         rows: rows_out,
         rows_deleted,
@@ -1530,8 +1543,8 @@ struct Staged {
 async fn stage(
     table: &Table,
     base_snapshot: i64,
-    removed: &[DataFile],
-    dropped: &[DataFile],
+    removed: &[Entry],
+    dropped: &[Entry],
     added: &[DataFile],
     partitions: &HashMap<String, Option<i64>>,
     cache: &mut Manifests,
