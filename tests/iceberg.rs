@@ -963,14 +963,20 @@ enum Del {
     },
     /// Deletes the rows whose id is one of these.
     Eq { ids: Vec<i64> },
-    /// Deletes by these columns (name, field id; the ids are the file's
-    /// `equality_ids`), the rows of `columns`.
+    /// Deletes by these columns (name, field id), the rows of `columns`;
+    /// the file's `equality_ids` are `only`, or every field's (Flink
+    /// writes whole rows and names the key columns).
     EqOn {
         fields: Vec<(&'static str, i32)>,
         columns: Vec<arrow_array::ArrayRef>,
+        only: Option<Vec<i32>>,
     },
     /// Position deletes added with this explicit data sequence number.
     PosAt { rows: Vec<(String, i64)>, seq: i64 },
+    /// Position deletes as Iceberg Java writes them when it keeps the
+    /// deleted rows: with the optional `row` column (field 2147483544, a
+    /// struct of the table's columns; here `id`, field 1).
+    PosRow { rows: Vec<(String, i64, i64)> },
     /// Not a delete: a copy of the data file `partition_of`, added (in a
     /// data manifest of its own) with this data sequence number, as a
     /// rewrite keeping its starting sequence number commits its files.
@@ -1076,6 +1082,38 @@ async fn commit_deletes(lake: &Lake, table: &str, files: Vec<(&str, Del)>) -> Ve
         };
         let (batch, content, referenced, ids) = match del {
             Del::PosAt { .. } | Del::DataAt { .. } => unreachable!(),
+            Del::PosRow { rows } => {
+                let id = field("id", arrow_schema::DataType::Int64, "1");
+                let row_type = arrow_schema::DataType::Struct(vec![id.clone()].into());
+                let schema = Arc::new(arrow_schema::Schema::new(vec![
+                    field("file_path", arrow_schema::DataType::Utf8, "2147483546"),
+                    field("pos", arrow_schema::DataType::Int64, "2147483545"),
+                    arrow_schema::Field::new("row", row_type, true).with_metadata(
+                        [("PARQUET:field_id".to_string(), "2147483544".to_string())].into(),
+                    ),
+                ]));
+                let row = arrow_array::StructArray::from(vec![(
+                    Arc::new(id),
+                    Arc::new(arrow_array::Int64Array::from_iter_values(
+                        rows.iter().map(|r| r.2),
+                    )) as arrow_array::ArrayRef,
+                )]);
+                let batch = arrow_array::RecordBatch::try_new(
+                    schema,
+                    vec![
+                        Arc::new(arrow_array::StringArray::from_iter_values(
+                            rows.iter().map(|r| r.0.as_str()),
+                        )),
+                        Arc::new(arrow_array::Int64Array::from_iter_values(
+                            rows.iter().map(|r| r.1),
+                        )),
+                        Arc::new(row),
+                    ],
+                )
+                .unwrap();
+                pos_rows += rows.len() as u64;
+                (batch, DataContentType::PositionDeletes, None, None)
+            }
             Del::Pos { rows, referenced } => {
                 let schema = Arc::new(arrow_schema::Schema::new(vec![
                     field("file_path", arrow_schema::DataType::Utf8, "2147483546"),
@@ -1112,7 +1150,11 @@ async fn commit_deletes(lake: &Lake, table: &str, files: Vec<(&str, Del)>) -> Ve
                 eq_rows += ids.len() as u64;
                 (batch, DataContentType::EqualityDeletes, None, Some(vec![1]))
             }
-            Del::EqOn { fields, columns } => {
+            Del::EqOn {
+                fields,
+                columns,
+                only,
+            } => {
                 let schema = Arc::new(arrow_schema::Schema::new(
                     fields
                         .iter()
@@ -1127,7 +1169,7 @@ async fn commit_deletes(lake: &Lake, table: &str, files: Vec<(&str, Del)>) -> Ve
                 ));
                 let batch = arrow_array::RecordBatch::try_new(schema, columns).unwrap();
                 eq_rows += batch.num_rows() as u64;
-                let ids = fields.iter().map(|f| f.1).collect();
+                let ids = only.unwrap_or_else(|| fields.iter().map(|f| f.1).collect());
                 (batch, DataContentType::EqualityDeletes, None, Some(ids))
             }
         };
@@ -1500,6 +1542,7 @@ async fn partitions_whose_deletes_cannot_be_applied_exactly_are_skipped_with_the
                 Del::EqOn {
                     fields: vec![("gone", 99)],
                     columns: vec![Arc::new(arrow_array::Int64Array::from(vec![2]))],
+                    only: None,
                 },
             ),
             // delta: a position delete file that is gone (unreadable).
@@ -2812,19 +2855,25 @@ async fn equality_deletes_are_applied_by_the_rewrite_and_dropped_with_the_files_
             .0
             .clone()
     };
-    let ids = |v: Vec<i64>| -> Vec<ArrayRef> { vec![Arc::new(Int64Array::from(v))] };
     let notes = |v: Vec<Option<&str>>| -> ArrayRef { Arc::new(StringArray::from(v)) };
     let deletes = commit_deletes(
         &lake,
         "db.events",
         vec![
             // alpha: ids 0 (first append) and 40 (third), and 5000, which
-            // the append after this delete writes: it must stay.
+            // the append after this delete writes: it must stay. Written
+            // as Flink does, whole rows with the key named: the other
+            // columns (a wrong value for id 40 here) are not compared.
             (
                 &first("alpha"),
                 Del::EqOn {
-                    fields: vec![("id", 1)],
-                    columns: ids(vec![0, 40, 5000]),
+                    fields: vec![("id", 1), ("category", 2), ("value", 3)],
+                    columns: vec![
+                        Arc::new(Int64Array::from(vec![0, 40, 5000])),
+                        Arc::new(StringArray::from(vec!["alpha"; 3])),
+                        Arc::new(arrow_array::Float64Array::from(vec![0.0, 999.0, 2500.0])),
+                    ],
+                    only: Some(vec![1]),
                 },
             ),
             // beta: note is null: every row of the two appends written
@@ -2834,6 +2883,7 @@ async fn equality_deletes_are_applied_by_the_rewrite_and_dropped_with_the_files_
                 Del::EqOn {
                     fields: vec![("note", note)],
                     columns: vec![notes(vec![None])],
+                    only: None,
                 },
             ),
             // gamma: a note no row has (the value the crate's own reader
@@ -2843,6 +2893,7 @@ async fn equality_deletes_are_applied_by_the_rewrite_and_dropped_with_the_files_
                 Del::EqOn {
                     fields: vec![("note", note)],
                     columns: vec![notes(vec![Some("no such note")])],
+                    only: None,
                 },
             ),
             // delta: by (id, note): (3, null) and (43, "n43") match, (47,
@@ -2855,6 +2906,7 @@ async fn equality_deletes_are_applied_by_the_rewrite_and_dropped_with_the_files_
                         Arc::new(Int64Array::from(vec![3, 43, 47])),
                         notes(vec![None, Some("n43"), Some("nope")]),
                     ],
+                    only: None,
                 },
             ),
         ],
@@ -2903,6 +2955,51 @@ async fn equality_deletes_are_applied_by_the_rewrite_and_dropped_with_the_files_
     let after = pyice(&["inspect", &w, "events"]);
     assert_eq!(after["operation"], "replace");
     assert_eq!(after["rows"], want.len());
+}
+
+/// A position delete file as Iceberg Java writes it when it keeps the
+/// deleted rows (the optional `row` struct column) is read and applied
+/// like one without, and dropped with the files it covered.
+#[tokio::test]
+async fn position_deletes_with_the_deleted_rows_column_as_java_writes_them_are_applied() {
+    let dir = tempfile::tempdir().unwrap();
+    let wh = dir.path().join("warehouse");
+    let w = wh.display().to_string();
+    pyice(&["make", &w, "events", "4", "20"]);
+    let lake = Lake::open("lake", &sqlite_lake(&wh)).await.unwrap();
+    let t = lake.load(&lake::ident("db.events").unwrap()).await.unwrap();
+    let alpha: Vec<String> = data_files(&t)
+        .await
+        .into_iter()
+        .filter(|f| f.0.contains("category=alpha/"))
+        .map(|f| f.0)
+        .collect();
+    let (a, b) = (id_at(&alpha[0], 1), id_at(&alpha[1], 2));
+    commit_deletes(
+        &lake,
+        "db.events",
+        vec![(
+            &alpha[0],
+            Del::PosRow {
+                rows: vec![(alpha[0].clone(), 1, a), (alpha[1].clone(), 2, b)],
+            },
+        )],
+    )
+    .await;
+    let before = ids(&w, "events");
+    assert!(
+        !before.contains(&a) && !before.contains(&b),
+        "pyiceberg applies it"
+    );
+    let t = lake.load(&lake::ident("db.events").unwrap()).await.unwrap();
+    let r = compact::compact(&lake, &t, None, &params(0), None)
+        .await
+        .unwrap();
+    assert_eq!((r.rows_deleted, r.delete_files_removed), (2, 1), "{r:?}");
+    assert_eq!(ids(&w, "events"), before);
+    let t = lake.load(&lake::ident("db.events").unwrap()).await.unwrap();
+    assert!(live_deletes(&t).await.is_empty());
+    assert_eq!(pyice(&["inspect", &w, "events"])["operation"], "replace");
 }
 
 /// Data committed while a compaction runs, with a sequence number below
@@ -3016,6 +3113,7 @@ async fn equality_deletes_that_cannot_be_applied_skip_the_partition_with_the_rea
                 Del::EqOn {
                     fields: vec![("value", 3)],
                     columns: vec![Arc::new(Float64Array::from(vec![0.5])) as ArrayRef],
+                    only: None,
                 },
             ),
             (&first("beta"), Del::Eq { ids: vec![1] }),
@@ -3024,6 +3122,7 @@ async fn equality_deletes_that_cannot_be_applied_skip_the_partition_with_the_rea
                 Del::EqOn {
                     fields: vec![("id", 1)],
                     columns: vec![Arc::new(Int64Array::from_iter_values(0..1000)) as ArrayRef],
+                    only: None,
                 },
             ),
         ],
