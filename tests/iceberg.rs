@@ -2957,6 +2957,58 @@ async fn equality_deletes_are_applied_by_the_rewrite_and_dropped_with_the_files_
     assert_eq!(after["rows"], want.len());
 }
 
+/// The entries a compaction carries over keep their column statistics
+/// (scan planning prunes with them) though the pick reads manifests
+/// without them; the entries it marks deleted are written without.
+#[tokio::test]
+async fn carried_over_entries_keep_their_column_statistics() {
+    let dir = tempfile::tempdir().unwrap();
+    let wh = dir.path().join("warehouse");
+    let w = wh.display().to_string();
+    // Each append's manifest lists one file of each of four partitions.
+    pyice(&["make", &w, "events", "4", "20"]);
+    let lake = Lake::open("lake", &sqlite_lake(&wh)).await.unwrap();
+    let t = lake.load(&lake::ident("db.events").unwrap()).await.unwrap();
+    let p = Params {
+        max_partitions: Some(1),
+        ..params(0)
+    };
+    let r = compact::compact(&lake, &t, None, &p, None).await.unwrap();
+    assert_eq!((r.partitions, r.files_removed), (1, 4));
+    let t = lake.load(&lake::ident("db.events").unwrap()).await.unwrap();
+    let cur = t.metadata().current_snapshot().unwrap().clone();
+    let (mut existing, mut deleted) = (0, 0);
+    for mf in t.manifest_list_reader(&cur).load().await.unwrap().entries() {
+        // The crate's own reader.
+        for e in mf.load_manifest(t.file_io()).await.unwrap().entries() {
+            let f = e.data_file();
+            match e.status() {
+                iceberg::spec::ManifestStatus::Existing => {
+                    existing += 1;
+                    assert!(
+                        !f.lower_bounds().is_empty()
+                            && !f.upper_bounds().is_empty()
+                            && !f.value_counts().is_empty()
+                            && !f.column_sizes().is_empty(),
+                        "{f:?}"
+                    );
+                }
+                iceberg::spec::ManifestStatus::Deleted => {
+                    deleted += 1;
+                    assert!(f.record_count() > 0 && f.file_size_in_bytes() > 0);
+                }
+                iceberg::spec::ManifestStatus::Added => {}
+            }
+        }
+    }
+    assert_eq!((existing, deleted), (12, 4));
+    let after = pyice(&["inspect", &w, "events"]);
+    assert_eq!(
+        (after["rows"].as_u64(), after["files"].as_u64()),
+        (Some(80), Some(13))
+    );
+}
+
 /// A position delete file as Iceberg Java writes it when it keeps the
 /// deleted rows (the optional `row` struct column) is read and applied
 /// like one without, and dropped with the files it covered.

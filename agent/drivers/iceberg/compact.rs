@@ -240,8 +240,10 @@ impl Selection {
     }
 }
 
-/// Manifests by path. A manifest is immutable, so one loaded for the pick
-/// serves the liveness check and every commit attempt.
+/// Manifests by path, their entries without column statistics
+/// ([`super::manifest::load_slim`]). A manifest is immutable, so one loaded
+/// for the pick serves the liveness check and every commit attempt (which
+/// reads the manifests it rewrites again in full).
 pub type Manifests = HashMap<String, Arc<Manifest>>;
 
 /// Loads the manifests of `list` that `cache` lacks, in parallel tasks
@@ -262,7 +264,7 @@ pub(super) async fn load_manifests(
         .map(|mf| {
             let io = io.clone();
             tokio::spawn(async move {
-                let m = super::manifest::load(&io, &mf)
+                let m = super::manifest::load_slim(&io, &mf)
                     .await
                     .map_err(|e| ice(format!("manifest {}", mf.manifest_path), e))?;
                 Ok::<_, DriverError>((mf.manifest_path, m))
@@ -1660,36 +1662,58 @@ async fn stage(
     }
     for (n, ((deletes, _, _), group)) in affected.into_iter().enumerate() {
         let meta = group[0].1.metadata().clone();
-        let path = format!("{meta_dir}/{commit}-r{n}.avro");
-        let out = io.new_output(&path).map_err(|e| ice(&path, e))?;
-        let b = ManifestWriterBuilder::new(
-            out,
-            Some(snapshot_id),
-            meta.schema().clone(),
-            meta.partition_spec().clone(),
-        );
-        let mut w = match version {
-            FormatVersion::V1 => b.build_v1(),
-            _ if deletes => b.build_v2_deletes(),
-            _ => b.build_v2_data(),
-        };
         let spec = Arc::new(meta.partition_spec().clone());
-        for (mf, m) in &group {
+        // The crate's writer holds every entry until it writes, so a long
+        // group is split into manifests of at most MANIFEST_CHUNK entries.
+        let mut w: Option<(String, iceberg::spec::ManifestWriter)> = None;
+        let mut in_w = 0usize;
+        let mut chunk = 0usize;
+        for (mf, _) in &group {
+            // The cache holds entries without their statistics; the
+            // entries carried over keep theirs, so this manifest is read
+            // again in full (one at a time).
+            let m = match super::manifest::load(io, mf).await {
+                Ok(m) => m,
+                Err(e) => {
+                    delete_all(table, written).await;
+                    return Err(ice(format!("manifest {}", mf.manifest_path), e));
+                }
+            };
             for e in m.entries() {
                 if !e.is_alive() {
                     continue;
                 }
+                if w.is_none() {
+                    let path = format!("{meta_dir}/{commit}-r{n}-{chunk}.avro");
+                    chunk += 1;
+                    let out = io.new_output(&path).map_err(|e| ice(&path, e))?;
+                    let b = ManifestWriterBuilder::new(
+                        out,
+                        Some(snapshot_id),
+                        meta.schema().clone(),
+                        meta.partition_spec().clone(),
+                    );
+                    let writer = match version {
+                        FormatVersion::V1 => b.build_v1(),
+                        _ if deletes => b.build_v2_deletes(),
+                        _ => b.build_v2_data(),
+                    };
+                    w = Some((path, writer));
+                }
+                let Some((_, writer)) = w.as_mut() else {
+                    unreachable!("a writer was just made");
+                };
                 let seq_n = e.sequence_number().unwrap_or(0);
                 let res = if gone.contains(&super::location::key(e.file_path())) {
                     found += 1;
                     collector.remove_file(e.data_file(), meta.schema().clone(), spec.clone());
-                    w.add_delete_file(
-                        e.data_file().clone(),
+                    writer.add_delete_file(
+                        deleted(e.data_file(), mf.partition_spec_id)?,
                         seq_n,
                         e.file_sequence_number.or(Some(seq_n)),
                     )
                 } else {
-                    w.add_existing_file(
+                    writer.add_existing_file(
                         e.data_file().clone(),
                         e.snapshot_id().unwrap_or(mf.added_snapshot_id),
                         seq_n,
@@ -1697,14 +1721,30 @@ async fn stage(
                     )
                 };
                 res.map_err(|e| ice("manifest entry", e))?;
+                in_w += 1;
+                if in_w == MANIFEST_CHUNK {
+                    in_w = 0;
+                    if let Some((path, writer)) = w.take() {
+                        written.push(path.clone());
+                        match writer.write_manifest_file().await {
+                            Ok(m) => manifests.push(m),
+                            Err(e) => {
+                                delete_all(table, written).await;
+                                return Err(ice(&path, e));
+                            }
+                        }
+                    }
+                }
             }
         }
-        written.push(path.clone());
-        match w.write_manifest_file().await {
-            Ok(m) => manifests.push(m),
-            Err(e) => {
-                delete_all(table, written).await;
-                return Err(ice(&path, e));
+        if let Some((path, writer)) = w.take() {
+            written.push(path.clone());
+            match writer.write_manifest_file().await {
+                Ok(m) => manifests.push(m),
+                Err(e) => {
+                    delete_all(table, written).await;
+                    return Err(ice(&path, e));
+                }
             }
         }
     }
@@ -1834,6 +1874,18 @@ async fn stage(
         ],
         metadata_files: written,
     })
+}
+
+/// Entries one rewritten manifest holds at most.
+const MANIFEST_CHUNK: usize = 4096;
+
+/// A replaced file's entry as the `replace` marks it deleted: without its
+/// column statistics (optional in every format version). Nothing plans a
+/// scan from a deleted entry; what reads one (expiry, the snapshot's
+/// summary, a changelog) needs what identifies and counts it, which is
+/// kept. A compaction's deleted entries are most of a small-files table.
+fn deleted(f: &DataFile, spec_id: i32) -> Result<DataFile, DriverError> {
+    super::manifest::without_stats(f, spec_id).map_err(DriverError::permanent)
 }
 
 /// Paths of the live data files of the table's current snapshot.

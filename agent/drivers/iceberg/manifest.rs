@@ -48,23 +48,76 @@ const MAX_LAYOUTS: usize = 256;
 /// Reads the manifest `mf` names, with its entries inheriting the snapshot
 /// id and sequence numbers from `mf` as `ManifestFile::load_manifest` does.
 pub async fn load(io: &FileIO, mf: &ManifestFile) -> iceberg::Result<Manifest> {
-    if mf.key_metadata.is_some() {
-        return mf.load_manifest(io).await;
-    }
-    let bytes = io.new_input(&mf.manifest_path)?.read().await?;
-    let (metadata, mut entries) = match decode(&bytes) {
-        Some(m) => m,
-        // The crate's reader, on the bytes already read.
-        None => {
-            let (entries, metadata) = Manifest::parse_avro(&bytes)?.into_parts();
-            let entries = entries.into_iter().map(Arc::unwrap_or_clone).collect();
-            (metadata, entries)
+    load_with(io, mf, true).await
+}
+
+/// [`load`] without the entries' column statistics (sizes, value, null
+/// and NaN counts, lower and upper bounds): what the pick, the exporter
+/// and maintenance read, and what they hold for every file of a table;
+/// the statistics were most of an entry's memory. A manifest being
+/// rewritten is read again with [`load`].
+pub async fn load_slim(io: &FileIO, mf: &ManifestFile) -> iceberg::Result<Manifest> {
+    load_with(io, mf, false).await
+}
+
+async fn load_with(io: &FileIO, mf: &ManifestFile, stats: bool) -> iceberg::Result<Manifest> {
+    let (metadata, mut entries) = if mf.key_metadata.is_some() {
+        let (entries, metadata) = mf.load_manifest(io).await?.into_parts();
+        (
+            metadata,
+            entries.into_iter().map(Arc::unwrap_or_clone).collect(),
+        )
+    } else {
+        let bytes = io.new_input(&mf.manifest_path)?.read().await?;
+        match decode_with(&bytes, stats) {
+            Some(m) => m,
+            // The crate's reader, on the bytes already read.
+            None => {
+                let (entries, metadata) = Manifest::parse_avro(&bytes)?.into_parts();
+                let entries: Vec<ManifestEntry> =
+                    entries.into_iter().map(Arc::unwrap_or_clone).collect();
+                (metadata, entries)
+            }
         }
     };
+    if !stats {
+        let spec_id = metadata.partition_spec.spec_id();
+        for e in &mut entries {
+            if !e.data_file.column_sizes().is_empty() || !e.data_file.lower_bounds().is_empty() {
+                e.data_file = without_stats(&e.data_file, spec_id)
+                    .map_err(|why| iceberg::Error::new(iceberg::ErrorKind::DataInvalid, why))?;
+            }
+        }
+    }
     for e in &mut entries {
         inherit(e, mf);
     }
     Ok(Manifest::new(metadata, entries))
+}
+
+/// `f` without its column statistics (optional in every format version);
+/// everything that identifies and counts the file is kept.
+pub fn without_stats(f: &DataFile, spec_id: i32) -> Result<DataFile, String> {
+    let mut b = DataFileBuilder::default();
+    b.content(f.content_type())
+        .file_path(f.file_path().to_string())
+        .file_format(f.file_format())
+        .partition(f.partition().clone())
+        .partition_spec_id(spec_id)
+        .record_count(f.record_count())
+        .file_size_in_bytes(f.file_size_in_bytes())
+        .key_metadata(f.key_metadata().map(<[u8]>::to_vec))
+        .split_offsets(f.split_offsets().map(<[i64]>::to_vec))
+        .equality_ids(f.equality_ids())
+        .first_row_id(f.first_row_id())
+        .referenced_data_file(f.referenced_data_file())
+        .content_offset(f.content_offset())
+        .content_size_in_bytes(f.content_size_in_bytes());
+    if let Some(id) = f.sort_order_id() {
+        b.sort_order_id(id);
+    }
+    b.build()
+        .map_err(|e| format!("entry {}: {e}", f.file_path()))
 }
 
 /// `ManifestEntry::inherit_data` (crate-private in 0.10).
@@ -86,6 +139,11 @@ fn inherit(e: &mut ManifestEntry, mf: &ManifestFile) {
 /// Decodes a manifest file's bytes; `None` when this reader does not
 /// handle it (the caller uses the crate's reader).
 pub fn decode(bytes: &[u8]) -> Option<(ManifestMetadata, Vec<ManifestEntry>)> {
+    decode_with(bytes, true)
+}
+
+/// [`decode`], with the column statistics or without them.
+fn decode_with(bytes: &[u8], stats: bool) -> Option<(ManifestMetadata, Vec<ManifestEntry>)> {
     let mut r = bytes.strip_prefix(b"Obj\x01")?;
     let header_start = r;
     let meta = read_header_map(&mut r)?;
@@ -112,7 +170,7 @@ pub fn decode(bytes: &[u8]) -> Option<(ManifestMetadata, Vec<ManifestEntry>)> {
         let mut d = &data[..];
         for _ in 0..count {
             let v = apache_avro::from_avro_datum(&layout.avro, &mut d, None).ok()?;
-            entries.push(entry(v, &layout)?);
+            entries.push(entry(v, &layout, stats)?);
         }
         if !d.is_empty() {
             return None;
@@ -372,12 +430,12 @@ fn partition(v: Option<&Value>, t: &StructType) -> Option<Struct> {
     Some(Struct::from_iter(values))
 }
 
-fn entry(v: Value, l: &Layout) -> Option<ManifestEntry> {
+fn entry(v: Value, l: &Layout, stats: bool) -> Option<ManifestEntry> {
     let rec = as_record(&v)?;
     let v1 = l.metadata.format_version == FormatVersion::V1;
     let status = ManifestStatus::try_from(as_int(field(rec, "status")?)?).ok()?;
     let df = as_record(field(rec, "data_file")?)?;
-    let data_file = data_file(df, l, v1)?;
+    let data_file = data_file(df, l, v1, stats)?;
     Some(if v1 {
         ManifestEntry {
             status,
@@ -397,7 +455,7 @@ fn entry(v: Value, l: &Layout) -> Option<ManifestEntry> {
     })
 }
 
-fn data_file(df: &[(String, Value)], l: &Layout, v1: bool) -> Option<DataFile> {
+fn data_file(df: &[(String, Value)], l: &Layout, v1: bool, stats: bool) -> Option<DataFile> {
     let schema = &l.metadata.schema;
     let content = if v1 {
         0
@@ -419,18 +477,20 @@ fn data_file(df: &[(String, Value)], l: &Layout, v1: bool) -> Option<DataFile> {
         )
         .partition(partition(field(df, "partition"), &l.partition_type)?)
         .record_count(u64::try_from(as_long(field(df, "record_count")?)?).ok()?)
-        .file_size_in_bytes(u64::try_from(as_long(field(df, "file_size_in_bytes")?)?).ok()?)
-        .column_sizes(counts(df, "column_sizes")?)
-        .value_counts(counts(df, "value_counts")?)
-        .null_value_counts(counts(df, "null_value_counts")?)
-        .nan_value_counts(counts(df, "nan_value_counts")?)
-        .lower_bounds(bounds(df, "lower_bounds", schema)?)
-        .upper_bounds(bounds(df, "upper_bounds", schema)?)
-        .key_metadata(opt(df, "key_metadata", |v| {
-            as_bytes(v).map(<[u8]>::to_vec)
-        })?)
-        .split_offsets(long_list("split_offsets")?)
-        .partition_spec_id(l.metadata.partition_spec.spec_id());
+        .file_size_in_bytes(u64::try_from(as_long(field(df, "file_size_in_bytes")?)?).ok()?);
+    if stats {
+        b.column_sizes(counts(df, "column_sizes")?)
+            .value_counts(counts(df, "value_counts")?)
+            .null_value_counts(counts(df, "null_value_counts")?)
+            .nan_value_counts(counts(df, "nan_value_counts")?)
+            .lower_bounds(bounds(df, "lower_bounds", schema)?)
+            .upper_bounds(bounds(df, "upper_bounds", schema)?);
+    }
+    b.key_metadata(opt(df, "key_metadata", |v| {
+        as_bytes(v).map(<[u8]>::to_vec)
+    })?)
+    .split_offsets(long_list("split_offsets")?)
+    .partition_spec_id(l.metadata.partition_spec.spec_id());
     if let Some(id) = opt(df, "sort_order_id", as_int)? {
         b.sort_order_id(id);
     }
