@@ -3169,11 +3169,25 @@ async fn equality_deletes_that_cannot_be_applied_skip_the_partition_with_the_rea
                 },
             ),
             (&first("beta"), Del::Eq { ids: vec![1] }),
+            // delta and gamma: 200 keys each (no row has them), which fit
+            // the budget below one at a time but not together.
+            (
+                &first("delta"),
+                Del::EqOn {
+                    fields: vec![("id", 1)],
+                    columns: vec![
+                        Arc::new(Int64Array::from_iter_values(100_000..100_200)) as ArrayRef
+                    ],
+                    only: None,
+                },
+            ),
             (
                 &first("gamma"),
                 Del::EqOn {
                     fields: vec![("id", 1)],
-                    columns: vec![Arc::new(Int64Array::from_iter_values(0..1000)) as ArrayRef],
+                    columns: vec![
+                        Arc::new(Int64Array::from_iter_values(200_000..200_200)) as ArrayRef
+                    ],
                     only: None,
                 },
             ),
@@ -3183,7 +3197,9 @@ async fn equality_deletes_that_cannot_be_applied_skip_the_partition_with_the_rea
     std::fs::remove_file(deletes[1].strip_prefix("file://").unwrap()).unwrap();
     let t = lake.load(&lake::ident("db.events").unwrap()).await.unwrap();
     let mut p = params(0);
-    // 1,000 keys of 9 bytes each and their overhead do not fit 16 KiB.
+    // 200 keys of 9 bytes and their overhead (48 bytes, as counted) are
+    // 11.1 KiB: one partition's fit 16 KiB, two do not (the partitions are
+    // picked in order, delta before gamma).
     p.max_bytes_in_flight = 16 << 10;
     let sel = compact::select(&t, None, &p).await.unwrap();
     let reason = |name: &str| {
@@ -3207,11 +3223,26 @@ async fn equality_deletes_that_cannot_be_applied_skip_the_partition_with_the_rea
     );
     assert_eq!(
         reason("gamma"),
-        "its 1 equality delete file(s) hold more distinct keys than fit the rewrite's memory budget (maxBytesInFlight 16.0 KiB), so the partition is left as it is"
+        "its 1 equality delete file(s) hold more distinct keys than fit the rewrite's memory budget (maxBytesInFlight 16.0 KiB, of which other partitions' equality deletes hold 11.1 KiB; left for the next run), so the partition is left as it is"
     );
-    // delta has no delete: compacted.
+    // delta's keys fit: it is picked, its delete applied.
     assert_eq!(sel.groups.len(), 1);
     assert!(sel.groups[0].stats.partition.contains("delta"));
+    assert_eq!(sel.groups[0].equality_files_applied(), 1);
+    // With 8 KiB, delta's keys alone do not fit.
+    p.max_bytes_in_flight = 8 << 10;
+    let sel = compact::select(&t, None, &p).await.unwrap();
+    let d = sel
+        .skipped
+        .iter()
+        .find(|s| s.0.contains("delta"))
+        .map(|s| s.1.clone())
+        .unwrap_or_default();
+    assert_eq!(
+        d,
+        "its 1 equality delete file(s) hold more distinct keys than fit the rewrite's memory budget (maxBytesInFlight 8.0 KiB), so the partition is left as it is"
+    );
+    assert!(sel.groups.is_empty());
 }
 
 /// The agent has no S3 keys of its own and the environment none; the REST

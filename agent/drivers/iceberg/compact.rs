@@ -416,6 +416,9 @@ pub(super) async fn select_cached(
         ..Default::default()
     };
     let mut over = Vec::new();
+    // Bytes the picked partitions' equality delete keys hold: they are all
+    // held until the rewrite ends, so they share one budget.
+    let mut eq_held = 0u64;
     for (_, (stats, partition, spec_id, mut small, large_min_seq)) in per {
         sel.partitions.push(stats.clone());
         if stats.ratio() <= p.min_ratio || stats.small_files < 2 {
@@ -457,8 +460,12 @@ pub(super) async fn select_cached(
                 })
                 .collect();
             let mapping = name_mapping(md)?;
-            match EqDeletes::read(table, &files, mapping, p.max_bytes_in_flight).await {
-                Ok(e) => Some(Arc::new(e)),
+            let budget = p.max_bytes_in_flight.saturating_sub(eq_held);
+            match EqDeletes::read(table, &files, mapping, budget, eq_held).await {
+                Ok(e) => {
+                    eq_held += e.bytes();
+                    Some(Arc::new(e))
+                }
                 Err(why) => {
                     sel.skipped.push((stats.partition.clone(), why));
                     continue;

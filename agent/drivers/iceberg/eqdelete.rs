@@ -84,13 +84,15 @@ pub struct EqFile<'a> {
 
 impl EqDeletes {
     /// Reads `files` (each an equality delete file) and keys their rows.
-    /// `budget` bounds the bytes the keys may hold. The error is the
-    /// reason to skip the partition.
+    /// `budget` bounds the bytes the keys may hold (`held`: what other
+    /// partitions' keys already hold of `maxBytesInFlight`). The error is
+    /// the reason to skip the partition.
     pub async fn read(
         table: &Table,
         files: &[EqFile<'_>],
         name_mapping: Option<Arc<iceberg::spec::NameMapping>>,
         budget: u64,
+        held: u64,
     ) -> Result<Self, String> {
         let schema = table.metadata().current_schema().clone();
         let top = schema.as_struct().fields();
@@ -189,10 +191,18 @@ impl EqDeletes {
                         None => {
                             out.bytes += key.len() as u64 + KEY_OVERHEAD;
                             if out.bytes > budget {
+                                let others = if held > 0 {
+                                    format!(
+                                        ", of which other partitions' equality deletes hold {}; left for the next run",
+                                        crate::units::human_bytes(held)
+                                    )
+                                } else {
+                                    String::new()
+                                };
                                 return Err(format!(
-                                    "its {} equality delete file(s) hold more distinct keys than fit the rewrite's memory budget (maxBytesInFlight {}), so the partition is left as it is",
+                                    "its {} equality delete file(s) hold more distinct keys than fit the rewrite's memory budget (maxBytesInFlight {}{others}), so the partition is left as it is",
                                     files.len(),
-                                    crate::units::human_bytes(budget)
+                                    crate::units::human_bytes(budget + held)
                                 ));
                             }
                             set.keys.insert(key.into(), f.seq);
@@ -212,6 +222,11 @@ impl EqDeletes {
     /// Delete files read.
     pub fn files(&self) -> usize {
         self.files
+    }
+
+    /// Bytes the keys hold (an estimate: key bytes and a map slot each).
+    pub fn bytes(&self) -> u64 {
+        self.bytes
     }
 
     /// `batch` (a data file of sequence number `seq`, read onto the current
