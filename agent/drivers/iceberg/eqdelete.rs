@@ -42,6 +42,9 @@ use iceberg::table::Table;
 /// Bytes a held key costs beyond its own (map slot, box, hash).
 const KEY_OVERHEAD: u64 = 48;
 
+/// Delete files read ahead of the one being keyed.
+const READ_AHEAD: usize = 4;
+
 /// One set of delete columns and the keys deleted by it.
 struct KeySet {
     /// Field ids, ascending (the set's identity).
@@ -102,6 +105,9 @@ impl EqDeletes {
             rows: 0,
             bytes: 0,
         };
+        // Checked first, all of them, so a file that cannot be applied
+        // skips the partition before anything is read.
+        let mut plans = Vec::with_capacity(files.len());
         for f in files {
             let path = f.file.file_path();
             let mut ids = f.file.equality_ids().unwrap_or_default();
@@ -148,17 +154,38 @@ impl EqDeletes {
                 .with_name_mapping(name_mapping.clone())
                 .with_case_sensitive(true)
                 .build();
+            plans.push((f, ids, names, task));
+        }
+        // Read a few files ahead (a Flink upsert table has one per
+        // checkpoint; on object storage each is a round trip), keyed in
+        // order as they arrive.
+        let mut pending = Vec::with_capacity(plans.len());
+        for (f, ids, names, task) in plans {
+            let (table, path, seq) = (table.clone(), f.file.file_path().to_string(), f.seq);
+            pending.push(async move {
+                let unreadable = |e: &dyn std::fmt::Display| {
+                    format!("equality delete file {path} cannot be read ({e}); which rows it deletes is unknown, so the partition is left as it is")
+                };
+                let mut stream = table
+                    .reader_builder()
+                    .build()
+                    .read(Box::pin(futures::stream::iter([Ok(task)])))
+                    .map_err(|e| unreadable(&e))?
+                    .stream();
+                let mut batches = Vec::new();
+                while let Some(batch) = stream.next().await {
+                    batches.push(batch.map_err(|e| unreadable(&e))?);
+                }
+                Ok::<_, String>((path, seq, ids, names, batches))
+            });
+        }
+        let mut reads = futures::stream::iter(pending).buffered(READ_AHEAD);
+        while let Some(read) = reads.next().await {
+            let (path, file_seq, ids, names, batches) = read?;
             let unreadable = |e: &dyn std::fmt::Display| {
                 format!("equality delete file {path} cannot be read ({e}); which rows it deletes is unknown, so the partition is left as it is")
             };
-            let mut stream = table
-                .reader_builder()
-                .build()
-                .read(Box::pin(futures::stream::iter([Ok(task)])))
-                .map_err(|e| unreadable(&e))?
-                .stream();
-            while let Some(batch) = stream.next().await {
-                let batch = batch.map_err(|e| unreadable(&e))?;
+            for batch in batches {
                 let cols = columns(&batch, &names).map_err(|e| unreadable(&e))?;
                 let set = match out.sets.iter().position(|s| s.ids == ids) {
                     Some(i) => &mut out.sets[i],
@@ -173,12 +200,12 @@ impl EqDeletes {
                             names: names.clone(),
                             converter,
                             keys: HashMap::new(),
-                            max_seq: f.seq,
+                            max_seq: file_seq,
                         });
                         out.sets.last_mut().expect("just pushed")
                     }
                 };
-                set.max_seq = set.max_seq.max(f.seq);
+                set.max_seq = set.max_seq.max(file_seq);
                 let rows = set
                     .converter
                     .convert_columns(&cols)
@@ -187,7 +214,7 @@ impl EqDeletes {
                 for row in rows.iter() {
                     let key = row.as_ref();
                     match set.keys.get_mut(key) {
-                        Some(seq) => *seq = (*seq).max(f.seq),
+                        Some(seq) => *seq = (*seq).max(file_seq),
                         None => {
                             out.bytes += key.len() as u64 + KEY_OVERHEAD;
                             if out.bytes > budget {
@@ -205,7 +232,7 @@ impl EqDeletes {
                                     crate::units::human_bytes(budget + held)
                                 ));
                             }
-                            set.keys.insert(key.into(), f.seq);
+                            set.keys.insert(key.into(), file_seq);
                         }
                     }
                 }
