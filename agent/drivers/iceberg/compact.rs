@@ -397,12 +397,15 @@ pub(super) async fn select_cached(
     // the default are global (they apply to every partition, as Java's
     // scan planning has it).
     let mut partition_deletes: HashMap<String, Vec<&Listed>> = HashMap::new();
+    let is_global = |l: &Listed| {
+        l.spec_id != default_spec
+            && md
+                .partition_spec_by_id(l.spec_id)
+                .is_some_and(|s| s.is_unpartitioned())
+    };
     let mut global: Vec<&Listed> = Vec::new();
     for l in &deletes {
-        let unpartitioned = md
-            .partition_spec_by_id(l.spec_id)
-            .is_some_and(|s| s.is_unpartitioned());
-        if unpartitioned && l.spec_id != default_spec {
+        if is_global(l) {
             global.push(l);
         }
         let k = key(l);
@@ -419,6 +422,10 @@ pub(super) async fn select_cached(
     // Bytes the picked partitions' equality delete keys hold: they are all
     // held until the rewrite ends, so they share one budget.
     let mut eq_held = 0u64;
+    // Read once for the pick: the global equality delete files and the
+    // table's name mapping (parsed only when some equality delete applies).
+    let mut eq_reads = super::eqdelete::Reads::new();
+    let mut mapping: Option<Option<Arc<iceberg::spec::NameMapping>>> = None;
     for (_, (stats, partition, spec_id, mut small, large_min_seq)) in per {
         sel.partitions.push(stats.clone());
         if stats.ratio() <= p.min_ratio || stats.small_files < 2 {
@@ -457,11 +464,15 @@ pub(super) async fn select_cached(
                 .map(|d| EqFile {
                     file: &d.file,
                     seq: d.seq,
+                    shared: is_global(d),
                 })
                 .collect();
-            let mapping = name_mapping(md)?;
+            let names = match &mapping {
+                Some(m) => m.clone(),
+                None => mapping.insert(name_mapping(md)?).clone(),
+            };
             let budget = p.max_bytes_in_flight.saturating_sub(eq_held);
-            match EqDeletes::read(table, &files, mapping, budget, eq_held).await {
+            match EqDeletes::read(table, &files, names, budget, eq_held, &mut eq_reads).await {
                 Ok(e) => {
                     eq_held += e.bytes();
                     Some(Arc::new(e))
@@ -561,8 +572,7 @@ pub(super) async fn select_cached(
         let (mut eq_dropped, mut eq_dropped_seq) = (0usize, None::<i64>);
         if eq_deletes.is_some() {
             for d in &eq {
-                let local = !global.iter().any(|g| std::ptr::eq(*g, *d));
-                if local && d.seq > rewritten_min && d.seq <= left_min {
+                if !is_global(d) && d.seq > rewritten_min && d.seq <= left_min {
                     dropped.push(d.file.clone());
                     eq_dropped += 1;
                     eq_dropped_seq = eq_dropped_seq.max(Some(d.seq));
@@ -1667,93 +1677,84 @@ async fn stage(
             manifests.push(mf);
         }
     }
-    for (n, ((deletes, _, _), group)) in affected.into_iter().enumerate() {
-        let meta = group[0].1.metadata().clone();
-        let spec = Arc::new(meta.partition_spec().clone());
-        // The crate's writer holds every entry until it writes, so a long
-        // group is split into manifests of at most MANIFEST_CHUNK entries.
-        let mut w: Option<(String, iceberg::spec::ManifestWriter)> = None;
-        let mut in_w = 0usize;
-        let mut chunk = 0usize;
-        for (mf, _) in &group {
-            // The cache holds entries without their statistics; the
-            // entries carried over keep theirs, so this manifest is read
-            // again in full (one at a time).
-            let m = match super::manifest::load(io, mf).await {
-                Ok(m) => m,
-                Err(e) => {
-                    delete_all(table, written).await;
-                    return Err(ice(format!("manifest {}", mf.manifest_path), e));
-                }
-            };
-            for e in m.entries() {
-                if !e.is_alive() {
-                    continue;
-                }
-                if w.is_none() {
-                    let path = format!("{meta_dir}/{commit}-r{n}-{chunk}.avro");
-                    chunk += 1;
-                    let out = io.new_output(&path).map_err(|e| ice(&path, e))?;
-                    let b = ManifestWriterBuilder::new(
-                        out,
-                        Some(snapshot_id),
-                        meta.schema().clone(),
-                        meta.partition_spec().clone(),
-                    );
-                    let writer = match version {
-                        FormatVersion::V1 => b.build_v1(),
-                        _ if deletes => b.build_v2_deletes(),
-                        _ => b.build_v2_data(),
+    // Any failure below removes the manifests written so far.
+    let rewritten = async {
+        for (n, ((deletes, _, _), group)) in affected.into_iter().enumerate() {
+            let meta = group[0].1.metadata().clone();
+            let spec = Arc::new(meta.partition_spec().clone());
+            // The crate's writer holds every entry until it writes, so a long
+            // group is split into manifests of at most MANIFEST_CHUNK entries.
+            let mut w: Option<(String, iceberg::spec::ManifestWriter)> = None;
+            let mut in_w = 0usize;
+            let mut chunk = 0usize;
+            for (mf, _) in &group {
+                // The cache holds entries without their statistics; the
+                // entries carried over keep theirs, so this manifest is read
+                // again in full (one at a time).
+                let m = super::manifest::load(io, mf)
+                    .await
+                    .map_err(|e| ice(format!("manifest {}", mf.manifest_path), e))?;
+                for e in m.entries() {
+                    if !e.is_alive() {
+                        continue;
+                    }
+                    if w.is_none() {
+                        let path = format!("{meta_dir}/{commit}-r{n}-{chunk}.avro");
+                        chunk += 1;
+                        let out = io.new_output(&path).map_err(|e| ice(&path, e))?;
+                        let b = ManifestWriterBuilder::new(
+                            out,
+                            Some(snapshot_id),
+                            meta.schema().clone(),
+                            meta.partition_spec().clone(),
+                        );
+                        let writer = match version {
+                            FormatVersion::V1 => b.build_v1(),
+                            _ if deletes => b.build_v2_deletes(),
+                            _ => b.build_v2_data(),
+                        };
+                        w = Some((path, writer));
+                    }
+                    let Some((_, writer)) = w.as_mut() else {
+                        unreachable!("a writer was just made");
                     };
-                    w = Some((path, writer));
-                }
-                let Some((_, writer)) = w.as_mut() else {
-                    unreachable!("a writer was just made");
-                };
-                let seq_n = e.sequence_number().unwrap_or(0);
-                let res = if gone.contains(&super::location::key(e.file_path())) {
-                    found += 1;
-                    collector.remove_file(e.data_file(), meta.schema().clone(), spec.clone());
-                    writer.add_delete_file(
-                        deleted(e.data_file(), mf.partition_spec_id)?,
-                        seq_n,
-                        e.file_sequence_number.or(Some(seq_n)),
-                    )
-                } else {
-                    writer.add_existing_file(
-                        e.data_file().clone(),
-                        e.snapshot_id().unwrap_or(mf.added_snapshot_id),
-                        seq_n,
-                        e.file_sequence_number.or(Some(seq_n)),
-                    )
-                };
-                res.map_err(|e| ice("manifest entry", e))?;
-                in_w += 1;
-                if in_w == MANIFEST_CHUNK {
-                    in_w = 0;
-                    if let Some((path, writer)) = w.take() {
-                        written.push(path.clone());
-                        match writer.write_manifest_file().await {
-                            Ok(m) => manifests.push(m),
-                            Err(e) => {
-                                delete_all(table, written).await;
-                                return Err(ice(&path, e));
-                            }
+                    let seq_n = e.sequence_number().unwrap_or(0);
+                    let res = if gone.contains(&super::location::key(e.file_path())) {
+                        found += 1;
+                        collector.remove_file(e.data_file(), meta.schema().clone(), spec.clone());
+                        writer.add_delete_file(
+                            deleted(e.data_file(), mf.partition_spec_id)?,
+                            seq_n,
+                            e.file_sequence_number.or(Some(seq_n)),
+                        )
+                    } else {
+                        writer.add_existing_file(
+                            e.data_file().clone(),
+                            e.snapshot_id().unwrap_or(mf.added_snapshot_id),
+                            seq_n,
+                            e.file_sequence_number.or(Some(seq_n)),
+                        )
+                    };
+                    res.map_err(|e| ice("manifest entry", e))?;
+                    in_w += 1;
+                    if in_w == MANIFEST_CHUNK {
+                        in_w = 0;
+                        if let Some((path, writer)) = w.take() {
+                            finish_manifest(writer, path, &mut written, &mut manifests).await?;
                         }
                     }
                 }
             }
-        }
-        if let Some((path, writer)) = w.take() {
-            written.push(path.clone());
-            match writer.write_manifest_file().await {
-                Ok(m) => manifests.push(m),
-                Err(e) => {
-                    delete_all(table, written).await;
-                    return Err(ice(&path, e));
-                }
+            if let Some((path, writer)) = w.take() {
+                finish_manifest(writer, path, &mut written, &mut manifests).await?;
             }
         }
+        Ok::<(), DriverError>(())
+    }
+    .await;
+    if let Err(e) = rewritten {
+        delete_all(table, written).await;
+        return Err(e);
     }
     let what = if dropped.is_empty() {
         "files being compacted"
@@ -1881,6 +1882,24 @@ async fn stage(
         ],
         metadata_files: written,
     })
+}
+
+/// Writes a rewritten manifest; its path is recorded first, so a failed
+/// write is cleaned up with the rest.
+async fn finish_manifest(
+    writer: iceberg::spec::ManifestWriter,
+    path: String,
+    written: &mut Vec<String>,
+    manifests: &mut Vec<ManifestFile>,
+) -> Result<(), DriverError> {
+    written.push(path.clone());
+    manifests.push(
+        writer
+            .write_manifest_file()
+            .await
+            .map_err(|e| ice(&path, e))?,
+    );
+    Ok(())
 }
 
 /// Entries one rewritten manifest holds at most.

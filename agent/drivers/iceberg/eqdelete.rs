@@ -83,19 +83,28 @@ impl std::fmt::Debug for EqDeletes {
 pub struct EqFile<'a> {
     pub file: &'a DataFile,
     pub seq: i64,
+    /// A global delete file (it applies to every partition): its read is
+    /// kept in the caller's cache for the other partitions.
+    pub shared: bool,
 }
+
+/// Reads of shared (global) equality delete files, by path: one read per
+/// pick, not one per partition.
+pub type Reads = HashMap<String, Arc<Vec<RecordBatch>>>;
 
 impl EqDeletes {
     /// Reads `files` (each an equality delete file) and keys their rows.
     /// `budget` bounds the bytes the keys may hold (`held`: what other
-    /// partitions' keys already hold of `maxBytesInFlight`). The error is
-    /// the reason to skip the partition.
+    /// partitions' keys already hold of `maxBytesInFlight`); `cache` keeps
+    /// and serves the reads of shared files. The error is the reason to
+    /// skip the partition.
     pub async fn read(
         table: &Table,
         files: &[EqFile<'_>],
         name_mapping: Option<Arc<iceberg::spec::NameMapping>>,
         budget: u64,
         held: u64,
+        cache: &mut Reads,
     ) -> Result<Self, String> {
         let schema = table.metadata().current_schema().clone();
         let top = schema.as_struct().fields();
@@ -162,7 +171,11 @@ impl EqDeletes {
         let mut pending = Vec::with_capacity(plans.len());
         for (f, ids, names, task) in plans {
             let (table, path, seq) = (table.clone(), f.file.file_path().to_string(), f.seq);
+            let (shared, cached) = (f.shared, cache.get(&path).cloned());
             pending.push(async move {
+                if let Some(batches) = cached {
+                    return Ok((path, seq, shared, ids, names, batches));
+                }
                 let unreadable = |e: &dyn std::fmt::Display| {
                     format!("equality delete file {path} cannot be read ({e}); which rows it deletes is unknown, so the partition is left as it is")
                 };
@@ -176,17 +189,20 @@ impl EqDeletes {
                 while let Some(batch) = stream.next().await {
                     batches.push(batch.map_err(|e| unreadable(&e))?);
                 }
-                Ok::<_, String>((path, seq, ids, names, batches))
+                Ok::<_, String>((path, seq, shared, ids, names, Arc::new(batches)))
             });
         }
         let mut reads = futures::stream::iter(pending).buffered(READ_AHEAD);
         while let Some(read) = reads.next().await {
-            let (path, file_seq, ids, names, batches) = read?;
+            let (path, file_seq, shared, ids, names, batches) = read?;
+            if shared {
+                cache.insert(path.clone(), batches.clone());
+            }
             let unreadable = |e: &dyn std::fmt::Display| {
                 format!("equality delete file {path} cannot be read ({e}); which rows it deletes is unknown, so the partition is left as it is")
             };
-            for batch in batches {
-                let cols = columns(&batch, &names).map_err(|e| unreadable(&e))?;
+            for batch in batches.iter() {
+                let cols = columns(batch, &names).map_err(|e| unreadable(&e))?;
                 let set = match out.sets.iter().position(|s| s.ids == ids) {
                     Some(i) => &mut out.sets[i],
                     None => {
