@@ -64,6 +64,17 @@ fn for_thing<'a>(recs: &'a [Record], thing: &str) -> Vec<&'a Record> {
         .collect()
 }
 
+/// Whether playbook `fix`'s `outcome` counter reaches 1 within 10 s: it is
+/// counted once the record is durable, a moment after it is in the log.
+async fn counted_once(a: &AgentProc, outcome: &str) -> bool {
+    let name = format!("remediate_run_outcomes_total{{playbook=\"fix\",outcome=\"{outcome}\"}}");
+    eventually(Duration::from_secs(10), || {
+        (metric_now(a, &name) == Some(1.0)).then_some(())
+    })
+    .await
+    .is_some()
+}
+
 async fn wait_phase(a: &AgentProc, thing: &str, phase: Phase) -> Record {
     eventually(Duration::from_secs(30), || {
         a.audit().into_iter().find(|r| {
@@ -155,17 +166,8 @@ async fn a_resolved_alert_records_the_time_to_resolve_and_a_kill_does_not_lose_t
         .collect();
     assert_eq!(ended.len(), 1, "{ended:#?}");
     assert_eq!(a.metric("remediate_runs_watched").await, Some(0.0));
-    // Counted once the record is durable: a moment after it is in the log.
-    let counted = eventually(Duration::from_secs(10), || {
-        let m = metric_now(
-            &a,
-            "remediate_run_outcomes_total{playbook=\"fix\",outcome=\"resolved\"}",
-        );
-        (m == Some(1.0)).then_some(())
-    })
-    .await;
     assert!(
-        counted.is_some(),
+        counted_once(&a, "resolved").await,
         "the resolved outcome is counted on /metrics"
     );
     assert_eq!(
@@ -292,17 +294,8 @@ async fn an_alert_still_firing_after_escalate_after_is_unresolved_escalated_and_
         "{}",
         rec.outcome
     );
-    // Counted once the record is durable: a moment after it is in the log.
-    let counted = eventually(Duration::from_secs(10), || {
-        let m = metric_now(
-            &a,
-            "remediate_run_outcomes_total{playbook=\"fix\",outcome=\"unresolved\"}",
-        );
-        (m == Some(1.0)).then_some(())
-    })
-    .await;
     assert!(
-        counted.is_some(),
+        counted_once(&a, "unresolved").await,
         "the unresolved outcome is counted on /metrics"
     );
     // One escalation reaches on-call, beside the run's own notice.
